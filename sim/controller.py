@@ -1,0 +1,158 @@
+"""Cartesian impedance (operational-space) control of one Panda, run at physics rate.
+
+Commands are end-effector pose targets (position + rotation matrix) and a gripper width with a
+maximum grip force. The controller moves an internal reference toward the target no faster than
+the speed limits (so a jump in the command never becomes a jump in force), then computes
+
+    tau = J^T Lambda (Kp e - Kd v) + N^T tau_posture + bias,   Lambda = (J M^-1 J^T)^-1
+
+with the task force clipped to a force limit. ``e`` stacks the position error and the
+axis-angle orientation error; ``N`` is the dynamically consistent null-space projector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from sim.robot import FINGER_FORCE_LIMIT, TORQUE_LIMITS, ArmIndex
+
+
+@dataclass
+class ImpedanceGains:
+    """Cartesian stiffness/damping and safety limits (SI units)."""
+
+    kp_pos: float = 1200.0  # N/m
+    kp_rot: float = 150.0  # N m / rad
+    damping_ratio: float = 1.0
+    kp_null: float = 10.0
+    max_lin_speed: float = 0.25  # m/s, reference motion
+    max_ang_speed: float = 1.5  # rad/s
+    max_force: float = 120.0  # N, clip on the task-space force
+    max_torque: float = 20.0  # N m, clip on the task-space torque
+    finger_kp: float = 2000.0  # N/m on each finger
+    finger_kd: float = 40.0
+
+
+def rotvec_to_mat(rv: np.ndarray) -> np.ndarray:
+    """(3,) axis-angle -> (3, 3) rotation matrix."""
+    q = np.zeros(4)
+    mujoco.mju_axisAngle2Quat(q, rv / max(np.linalg.norm(rv), 1e-12), float(np.linalg.norm(rv)))
+    if np.linalg.norm(rv) < 1e-12:
+        q[:] = [1, 0, 0, 0]
+    m = np.zeros(9)
+    mujoco.mju_quat2Mat(m, q)
+    return m.reshape(3, 3)
+
+
+def mat_to_rotvec(m: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation matrix -> (3,) axis-angle."""
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, m.reshape(-1))
+    v = np.zeros(3)
+    mujoco.mju_quat2Vel(v, q, 1.0)
+    return v
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Axis-angle vector that rotates ``current`` onto ``target`` (world frame)."""
+    return mat_to_rotvec(target @ current.T)
+
+
+class CartesianImpedanceController:
+    """Operational-space impedance controller for one arm.
+
+    The hot path (``compute``) reuses its buffers; call it once per physics step.
+    """
+
+    def __init__(self, model: mujoco.MjModel, arm: ArmIndex, gains: ImpedanceGains | None = None):
+        self.model = model
+        self.arm = arm
+        self.gains = gains or ImpedanceGains()
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+        self._mfull = np.zeros((model.nv, model.nv))
+        self.q_posture = np.zeros(7)
+        self.ref_pos = np.zeros(3)
+        self.ref_rot = np.eye(3)
+        self.target_pos = np.zeros(3)
+        self.target_rot = np.eye(3)
+        self.grip_width = 0.08
+        self.grip_force = FINGER_FORCE_LIMIT
+        self.task_force = np.zeros(6)
+
+    def reset(self, data: mujoco.MjData) -> None:
+        """Hold the current pose: reference and target start where the TCP is."""
+        self.ref_pos[:] = data.site_xpos[self.arm.tcp_site]
+        self.ref_rot[:] = data.site_xmat[self.arm.tcp_site].reshape(3, 3)
+        self.target_pos[:] = self.ref_pos
+        self.target_rot[:] = self.ref_rot
+        self.q_posture[:] = data.qpos[self.arm.qpos]
+        self.grip_width = float(data.qpos[self.arm.finger_qpos].sum())
+
+    def set_target(self, pos: np.ndarray, rot: np.ndarray, grip_width: float, grip_force: float) -> None:
+        self.target_pos[:] = pos
+        self.target_rot[:] = rot
+        self.grip_width = float(np.clip(grip_width, 0.0, 0.08))
+        self.grip_force = float(np.clip(grip_force, 0.0, FINGER_FORCE_LIMIT))
+
+    def _advance_reference(self, dt: float) -> None:
+        g = self.gains
+        d = self.target_pos - self.ref_pos
+        n = np.linalg.norm(d)
+        step = g.max_lin_speed * dt
+        self.ref_pos += d if n <= step else d * (step / n)
+        e = rotation_error(self.target_rot, self.ref_rot)
+        a = np.linalg.norm(e)
+        astep = g.max_ang_speed * dt
+        if a > 1e-9:
+            frac = 1.0 if a <= astep else astep / a
+            self.ref_rot[:] = rotvec_to_mat(e * frac) @ self.ref_rot
+
+    def compute(self, data: mujoco.MjData, dt: float) -> None:
+        """Write joint and finger torques for this physics step into ``data.ctrl``."""
+        m, arm, g = self.model, self.arm, self.gains
+        prev = self.ref_pos.copy()
+        self._advance_reference(dt)
+        v_ref = (self.ref_pos - prev) / dt
+        mujoco.mj_jacSite(m, data, self._jacp, self._jacr, arm.tcp_site)
+        J = np.vstack((self._jacp[:, arm.dof], self._jacr[:, arm.dof]))  # (6, 7)
+        mujoco.mj_fullM(m, data, self._mfull)
+        M = self._mfull[np.ix_(arm.dof, arm.dof)]
+        Minv = np.linalg.inv(M)
+        lam_inv = J @ Minv @ J.T
+        Lam = np.linalg.inv(lam_inv + 1e-6 * np.eye(6))
+        qd = data.qvel[arm.dof]
+        v = J @ qd
+        pos = data.site_xpos[arm.tcp_site]
+        rot = data.site_xmat[arm.tcp_site].reshape(3, 3)
+        e = np.concatenate((self.ref_pos - pos, rotation_error(self.ref_rot, rot)))
+        kp = np.array([g.kp_pos] * 3 + [g.kp_rot] * 3)
+        # Stiffness is exactly Kp (so a contact force follows from the commanded penetration);
+        # damping is critical for the effective task-space mass on each axis.
+        kd = 2.0 * g.damping_ratio * np.sqrt(kp * np.clip(np.diag(Lam), 1e-3, None))
+        f = kp * e - kd * (v - np.concatenate((v_ref, np.zeros(3))))
+        f[:3] = _clip_norm(f[:3], g.max_force)
+        f[3:] = _clip_norm(f[3:], g.max_torque)
+        self.task_force[:] = f
+        tau = J.T @ f
+        # Dynamically consistent null space: keep the elbow near its posture without disturbing the TCP.
+        jbar = Minv @ J.T @ Lam
+        null = np.eye(7) - J.T @ jbar.T
+        q = data.qpos[arm.qpos]
+        tau_post = g.kp_null * (self.q_posture - q) - 2.0 * np.sqrt(g.kp_null) * qd
+        tau += null @ (M @ tau_post)
+        tau += data.qfrc_bias[arm.dof]
+        data.ctrl[arm.arm_act] = np.clip(tau, -TORQUE_LIMITS, TORQUE_LIMITS)
+        # Gripper: each finger PD to half the width, force capped by the commanded grip force.
+        fq = data.qpos[arm.finger_qpos]
+        fv = data.qvel[arm.finger_dof]
+        ff = g.finger_kp * (0.5 * self.grip_width - fq) - g.finger_kd * fv
+        data.ctrl[arm.finger_act] = np.clip(ff, -self.grip_force, self.grip_force) + data.qfrc_bias[arm.finger_dof]
+
+
+def _clip_norm(x: np.ndarray, limit: float) -> np.ndarray:
+    n = np.linalg.norm(x)
+    return x if n <= limit else x * (limit / n)

@@ -1,0 +1,317 @@
+"""Gymnasium environment shared by every contact-rich task.
+
+One class serves all tasks (N tasks + M policies -> O(N + M) code): a :class:`~sim.tasks.base.Task`
+adds its objects to the scene, randomises them, schedules perturbations and scores the episode; this
+environment owns the arms, the impedance controllers, the sensing and the action/observation contract.
+
+Action, per arm (A arms): ``[x, y, z, rx, ry, rz, grip]`` -- TCP position target (m, world), TCP
+orientation target as an axis-angle vector (rad, world) and gripper width (m). Shape (7 * A,).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from sensors.tactile import GelPadSpec
+from sim.controller import CartesianImpedanceController, ImpedanceGains, mat_to_rotvec, rotvec_to_mat
+from sim.kinematics import solve_ik
+from sim.robot import ArmIndex, add_arm
+from sim.sensing import ContactSensing, bind_pad
+from sim.tasks.base import Task
+
+ACTION_DIM_PER_ARM = 7
+FINGER_PAD = GelPadSpec(half_size=(0.008, 0.011))
+TOOL_PAD_MARGIN = 0.002
+
+
+class ContactRichEnv(gym.Env):
+    """A contact-rich manipulation task with Panda arms that feel touch and force."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
+
+    def __init__(
+        self,
+        task: Task,
+        perturb: bool = True,
+        cameras: bool = False,
+        image_size: int = 96,
+        render_mode: str | None = None,
+        render_size: int = 240,
+        control_hz: float = 50.0,
+        physics_hz: float = 500.0,
+        wrench_noise: float = 0.2,
+    ):
+        if physics_hz < 500:
+            raise ValueError(f"physics_hz must be >= 500 for stable contact, got {physics_hz}")
+        substeps = physics_hz / control_hz
+        if abs(substeps - round(substeps)) > 1e-9 or substeps < 1:
+            raise ValueError(f"physics_hz ({physics_hz}) must be a multiple of control_hz ({control_hz})")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.task = task
+        self.perturb = perturb
+        self.cameras = cameras
+        self.image_size = image_size
+        self.render_mode = render_mode
+        self.render_size = render_size
+        self.control_hz = control_hz
+        self.substeps = int(round(substeps))
+        self._build(physics_hz)
+        self.sensing = ContactSensing(
+            self.model,
+            self.pads,
+            [self._subtree_geoms(a.base_body, hand_only=True) for a in self.arms],
+            [a.tcp_site for a in self.arms],
+            wrench_noise=wrench_noise,
+        )
+        self.controllers = [CartesianImpedanceController(self.model, a, ImpedanceGains()) for a in self.arms]
+        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self.action_space = self._make_action_space()
+        self.observation_space = self._make_observation_space()
+        self._np_random, _ = gym.utils.seeding.np_random(None)
+        self.last_fields: list = []
+        self.last_wrench = np.zeros((len(self.arms), 6))
+        self.step_count = 0
+
+    # ----------------------------------------------------------------- scene
+    def _build(self, physics_hz: float) -> None:
+        spec = mujoco.MjSpec()
+        spec.option.timestep = 1.0 / physics_hz
+        spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
+        spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
+        spec.option.impratio = 10.0
+        spec.visual.quality.shadowsize = 0
+        spec.visual.quality.offsamples = 0
+        spec.visual.global_.offwidth = max(self.render_size, self.image_size)
+        spec.visual.global_.offheight = max(self.render_size, self.image_size)
+        spec.stat.extent = 1.5
+        spec.worldbody.add_light(pos=[0.4, 0, 2.0], dir=[0, 0, -1], castshadow=False)
+        spec.worldbody.add_light(pos=[1.5, -1.0, 1.5], dir=[-1, 0.6, -1], castshadow=False, diffuse=[0.4] * 3)
+        spec.worldbody.add_geom(
+            name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.05], rgba=[0.35, 0.36, 0.38, 1]
+        )
+        self.pad_names: list[str] = []
+        pad_specs: list[tuple[str, str, str, GelPadSpec]] = []
+        for arm in self.task.arms:
+            hand, _ = add_arm(spec, arm.prefix, arm.base_pos, arm.base_yaw)
+            tool = arm.tool
+            body = hand.add_body(name=arm.prefix + "tool", pos=[0, 0, tool.mount_z])
+            hx, hy, hz = tool.half_size
+            body.add_geom(
+                name=arm.prefix + "tool_body",
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                size=[hx, hy, hz],
+                pos=[0, 0, hz],
+                rgba=list(tool.rgba),
+                mass=tool.mass,
+                contype=0,
+                conaffinity=0,
+            )
+            body.add_geom(
+                name=arm.prefix + "tool_pad",
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                size=[hx, hy, TOOL_PAD_MARGIN],
+                pos=[0, 0, 2 * hz + TOOL_PAD_MARGIN],
+                rgba=[0.9, 0.9, 0.95, 1],
+                mass=0.005,
+                friction=[tool.friction, 0.005, 0.0001],
+                solref=[0.01, 1.0],
+                solimp=[0.9, 0.95, 0.002, 0.5, 2.0],
+                condim=4,
+            )
+            z_face = 2 * hz + 2 * TOOL_PAD_MARGIN
+            body.add_site(name=arm.prefix + "tcp", pos=[0, 0, z_face], size=[0.005, 0, 0])
+            # Wrist camera looking along the tool from behind the hand.
+            hand.add_camera(
+                name=arm.prefix + "wrist_cam",
+                pos=[0.09, 0.0, 0.02],
+                xyaxes=[0, 1, 0, -0.85, 0, 0.53],
+                fovy=75,
+            )
+            pad_specs.append(
+                (arm.prefix + "tool", arm.prefix + "tool_pad", arm.prefix + "tcp", GelPadSpec(half_size=(hx, hy)))
+            )
+            for side, sign in (("leftfinger", 1.0), ("rightfinger", -1.0)):
+                fb = spec.body(arm.prefix + "panda0_" + side)
+                fb.add_geom(
+                    name=f"{arm.prefix}{side}_pad",
+                    type=mujoco.mjtGeom.mjGEOM_BOX,
+                    size=[0.008, 0.0015, 0.011],
+                    pos=[0, sign * 0.0035, 0.075],
+                    rgba=[0.9, 0.9, 0.95, 1],
+                    condim=4,
+                    solref=[0.01, 1.0],
+                )
+                q = np.sqrt(0.5)
+                fb.add_site(name=f"{arm.prefix}{side}_pad_site", pos=[0, sign * 0.002, 0.075], quat=[q, sign * q, 0, 0])
+                pad_specs.append(
+                    (f"{arm.prefix}{side}", f"{arm.prefix}{side}_pad", f"{arm.prefix}{side}_pad_site", FINGER_PAD)
+                )
+        cam_pos, cam_axes = self.task.scene_camera
+        spec.worldbody.add_camera(name="scene_cam", pos=list(cam_pos), xyaxes=list(cam_axes))
+        self.task.build(spec)
+        self.spec = spec
+        self.model = spec.compile()
+        self.data = mujoco.MjData(self.model)
+        self.arms = [ArmIndex.build(self.model, a.prefix, a.prefix + "tcp") for a in self.task.arms]
+        self.pads = [bind_pad(self.model, n, g, s, ps) for n, g, s, ps in pad_specs]
+        self.pad_names = [p.name for p in self.pads]
+        self.task.bind(self.model)
+
+    def _subtree_geoms(self, base_body: int, hand_only: bool) -> np.ndarray:
+        """Geoms of the hand subtree (link7 and below) of the arm rooted at ``base_body``."""
+        m = self.model
+        link7 = base_body + 7  # bodies are numbered depth-first: link0..link7 then fingers and tool
+        bodies = [b for b in range(m.nbody) if _is_descendant(m, b, link7)] if hand_only else []
+        return np.array([g for g in range(m.ngeom) if m.geom_bodyid[g] in bodies])
+
+    # ---------------------------------------------------------------- spaces
+    def _make_action_space(self) -> gym.spaces.Box:
+        lo, hi = [], []
+        for arm in self.task.arms:
+            wlo, whi = arm.workspace
+            lo += [*wlo, -np.pi, -np.pi, -np.pi, 0.0]
+            hi += [*whi, np.pi, np.pi, np.pi, 0.08]
+        return gym.spaces.Box(np.array(lo, np.float32), np.array(hi, np.float32), dtype=np.float32)
+
+    def _make_observation_space(self) -> gym.spaces.Dict:
+        a, p = len(self.arms), len(self.pads)
+        f32 = np.float32
+        inf = np.inf
+        spaces = {
+            "tcp_pos": gym.spaces.Box(-inf, inf, (a, 3), f32),
+            "tcp_quat": gym.spaces.Box(-1.0, 1.0, (a, 4), f32),
+            "joint_pos": gym.spaces.Box(-inf, inf, (a, 7), f32),
+            "joint_vel": gym.spaces.Box(-inf, inf, (a, 7), f32),
+            "gripper_width": gym.spaces.Box(0.0, 0.1, (a,), f32),
+            "wrench": gym.spaces.Box(-inf, inf, (a, 6), f32),
+            "marker_offset": gym.spaces.Box(-inf, inf, (p, 7, 9, 2), f32),
+            "marker_depth": gym.spaces.Box(0.0, inf, (p, *FINGER_PAD.depth_shape), f32),
+        }
+        if self.cameras:
+            s = self.image_size
+            spaces["scene_rgb"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
+            spaces["wrist_rgb"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
+        return gym.spaces.Dict(spaces)
+
+    # ------------------------------------------------------------------- API
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        mujoco.mj_resetData(self.model, self.data)
+        self.task.reset(self, rng, perturb=self.perturb)
+        for arm, setup in zip(self.arms, self.task.arms, strict=True):
+            pos, rot = self.task.start_pose(setup)
+            solve_ik(self.model, self.data, arm, pos, rot, self.task.q_init)
+            self.data.qpos[arm.finger_qpos] = 0.02
+        mujoco.mj_forward(self.model, self.data)
+        for c in self.controllers:
+            c.reset(self.data)
+        self.step_count = 0
+        self.last_fields, self.last_wrench = self.sensing.read(self.data, rng)
+        return self._observation(), self.task.info(self)
+
+    def check_action(self, action: Any) -> np.ndarray:
+        """Validate an action before anything reaches the physics; raise ValueError naming the problem."""
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != self.action_space.shape:
+            raise ValueError(
+                f"action has shape {a.shape}, expected {self.action_space.shape} "
+                f"({len(self.arms)} arm(s) x [x, y, z, rx, ry, rz, grip])"
+            )
+        bad = ~np.isfinite(a)
+        if bad.any():
+            raise ValueError(f"action contains NaN/inf at indices {np.flatnonzero(bad).tolist()}: {a.tolist()}")
+        return a
+
+    def step(self, action):
+        a = self.check_action(action)
+        lo, hi = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
+        a = np.clip(a, lo, hi)  # workspace limits
+        for i, c in enumerate(self.controllers):
+            u = a[i * ACTION_DIM_PER_ARM : (i + 1) * ACTION_DIM_PER_ARM]
+            c.set_target(u[:3], rotvec_to_mat(u[3:6]), u[6], self.task.arms[i].grip_force)
+        dt = self.model.opt.timestep
+        for _ in range(self.substeps):
+            self.task.before_physics(self)
+            for c in self.controllers:
+                c.compute(self.data, dt)
+            mujoco.mj_step(self.model, self.data)
+        self.step_count += 1
+        self.last_fields, self.last_wrench = self.sensing.read(self.data, self.np_random)
+        reward, terminated = self.task.update(self)
+        truncated = self.time >= self.task.max_seconds and not terminated
+        return self._observation(), float(reward), bool(terminated), bool(truncated), self.task.info(self)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        d = self.data
+        quat = np.zeros((len(self.arms), 4))
+        for i, arm in enumerate(self.arms):
+            mujoco.mju_mat2Quat(quat[i], d.site_xmat[arm.tcp_site])
+        obs = {
+            "tcp_pos": np.array([d.site_xpos[a.tcp_site] for a in self.arms], np.float32),
+            "tcp_quat": quat.astype(np.float32),
+            "joint_pos": np.array([d.qpos[a.qpos] for a in self.arms], np.float32),
+            "joint_vel": np.array([d.qvel[a.dof] for a in self.arms], np.float32),
+            "gripper_width": np.array([d.qpos[a.finger_qpos].sum() for a in self.arms], np.float32),
+            "wrench": self.last_wrench.astype(np.float32),
+            "marker_offset": np.array([f.offset for f in self.last_fields], np.float32),
+            "marker_depth": np.array([_resize_depth(f.depth) for f in self.last_fields], np.float32),
+        }
+        if self.cameras:
+            obs["scene_rgb"] = self.render_camera("scene_cam", self.image_size)
+            obs["wrist_rgb"] = self.render_camera(self.task.arms[0].prefix + "wrist_cam", self.image_size)
+        return obs
+
+    def tcp_pose(self, arm: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.arms[arm].tcp_site
+        return self.data.site_xpos[s].copy(), self.data.site_xmat[s].reshape(3, 3).copy()
+
+    def hold_action(self) -> np.ndarray:
+        """An action that holds every arm where it is (used by safety stops)."""
+        out = []
+        for i in range(len(self.arms)):
+            p, r = self.tcp_pose(i)
+            out += [*p, *mat_to_rotvec(r), float(self.data.qpos[self.arms[i].finger_qpos].sum())]
+        return np.array(out)
+
+    def render_camera(self, camera: str, size: int) -> np.ndarray:
+        key = (size, size)
+        if key not in self._renderers:
+            self._renderers[key] = mujoco.Renderer(self.model, size, size)
+        r = self._renderers[key]
+        r.update_scene(self.data, camera)
+        return r.render()
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return self.render_camera("scene_cam", self.render_size)
+
+    def close(self) -> None:
+        for r in self._renderers.values():
+            r.close()
+        self._renderers.clear()
+
+
+def _is_descendant(model: mujoco.MjModel, body: int, ancestor: int) -> bool:
+    while body > 0:
+        if body == ancestor:
+            return True
+        body = int(model.body_parentid[body])
+    return ancestor == 0
+
+
+def _resize_depth(depth: np.ndarray) -> np.ndarray:
+    shape = FINGER_PAD.depth_shape
+    if depth.shape == shape:
+        return depth
+    raise ValueError(f"pad depth map has shape {depth.shape}, expected {shape}")

@@ -1,0 +1,47 @@
+"""Task names -> task classes, and the gymnasium registration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from sim.tasks.base import Task
+
+
+def _task_classes() -> dict[str, type[Task]]:
+    from sim.tasks.wipe import WipeTask
+
+    classes: dict[str, type[Task]] = {"wipe": WipeTask}
+    try:
+        from sim.tasks.peel import PeelTask
+
+        classes["peel"] = PeelTask
+    except ImportError:
+        pass
+    try:
+        from sim.tasks.lift import LiftTask
+
+        classes["lift"] = LiftTask
+    except ImportError:
+        pass
+    return classes
+
+
+TASKS = _task_classes()
+ENV_IDS = {name: f"slowfast/{name.capitalize()}-v0" for name in TASKS}
+
+
+def make_env(task: str, perturbations: tuple[str, ...] | None = None, **kwargs: Any):
+    """Build the environment of ``task``; unknown names raise a ValueError listing the valid ones."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(TASKS)}")
+    from sim.env import ContactRichEnv
+
+    return ContactRichEnv(TASKS[task](perturbations=perturbations), **kwargs)
+
+
+def register_envs() -> None:
+    for name, env_id in ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="sim.registry:make_env", kwargs={"task": name})

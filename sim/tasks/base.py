@@ -1,0 +1,181 @@
+"""What every task provides to :class:`sim.env.ContactRichEnv`, and shared task machinery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import mujoco
+import numpy as np
+
+if TYPE_CHECKING:
+    from sim.env import ContactRichEnv
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A rigid tool held in the closed gripper; its face carries a tactile pad."""
+
+    half_size: tuple[float, float, float]
+    rgba: tuple[float, float, float, float] = (0.95, 0.8, 0.2, 1.0)
+    mass: float = 0.08
+    friction: float = 0.9
+    mount_z: float = 0.262  # distance from link7 to the tool's back face, past the fingertips
+
+
+@dataclass(frozen=True)
+class ArmSetup:
+    prefix: str
+    base_pos: tuple[float, float, float]
+    base_yaw: float
+    tool: ToolSpec
+    workspace: tuple[tuple[float, float, float], tuple[float, float, float]]
+    grip_force: float = 20.0
+
+
+@dataclass
+class Perturbation:
+    """A scheduled change of the world that only touch can reveal."""
+
+    kind: str
+    time: float  # s, when it starts
+    duration: float  # s, it is applied smoothly over this long
+    params: dict[str, float] = field(default_factory=dict)
+
+    def progress(self, t: float) -> float:
+        if t < self.time:
+            return 0.0
+        if self.duration <= 0:
+            return 1.0
+        return float(min((t - self.time) / self.duration, 1.0))
+
+
+class Task:
+    """Base class: subclasses fill in the scene, the randomisation, the perturbations and the score."""
+
+    name: str = "task"
+    perturbation_kinds: tuple[str, ...] = ()
+    max_seconds: float = 20.0
+    arms: tuple[ArmSetup, ...] = ()
+    q_init: np.ndarray = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 0.3, 0.785])  # IK seed for resets
+    scene_camera: tuple[tuple[float, float, float], tuple[float, ...]] = (
+        (1.35, -0.75, 0.75),
+        (0.5, 0.866, 0.0, -0.3, 0.17, 0.94),
+    )
+
+    def __init__(self, perturbations: tuple[str, ...] | None = None):
+        kinds = self.perturbation_kinds if perturbations is None else tuple(perturbations)
+        unknown = [k for k in kinds if k not in self.perturbation_kinds]
+        if unknown:
+            raise ValueError(
+                f"unknown perturbation(s) {unknown} for task {self.name!r}; valid: {list(self.perturbation_kinds)}"
+            )
+        self.enabled_perturbations = kinds
+        self.perturbation: Perturbation | None = None
+        self.failure: str | None = None
+        self.nominal: dict[str, Any] = {}
+
+    # -- scene
+    def build(self, spec: mujoco.MjSpec) -> None:
+        raise NotImplementedError
+
+    def bind(self, model: mujoco.MjModel) -> None:
+        raise NotImplementedError
+
+    # -- episode
+    def reset(self, env: ContactRichEnv, rng: np.random.Generator, perturb: bool) -> None:
+        raise NotImplementedError
+
+    def start_pose(self, arm: ArmSetup) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def before_physics(self, env: ContactRichEnv) -> None:
+        """Called every physics step: apply the scheduled perturbation."""
+
+    def update(self, env: ContactRichEnv) -> tuple[float, bool]:
+        """Called every control step after physics; returns (reward, terminated)."""
+        raise NotImplementedError
+
+    @property
+    def score(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def success(self) -> bool:
+        raise NotImplementedError
+
+    def info(self, env: ContactRichEnv) -> dict[str, Any]:
+        p = self.perturbation
+        return {
+            "task": self.name,
+            "score": float(self.score),
+            "success": bool(self.success),
+            "failure": self.failure,
+            "perturbation": p.kind if p else "none",
+            "perturbation_time": p.time if p else None,
+            "time": env.time,
+        }
+
+    def schedule(
+        self, rng: np.random.Generator, perturb: bool, window: tuple[float, float], make_params
+    ) -> None:
+        """Pick one enabled perturbation (uniformly) and a start time in ``window``."""
+        self.perturbation = None
+        if not perturb or not self.enabled_perturbations:
+            return
+        kind = self.enabled_perturbations[int(rng.integers(len(self.enabled_perturbations)))]
+        t = float(rng.uniform(*window))
+        self.perturbation = make_params(kind, t, rng)
+
+
+def contact_normal_force(model: mujoco.MjModel, data: mujoco.MjData, geom_a: int, geoms_b: set[int]) -> float:
+    """Total normal force between ``geom_a`` and any geom in ``geoms_b`` (N): the task's ground truth."""
+    total = 0.0
+    f6 = np.zeros(6)
+    n = data.ncon
+    if n == 0:
+        return 0.0
+    g1 = data.contact.geom1[:n]
+    g2 = data.contact.geom2[:n]
+    for i in np.flatnonzero((g1 == geom_a) | (g2 == geom_a)):
+        other = int(g2[i]) if g1[i] == geom_a else int(g1[i])
+        if other in geoms_b:
+            mujoco.mj_contactForce(model, data, int(i), f6)
+            total += f6[0]
+    return total
+
+
+def geom_id(model: mujoco.MjModel, name: str) -> int:
+    i = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, name)
+    if i < 0:
+        raise KeyError(f"geom {name!r} not in model")
+    return i
+
+
+def body_id(model: mujoco.MjModel, name: str) -> int:
+    i = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, name)
+    if i < 0:
+        raise KeyError(f"body {name!r} not in model")
+    return i
+
+
+def resize_geom(model: mujoco.MjModel, gid: int, size: np.ndarray) -> None:
+    """Change a primitive geom's size at run time, keeping the collision bounds consistent.
+
+    MuJoCo's broad phase reads ``geom_rbound`` and ``geom_aabb``; changing ``geom_size`` alone makes
+    collisions silently disappear.
+    """
+    size = np.asarray(size, dtype=float)
+    model.geom_size[gid][: len(size)] = size
+    t = model.geom_type[gid]
+    if t == mujoco.mjtGeom.mjGEOM_BOX:
+        half = model.geom_size[gid].copy()
+    elif t == mujoco.mjtGeom.mjGEOM_CYLINDER:
+        r, h = model.geom_size[gid][:2]
+        half = np.array([r, r, h])
+    elif t == mujoco.mjtGeom.mjGEOM_SPHERE:
+        half = np.full(3, model.geom_size[gid][0])
+    else:
+        raise ValueError(f"resize_geom supports box, cylinder and sphere geoms, not type {int(t)}")
+    model.geom_aabb[gid] = np.concatenate((np.zeros(3), half))
+    model.geom_rbound[gid] = float(np.linalg.norm(half))

@@ -1,0 +1,121 @@
+"""Shared machinery of the tool-on-surface tasks (wipe, peel).
+
+The surface is a kinematic (mocap) body, so perturbations can raise, lower or tilt it mid-episode
+without the robot being told. The nominal tool path over the surface (points, normals, tangents)
+is computed from the *initial* state and published in ``task.nominal``: experts may plan with it,
+but only touch tells them when the surface moved.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import mujoco
+import numpy as np
+
+from sim.kinematics import frame_from_z_and_x
+from sim.tasks.base import ArmSetup, Perturbation, Task, ToolSpec, body_id, contact_normal_force, geom_id
+
+if TYPE_CHECKING:
+    from sim.env import ContactRichEnv
+
+FAIL_WINDOW = 0.1  # s, the force-limit check uses the force averaged over this window
+SURFACE_MOVE_SPEED = 0.03  # m/s, how fast a raise/lower/tilt perturbation moves the surface
+
+
+def single_arm(tool: ToolSpec) -> tuple[ArmSetup, ...]:
+    return (
+        ArmSetup(
+            prefix="arm/",
+            base_pos=(0.0, 0.0, 0.0),
+            base_yaw=0.0,
+            tool=tool,
+            workspace=((0.2, -0.4, 0.0), (0.85, 0.4, 0.6)),
+        ),
+    )
+
+
+class SurfaceTask(Task):
+    """A tool pressed on a mocap-held surface, scored by where and how hard it presses."""
+
+    hover: float = 0.05  # m above the first path point at the start
+    force_band: tuple[float, float] = (4.0, 25.0)
+    force_fail: float = 40.0
+    force_target: float = 10.0
+    surface_geom_names: tuple[str, ...] = ("surface",)
+
+    def bind(self, model: mujoco.MjModel) -> None:
+        self.model = model
+        self._body = body_id(model, "surface_body")
+        self._mocap = int(model.body_mocapid[self._body])
+        self._tool_pad = geom_id(model, self.arms[0].prefix + "tool_pad")
+        self._surface_geoms = {geom_id(model, n) for n in self.surface_geom_names}
+
+    def place_surface(self, env: ContactRichEnv, pos: np.ndarray, quat: np.ndarray) -> None:
+        self._pos0 = pos.copy()
+        self._quat0 = quat.copy()
+        env.data.mocap_pos[self._mocap] = pos
+        env.data.mocap_quat[self._mocap] = quat
+
+    def make_perturbation(self, kind: str, t: float, rng: np.random.Generator) -> Perturbation:
+        if kind == "raise":
+            dz = float(rng.uniform(0.018, 0.03))
+            return Perturbation(kind, t, dz / SURFACE_MOVE_SPEED, {"dz": dz})
+        if kind == "lower":
+            dz = -float(rng.uniform(0.012, 0.03))
+            return Perturbation(kind, t, -dz / SURFACE_MOVE_SPEED, {"dz": dz})
+        if kind == "tilt":
+            ang = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.09, 0.15))
+            return Perturbation(kind, t, 0.5, {"tilt": ang})
+        raise ValueError(f"unknown perturbation {kind!r} for {self.name}")
+
+    def before_physics(self, env: ContactRichEnv) -> None:
+        p = self.perturbation
+        if p is None:
+            return
+        a = p.progress(env.time)
+        if a <= 0.0:
+            return
+        pos = self._pos0.copy()
+        pos[2] += a * p.params.get("dz", 0.0)
+        quat = self._quat0.copy()
+        tilt = a * p.params.get("tilt", 0.0)
+        if tilt:
+            q_tilt = np.array([np.cos(tilt / 2), 0.0, np.sin(tilt / 2), 0.0])  # about world y
+            mujoco.mju_mulQuat(quat, q_tilt, self._quat0)
+        env.data.mocap_pos[self._mocap] = pos
+        env.data.mocap_quat[self._mocap] = quat
+
+    def surface_to_world(self, local: np.ndarray) -> np.ndarray:
+        """Maps points in the *current* surface frame to world (used for scoring)."""
+        d = self.data_ref
+        rot = d.xmat[self._body].reshape(3, 3)
+        return d.xpos[self._body] + local @ rot.T
+
+    def tool_force(self, env: ContactRichEnv) -> float:
+        return contact_normal_force(env.model, env.data, self._tool_pad, self._surface_geoms)
+
+    def sustained_force(self, env: ContactRichEnv, force: float) -> float:
+        """Force averaged over the last ``FAIL_WINDOW`` s: a one-tick impact spike breaks nothing."""
+        n = max(int(round(FAIL_WINDOW * env.control_hz)), 1)
+        if env.step_count <= 1:
+            self._history = []
+        self._history.append(force)
+        del self._history[:-n]
+        return float(np.mean(self._history))
+
+    def start_pose(self, arm: ArmSetup) -> tuple[np.ndarray, np.ndarray]:
+        p0 = self.nominal["points"][0]
+        n0 = self.nominal["normals"][0]
+        return p0 + n0 * self.hover, frame_from_z_and_x(-n0, self.nominal["x_hint"])
+
+    def publish_path(self, points: np.ndarray, normals: np.ndarray, tangents: np.ndarray, **extra) -> None:
+        self.nominal = {
+            "points": points,
+            "normals": normals,
+            "tangents": tangents,
+            "force_target": self.force_target,
+            # Tool x axis kept near world -y: the Panda's natural wrist angle over the table.
+            "x_hint": np.array([0.0, -1.0, 0.0]),
+            **extra,
+        }
