@@ -26,6 +26,8 @@ from sim.tasks.base import Task
 ACTION_DIM_PER_ARM = 7
 FINGER_PAD = GelPadSpec(half_size=(0.008, 0.011))
 TOOL_PAD_MARGIN = 0.002
+GEL_SOLREF = [0.04, 1.0]
+GEL_SOLIMP = [0.5, 0.95, 0.004, 0.5, 2.0]
 
 
 class ContactRichEnv(gym.Env):
@@ -119,8 +121,9 @@ class ContactRichEnv(gym.Env):
                 rgba=[0.9, 0.9, 0.95, 1],
                 mass=0.005,
                 friction=[tool.friction, 0.005, 0.0001],
-                solref=[0.01, 1.0],
-                solimp=[0.9, 0.95, 0.002, 0.5, 2.0],
+                # A gel is soft: ~3 mm of compression at 10 N, so contact never chatters.
+                solref=GEL_SOLREF,
+                solimp=GEL_SOLIMP,
                 condim=4,
             )
             z_face = 2 * hz + 2 * TOOL_PAD_MARGIN
@@ -144,7 +147,8 @@ class ContactRichEnv(gym.Env):
                     pos=[0, sign * 0.0035, 0.075],
                     rgba=[0.9, 0.9, 0.95, 1],
                     condim=4,
-                    solref=[0.01, 1.0],
+                    solref=GEL_SOLREF,
+                    solimp=GEL_SOLIMP,
                 )
                 q = np.sqrt(0.5)
                 fb.add_site(name=f"{arm.prefix}{side}_pad_site", pos=[0, sign * 0.002, 0.075], quat=[q, sign * q, 0, 0])

@@ -173,9 +173,12 @@ def resize_geom(model: mujoco.MjModel, gid: int, size: np.ndarray) -> None:
     elif t == mujoco.mjtGeom.mjGEOM_CYLINDER:
         r, h = model.geom_size[gid][:2]
         half = np.array([r, r, h])
+    elif t == mujoco.mjtGeom.mjGEOM_CAPSULE:
+        r, h = model.geom_size[gid][:2]
+        half = np.array([r, r, h + r])
     elif t == mujoco.mjtGeom.mjGEOM_SPHERE:
         half = np.full(3, model.geom_size[gid][0])
     else:
-        raise ValueError(f"resize_geom supports box, cylinder and sphere geoms, not type {int(t)}")
+        raise ValueError(f"resize_geom supports box, cylinder, capsule and sphere geoms, not type {int(t)}")
     model.geom_aabb[gid] = np.concatenate((np.zeros(3), half))
     model.geom_rbound[gid] = float(np.linalg.norm(half))

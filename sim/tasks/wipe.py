@@ -36,7 +36,7 @@ class WipeTask(SurfaceTask):
         q = np.sqrt(0.5)
         body.add_geom(
             name="surface",
-            type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+            type=mujoco.mjtGeom.mjGEOM_CAPSULE,  # analytic capsule-box contact: no missed contacts
             size=[0.25, 0.2, 0],
             quat=[q, q, 0, 0],
             rgba=[0.55, 0.7, 0.85, 1],

@@ -1,0 +1,169 @@
+"""One evaluation harness for any policy.
+
+    python -m sim.eval task=wipe policy=expert episodes=50 seed=0
+
+Policies are resolved from config (``_target_``), so this module never imports a policy package.
+Prints a progress bar, then as its last stdout line one JSON object; writes the same JSON, a video
+of the first episode and a force-over-time plot into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from sim.registry import make_env
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, round(centre + half, 12)))
+
+
+def run_episode(env, policy, seed: int, record: bool = False) -> tuple[dict[str, Any], dict[str, list]]:
+    obs, info = env.reset(seed=seed)
+    policy.reset(env)
+    trace: dict[str, list] = defaultdict(list)
+    frame_every = max(int(round(env.control_hz / 25)), 1)
+    while True:
+        action = policy.act(obs)
+        obs, _, terminated, truncated, info = env.step(action)
+        if record:
+            trace["time"].append(env.time)
+            trace["sensed_force"].append(-float(obs["wrench"][0][2]))
+            trace["true_force"].append(float(getattr(env.task, "force", np.nan)))
+            if env.step_count % frame_every == 0:
+                trace["frames"].append(env.render())
+        if terminated or truncated:
+            break
+    return info, trace
+
+
+def evaluate(
+    task: str,
+    make_policy: Callable[[], Any],
+    policy_name: str,
+    episodes: int,
+    seed: int,
+    out_dir: Path,
+    perturb: bool = True,
+    video: bool = True,
+    cameras: bool = False,
+    perturbations: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = make_env(
+        task, perturbations=perturbations, perturb=perturb, cameras=cameras, render_mode="rgb_array"
+    )
+    policy = make_policy()
+    rows = []
+    trace: dict[str, list] = {}
+    for k in tqdm(range(episodes), desc=f"{task}/{policy_name}", file=sys.stderr, unit="ep"):
+        info, tr = run_episode(env, policy, seed + k, record=(k == 0))
+        if k == 0:
+            trace = tr
+        rows.append({"seed": seed + k, **{key: info[key] for key in ("success", "score", "failure", "perturbation")}})
+    env.close()
+    n_ok = sum(r["success"] for r in rows)
+    per: dict[str, dict[str, Any]] = {}
+    for kind in sorted({r["perturbation"] for r in rows}):
+        sub = [r for r in rows if r["perturbation"] == kind]
+        ok = sum(r["success"] for r in sub)
+        per[kind] = {"episodes": len(sub), "success_rate": ok / len(sub), "ci95": wilson_interval(ok, len(sub))}
+    result = {
+        "task": task,
+        "policy": policy_name,
+        "episodes": episodes,
+        "seed": seed,
+        "perturb": perturb,
+        "success_rate": n_ok / episodes,
+        "ci95": wilson_interval(n_ok, episodes),
+        "mean_score": float(np.mean([r["score"] for r in rows])),
+        "per_perturbation": per,
+        "episodes_detail": rows,
+        "run_dir": str(out_dir),
+    }
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    if trace:
+        _plot_forces(trace, rows[0], out_dir / "force.png", task, policy_name)
+        if video and trace.get("frames"):
+            _write_video(trace["frames"], out_dir / "episode0.mp4")
+    return result
+
+
+def _plot_forces(trace: dict[str, list], row: dict[str, Any], path: Path, task: str, policy: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
+    ax.plot(trace["time"], trace["true_force"], label="contact force (sim ground truth)", lw=1.5)
+    ax.plot(trace["time"], trace["sensed_force"], label="sensed: -F_z wrist wrench", lw=0.8, alpha=0.8)
+    ax.set_xlabel("time [s]")
+    ax.set_ylabel("normal force [N]")
+    outcome = "success" if row["success"] else f"fail ({row['failure'] or 'score too low'})"
+    ax.set_title(f"{task} / {policy} — seed {row['seed']}, perturbation: {row['perturbation']} — {outcome}")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write_video(frames: list[np.ndarray], path: Path, fps: int = 25) -> None:
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(path, fps=fps, codec="libx264", quality=7, macro_block_size=8) as w:
+        for f in frames:
+            w.append_data(f)
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(config_path="../configs", config_name="eval", version_base=None)
+    def _run(cfg: DictConfig) -> None:
+        out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
+        policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+        name = policy_cfg.pop("name")
+        perturbations = tuple(cfg.task.perturbations) if cfg.task.perturbations is not None else None
+        result = evaluate(
+            task=cfg.task.name,
+            make_policy=lambda: instantiate(policy_cfg, task=cfg.task.name),
+            policy_name=name,
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            out_dir=out,
+            perturb=bool(cfg.perturb),
+            video=bool(cfg.video),
+            cameras=bool(cfg.cameras),
+            perturbations=perturbations,
+        )
+        summary = {k: v for k, v in result.items() if k != "episodes_detail"}
+        print(json.dumps(summary))
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Peel: a peeler strokes along a cucumber-like cylinder, taking off one strip segment at a time.
+
+A segment is peeled only while the blade moves along the surface (speed along the axis above
+``MIN_SPEED``) with the normal force inside ``force_band``, over enough of the segment's length.
+Digging in (force above ``force_fail``, averaged over 0.1 s) ruins the cucumber and ends the episode.
+Score = fraction peeled; success = at least ``success_fraction`` peeled without a failure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import mujoco
+import numpy as np
+
+from sim.tasks.base import ToolSpec, resize_geom
+from sim.tasks.surface import SurfaceTask, single_arm
+
+if TYPE_CHECKING:
+    from sim.env import ContactRichEnv
+
+N_SEGMENTS = 8
+LENGTH = 0.22  # m of cucumber body (capsule cylinder part)
+MIN_SPEED = 0.01  # m/s along the axis
+PEEL_FRACTION = 0.6  # of a segment's length travelled in band to peel it
+REACH = 0.012  # m, blade centre within this distance of the top line
+
+
+class PeelTask(SurfaceTask):
+    name = "peel"
+    perturbation_kinds = ("raise", "lower", "tilt")
+    max_seconds = 22.0
+    success_fraction = 0.8
+    force_band = (3.0, 20.0)
+    force_fail = 30.0
+    force_target = 8.0
+    # Blade: long across the stroke (tool x = world -y), narrow along it.
+    arms = single_arm(ToolSpec(half_size=(0.02, 0.006, 0.012), rgba=(0.8, 0.82, 0.85, 1.0)))
+
+    def build(self, spec: mujoco.MjSpec) -> None:
+        body = spec.worldbody.add_body(name="surface_body", mocap=True, pos=[0.6, 0, 0.03])
+        q = np.sqrt(0.5)
+        body.add_geom(
+            name="surface",
+            type=mujoco.mjtGeom.mjGEOM_CAPSULE,
+            size=[0.025, LENGTH / 2, 0],
+            quat=[q, 0, q, 0],  # capsule axis along world x
+            rgba=[0.25, 0.5, 0.2, 1],
+            friction=[0.5, 0.005, 0.0001],
+        )
+        for k in range(N_SEGMENTS):
+            body.add_geom(
+                name=f"seg{k}",
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                size=[LENGTH / N_SEGMENTS / 2 * 0.9, 0.008, 0.0008],
+                rgba=[0.15, 0.35, 0.12, 1],
+                contype=0,
+                conaffinity=0,
+                mass=0,
+            )
+
+    def bind(self, model: mujoco.MjModel) -> None:
+        super().bind(model)
+        self._segs = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, f"seg{k}") for k in range(N_SEGMENTS)]
+        self._surf = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "surface")
+
+    def reset(self, env: ContactRichEnv, rng: np.random.Generator, perturb: bool) -> None:
+        m = env.model
+        self.data_ref = env.data
+        radius = float(rng.uniform(0.02, 0.03))
+        centre = np.array([rng.uniform(0.57, 0.63), rng.uniform(-0.06, 0.06), radius + 0.002])
+        resize_geom(m, self._surf, [radius, LENGTH / 2])
+        self.radius = radius
+        edges = np.linspace(-LENGTH / 2, LENGTH / 2, N_SEGMENTS + 1)
+        self.seg_edges = edges
+        for k in range(N_SEGMENTS):
+            m.geom_pos[self._segs[k]] = [(edges[k] + edges[k + 1]) / 2, 0.0, radius + 0.0004]
+            m.geom_rgba[self._segs[k]] = [0.15, 0.35, 0.12, 1]
+        self.place_surface(env, centre, np.array([1.0, 0, 0, 0]))
+        xs = np.linspace(-LENGTH / 2 - 0.015, LENGTH / 2 + 0.015, 60)
+        points = centre + np.stack((xs, np.zeros_like(xs), np.full_like(xs, radius)), axis=1)
+        normals = np.tile([0.0, 0.0, 1.0], (len(xs), 1))
+        tangents = np.tile([1.0, 0.0, 0.0], (len(xs), 1))
+        self.publish_path(points, normals, tangents, passes=2, reverse=False)
+        self.travel = np.zeros(N_SEGMENTS)
+        self.peeled = np.zeros(N_SEGMENTS, dtype=bool)
+        self.failure = None
+        self.max_force = 0.0
+        self.force = 0.0
+        self._prev_local = None
+        self.schedule(rng, perturb, (1.5, 4.0), self.make_perturbation)
+
+    def update(self, env: ContactRichEnv) -> tuple[float, bool]:
+        f = self.tool_force(env)
+        self.force = f
+        sustained = self.sustained_force(env, f)
+        self.max_force = max(self.max_force, sustained)
+        if sustained > self.force_fail:
+            self.failure = f"force {sustained:.1f} N over the {self.force_fail:.0f} N limit (blade dug in)"
+            return -1.0, True
+        d = env.data
+        rot = d.xmat[self._body].reshape(3, 3)
+        local = rot.T @ (d.site_xpos[env.arms[0].tcp_site] - d.xpos[self._body])
+        prev, self._prev_local = self._prev_local, local
+        if prev is None:
+            return 0.0, False
+        dx = local[0] - prev[0]
+        speed = abs(dx) * env.control_hz
+        reward = 0.0
+        lo, hi = self.force_band
+        if lo <= f <= hi and speed >= MIN_SPEED and abs(local[1]) < REACH:
+            k = int(np.searchsorted(self.seg_edges, local[0]) - 1)
+            if 0 <= k < N_SEGMENTS and not self.peeled[k]:
+                self.travel[k] += abs(dx)
+                if self.travel[k] >= PEEL_FRACTION * (LENGTH / N_SEGMENTS):
+                    self.peeled[k] = True
+                    env.model.geom_rgba[self._segs[k]] = [0.85, 0.9, 0.6, 1]
+                    reward = 1.0
+        return reward, bool(self.peeled.all())
+
+    @property
+    def score(self) -> float:
+        return float(self.peeled.mean()) if hasattr(self, "peeled") else 0.0
+
+    @property
+    def success(self) -> bool:
+        return self.failure is None and self.score >= self.success_fraction
