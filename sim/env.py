@@ -18,7 +18,7 @@ import numpy as np
 
 from sensors.tactile import GelPadSpec
 from sim.controller import CartesianImpedanceController, ImpedanceGains, mat_to_rotvec, rotvec_to_mat
-from sim.kinematics import solve_ik
+from sim.kinematics import solve_ik_robust
 from sim.robot import ArmIndex, add_arm
 from sim.sensing import ContactSensing, bind_pad
 from sim.tasks.base import Task
@@ -101,7 +101,7 @@ class ContactRichEnv(gym.Env):
         for arm in self.task.arms:
             hand, _ = add_arm(spec, arm.prefix, arm.base_pos, arm.base_yaw)
             tool = arm.tool
-            body = hand.add_body(name=arm.prefix + "tool", pos=[0, 0, tool.mount_z])
+            body = hand.add_body(name=arm.prefix + "tool", pos=[0, 0, tool.mount_z], quat=tool.mount_quat())
             hx, hy, hz = tool.half_size
             body.add_geom(
                 name=arm.prefix + "tool_body",
@@ -214,7 +214,7 @@ class ContactRichEnv(gym.Env):
         self.task.reset(self, rng, perturb=self.perturb)
         for arm, setup in zip(self.arms, self.task.arms, strict=True):
             pos, rot = self.task.start_pose(setup)
-            solve_ik(self.model, self.data, arm, pos, rot, self.task.q_init)
+            solve_ik_robust(self.model, self.data, arm, pos, rot, self.task.q_init)
             self.data.qpos[arm.finger_qpos] = 0.02
         mujoco.mj_forward(self.model, self.data)
         for c in self.controllers:

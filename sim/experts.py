@@ -111,7 +111,116 @@ def make_expert(task: str, force_feedback: bool = True, **kwargs):
     if task in ("wipe", "peel"):
         return SurfaceFollowExpert(force_feedback=force_feedback, **kwargs)
     if task == "lift":
-        from sim.experts_lift import SqueezeLiftExpert
-
         return SqueezeLiftExpert(force_feedback=force_feedback, **kwargs)
     raise ValueError(f"no expert for task {task!r}; valid: ['wipe', 'peel', 'lift']")
+
+
+class SqueezeLiftExpert:
+    """Bimanual squeeze-and-lift with upright paddles.
+
+    With force feedback, each paddle's squeeze depth follows a PI law toward a target normal force
+    that grows with the *sensed* load (vertical wrist force) and with detected slip (the contact
+    patch drifting across the tactile pad), capped below the crush limit. Without it, the squeeze
+    depth is the calibrated nominal one.
+    """
+
+    def __init__(
+        self,
+        force_feedback: bool = True,
+        gain: float = 0.006,
+        mu_assumed: float = 0.5,
+        safety: float = 1.4,
+        max_squeeze: float = 40.0,
+        lift_speed: float = 0.04,
+        squeeze_rate: float = 80.0,
+    ):
+        self.squeeze_rate = squeeze_rate
+        self.force_feedback = force_feedback
+        self.gain = gain
+        self.mu0 = mu_assumed
+        self.safety = safety
+        self.max_squeeze = max_squeeze
+        self.lift_speed = lift_speed
+
+    def reset(self, env: ContactRichEnv) -> None:
+        from sim.tasks.lift import paddle_rotation
+
+        nom = env.task.nominal
+        self.centre, self.half = nom["centre"], nom["half"]
+        self.lift_height = float(nom["lift_height"])
+        self.n_min = float(nom["squeeze_target"])
+        self.stiffness = env.controllers[0].gains.kp_pos
+        self.dt = 1.0 / env.control_hz
+        self.sides = (-1.0, 1.0)
+        self.rots = [mat_to_rotvec(paddle_rotation(s)) for s in self.sides]
+        self.depth = np.full(2, -0.05)  # < 0: outside the nominal face
+        self.z = 0.0
+        self.t = 0.0
+        self.phase = "approach"
+        self.mu_hat = self.mu0
+        self.load_max = 0.0
+        self.target = np.full(2, self.n_min)
+        self.correction = np.zeros(2)
+        self.load_f = 0.0
+        self.slip_steps = 0
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        self.t += self.dt
+        forces = -obs["wrench"][:, 2].astype(float)  # normal force on each paddle
+        d_nom = self.n_min / self.stiffness
+        if self.phase == "approach":
+            self.depth = np.minimum(self.depth + 0.05 * self.dt, d_nom)
+            touching = forces > 0.5 * self.n_min if self.force_feedback else self.depth >= d_nom
+            if np.all(touching) or np.all(self.depth >= d_nom):
+                self.phase, self.t_phase = "squeeze", self.t
+        elif self.phase == "squeeze" and self.t - self.t_phase > 0.8:
+            self.phase = "lift"
+        if self.phase == "lift":
+            self.z = min(self.z + self.lift_speed * self.dt, self.lift_height)
+        if self.phase in ("squeeze", "lift"):
+            if self.force_feedback:
+                self._regulate(obs, forces)
+            else:
+                self.depth[:] = d_nom
+        out = []
+        for i, side in enumerate(self.sides):
+            face = self.centre + np.array([0.0, side * self.half[1], self.z])
+            pos = face - np.array([0.0, side, 0.0]) * self.depth[i]
+            out += [*pos, *self.rots[i], 0.0]
+        return np.array(out)
+
+    def _regulate(self, obs: dict[str, np.ndarray], forces: np.ndarray) -> None:
+        # Sensed load: the world-vertical part of each paddle's wrench, read through the TCP rotation.
+        load = 0.0
+        for i in range(2):
+            q = obs["tcp_quat"][i].astype(float)
+            rot = np.zeros(9)
+            mujoco_quat2mat(rot, q)
+            f_world = rot.reshape(3, 3) @ obs["wrench"][i, :3].astype(float)
+            load += abs(f_world[2])
+        # Slip: the box starts to slide when the friction the pads feel can no longer carry its weight,
+        # so the sensed load drops below what they carried; the shear/normal ratio then reads mu.
+        self.load_f += 0.3 * (load - self.load_f)  # ~0.1 s low-pass against wrench noise and lift-off jolts
+        if self.phase == "lift" and self.z > 0.03:
+            if self.load_f < 0.75 * self.load_max and self.load_max > 1.0:
+                self.slip_steps += 1
+            else:
+                self.slip_steps = 0
+                self.load_max = max(self.load_max, self.load_f)
+            if self.slip_steps >= 3:
+                ratio = float(np.mean(np.linalg.norm(obs["wrench"][:, :2], axis=1) / np.maximum(forces, 1e-3)))
+                self.mu_hat = float(np.clip(0.8 * ratio, 0.05, self.mu_hat))
+        else:
+            self.load_max = self.load_f if self.z <= 0.03 else max(self.load_max, self.load_f)
+        need = self.safety * 0.5 * self.load_max / self.mu_hat
+        goal = np.clip(max(self.n_min, need), self.n_min, self.max_squeeze)
+        # Raise the squeeze at a bounded rate: a step in the setpoint would overshoot into a crush.
+        self.target[:] = np.minimum(goal, self.target + self.squeeze_rate * self.dt)
+        # Feed-forward on the target (a new target moves the setpoint at once) + integral correction.
+        self.correction = np.clip(self.correction + self.gain * (self.target - forces) * self.dt, -0.02, 0.02)
+        self.depth = np.clip(self.target / self.stiffness + self.correction, -0.02, 0.06)
+
+
+def mujoco_quat2mat(out: np.ndarray, quat: np.ndarray) -> None:
+    import mujoco
+
+    mujoco.mju_quat2Mat(out, quat)

@@ -54,3 +54,49 @@ def frame_from_z_and_x(z: np.ndarray, x_hint: np.ndarray) -> np.ndarray:
     x /= np.linalg.norm(x)
     y = np.cross(z, x)
     return np.stack((x, y, z), axis=1)
+
+
+def solve_ik_robust(
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    arm: ArmIndex,
+    pos: np.ndarray,
+    rot: np.ndarray,
+    q_init: np.ndarray,
+    restarts: int = 40,
+    margin: float = 0.25,
+) -> np.ndarray:
+    """IK from ``q_init``, then from deterministic random restarts; prefers solutions away from limits.
+
+    A solution within ``margin`` rad of a joint limit is kept only if no better one exists, because
+    the impedance controller needs room to move around the start pose.
+    """
+    lo = model.jnt_range[[model.dof_jntid[d] for d in arm.dof], 0]
+    hi = model.jnt_range[[model.dof_jntid[d] for d in arm.dof], 1]
+    rng = np.random.default_rng(0)
+    found: list[np.ndarray] = []
+    best, best_room = None, -np.inf
+    last_error: RuntimeError | None = None
+    for k in range(restarts + 1):
+        start = q_init if k == 0 else rng.uniform(lo + margin, hi - margin)
+        try:
+            q = solve_ik(model, data, arm, pos, rot, start)
+        except RuntimeError as exc:
+            last_error = exc
+            continue
+        room = float(np.min(np.minimum(q - lo, hi - q)))
+        if room >= margin:
+            if k == 0:
+                return q
+            found.append(q)
+            if len(found) >= 4:
+                break
+        elif room > best_room:
+            best, best_room = q, room
+    if found:
+        # Among comfortable solutions, the one closest to the posture seed.
+        best = min(found, key=lambda q: float(np.sum((q - q_init) ** 2)))
+    if best is None:
+        raise RuntimeError(f"no IK solution after {restarts + 1} tries: {last_error}")
+    data.qpos[arm.qpos] = best
+    return best

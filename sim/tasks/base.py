@@ -21,6 +21,19 @@ class ToolSpec:
     mass: float = 0.08
     friction: float = 0.9
     mount_z: float = 0.262  # distance from link7 to the tool's back face, past the fingertips
+    # "down": the face looks along the flange axis (wipe, peel); "side": the face looks sideways
+    # (along link7's y axis), a paddle held upright so a down-pointing wrist can squeeze sideways.
+    face: str = "down"
+
+    def mount_quat(self) -> list[float]:
+        if self.face == "down":
+            return [1.0, 0.0, 0.0, 0.0]
+        if self.face == "side":
+            # Tool axes in link7 coordinates: x -> link7 z, y -> link7 x, z (face normal) -> link7 y.
+            q = np.zeros(4)
+            mujoco.mju_mat2Quat(q, np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=float).reshape(-1))
+            return q.tolist()
+        raise ValueError(f"tool face must be 'down' or 'side', got {self.face!r}")
 
 
 @dataclass(frozen=True)
