@@ -110,18 +110,22 @@ class GelPad:
         r2 = ((pts[None, :, :] - xy[:, None, :]) ** 2).sum(-1)
         return np.maximum(delta[:, None] - r2 / (2.0 * self.spec.counter_radius), 0.0)
 
-    def read(self, xy: np.ndarray, force: np.ndarray, stamp: float = 0.0) -> MarkerField:
+    def read(
+        self, xy: np.ndarray, force: np.ndarray, stamp: float = 0.0, slip: np.ndarray | None = None
+    ) -> MarkerField:
         """Marker field from K contacts.
 
         Args:
             xy: (K, 2) contact points in the pad frame (m).
             force: (K, 3) force of the object on the pad in the pad frame: (shear x, shear y, normal >= 0).
+            slip: (K, 2) sliding velocity of the object over the pad at each contact (m/s), optional.
         """
         s = self.spec
         keep = force[:, 2] > 1e-6
         if not np.any(keep):
             return self.empty(stamp)
         xy, force = xy[keep], force[keep]
+        mean_slip = np.zeros(2) if slip is None else force[:, 2] @ slip[keep] / force[:, 2].sum()
         delta = np.minimum((force[:, 2] / s.hertz_k) ** (2.0 / 3.0), s.max_indentation)
         caps_m = self._caps(xy, delta, self._mxy)  # (K, N)
         norm = caps_m.sum(axis=1, keepdims=True)
@@ -145,5 +149,6 @@ class GelPad:
             depth=depth,
             normal_force=float(force[:, 2].sum()),
             shear_force=force[:, :2].sum(axis=0),
+            slip=mean_slip,
             stamp=stamp,
         )

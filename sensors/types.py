@@ -24,6 +24,9 @@ class MarkerField:
         depth: (H, W) normal indentation of the gel, metres (0 where nothing touches).
         normal_force: total normal force on the pad, newtons (>= 0; NaN when the source cannot tell).
         shear_force: (2,) total tangential force on the pad along its x and y axes, newtons.
+        slip: (2,) force-weighted sliding velocity of the touching surface over the gel, along the pad's
+            x and y, m/s (what a real pad reads from the rate of change of its marker field once the
+            contact stops sticking; zeros while everything sticks).
         stamp: monotonic time of the reading, seconds.
         unit: ``"m"`` for simulated pads, ``"px"`` for camera-based pads.
     """
@@ -33,6 +36,7 @@ class MarkerField:
     depth: np.ndarray
     normal_force: float = 0.0
     shear_force: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    slip: np.ndarray = field(default_factory=lambda: np.zeros(2))
     stamp: float = 0.0
     unit: str = "m"
 

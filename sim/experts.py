@@ -133,7 +133,9 @@ class SqueezeLiftExpert:
         max_squeeze: float = 40.0,
         lift_speed: float = 0.04,
         squeeze_rate: float = 80.0,
+        slip_speed: float = 0.004,
     ):
+        self.slip_speed = slip_speed
         self.squeeze_rate = squeeze_rate
         self.force_feedback = force_feedback
         self.gain = gain
@@ -161,8 +163,7 @@ class SqueezeLiftExpert:
         self.load_max = 0.0
         self.target = np.full(2, self.n_min)
         self.correction = np.zeros(2)
-        self.load_f = 0.0
-        self.slip_steps = 0
+        self.pads = [env.pad_names.index(a.prefix + "tool") for a in env.task.arms]
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         self.t += self.dt
         forces = -obs["wrench"][:, 2].astype(float)  # normal force on each paddle
@@ -199,18 +200,13 @@ class SqueezeLiftExpert:
             load += abs(f_world[2])
         # Slip: the box starts to slide when the friction the pads feel can no longer carry its weight,
         # so the sensed load drops below what they carried; the shear/normal ratio then reads mu.
-        self.load_f += 0.3 * (load - self.load_f)  # ~0.1 s low-pass against wrench noise and lift-off jolts
-        if self.phase == "lift" and self.z > 0.03:
-            if self.load_f < 0.75 * self.load_max and self.load_max > 1.0:
-                self.slip_steps += 1
-            else:
-                self.slip_steps = 0
-                self.load_max = max(self.load_max, self.load_f)
-            if self.slip_steps >= 3:
-                ratio = float(np.mean(np.linalg.norm(obs["wrench"][:, :2], axis=1) / np.maximum(forces, 1e-3)))
-                self.mu_hat = float(np.clip(0.8 * ratio, 0.05, self.mu_hat))
-        else:
-            self.load_max = self.load_f if self.z <= 0.03 else max(self.load_max, self.load_f)
+        self.load_max = max(self.load_max, load)
+        # Slip, read by the tactile pads: the box sliding over the gel. While it slides, the
+        # shear/normal ratio the pad feels *is* the friction coefficient, so the squeeze is re-planned.
+        slip = max(float(np.linalg.norm(obs["marker_slip"][p])) for p in self.pads)
+        if self.phase == "lift" and slip > self.slip_speed:
+            ratio = float(np.mean(np.linalg.norm(obs["wrench"][:, :2], axis=1) / np.maximum(forces, 1e-3)))
+            self.mu_hat = float(np.clip(0.8 * ratio, 0.05, self.mu_hat))
         need = self.safety * 0.5 * self.load_max / self.mu_hat
         goal = np.clip(max(self.n_min, need), self.n_min, self.max_squeeze)
         # Raise the squeeze at a bounded rate: a step in the setpoint would overshoot into a crush.

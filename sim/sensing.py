@@ -53,9 +53,10 @@ class ContactSensing:
         self._pad_geoms = np.array([p.geom for p in pads])
         self._all_sensed = np.unique(np.concatenate([*wrench_geoms, self._pad_geoms]))
         self._f6 = np.zeros(6)
+        self._v6 = np.zeros(6)
 
     def _contact_forces(self, data: mujoco.MjData):
-        """Yield (contact index, sensed geom, force on that geom in world (3,), position (3,))."""
+        """Yield (sensed geom, other geom, force on the sensed geom in world (3,), position (3,))."""
         n = data.ncon
         if n == 0:
             return
@@ -69,17 +70,17 @@ class ContactSensing:
             f_on_g2 = frame.T @ self._f6[:3]  # the normal points from geom1 to geom2
             pos = data.contact.pos[i]
             if hit1[i]:
-                yield int(g1[i]), -f_on_g2, pos
+                yield int(g1[i]), int(g2[i]), -f_on_g2, pos
             if hit2[i]:
-                yield int(g2[i]), f_on_g2, pos
+                yield int(g2[i]), int(g1[i]), f_on_g2, pos
 
     def read(self, data: mujoco.MjData, rng: np.random.Generator | None = None):
         """Returns (marker fields per pad, (n_arms, 6) wrenches [F, T] in each TCP frame)."""
-        per_pad: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {p.geom: [] for p in self.pads}
+        per_pad: dict[int, list[tuple[np.ndarray, np.ndarray, int]]] = {p.geom: [] for p in self.pads}
         wrench = np.zeros((len(self.tcp_sites), 6))
-        for geom, f, pos in self._contact_forces(data):
+        for geom, other, f, pos in self._contact_forces(data):
             if geom in per_pad:
-                per_pad[geom].append((f, pos))
+                per_pad[geom].append((f, pos, other))
             for a, geoms in enumerate(self.wrench_geoms):
                 if geom in geoms:
                     site = self.tcp_sites[a]
@@ -102,10 +103,22 @@ class ContactSensing:
         origin = data.site_xpos[p.site]
         xy = np.empty((len(contacts), 2))
         force = np.empty((len(contacts), 3))
-        for k, (f, pos) in enumerate(contacts):
+        slip = np.empty((len(contacts), 2))
+        pad_body = self.model.geom_bodyid[p.geom]
+        for k, (f, pos, other) in enumerate(contacts):
             local = rot.T @ (pos - origin)
             fl = rot.T @ f
             xy[k] = local[:2]
             # The object pushes into the gel along -z of the pad frame: that is the normal force.
             force[k] = (fl[0], fl[1], max(-fl[2], 0.0))
-        return p.pad.read(xy, force, float(data.time))
+            v_rel = self._point_velocity(data, self.model.geom_bodyid[other], pos) - self._point_velocity(
+                data, pad_body, pos
+            )
+            slip[k] = (rot.T @ v_rel)[:2]
+        return p.pad.read(xy, force, float(data.time), slip=slip)
+
+    def _point_velocity(self, data: mujoco.MjData, body: int, point: np.ndarray) -> np.ndarray:
+        """World-frame linear velocity of the material point of ``body`` at ``point``."""
+        mujoco.mj_objectVelocity(self.model, data, mujoco.mjtObj.mjOBJ_BODY, int(body), self._v6, 0)
+        # mj_objectVelocity reports [angular, linear] at the body frame origin (xpos), world axes.
+        return self._v6[3:] + np.cross(self._v6[:3], point - data.xpos[body])

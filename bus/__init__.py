@@ -1,0 +1,9 @@
+"""Shared transport for every process of the stack.
+
+* ``bus.message``: typed multipart messages (msgpack header + raw array buffers, validated on receipt).
+* ``bus.transport``: ZeroMQ publish/subscribe and request/reply wrappers that count and drop bad input.
+* ``bus.clock``: realtime and lockstep clocks behind one protocol, and a drift-free ``RateKeeper``.
+
+Import the submodules directly; this package re-exports nothing so that ``bus.clock`` stays free of
+ZeroMQ.
+"""
