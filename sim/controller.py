@@ -71,8 +71,12 @@ class CartesianImpedanceController:
         self.model = model
         self.arm = arm
         self.gains = gains or ImpedanceGains()
-        self._jacp = np.zeros((3, model.nv))
-        self._jacr = np.zeros((3, model.nv))
+        self._jac = np.zeros((6, model.nv))
+        if not np.array_equal(arm.dof, np.arange(arm.dof[0], arm.dof[0] + 7)):
+            raise ValueError(f"arm {arm.prefix!r} dofs must be contiguous, got {arm.dof.tolist()}")
+        self._dofs = slice(int(arm.dof[0]), int(arm.dof[0]) + 7)
+        self._eps6 = 1e-6 * np.eye(6)
+        self._e = np.zeros(6)
         self._mfull = np.zeros((model.nv, model.nv))
         self.q_posture = np.zeros(7)
         self.ref_pos = np.zeros(3)
@@ -82,6 +86,13 @@ class CartesianImpedanceController:
         self.grip_width = 0.08
         self.grip_force = FINGER_FORCE_LIMIT
         self.task_force = np.zeros(6)
+        self.set_gains(self.gains)
+
+    def set_gains(self, gains: ImpedanceGains) -> None:
+        self.gains = g = gains
+        self._kp = np.array([g.kp_pos] * 3 + [g.kp_rot] * 3)
+        self._two_zeta_sqrt_kp = 2.0 * g.damping_ratio * np.sqrt(self._kp)
+        self._kd_null = 2.0 * np.sqrt(g.kp_null)
 
     def reset(self, data: mujoco.MjData) -> None:
         """Hold the current pose: reference and target start where the TCP is."""
@@ -114,37 +125,38 @@ class CartesianImpedanceController:
     def compute(self, data: mujoco.MjData, dt: float) -> None:
         """Write joint and finger torques for this physics step into ``data.ctrl``."""
         m, arm, g = self.model, self.arm, self.gains
+        sl = self._dofs
         prev = self.ref_pos.copy()
         self._advance_reference(dt)
         v_ref = (self.ref_pos - prev) / dt
-        mujoco.mj_jacSite(m, data, self._jacp, self._jacr, arm.tcp_site)
-        J = np.vstack((self._jacp[:, arm.dof], self._jacr[:, arm.dof]))  # (6, 7)
+        mujoco.mj_jacSite(m, data, self._jac[:3], self._jac[3:], arm.tcp_site)
+        J = self._jac[:, sl]  # (6, 7)
         mujoco.mj_fullM(m, data, self._mfull)
-        M = self._mfull[np.ix_(arm.dof, arm.dof)]
+        M = self._mfull[sl, sl]
         Minv = np.linalg.inv(M)
-        lam_inv = J @ Minv @ J.T
-        Lam = np.linalg.inv(lam_inv + 1e-6 * np.eye(6))
-        qd = data.qvel[arm.dof]
+        MinvJt = Minv @ J.T  # (7, 6)
+        Lam = np.linalg.inv(J @ MinvJt + self._eps6)
+        qd = data.qvel[sl]
         v = J @ qd
         pos = data.site_xpos[arm.tcp_site]
         rot = data.site_xmat[arm.tcp_site].reshape(3, 3)
-        e = np.concatenate((self.ref_pos - pos, rotation_error(self.ref_rot, rot)))
-        kp = np.array([g.kp_pos] * 3 + [g.kp_rot] * 3)
+        e = self._e
+        e[:3] = self.ref_pos - pos
+        e[3:] = rotation_error(self.ref_rot, rot)
         # Stiffness is exactly Kp (so a contact force follows from the commanded penetration);
         # damping is critical for the effective task-space mass on each axis.
-        kd = 2.0 * g.damping_ratio * np.sqrt(kp * np.clip(np.diag(Lam), 1e-3, None))
-        f = kp * e - kd * (v - np.concatenate((v_ref, np.zeros(3))))
+        kd = self._two_zeta_sqrt_kp * np.sqrt(np.maximum(np.diag(Lam), 1e-3))
+        v[:3] -= v_ref
+        f = self._kp * e - kd * v
         f[:3] = _clip_norm(f[:3], g.max_force)
         f[3:] = _clip_norm(f[3:], g.max_torque)
         self.task_force[:] = f
         tau = J.T @ f
         # Dynamically consistent null space: keep the elbow near its posture without disturbing the TCP.
-        jbar = Minv @ J.T @ Lam
-        null = np.eye(7) - J.T @ jbar.T
         q = data.qpos[arm.qpos]
-        tau_post = g.kp_null * (self.q_posture - q) - 2.0 * np.sqrt(g.kp_null) * qd
-        tau += null @ (M @ tau_post)
-        tau += data.qfrc_bias[arm.dof]
+        tau_post = M @ (g.kp_null * (self.q_posture - q) - self._kd_null * qd)
+        tau += tau_post - J.T @ (Lam @ (MinvJt.T @ tau_post))
+        tau += data.qfrc_bias[sl]
         data.ctrl[arm.arm_act] = np.clip(tau, -TORQUE_LIMITS, TORQUE_LIMITS)
         # Gripper: each finger PD to half the width, force capped by the commanded grip force.
         fq = data.qpos[arm.finger_qpos]

@@ -38,7 +38,7 @@ class SurfaceFollowExpert:
     frame); without it, ``d`` stays at the calibrated ``F_target / K``.
     """
 
-    def __init__(self, force_feedback: bool = True, speed: float = 0.035, gain: float = 0.004):
+    def __init__(self, force_feedback: bool = True, speed: float = 0.035, gain: float = 0.008):
         self.force_feedback = force_feedback
         self.speed = speed
         self.gain = gain  # m/s per N of force error
@@ -71,7 +71,9 @@ class SurfaceFollowExpert:
         return np.concatenate((p - n * depth, mat_to_rotvec(rot), [self.grip]))
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        force = -float(obs["wrench"][0][2])
+        # Normal force along the tool axis; on a slanted contact the total force is the safer reading.
+        w = obs["wrench"][0].astype(float)
+        force = max(-w[2], 0.75 * float(np.linalg.norm(w[:3])))
         if self.phase == "descend":
             # Fast until 1 cm above the nominal surface, then slowly so contact is gentle.
             v = self.speed if self.d < -0.01 else 0.3 * self.speed

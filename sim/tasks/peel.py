@@ -77,7 +77,7 @@ class PeelTask(SurfaceTask):
             m.geom_pos[self._segs[k]] = [(edges[k] + edges[k + 1]) / 2, 0.0, radius + 0.0004]
             m.geom_rgba[self._segs[k]] = [0.15, 0.35, 0.12, 1]
         self.place_surface(env, centre, np.array([1.0, 0, 0, 0]))
-        xs = np.linspace(-LENGTH / 2 - 0.015, LENGTH / 2 + 0.015, 60)
+        xs = np.linspace(-LENGTH / 2 + 0.003, LENGTH / 2 - 0.003, 60)  # stay off the rounded ends
         points = centre + np.stack((xs, np.zeros_like(xs), np.full_like(xs, radius)), axis=1)
         normals = np.tile([0.0, 0.0, 1.0], (len(xs), 1))
         tangents = np.tile([1.0, 0.0, 0.0], (len(xs), 1))

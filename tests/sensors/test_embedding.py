@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from sensors.embedding import TactileEmbedding, fit_pca, generate_press_dataset
+from sensors.tactile import GelPad
+
+
+def test_shipped_embedding_loads_by_name_and_round_trips_real_fields():
+    emb = TactileEmbedding.load("default")
+    assert emb.dim == 15 and emb.grid == (7, 9)
+    pad = GelPad()
+    field = pad.read(np.array([[0.002, -0.001]]), np.array([[3.0, -2.0, 12.0]]))
+    z = emb.encode(field)
+    assert z.shape == (15,)
+    recon = emb.decode(z)
+    err = np.linalg.norm(recon - field.offset) / np.linalg.norm(field.offset)
+    assert err < 0.35  # one press the PCA never saw, reconstructed from 15 numbers
+    batch = emb.encode(np.stack([field.offset] * 4))
+    assert batch.shape == (4, 15)
+
+
+def test_unknown_name_and_bad_shapes_and_corrupt_files_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="known names"):
+        TactileEmbedding.load("no-such-embedding")
+    emb = TactileEmbedding.load("default")
+    with pytest.raises(ValueError, match=r"\(7, 9, 2\)"):
+        emb.encode(np.zeros((5, 9, 2)))
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="not a valid tactile embedding"):
+        TactileEmbedding.load(bad)
+
+
+def test_fit_save_load_identity(tmp_path):
+    x = generate_press_dataset(episodes=12, seed=3, progress=False)
+    assert x.shape[1] == 7 * 9 * 2 and len(x) > 20
+    emb = fit_pca(x, dim=5)
+    path = tmp_path / "tiny.npz"
+    emb.save(path, {"note": "test"})
+    again = TactileEmbedding.load(path)
+    np.testing.assert_allclose(again.encode(x.reshape(-1, 7, 9, 2)), emb.encode(x.reshape(-1, 7, 9, 2)))
+    assert path.with_suffix(".json").is_file()
