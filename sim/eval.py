@@ -50,6 +50,8 @@ def run_episode(env, policy, seed: int, record: bool = False) -> tuple[dict[str,
                 trace["frames"].append(env.render())
         if terminated or truncated:
             break
+    if record:
+        trace["perturbation_time"] = info.get("perturbation_time")
     return info, trace
 
 
@@ -116,6 +118,9 @@ def _plot_forces(trace: dict[str, list], row: dict[str, Any], path: Path, task: 
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
     ax.plot(trace["time"], trace["true_force"], label="contact force (sim ground truth)", lw=1.5)
     ax.plot(trace["time"], trace["sensed_force"], label="sensed: -F_z wrist wrench", lw=0.8, alpha=0.8)
+    t_p = trace.get("perturbation_time")
+    if t_p is not None:
+        ax.axvline(t_p, color="crimson", ls="--", lw=1, label=f"perturbation: {row['perturbation']}")
     ax.set_xlabel("time [s]")
     ax.set_ylabel("normal force [N]")
     outcome = "success" if row["success"] else f"fail ({row['failure'] or 'score too low'})"

@@ -54,7 +54,7 @@ def test_eval_cli_last_line_is_json_and_writes_artifacts(tmp_path):
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("task", ["wipe", "peel"])
+@pytest.mark.parametrize("task", ["wipe", "peel", "lift"])
 def test_touch_matters_on_the_same_seeds(task, tmp_path):
     """The force-aware expert beats the position-only one under perturbations (small sample)."""
     common = dict(task=task, episodes=4, seed=100, out_dir=tmp_path, video=False)
