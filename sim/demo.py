@@ -29,8 +29,8 @@ def main(episodes: int = 4, seed: int = 0, out: Path = Path("outputs/demo")) -> 
     print(f"\nwipe task, perturbations on, seeds {seed}..{seed + episodes - 1}")
     print(f"{'policy':16} {'success':>8} {'95% CI':>16} {'mean score':>11}  outputs")
     for r in rows:
-        lo, hi = r["ci95"]
-        print(f"{r['policy']:16} {r['success_rate']:8.2f} {f'[{lo:.2f}, {hi:.2f}]':>16} {r['mean_score']:11.2f}  {r['run_dir']}")
+        ci = "[{:.2f}, {:.2f}]".format(*r["ci95"])
+        print(f"{r['policy']:16} {r['success_rate']:8.2f} {ci:>16} {r['mean_score']:11.2f}  {r['run_dir']}")
     print("each run dir holds results.json, episode0.mp4 (video) and force.png (force over time)")
     print(json.dumps({r["policy"]: r["success_rate"] for r in rows}))
 
