@@ -86,6 +86,7 @@ class ContactRichEnv(gym.Env):
         spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
         spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
         spec.option.impratio = 1.0  # 10 made heavy squeezed boxes numerically unstable
+        spec.option.noslip_iterations = self.task.noslip_iterations
         spec.visual.quality.shadowsize = 0
         spec.visual.quality.offsamples = 0
         spec.visual.global_.offwidth = max(self.render_size, self.image_size)
@@ -123,7 +124,7 @@ class ContactRichEnv(gym.Env):
                 friction=[tool.friction, 0.005, 0.0001],
                 # A gel is soft: ~3 mm of compression at 10 N, so contact never chatters.
                 solref=GEL_SOLREF,
-                solimp=GEL_SOLIMP,
+                solimp=list(tool.gel_solimp or GEL_SOLIMP),
                 condim=4,
             )
             z_face = 2 * hz + 2 * TOOL_PAD_MARGIN

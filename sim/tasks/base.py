@@ -24,6 +24,8 @@ class ToolSpec:
     # "down": the face looks along the flange axis (wipe, peel); "side": the face looks sideways
     # (along link7's y axis), a paddle held upright so a down-pointing wrist can squeeze sideways.
     face: str = "down"
+    # Gel contact impedance of the tool pad (MuJoCo solimp); None = the default soft gel.
+    gel_solimp: tuple[float, ...] | None = None
 
     def mount_quat(self) -> list[float]:
         if self.face == "down":
@@ -69,6 +71,7 @@ class Task:
     name: str = "task"
     perturbation_kinds: tuple[str, ...] = ()
     max_seconds: float = 20.0
+    noslip_iterations: int = 0
     arms: tuple[ArmSetup, ...] = ()
     q_init: np.ndarray = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 0.3, 0.785])  # IK seed for resets
     scene_camera: tuple[tuple[float, float, float], tuple[float, ...]] = (
