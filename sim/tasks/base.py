@@ -108,6 +108,14 @@ class Task:
     def before_physics(self, env: ContactRichEnv) -> None:
         """Called every physics step: apply the scheduled perturbation."""
 
+    def active_perturbation(self, env: ContactRichEnv) -> tuple[Perturbation, float] | None:
+        """The scheduled perturbation and how far it has progressed (0..1], or None before it starts."""
+        p = self.perturbation
+        if p is None:
+            return None
+        a = p.progress(env.time)
+        return (p, a) if a > 0.0 else None
+
     def update(self, env: ContactRichEnv) -> tuple[float, bool]:
         """Called every control step after physics; returns (reward, terminated)."""
         raise NotImplementedError

@@ -126,12 +126,10 @@ class LiftTask(Task):
         raise ValueError(f"unknown perturbation {kind!r} for lift")
 
     def before_physics(self, env: ContactRichEnv) -> None:
-        p = self.perturbation
-        if p is None:
+        active = self.active_perturbation(env)
+        if active is None:
             return
-        a = p.progress(env.time)
-        if a <= 0.0:
-            return
+        p, a = active
         m = env.model
         if p.kind == "mass":
             mass = self.base_mass + a * p.params["added"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from sim.tasks.base import ToolSpec, resize_geom
+from sim.tasks.base import ToolSpec, geom_id, resize_geom
 from sim.tasks.surface import SurfaceTask, single_arm
 
 if TYPE_CHECKING:
@@ -48,21 +48,12 @@ class PeelTask(SurfaceTask):
             rgba=[0.25, 0.5, 0.2, 1],
             friction=[0.5, 0.005, 0.0001],
         )
-        for k in range(N_SEGMENTS):
-            body.add_geom(
-                name=f"seg{k}",
-                type=mujoco.mjtGeom.mjGEOM_BOX,
-                size=[LENGTH / N_SEGMENTS / 2 * 0.9, 0.008, 0.0008],
-                rgba=[0.15, 0.35, 0.12, 1],
-                contype=0,
-                conaffinity=0,
-                mass=0,
-            )
+        self.add_decals(body, "seg", N_SEGMENTS, [LENGTH / N_SEGMENTS / 2 * 0.9, 0.008, 0.0008], [0.15, 0.35, 0.12, 1])
 
     def bind(self, model: mujoco.MjModel) -> None:
         super().bind(model)
-        self._segs = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, f"seg{k}") for k in range(N_SEGMENTS)]
-        self._surf = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "surface")
+        self._segs = self.decal_ids(model, "seg", N_SEGMENTS)
+        self._surf = geom_id(model, "surface")
 
     def reset(self, env: ContactRichEnv, rng: np.random.Generator, perturb: bool) -> None:
         m = env.model

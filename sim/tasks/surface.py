@@ -51,6 +51,24 @@ class SurfaceTask(Task):
         self._tool_pad = geom_id(model, self.arms[0].prefix + "tool_pad")
         self._surface_geoms = {geom_id(model, n) for n in self.surface_geom_names}
 
+    @staticmethod
+    def add_decals(body: mujoco.MjsBody, name: str, n: int, size: list[float], rgba: list[float]) -> None:
+        """Visual-only markers on the surface (marks to wipe, strips to peel) that the task recolours."""
+        for k in range(n):
+            body.add_geom(
+                name=f"{name}{k}",
+                type=mujoco.mjtGeom.mjGEOM_BOX,
+                size=size,
+                rgba=rgba,
+                contype=0,
+                conaffinity=0,
+                mass=0,
+            )
+
+    @staticmethod
+    def decal_ids(model: mujoco.MjModel, name: str, n: int) -> list[int]:
+        return [geom_id(model, f"{name}{k}") for k in range(n)]
+
     def place_surface(self, env: ContactRichEnv, pos: np.ndarray, quat: np.ndarray) -> None:
         self._pos0 = pos.copy()
         self._quat0 = quat.copy()
@@ -70,12 +88,10 @@ class SurfaceTask(Task):
         raise ValueError(f"unknown perturbation {kind!r} for {self.name}")
 
     def before_physics(self, env: ContactRichEnv) -> None:
-        p = self.perturbation
-        if p is None:
+        active = self.active_perturbation(env)
+        if active is None:
             return
-        a = p.progress(env.time)
-        if a <= 0.0:
-            return
+        p, a = active
         pos = self._pos0.copy()
         pos[2] += a * p.params.get("dz", 0.0)
         quat = self._quat0.copy()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from sim.tasks.base import ToolSpec, resize_geom
+from sim.tasks.base import ToolSpec, geom_id, resize_geom
 from sim.tasks.surface import SurfaceTask, single_arm
 
 if TYPE_CHECKING:
@@ -42,21 +42,12 @@ class WipeTask(SurfaceTask):
             rgba=[0.55, 0.7, 0.85, 1],
             friction=[0.6, 0.005, 0.0001],
         )
-        for k in range(N_MARKS):
-            body.add_geom(
-                name=f"mark{k}",
-                type=mujoco.mjtGeom.mjGEOM_BOX,
-                size=[0.012, 0.012, 0.001],
-                rgba=[0.3, 0.15, 0.05, 1],
-                contype=0,
-                conaffinity=0,
-                mass=0,
-            )
+        self.add_decals(body, "mark", N_MARKS, [0.012, 0.012, 0.001], [0.3, 0.15, 0.05, 1])
 
     def bind(self, model: mujoco.MjModel) -> None:
         super().bind(model)
-        self._marks = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, f"mark{k}") for k in range(N_MARKS)]
-        self._surf = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "surface")
+        self._marks = self.decal_ids(model, "mark", N_MARKS)
+        self._surf = geom_id(model, "surface")
 
     def reset(self, env: ContactRichEnv, rng: np.random.Generator, perturb: bool) -> None:
         m = env.model
