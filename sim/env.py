@@ -16,6 +16,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from sensors.camera import depth_to_pointcloud, intrinsics_from_fovy
 from sensors.tactile import GelPadSpec
 from sim.controller import CartesianImpedanceController, ImpedanceGains, mat_to_rotvec, rotvec_to_mat
 from sim.kinematics import solve_ik_robust
@@ -129,13 +130,10 @@ class ContactRichEnv(gym.Env):
             )
             z_face = 2 * hz + 2 * TOOL_PAD_MARGIN
             body.add_site(name=arm.prefix + "tcp", pos=[0, 0, z_face], size=[0.005, 0, 0])
-            # Wrist camera looking along the tool from behind the hand.
-            hand.add_camera(
-                name=arm.prefix + "wrist_cam",
-                pos=[0.09, 0.0, 0.02],
-                xyaxes=[0, 1, 0, -0.85, 0, 0.53],
-                fovy=75,
-            )
+            # Wrist camera on the hand, beside the flange, always aimed at the tool face.
+            cam = hand.add_camera(name=arm.prefix + "wrist_cam", pos=[0.11, 0.0, 0.12], fovy=70)
+            cam.mode = mujoco.mjtCamLight.mjCAMLIGHT_TARGETBODY
+            cam.targetbody = arm.prefix + "tool"
             pad_specs.append(
                 (arm.prefix + "tool", arm.prefix + "tool_pad", arm.prefix + "tcp", GelPadSpec(half_size=(hx, hy)))
             )
@@ -290,13 +288,39 @@ class ContactRichEnv(gym.Env):
             out += [*p, *mat_to_rotvec(r), float(self.data.qpos[self.arms[i].finger_qpos].sum())]
         return np.array(out)
 
-    def render_camera(self, camera: str, size: int) -> np.ndarray:
+    def _renderer(self, size: int) -> mujoco.Renderer:
         key = (size, size)
         if key not in self._renderers:
             self._renderers[key] = mujoco.Renderer(self.model, size, size)
-        r = self._renderers[key]
+        return self._renderers[key]
+
+    def render_camera(self, camera: str, size: int) -> np.ndarray:
+        """(size, size, 3) uint8 RGB image from ``camera``."""
+        r = self._renderer(size)
         r.update_scene(self.data, camera)
         return r.render()
+
+    def render_depth(self, camera: str, size: int) -> np.ndarray:
+        """(size, size) metric depth image from ``camera`` (m)."""
+        r = self._renderer(size)
+        r.enable_depth_rendering()
+        try:
+            r.update_scene(self.data, camera)
+            return r.render().copy()
+        finally:
+            r.disable_depth_rendering()
+
+    def point_cloud(self, camera: str, size: int = 96, stride: int = 1) -> np.ndarray:
+        """(N, 3) world-frame points seen by ``camera`` (open3d-compatible float64 array)."""
+        cid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        if cid < 0:
+            names = [self.model.camera(i).name for i in range(self.model.ncam)]
+            raise KeyError(f"camera {camera!r} not in the scene; cameras: {names}")
+        k = intrinsics_from_fovy(float(self.model.cam_fovy[cid]), size, size)
+        depth = self.render_depth(camera, size)
+        return depth_to_pointcloud(
+            depth, k, self.data.cam_xpos[cid], self.data.cam_xmat[cid].reshape(3, 3), stride=stride
+        )
 
     def render(self):
         if self.render_mode != "rgb_array":
