@@ -12,6 +12,7 @@ axis-angle orientation error; ``N`` is the dynamically consistent null-space pro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mujoco
@@ -85,6 +86,7 @@ class CartesianImpedanceController:
         self.target_rot = np.eye(3)
         self.grip_width = 0.08
         self.grip_force = FINGER_FORCE_LIMIT
+        self._rot_reached = True
         self.task_force = np.zeros(6)
         self.set_gains(self.gains)
 
@@ -100,27 +102,34 @@ class CartesianImpedanceController:
         self.ref_rot[:] = data.site_xmat[self.arm.tcp_site].reshape(3, 3)
         self.target_pos[:] = self.ref_pos
         self.target_rot[:] = self.ref_rot
+        self._rot_reached = True
         self.q_posture[:] = data.qpos[self.arm.qpos]
         self.grip_width = float(data.qpos[self.arm.finger_qpos].sum())
 
     def set_target(self, pos: np.ndarray, rot: np.ndarray, grip_width: float, grip_force: float) -> None:
         self.target_pos[:] = pos
-        self.target_rot[:] = rot
+        if not np.array_equal(rot, self.target_rot):
+            self.target_rot[:] = rot
+            self._rot_reached = False
         self.grip_width = float(np.clip(grip_width, 0.0, 0.08))
         self.grip_force = float(np.clip(grip_force, 0.0, FINGER_FORCE_LIMIT))
 
     def _advance_reference(self, dt: float) -> None:
         g = self.gains
         d = self.target_pos - self.ref_pos
-        n = np.linalg.norm(d)
+        n = math.sqrt(d @ d)
         step = g.max_lin_speed * dt
         self.ref_pos += d if n <= step else d * (step / n)
+        if self._rot_reached:
+            return
         e = rotation_error(self.target_rot, self.ref_rot)
-        a = np.linalg.norm(e)
+        a = math.sqrt(e @ e)
         astep = g.max_ang_speed * dt
-        if a > 1e-9:
-            frac = 1.0 if a <= astep else astep / a
-            self.ref_rot[:] = rotvec_to_mat(e * frac) @ self.ref_rot
+        if a <= astep:
+            self.ref_rot[:] = self.target_rot
+            self._rot_reached = True
+        else:
+            self.ref_rot[:] = rotvec_to_mat(e * (astep / a)) @ self.ref_rot
 
     def compute(self, data: mujoco.MjData, dt: float) -> None:
         """Write joint and finger torques for this physics step into ``data.ctrl``."""

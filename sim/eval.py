@@ -66,12 +66,20 @@ def evaluate(
     video: bool = True,
     cameras: bool = False,
     perturbations: tuple[str, ...] | None = None,
+    image_size: int = 96,
+    wrench_noise: float = 0.2,
 ) -> dict[str, Any]:
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(
-        task, perturbations=perturbations, perturb=perturb, cameras=cameras, render_mode="rgb_array"
+        task,
+        perturbations=perturbations,
+        perturb=perturb,
+        cameras=cameras,
+        image_size=image_size,
+        wrench_noise=wrench_noise,
+        render_mode="rgb_array",
     )
     policy = make_policy()
     rows = []
@@ -161,7 +169,9 @@ def main() -> None:
             out_dir=out,
             perturb=bool(cfg.perturb),
             video=bool(cfg.video),
-            cameras=bool(cfg.cameras),
+            cameras=bool(cfg.sensors.cameras),
+            image_size=int(cfg.sensors.image_size),
+            wrench_noise=float(cfg.sensors.wrench_noise),
             perturbations=perturbations,
         )
         summary = {k: v for k, v in result.items() if k != "episodes_detail"}

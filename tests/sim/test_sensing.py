@@ -4,51 +4,46 @@ import sim
 from sim.experts import make_expert
 
 
-def _traverse(task: str, seed: int, steps: int = 60):
+def _run_until_traverse(task: str, seed: int):
     env = sim.make_env(task, perturb=False)
     obs, _ = env.reset(seed=seed)
     pol = make_expert(task)
     pol.reset(env)
     while pol.phase != "traverse":
         obs, *_ = env.step(pol.act(obs))
-    for _ in range(15):  # let sliding settle
-        obs, *_ = env.step(pol.act(obs))
-    records = []
-    prev = obs["tcp_pos"][0].copy()
-    for _ in range(steps):
-        obs, *_ = env.step(pol.act(obs))
-        vel = (obs["tcp_pos"][0] - prev) * env.control_hz
-        prev = obs["tcp_pos"][0].copy()
-        rot = env.tcp_pose(0)[1]
-        pad = env.pad_names.index("arm/tool")
-        mean_offset = obs["marker_offset"][pad].reshape(-1, 2).mean(axis=0)
-        n = rot[:, 2]
-        depth = obs["marker_depth"][pad].max()
-        records.append((vel - (vel @ n) * n, rot[:, :2] @ mean_offset, rot @ obs["wrench"][0][:3], n, depth))
-    return env, records
+    return env, pol, obs
 
 
-def test_sliding_tool_feels_friction_against_its_motion():
-    """Markers and wrench shear point against the sliding direction, as friction on a real pad does."""
-    env, records = _traverse("wipe", seed=2)
-    cos_markers, cos_wrench = [], []
-    in_contact = [depth > 0 for *_, depth in records]
-    assert np.mean(in_contact) > 0.9
-    for v, off_world, f_world, n, depth in records:
-        if np.linalg.norm(v) < 0.01 or depth <= 0:
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def test_friction_on_the_pad_follows_the_surface_sliding_over_it():
+    """While the sponge slides, the surface drags the gel along: the shear the wrist feels and the
+    mean marker displacement both point along the sensed slip of the surface over the pad."""
+    env, pol, obs = _run_until_traverse("wipe", seed=0)
+    pad = env.pad_names.index("arm/tool")
+    cos_markers, cos_wrench, sliding = [], [], 0
+    for _ in range(80):
+        obs, *_ = env.step(pol.act(obs))
+        slip = obs["marker_slip"][pad].astype(float)
+        if np.linalg.norm(slip) < 0.005 or obs["marker_depth"][pad].max() <= 0:
             continue
-        shear = f_world - (f_world @ n) * n
-        cos_markers.append(off_world @ v / (np.linalg.norm(off_world) * np.linalg.norm(v) + 1e-12))
-        cos_wrench.append(shear @ v / (np.linalg.norm(shear) * np.linalg.norm(v) + 1e-12))
-    assert len(cos_markers) > 20
-    assert np.median(cos_markers) < -0.7, np.median(cos_markers)
-    assert np.median(cos_wrench) < -0.7, np.median(cos_wrench)
+        sliding += 1
+        cos_markers.append(_cos(obs["marker_offset"][pad].reshape(-1, 2).mean(axis=0), slip))
+        cos_wrench.append(_cos(obs["wrench"][0][:2].astype(float), slip))  # tool pad frame == TCP frame
+    assert sliding > 30
+    assert np.median(cos_markers) > 0.8, np.median(cos_markers)
+    assert np.median(cos_wrench) > 0.8, np.median(cos_wrench)
 
 
 def test_wrench_reads_the_press_while_peeling():
-    env, records = _traverse("peel", seed=1, steps=30)
-    sensed = [np.linalg.norm(f) for _, _, f, _, _ in records]
-    assert np.mean(sensed) > 3.0  # in contact, pressing
+    env, pol, obs = _run_until_traverse("peel", seed=1)
+    sensed = []
+    for _ in range(30):
+        obs, *_ = env.step(pol.act(obs))
+        sensed.append(-float(obs["wrench"][0][2]))
+    assert 4.0 < np.mean(sensed) < 16.0  # the expert regulates ~8 N
 
 
 def test_slip_reads_zero_while_sticking_and_nonzero_while_sliding():
