@@ -166,7 +166,7 @@ class CartesianImpedanceController:
         tau_post = M @ (g.kp_null * (self.q_posture - q) - self._kd_null * qd)
         tau += tau_post - J.T @ (Lam @ (MinvJt.T @ tau_post))
         tau += data.qfrc_bias[sl]
-        data.ctrl[arm.arm_act] = np.clip(tau, -TORQUE_LIMITS, TORQUE_LIMITS)
+        data.ctrl[arm.arm_act] = np.minimum(np.maximum(tau, -TORQUE_LIMITS), TORQUE_LIMITS)
         # Gripper: each finger PD to half the width, force capped by the commanded grip force.
         fq = data.qpos[arm.finger_qpos]
         fv = data.qvel[arm.finger_dof]
@@ -175,5 +175,5 @@ class CartesianImpedanceController:
 
 
 def _clip_norm(x: np.ndarray, limit: float) -> np.ndarray:
-    n = np.linalg.norm(x)
+    n = math.sqrt(float(x @ x))
     return x if n <= limit else x * (limit / n)

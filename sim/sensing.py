@@ -54,6 +54,7 @@ class ContactSensing:
         self._all_sensed = np.unique(np.concatenate([*wrench_geoms, self._pad_geoms]))
         self._f6 = np.zeros(6)
         self._v6 = np.zeros(6)
+        self._empty: dict[int, MarkerField] = {}
 
     def _contact_forces(self, data: mujoco.MjData):
         """Yield (sensed geom, other geom, force on the sensed geom in world (3,), position (3,))."""
@@ -98,7 +99,14 @@ class ContactSensing:
 
     def _read_pad(self, p: PadBinding, contacts, data: mujoco.MjData) -> MarkerField:
         if not contacts:
-            return p.pad.empty(float(data.time))
+            # Untouched pads are the common case: hand out one shared all-zero reading (read-only arrays).
+            empty = self._empty.get(p.geom)
+            if empty is None:
+                empty = self._empty[p.geom] = p.pad.empty()
+                for a in (empty.offset, empty.depth, empty.shear_force, empty.slip):
+                    a.flags.writeable = False
+            empty.stamp = float(data.time)
+            return empty
         rot = data.site_xmat[p.site].reshape(3, 3)
         origin = data.site_xpos[p.site]
         xy = np.empty((len(contacts), 2))
