@@ -1,0 +1,119 @@
+"""``python -m teleop.dataset``: info, verify and build (zero-order-hold resampling and its refusals)."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from teleop.dataset import list_episodes, load_training_episode, main
+from teleop.recorder import EpisodeRecorder
+
+
+def _record(root: Path, streams: dict[str, tuple[np.ndarray, np.ndarray]], success: bool = True) -> Path:
+    rec = EpisodeRecorder(root, flush_interval_s=0.25)
+    rec.begin({"task": "ramp", "seed": 0})
+    events = sorted((float(t[i]), n, v[i]) for n, (t, v) in streams.items() for i in range(t.size))
+    for t, n, v in events:
+        rec.append(n, t, v)
+    return rec.commit(success=success)
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str], str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out.strip().splitlines(), captured.err
+
+
+def _ramp(rate: float, n: int, start: float = 0.0, width: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Samples i at t = start + i / rate, value i in every column: the value says which sample was held."""
+    t = start + np.arange(n) / rate
+    return t, np.repeat(np.arange(n, dtype=np.float64)[:, None], width, axis=1)
+
+
+def test_info_summarises_and_ignores_in_progress(tmp_path: Path, capsys) -> None:
+    _record(tmp_path, {"wrench": _ramp(200, 400, width=6), "tcp_pose": _ramp(50, 100, width=7)})
+    rec = EpisodeRecorder(tmp_path)
+    rec.begin({"task": "ramp"})
+    rec.append("wrench", 0.0, np.zeros(6))
+    rec.flush()  # left in progress, like a crash
+    code, lines, _ = _run(capsys, "info", str(tmp_path))
+    assert code == 0 and "1 in progress" in "\n".join(lines)
+    info = json.loads(lines[-1])
+    assert info["episodes"] == 1 and info["in_progress"] == 1
+    assert info["seconds"] == pytest.approx(399 / 200)
+    assert info["streams"]["wrench"] == {"rate_hz": 200.0, "dtype": "<f8", "shape": [6], "samples": 400}
+    assert info["streams"]["tcp_pose"]["rate_hz"] == 50.0
+    rec.abort()
+
+
+def test_verify_detects_a_changed_byte(tmp_path: Path, capsys) -> None:
+    ep = _record(tmp_path, {"wrench": _ramp(200, 100, width=6)})
+    assert _run(capsys, "verify", str(tmp_path))[0] == 0
+    chunk = next(ep.glob("wrench.*.npz"))
+    data = bytearray(chunk.read_bytes())
+    data[-100] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    code, lines, _ = _run(capsys, "verify", str(tmp_path))
+    assert code == 1 and json.loads(lines[-1])["ok"] is False
+    assert any("sha256 mismatch" in line and chunk.name in line for line in lines)
+
+
+def test_build_zero_order_hold_exact_on_ramps(tmp_path: Path, capsys) -> None:
+    src, out = tmp_path / "src", tmp_path / "train"
+    frames = np.broadcast_to(np.arange(40, dtype=np.uint8)[:, None, None, None], (40, 4, 4, 3))  # frame i is all i
+    # power-of-two rates give exact float clocks; the 20 Hz stream checks a non-dividing rate
+    _record(src, {
+        "wrench": _ramp(256, 512, width=6),               # 0 .. 1.996 s
+        "tcp_pose": _ramp(64, 100, start=0.125, width=7),  # starts last: t0 = 0.125
+        "scene_rgb": (np.arange(40) / 20, frames),
+    })
+    code, lines, err = _run(capsys, "build", str(src), "--rate", "32", "--out", str(out))
+    assert code == 0, err
+    ep = load_training_episode(out / "episode_000000.npz")
+    t0, t_end = 0.125, min(511 / 256, 0.125 + 99 / 64, 39 / 20)
+    n = int((t_end - t0) * 32) + 1
+    k = np.arange(n)
+    np.testing.assert_array_equal(ep["timestamp"], t0 + k / 32)
+    np.testing.assert_array_equal(ep["wrench"], np.repeat((32 + 8 * k)[:, None], 6, axis=1).astype(float))
+    np.testing.assert_array_equal(ep["tcp_pose"][:, 0], 2 * k)
+    # latest 20 Hz sample at or before t_k (no look-ahead), by exact rational arithmetic
+    expected = [int((Fraction(1, 8) + Fraction(int(i), 32)) * 20) for i in k]
+    np.testing.assert_array_equal(ep["scene_rgb"][:, 0, 0, 0], expected)
+    assert ep["scene_rgb"].dtype == np.uint8 and ep["scene_rgb"].shape == (n, 4, 4, 3)
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["rate_hz"] == 32 and summary["episodes"][0]["num_steps"] == n
+    assert json.loads(lines[-1])["num_steps"] == n
+
+
+def test_build_refuses_empty_dataset(tmp_path: Path, capsys) -> None:
+    rec = EpisodeRecorder(tmp_path / "src")
+    rec.begin({"task": "ramp"})
+    rec.abort()
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o"))
+    assert code == 1 and "empty dataset" in err and not (tmp_path / "o").exists()
+
+
+def test_build_refuses_mis_rated_stream(tmp_path: Path, capsys) -> None:
+    _record(tmp_path / "src", {"wrench": _ramp(200, 400, width=6), "slow_cam": _ramp(8, 16)})
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o"))
+    assert code == 1 and "'slow_cam' is mis-rated" in err and "8 Hz" in err and not (tmp_path / "o").exists()
+    assert not list(tmp_path.glob(".o.building-*"))
+    # 12 Hz is within 2x of 24 Hz; dropping the slow stream also works
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "16", "--out", str(tmp_path / "o16"))
+    assert code == 0, err
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o24"),
+                        "--streams", "wrench")
+    assert code == 0, err
+
+
+def test_build_refuses_zero_length_episode(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    _record(src, {"wrench": _ramp(200, 400, width=6)})
+    _record(src, {"wrench": _ramp(200, 1, width=6)})  # a single sample: no time span
+    code, _, err = _run(capsys, "build", str(src), "--rate", "24", "--out", str(tmp_path / "o"))
+    assert code == 1 and "episode_000001: episode of zero length" in err and not (tmp_path / "o").exists()
+    assert len(list_episodes(src)) == 2
