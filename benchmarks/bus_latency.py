@@ -11,7 +11,7 @@ no header encode/decode) a subscriber subprocess is started and the parent publi
    processes sustain together, with every message delivered (both share 2 cores here).
 
 Prints a table, writes ``benchmarks/results/bus_latency.json`` and prints that JSON as the last line.
-Run: ``.venv/bin/python benchmarks/bus_latency.py`` (about 15 s).
+Run: ``python -m benchmarks.bus_latency`` (about 15 s).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import zmq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import publish  # noqa: E402
 from bus.clock import RateKeeper, RealtimeClock  # noqa: E402
 from bus.message import Message, decode, encode  # noqa: E402
 from bus.transport import Publisher, Subscriber, bind_to_random_port  # noqa: E402
@@ -252,10 +253,7 @@ def main() -> None:
         "wall_s": time.monotonic() - t0,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, RESULTS)  # never leave a half-written result behind
-    print(json.dumps(report))
+    publish(report, RESULTS)
 
 
 if __name__ == "__main__":

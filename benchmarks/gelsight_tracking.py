@@ -5,20 +5,19 @@ dilation about a random point, plus a smooth random field; up to ~6 px) at 320 x
 tracks them, and compares with the rendered ground truth. Only ``MarkerTracker.update`` is timed.
 The last stdout line is the JSON object also written to ``benchmarks/results/gelsight_tracking.json``.
 
-    python benchmarks/gelsight_tracking.py [--frames 200] [--noise 3] [--seed 0]
+    python -m benchmarks.gelsight_tracking [--frames 200] [--noise 3] [--seed 0]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from benchmarks.report import publish
 from sensors.gelsight import MarkerTracker, grid_centres, render_synthetic_gel
 
 SHAPE = (240, 320)  # (H, W)
@@ -103,10 +102,7 @@ def main() -> None:
     for key, value in result.items():
         print(f"{key:>28}: {value}")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULT)  # never leave a half-written result behind
-    print(json.dumps(result))
+    publish(result, RESULT)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.report import publish
 from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,10 +107,7 @@ def main() -> None:
         "meets_target_at_8_steps_p99": 1000.0 / at_8["p99_ms"] >= TARGET_HZ,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
-    print(json.dumps(report))
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ benchmarks/results/rdp_tokenizer_step.json; the last stdout line is that JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.report import publish
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,10 +112,7 @@ def main() -> None:
         ),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
-    print(json.dumps(report))
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

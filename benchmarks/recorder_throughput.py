@@ -8,13 +8,12 @@ every ``--flush`` seconds of recorded time, metadata and renames fsynced) into a
 Reports MB/s and samples/s of the whole begin..commit, the real-time factor (recorded seconds per wall
 second: how much headroom a live recorder has), and the append latency tail (p99 and max), whose max is the
 longest stall a flush causes to the recording loop. Writes ``benchmarks/results/recorder_throughput.json``
-and prints that JSON as the last line. Run: ``.venv/bin/python benchmarks/recorder_throughput.py`` (~5 s).
+and prints that JSON as the last line. Run: ``python -m benchmarks.recorder_throughput`` (~5 s).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import publish  # noqa: E402
 from teleop.dataset import verify_dataset  # noqa: E402
 from teleop.recorder import EpisodeRecorder  # noqa: E402
 
@@ -128,8 +128,7 @@ def main() -> None:
                     "write_dir": str(args.dir or tempfile.gettempdir())},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    publish(result, RESULTS)
 
 
 if __name__ == "__main__":

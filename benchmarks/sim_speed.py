@@ -1,6 +1,6 @@
 """Simulation speed on one core: physics + impedance control + tactile, and offscreen cameras.
 
-    python benchmarks/sim_speed.py [--seconds 10]
+    python -m benchmarks.sim_speed [--seconds 8]
 
 Reports, per task, the real-time factor of the control loop (500 Hz physics with the operational-space
 controller every physics step, marker fields and wrench read every control step), the same with the
@@ -11,12 +11,12 @@ table, writes benchmarks/results/sim_speed.json; the last stdout line is that JS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
+
+from benchmarks.report import RESULTS_DIR, publish
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -117,12 +117,7 @@ def main() -> None:
             f"{r['ms_per_96px_frame']:9.2f} {r['wall_s_per_sim_s_with_two_cameras_10hz']:11.3f}"
         )
     result = {"benchmark": "sim_speed", "pinned_core": core, "physics_hz": 500, "control_hz": 50, "tasks": rows}
-    out = Path(__file__).parent / "results" / "sim_speed.json"
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
-    print(json.dumps(result))
+    publish(result, RESULTS_DIR / "sim_speed.json")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ Prints a table, writes JSON to benchmarks/results/terminator_latency.json; the l
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import time
@@ -22,6 +20,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
+
+from benchmarks.report import publish
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "encoder"
@@ -88,10 +88,7 @@ def main() -> None:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
-    print(json.dumps(report))
+    publish(report, args.out)
 
 
 if __name__ == "__main__":
