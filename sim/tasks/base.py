@@ -74,9 +74,10 @@ class Task:
     noslip_iterations: int = 0
     arms: tuple[ArmSetup, ...] = ()
     q_init: np.ndarray = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 0.3, 0.785])  # IK seed for resets
+    # Scene camera (pos, xyaxes): front-left of the work area, looking at (0.55, 0, 0.12).
     scene_camera: tuple[tuple[float, float, float], tuple[float, ...]] = (
-        (1.35, -0.75, 0.75),
-        (0.5, 0.866, 0.0, -0.3, 0.17, 0.94),
+        (1.1, -0.55, 0.55),
+        (0.707, 0.707, 0.0, -0.342, 0.342, 0.875),
     )
 
     def __init__(self, perturbations: tuple[str, ...] | None = None):
@@ -206,3 +207,16 @@ def resize_geom(model: mujoco.MjModel, gid: int, size: np.ndarray) -> None:
         raise ValueError(f"resize_geom supports box, cylinder, capsule and sphere geoms, not type {int(t)}")
     model.geom_aabb[gid] = np.concatenate((np.zeros(3), half))
     model.geom_rbound[gid] = float(np.linalg.norm(half))
+
+
+def place_geom(model: mujoco.MjModel, gid: int, pos, quat=None) -> None:
+    """Move a geom within its body at run time.
+
+    The compiler marks geoms that sit at their body's origin as "same frame" and the kinematics then
+    ignore ``geom_pos``; clearing the flag makes the new placement take effect.
+    """
+    model.geom_pos[gid] = pos
+    if quat is not None:
+        model.geom_quat[gid] = quat
+    if hasattr(model, "geom_sameframe"):
+        model.geom_sameframe[gid] = 0

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from sim.tasks.base import ToolSpec, geom_id, resize_geom
+from sim.tasks.base import ToolSpec, geom_id, place_geom, resize_geom
 from sim.tasks.surface import SurfaceTask, single_arm
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class PeelTask(SurfaceTask):
         edges = np.linspace(-LENGTH / 2, LENGTH / 2, N_SEGMENTS + 1)
         self.seg_edges = edges
         for k in range(N_SEGMENTS):
-            m.geom_pos[self._segs[k]] = [(edges[k] + edges[k + 1]) / 2, 0.0, radius + 0.0004]
+            place_geom(m, self._segs[k], [(edges[k] + edges[k + 1]) / 2, 0.0, radius + 0.0004])
             m.geom_rgba[self._segs[k]] = [0.15, 0.35, 0.12, 1]
         self.place_surface(env, centre, np.array([1.0, 0, 0, 0]))
         xs = np.linspace(-LENGTH / 2 + 0.003, LENGTH / 2 - 0.003, 60)  # stay off the rounded ends

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from sim.tasks.base import ToolSpec, geom_id, resize_geom
+from sim.tasks.base import ToolSpec, geom_id, place_geom, resize_geom
 from sim.tasks.surface import SurfaceTask, single_arm
 
 if TYPE_CHECKING:
@@ -61,10 +61,9 @@ class WipeTask(SurfaceTask):
         self.radius = radius
         for k, th in enumerate(self.mark_theta):
             gid = self._marks[k]
-            m.geom_pos[gid] = [radius * np.sin(th), 0.0, radius * np.cos(th) + 0.0005]
             quat = np.zeros(4)
             mujoco.mju_axisAngle2Quat(quat, np.array([0.0, 1.0, 0.0]), th)
-            m.geom_quat[gid] = quat
+            place_geom(m, gid, [radius * np.sin(th), 0.0, radius * np.cos(th) + 0.0005], quat)
             m.geom_rgba[gid] = [0.3, 0.15, 0.05, 1]
         self.place_surface(env, centre, np.array([1.0, 0, 0, 0]))
         # Nominal path: from just before the first mark to just after the last, along the arc.

@@ -41,3 +41,19 @@ def test_hold_action_keeps_the_robot_still():
     for _ in range(25):
         env.step(env.hold_action())
     assert np.linalg.norm(env.tcp_pose(0)[0] - p0) < 0.005
+
+
+def test_task_decals_are_drawn_where_the_task_scores_them():
+    """Marks/strips moved at reset must really move (MuJoCo ignores geom_pos of 'same frame' geoms)."""
+    env = sim.make_env("wipe", perturb=False)
+    env.reset(seed=4)
+    task = env.task
+    centre = env.data.xpos[task._body]
+    for k, gid in enumerate(task._marks):
+        th = task.mark_theta[k]
+        expected = centre + task.radius * np.array([np.sin(th), 0.0, np.cos(th)])
+        np.testing.assert_allclose(env.data.geom_xpos[gid], expected, atol=2e-3)
+    env = sim.make_env("peel", perturb=False)
+    env.reset(seed=4)
+    xs = [env.data.geom_xpos[g][0] for g in env.task._segs]
+    assert np.all(np.diff(xs) > 0.02)  # strips laid out along the cucumber, not stacked at its centre
