@@ -1,0 +1,656 @@
+"""The robot node: the one process that owns the robot (today the MuJoCo sim; later a real driver).
+
+    python -m sim.node task=wipe                                   # realtime, loopback defaults
+    python -m sim.node task=wipe mode=lockstep 'addresses.pub=tcp://127.0.0.1:*' ...
+
+Config: ``configs/robot_node/default.yaml`` -> :class:`RobotNodeConfig`; ``key=value`` arguments override it.
+The first stdout line is a JSON "ready" record with the bound addresses (so ``*`` ports can be used); the
+last one, on SIGINT/SIGTERM, an "exit" record with every counter (also logged).
+
+One node tick = ``publish_every`` physics steps (500 Hz / 2 -> 250 Hz). Each tick: take the newest valid
+command, run the safety logic (watchdog, force limit), step the physics with the impedance controllers at
+every physics step (what ``ContactRichEnv.step`` does inside), read the pads and the wrist, publish.
+Task scoring runs at the env's control step (50 Hz), as in evaluation.
+
+Published (``bus.transport.Publisher``; A arms, P pads, S image size). Stamps come from the node clock:
+``time.monotonic`` in realtime, lockstep time in lockstep; every message has meta ``sim_time`` and the
+per-topic ``seq`` of the bus header::
+
+    state     tcp_pos (A,3) f8 world m; tcp_quat (A,4) f8 [w,x,y,z]; joint_pos, joint_vel (A,7) f8;
+              gripper_width (A,) f8                                           every tick
+    tactile   marker_offset (P,7,9,2) f4; marker_depth (P,14,18) f4; marker_slip (P,2) f4; meta pads
+              (comma-separated pad names)                                     every tick
+    wrench    wrench (A,6) f8, [F, T] in the TCP frame                        every tick
+    image     scene_rgb, wrist_rgb (S,S,3) u1                                 camera_hz
+    status    meta: held, reason, counters (accepted, clipped, rej_<kind>...) status_hz and on every hold change
+    watchdog  meta: engaged, reason (no_command | watchdog | force_limit), cmd_age_ms, force_n   on hold changes
+    episode   meta: event (reset | end), task, seed, episode, success, score, perturbation
+
+Commands (``Subscriber`` that binds ``addresses.cmd``; many senders may connect):
+
+    cmd       arrays {"target": (A, 7) f4 or f8}: per arm [x, y, z, rx, ry, rz, grip] -- TCP position (m, world),
+              orientation as an axis-angle vector (rad, world, norm <= 2 pi), gripper width (m); the env's
+              action contract. Positions and width are clipped to the task workspace (counted as
+              ``clipped``); anything else malformed is rejected, counted per kind and never reaches physics.
+    reset     meta {"seed": int} (optional): start a new episode.
+
+Safety: speed is bounded by the controller (its reference moves at <= 0.25 m/s). The robot holds where it
+is (``ContactRichEnv.hold_action``) until the first command, whenever the newest valid command is older
+than ``watchdog_ms`` on the node clock (arrival time, so sender clocks need not agree), and while the
+low-passed wrist force exceeds ``limits.force_n`` (released below ``force_release`` of it). A fresh
+command ends a watchdog hold at once.
+
+Lockstep (``Server`` on ``addresses.tick``; requests from a ``bus.transport.Client``)::
+
+    tick      optional arrays {"target"} = the command for this step (validated as above). The sim advances
+              one control step (1 / control_hz), then the reply "tick" carries the state arrays and meta
+              tick, sim_time, state_seq, held, reason, cmd_accepted, terminated, truncated, success.
+    reset     meta {"seed"}: new episode; reply "reset".
+    ping      meta {"topic"} (default "state"); reply "pong", meta subscribed (a subscriber to that topic is
+              connected): the start-up handshake that keeps a lockstep run from losing its first messages.
+
+The same loop runs both modes: a ``RateKeeper`` on a ``RealtimeClock`` or on a ``LockstepClock`` whose tick
+source is the server. With the same seed and the same tick commands, two lockstep runs publish identical
+streams (commands sent on the cmd socket in lockstep mode arrive at unpredictable ticks, so they are not).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from bus.clock import Clock, LockstepClock, RateKeeper, RealtimeClock
+from bus.message import Message, MetaValue
+from bus.transport import Publisher, Request, Server, Subscriber
+from sim.controller import rotvec_to_mat
+from sim.env import ACTION_DIM_PER_ARM, ContactRichEnv
+from sim.registry import make_env
+
+log = logging.getLogger("sim.node")
+
+CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "robot_node" / "default.yaml"
+MODES = ("realtime", "lockstep")
+COMMAND_DTYPES = frozenset({np.dtype("<f4"), np.dtype("<f8")})
+MAX_ROTVEC_NORM = 2.0 * math.pi
+MAX_DRAIN = 1000  # command messages read per tick at most: a flooding sender cannot stall the loop
+
+
+# ------------------------------------------------------------------------------------------- config
+@dataclass
+class NodeAddresses:
+    pub: str = "tcp://127.0.0.1:5560"
+    cmd: str = "tcp://127.0.0.1:5561"
+    tick: str = "tcp://127.0.0.1:5562"
+
+
+@dataclass
+class NodeLimits:
+    force_n: float = 60.0
+    force_release: float = 0.8
+    force_filter_s: float = 0.02
+    cmd_max_bytes: int = 65536
+
+
+@dataclass
+class RobotNodeConfig:
+    """Typed robot-node configuration; see ``configs/robot_node/default.yaml`` for what each key means."""
+
+    task: str = "wipe"
+    seed: int = 0
+    mode: str = "realtime"
+    perturb: bool = True
+    physics_hz: float = 500.0
+    control_hz: float = 50.0
+    publish_every: int = 2
+    camera_hz: float = 10.0
+    cameras: bool = True
+    image_size: int = 96
+    status_hz: float = 10.0
+    watchdog_ms: float = 100.0
+    wrench_noise: float = 0.2
+    auto_reset: bool = False
+    limits: NodeLimits = field(default_factory=NodeLimits)
+    addresses: NodeAddresses = field(default_factory=NodeAddresses)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        substeps = self.physics_hz / self.control_hz
+        if substeps < 1 or abs(substeps - round(substeps)) > 1e-9:
+            raise ValueError(f"physics_hz={self.physics_hz} must be a multiple of control_hz={self.control_hz}")
+        if self.publish_every < 1 or round(substeps) % self.publish_every:
+            raise ValueError(
+                f"publish_every={self.publish_every} must divide the {round(substeps)} physics steps of a control step"
+            )
+        for name in ("camera_hz", "status_hz", "watchdog_ms"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        lim = self.limits
+        if not (lim.force_n > 0 and 0 < lim.force_release <= 1 and lim.force_filter_s >= 0 and lim.cmd_max_bytes > 0):
+            raise ValueError(
+                f"limits {lim} need force_n > 0, 0 < force_release <= 1, force_filter_s >= 0, cmd_max_bytes > 0"
+            )
+
+    @property
+    def tick_hz(self) -> float:
+        """Node ticks (and state/tactile/wrench messages) per second."""
+        return self.physics_hz / self.publish_every
+
+    @property
+    def ticks_per_control(self) -> int:
+        return round(self.physics_hz / self.control_hz) // self.publish_every
+
+
+def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> RobotNodeConfig:
+    """``path`` merged with ``key=value`` overrides into a checked :class:`RobotNodeConfig`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"arguments must be key=value overrides (e.g. task=wipe mode=lockstep), got {bad}")
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(RobotNodeConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
+        )
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"bad robot node config ({path}, overrides {list(overrides)}): {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------ commands
+class CommandRejected(ValueError):
+    """A decoded command that must not reach the robot; ``kind`` is the counter it goes to."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+
+
+class CommandValidator:
+    """Checks a "cmd" message's arrays and clips it into the workspace: (A, 7) targets or ``CommandRejected``.
+
+    ``low``/``high`` are (A, 7) bounds; only position and gripper width are clipped (a clipped axis-angle
+    vector would be a different rotation), the rotation vector's norm must be <= 2 pi.
+    """
+
+    def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
+        self.shape = low.shape
+        self.low = low.astype(np.float64)
+        self.high = high.astype(np.float64)
+        self.low[:, 3:6] = -np.inf
+        self.high[:, 3:6] = np.inf
+
+    def check(self, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, bool]:
+        """Returns (targets (A, 7) float64, whether anything was clipped)."""
+        if set(arrays) != {"target"}:
+            raise CommandRejected("schema", f"arrays {sorted(arrays)}, expected exactly ['target']")
+        a = arrays["target"]
+        if a.dtype not in COMMAND_DTYPES:
+            raise CommandRejected("dtype", f"target dtype {a.dtype.str}, expected <f4 or <f8")
+        if a.shape != self.shape:
+            raise CommandRejected(
+                "shape", f"target shape {a.shape}, expected {self.shape} (arms x [x, y, z, rx, ry, rz, grip])"
+            )
+        if not np.isfinite(a).all():
+            raise CommandRejected("nonfinite", f"target holds NaN/inf at {np.argwhere(~np.isfinite(a)).tolist()}")
+        rot_norm = np.linalg.norm(a[:, 3:6].astype(np.float64), axis=1)
+        if (rot_norm > MAX_ROTVEC_NORM).any():
+            raise CommandRejected("range", f"rotation vector norms {rot_norm.tolist()} exceed 2 pi")
+        target = np.clip(a.astype(np.float64), self.low, self.high)
+        return target, bool((target != a).any())
+
+
+# ------------------------------------------------------------------------------------------- node
+class _Stop(Exception):
+    """Raised inside the lockstep tick source to leave the loop on a signal."""
+
+
+class RobotNode:
+    """Owns the env, the sockets and the safety state; ``run()`` until SIGINT/SIGTERM or ``stop()``."""
+
+    def __init__(self, cfg: RobotNodeConfig) -> None:
+        self.cfg = cfg
+        self.lockstep = cfg.mode == "lockstep"
+        self.env: ContactRichEnv = make_env(
+            cfg.task,
+            perturb=cfg.perturb,
+            cameras=False,  # the node renders at camera_hz itself
+            image_size=cfg.image_size,
+            control_hz=cfg.control_hz,
+            physics_hz=cfg.physics_hz,
+            wrench_noise=cfg.wrench_noise,
+        )
+        env = self.env
+        self.n_arms, self.n_pads = len(env.arms), len(env.pads)
+        self.tick_dt = cfg.publish_every / cfg.physics_hz
+        self.clock: Clock = LockstepClock(tick_source=self._await_tick) if self.lockstep else RealtimeClock()
+        self.rate = RateKeeper(cfg.tick_hz, self.clock)
+        self.validator = CommandValidator(
+            env.action_space.low.reshape(self.n_arms, ACTION_DIM_PER_ARM),
+            env.action_space.high.reshape(self.n_arms, ACTION_DIM_PER_ARM),
+        )
+        self._camera_every = max(1, round(cfg.tick_hz / cfg.camera_hz))
+        self._status_every = max(1, round(cfg.tick_hz / cfg.status_hz))
+        tau = cfg.limits.force_filter_s
+        self._force_alpha = 1.0 - math.exp(-self.tick_dt / tau) if tau > 0 else 1.0
+        self._alloc_buffers()
+        # Safety and bookkeeping state.
+        self.counts: Counter[str] = Counter()
+        self.cmd_rejects: Counter[str] = Counter()
+        self.hold_reason: str | None = "no_command"
+        self.last_hold_latency_ms: float | None = None
+        self._last_cmd: np.ndarray | None = None
+        self._last_cmd_t: float | None = None
+        self._new_cmd = False
+        self._force_lp = np.zeros(self.n_arms)
+        self._force_active = False
+        self._ticks = 0
+        self._phys_steps = 0
+        self._episode = -1
+        self._seed = cfg.seed
+        self._episode_over = False
+        self._reset_pending: int | None = None
+        self._stop = False
+        # Lockstep tick source state.
+        self._pending_tick: Request | None = None
+        self._ticks_left = 0
+        self._tick_cmd_accepted: bool | None = None
+        self._n_control_ticks = 0
+        self._done = (False, False)
+        # Sockets last: a failed bind leaves nothing half-open behind.
+        self.pub: Publisher | None = None
+        self.cmd: Subscriber | None = None
+        self.server: Server | None = None
+        try:
+            self.pub = Publisher(cfg.addresses.pub, clock=self.clock, copy=True)
+            self.cmd = Subscriber(
+                cfg.addresses.cmd, topics=("cmd", "reset"), bind=True, max_frame_bytes=cfg.limits.cmd_max_bytes
+            )
+            if self.lockstep:
+                self.server = Server(cfg.addresses.tick, clock=self.clock, max_frame_bytes=cfg.limits.cmd_max_bytes)
+        except Exception:
+            self.close()
+            raise
+
+    def _alloc_buffers(self) -> None:
+        a, p = self.n_arms, self.n_pads
+        space = self.env.observation_space
+        self.state = {
+            "tcp_pos": np.zeros((a, 3)),
+            "tcp_quat": np.zeros((a, 4)),
+            "joint_pos": np.zeros((a, 7)),
+            "joint_vel": np.zeros((a, 7)),
+            "gripper_width": np.zeros(a),
+        }
+        self.tactile = {
+            "marker_offset": np.zeros((p, 7, 9, 2), np.float32),
+            "marker_depth": np.zeros(space["marker_depth"].shape, np.float32),
+            "marker_slip": np.zeros((p, 2), np.float32),
+        }
+        self.wrench = {"wrench": np.zeros((a, 6))}
+        self._tactile_meta = {"pads": ",".join(self.env.pad_names)}
+
+    # ------------------------------------------------------------------------------- lifecycle
+    def ready_record(self) -> dict[str, Any]:
+        return {
+            "event": "ready",
+            "mode": self.cfg.mode,
+            "task": self.cfg.task,
+            "pid": os.getpid(),
+            "pub": self.pub.address,
+            "cmd": self.cmd.address,
+            "tick": self.server.address if self.server else None,
+            "arms": self.n_arms,
+            "pads": self.n_pads,
+            "tick_hz": self.cfg.tick_hz,
+        }
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to end after the current tick (signal-handler safe: only sets a flag)."""
+        self._stop = True
+
+    def run(self) -> None:
+        """Reset, then tick at ``tick_hz`` (wall clock or lockstep) until ``stop()``."""
+        self._reset_episode(self.cfg.seed)
+        if self.cfg.cameras:
+            self._publish_images()  # builds the renderers (tens of ms) before the deadline grid starts
+        self.rate.reset()
+        try:
+            while not self._stop:
+                self.rate.sleep()
+                self._tick()
+        except _Stop:
+            pass
+
+    def close(self) -> None:
+        for sock in (self.pub, self.cmd, self.server):
+            if sock is not None:
+                sock.close()
+        self.env.close()
+
+    def summary(self) -> dict[str, Any]:
+        stats = self.rate.stats()
+        return {
+            "event": "exit",
+            "ticks": self._ticks,
+            "sim_time": self.env.time,
+            "mean_hz": None if math.isnan(stats.mean_hz) else round(stats.mean_hz, 2),
+            "overruns": stats.overruns,
+            "missed": stats.missed,
+            "rejects": dict(self.rejects()),
+            **dict(self.counts),
+            "last_hold_latency_ms": self.last_hold_latency_ms,
+        }
+
+    def rejects(self) -> Counter[str]:
+        """Every refused command or request by kind: undecodable (bus kinds) and invalid (node kinds)."""
+        total = Counter(self.cmd.rejects) + self.cmd_rejects
+        if self.server is not None:
+            total += self.server.rejects
+        return total
+
+    # ------------------------------------------------------------------------------- one tick
+    def _tick(self) -> None:
+        if self._reset_pending is not None:
+            self._reset_episode(self._reset_pending)
+        now = self.clock.now()
+        self._drain_commands(now)
+        self._update_safety(now)
+        self._step_physics()
+        self._read_and_publish()
+        self._ticks += 1
+        if self._ticks % self._camera_every == 0 and self.cfg.cameras:
+            self._publish_images()
+        if self._ticks % self._status_every == 0:
+            self._publish_status()
+
+    def _drain_commands(self, now: float) -> None:
+        """Take every queued cmd/reset message; the newest valid command wins."""
+        for _ in range(MAX_DRAIN):
+            msg = self.cmd.recv(timeout=0)
+            if msg is None:
+                return
+            if msg.topic == "cmd":
+                self._accept_command(msg.arrays, now)
+            elif msg.topic == "reset":
+                self._reset_pending = self._seed_from(msg)
+            else:  # "cmdX..." passes the prefix filter
+                self._reject("topic", f"topic {msg.topic!r}, expected 'cmd' or 'reset'")
+
+    def _accept_command(self, arrays: dict[str, np.ndarray], now: float) -> bool:
+        try:
+            target, clipped = self.validator.check(arrays)
+        except CommandRejected as exc:
+            self._reject(exc.kind, str(exc))
+            return False
+        self.counts["accepted"] += 1
+        self.counts["clipped"] += clipped
+        self._last_cmd, self._last_cmd_t, self._new_cmd = target, now, True
+        return True
+
+    def _reject(self, kind: str, reason: str) -> None:
+        if self.cmd_rejects[kind] == 0:
+            log.warning("rejected a command (%s); further %r rejects are only counted", reason, kind)
+        self.cmd_rejects[kind] += 1
+
+    def _update_safety(self, now: float) -> None:
+        """Decide hold or follow for this tick; hold targets are set once, when a hold begins."""
+        lim = self.cfg.limits
+        force = float(self._force_lp.max())
+        if self._force_active:
+            self._force_active = force > lim.force_release * lim.force_n
+        elif force > lim.force_n:
+            self._force_active = True
+        if self._force_active:
+            reason = "force_limit"
+        elif self._last_cmd_t is None:
+            reason = "no_command"
+        elif now - self._last_cmd_t > self.cfg.watchdog_ms * 1e-3:
+            reason = "watchdog"
+        else:
+            reason = None
+        previous, self.hold_reason = self.hold_reason, reason
+        if reason is None:
+            if self._new_cmd or previous is not None:
+                self._set_targets(self._last_cmd)
+        elif previous is None:
+            self._set_targets(self.env.hold_action().reshape(self.n_arms, ACTION_DIM_PER_ARM))
+        self._new_cmd = False
+        if reason != previous:
+            self._on_hold_change(previous, reason, now, force)
+
+    def _on_hold_change(self, previous: str | None, reason: str | None, now: float, force: float) -> None:
+        age_ms = None if self._last_cmd_t is None else round((now - self._last_cmd_t) * 1e3, 3)
+        if reason == "watchdog":
+            self.counts["watchdog_trips"] += 1
+            self.last_hold_latency_ms = age_ms
+        elif reason == "force_limit":
+            self.counts["force_holds"] += 1
+        self.pub.publish(
+            "watchdog",
+            meta={
+                "engaged": reason is not None,
+                "reason": reason or previous,
+                "cmd_age_ms": age_ms,
+                "force_n": round(force, 3),
+                "sim_time": self.env.time,
+            },
+            stamp=now,
+        )
+        self._publish_status()
+
+    def _set_targets(self, target: np.ndarray) -> None:
+        """(A, 7) [x, y, z, rx, ry, rz, grip] -> the controllers (which bound the reference speed)."""
+        env = self.env
+        for i, ctrl in enumerate(env.controllers):
+            u = target[i]
+            ctrl.set_target(u[:3], rotvec_to_mat(u[3:6]), u[6], env.task.arms[i].grip_force)
+
+    def _step_physics(self) -> None:
+        env = self.env
+        dt = env.model.opt.timestep
+        for _ in range(self.cfg.publish_every):
+            env.task.before_physics(env)
+            for ctrl in env.controllers:
+                ctrl.compute(env.data, dt)
+            mujoco.mj_step(env.model, env.data)
+            self._phys_steps += 1
+            if self._phys_steps % env.substeps == 0:
+                self._control_step()
+        env.last_fields, env.last_wrench = env.sensing.read(env.data, env.np_random)
+        force = np.linalg.norm(env.last_wrench[:, :3], axis=1)
+        self._force_lp += self._force_alpha * (force - self._force_lp)
+
+    def _control_step(self) -> None:
+        """Task bookkeeping at the env's control rate, exactly as ``ContactRichEnv.step`` does it."""
+        env = self.env
+        env.step_count += 1
+        self._n_control_ticks += 1
+        _, terminated = env.task.update(env)
+        truncated = env.time >= env.task.max_seconds and not terminated
+        self._done = (bool(terminated), bool(truncated))
+        if (terminated or truncated) and not self._episode_over:
+            self._episode_over = True
+            info = env.task.info(env)
+            self.pub.publish(
+                "episode",
+                meta={"event": "end", "episode": self._episode, "seed": self._seed, "terminated": bool(terminated),
+                      "truncated": bool(truncated), **_scalars(info)},
+            )
+            if self.cfg.auto_reset:
+                self._reset_pending = self._seed + 1
+
+    def _read_and_publish(self) -> None:
+        env, d = self.env, self.env.data
+        s = self.state
+        for i, arm in enumerate(env.arms):
+            s["tcp_pos"][i] = d.site_xpos[arm.tcp_site]
+            mujoco.mju_mat2Quat(s["tcp_quat"][i], d.site_xmat[arm.tcp_site])
+            s["joint_pos"][i] = d.qpos[arm.qpos]
+            s["joint_vel"][i] = d.qvel[arm.dof]
+            s["gripper_width"][i] = d.qpos[arm.finger_qpos].sum()
+        t = self.tactile
+        for k, f in enumerate(env.last_fields):
+            t["marker_offset"][k] = f.offset
+            t["marker_depth"][k] = f.depth
+            t["marker_slip"][k] = f.slip
+        self.wrench["wrench"][:] = env.last_wrench
+        stamp = self.clock.now()
+        meta = {"sim_time": env.time}
+        self.pub.publish("state", self.state, meta, stamp=stamp)
+        self.pub.publish("tactile", self.tactile, {**meta, **self._tactile_meta}, stamp=stamp)
+        self.pub.publish("wrench", self.wrench, meta, stamp=stamp)
+
+    def _publish_images(self) -> None:
+        env = self.env
+        size = self.cfg.image_size
+        self.pub.publish(
+            "image",
+            {
+                "scene_rgb": env.render_camera("scene_cam", size),
+                "wrist_rgb": env.render_camera(env.task.arms[0].prefix + "wrist_cam", size),
+            },
+            {"sim_time": env.time},
+        )
+
+    def _publish_status(self) -> None:
+        stats = self.rate.stats()
+        meta: dict[str, MetaValue] = {
+            "held": self.hold_reason is not None,
+            "reason": self.hold_reason,
+            "sim_time": self.env.time,
+            "ticks": self._ticks,
+            "episode": self._episode,
+            "overruns": stats.overruns,
+            "missed": stats.missed,
+            "last_hold_latency_ms": self.last_hold_latency_ms,
+            "force_n": round(float(self._force_lp.max()), 3),
+        }
+        meta.update(self.counts)
+        rejects = self.rejects()
+        meta["rejects"] = sum(rejects.values())
+        meta.update({f"rej_{kind}": n for kind, n in rejects.items()})
+        self.pub.publish("status", meta=meta)
+
+    def _reset_episode(self, seed: int) -> None:
+        self._reset_pending = None
+        self._seed = seed
+        self._episode += 1
+        _, info = self.env.reset(seed=seed)  # resets the controllers to hold the start pose
+        self._phys_steps = 0
+        self._episode_over = False
+        self._done = (False, False)
+        self._last_cmd = self._last_cmd_t = None
+        self._new_cmd = False
+        self._force_lp[:] = 0.0
+        self._force_active = False
+        self.hold_reason = "no_command"
+        self.pub.publish(
+            "episode", meta={"event": "reset", "episode": self._episode, "seed": seed, **_scalars(info)}
+        )
+
+    def _seed_from(self, msg: Message) -> int:
+        seed = msg.meta.get("seed")
+        if type(seed) is int and seed >= 0:
+            return seed
+        return self._seed + 1
+
+    # ------------------------------------------------------------------------------- lockstep
+    def _await_tick(self) -> None:
+        """``LockstepClock`` tick source: one node tick of time per call; a coordinator request per control step."""
+        if self._ticks_left == 0:
+            if self._pending_tick is not None:
+                self._answer_tick(self._pending_tick)
+                self._pending_tick = None
+            self._pending_tick = self._serve_until_tick()
+            self._ticks_left = self.cfg.ticks_per_control
+        self._ticks_left -= 1
+        self.clock.advance(self.tick_dt)
+
+    def _serve_until_tick(self) -> Request:
+        """Answer ping/reset requests until a tick arrives (or a signal asks us to stop)."""
+        while True:
+            if self._stop:
+                raise _Stop
+            req = self.server.recv(timeout=0.1)
+            if req is None:
+                continue
+            topic = req.message.topic
+            if topic == "tick":
+                self._tick_cmd_accepted = None
+                if req.message.arrays:
+                    self._tick_cmd_accepted = self._accept_command(dict(req.message.arrays), self.clock.now())
+                return req
+            if topic == "reset":
+                self._reset_episode(self._seed_from(req.message))
+                self.server.reply(req, "reset", meta={"episode": self._episode, "seed": self._seed})
+            elif topic == "ping":
+                topic = req.message.meta.get("topic", "state")
+                subscribed = isinstance(topic, str) and self.pub.wait_for_subscriber(topic, timeout=0)
+                self.server.reply(req, "pong", meta={"subscribed": subscribed})
+            else:
+                self._reject("topic", f"request topic {topic!r}, expected tick, reset or ping")
+                self.server.reply(req, "error", meta={"reason": f"unknown request topic {topic!r}"})
+
+    def _answer_tick(self, req: Request) -> None:
+        info = self.env.task.info(self.env)
+        self.server.reply(
+            req,
+            "tick",
+            self.state,
+            {
+                "tick": self._n_control_ticks,
+                "sim_time": self.env.time,
+                "state_seq": self._ticks - 1,
+                "held": self.hold_reason is not None,
+                "reason": self.hold_reason,
+                "cmd_accepted": self._tick_cmd_accepted,
+                "terminated": self._done[0],
+                "truncated": self._done[1],
+                "success": bool(info["success"]),
+                "score": float(info["score"]),
+            },
+        )
+
+
+def _scalars(info: dict[str, Any]) -> dict[str, MetaValue]:
+    """The bus-safe (scalar) part of a task info dict."""
+    return {k: v for k, v in info.items() if v is None or isinstance(v, (bool, int, float, str))}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    cfg = load_config(args)
+    node = RobotNode(cfg)
+    signal.signal(signal.SIGINT, node.stop)
+    signal.signal(signal.SIGTERM, node.stop)
+    try:
+        print(json.dumps(node.ready_record()), flush=True)
+        node.run()
+    finally:
+        node.close()
+        summary = node.summary()
+        log.info("robot node stopped; rejects by kind %s; counters %s", summary["rejects"], json.dumps(summary))
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

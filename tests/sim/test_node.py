@@ -1,0 +1,325 @@
+"""The robot node as a real subprocess on random loopback ports: streams, commands, watchdog, fuzzing,
+lockstep determinism and clean shutdown. Rate bounds are loose (a shared 2-core machine); the benchmark
+``python -m benchmarks.robot_node_rate`` measures the real numbers."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import mujoco
+import numpy as np
+import pytest
+
+from bus.message import Message, encode
+from bus.transport import Client, Publisher, Subscriber
+from sim.node import CommandRejected, CommandValidator, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ANY_PORT = ["addresses.pub=tcp://127.0.0.1:*", "addresses.cmd=tcp://127.0.0.1:*", "addresses.tick=tcp://127.0.0.1:*"]
+TIMEOUT = 10.0
+
+
+@dataclass
+class NodeProcess:
+    proc: subprocess.Popen
+    ready: dict
+    lines: queue.Queue
+
+    def next_json(self, timeout: float = TIMEOUT) -> dict:
+        return json.loads(self.lines.get(timeout=timeout))
+
+
+@contextmanager
+def robot_node(log_path: Path, *overrides: str) -> Iterator[NodeProcess]:
+    """Start ``python -m sim.node`` and wait for its ready line; always terminate, wait and reap it."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sim.node", *ANY_PORT, *overrides],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+        )
+        lines: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+        reader.start()
+        try:
+            try:
+                ready = json.loads(lines.get(timeout=60))
+            except queue.Empty:
+                raise AssertionError(f"robot node gave no ready line; stderr: {log_path.read_text()[-2000:]}") from None
+            assert ready["event"] == "ready"
+            yield NodeProcess(proc, ready, lines)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=2)
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def realtime_node(tmp_path_factory) -> Iterator[NodeProcess]:
+    with robot_node(tmp_path_factory.mktemp("node") / "stderr.log", "task=wipe", "perturb=false") as node:
+        yield node
+
+
+def _collect(sub: Subscriber, seconds: float) -> list[tuple[float, Message]]:
+    out = []
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        msg = sub.recv(timeout=left)
+        if msg is not None:
+            out.append((time.monotonic(), msg))
+    return out
+
+
+def _wait_for(sub: Subscriber, pred, timeout: float = TIMEOUT) -> Message:
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        msg = sub.recv(timeout=left)
+        if msg is not None and pred(msg):
+            return msg
+    raise AssertionError("expected message did not arrive")
+
+
+def _hold_target(state: Message) -> np.ndarray:
+    """(A, 7) command that keeps the robot where ``state`` says it is."""
+    pos, quat, width = state.arrays["tcp_pos"], state.arrays["tcp_quat"], state.arrays["gripper_width"]
+    out = np.zeros((len(pos), 7))
+    for i in range(len(pos)):
+        mujoco.mju_quat2Vel(out[i, 3:6], quat[i].copy(), 1.0)
+        out[i, :3], out[i, 6] = pos[i], width[i]
+    return out
+
+
+# ----------------------------------------------------------------------------- unit: validation
+def test_command_validator_clips_and_rejects():
+    low = np.array([[0.2, -0.4, 0.0, -3, -3, -3, 0.0]])
+    high = np.array([[0.85, 0.4, 0.6, 3, 3, 3, 0.08]])
+    v = CommandValidator(low, high)
+    ok, clipped = v.check({"target": np.array([[0.5, 0.0, 0.3, 0.0, 3.0, 0.0, 0.04]], np.float32)})
+    assert not clipped and ok.dtype == np.float64
+    ok, clipped = v.check({"target": np.array([[2.0, 0.0, 0.3, 0.0, 3.0, 0.0, 0.5]])})
+    assert clipped and ok[0, 0] == 0.85 and ok[0, 6] == 0.08 and ok[0, 4] == 3.0  # rotation never clipped
+    for arrays, kind in [
+        ({"target": np.zeros((2, 7))}, "shape"),
+        ({"target": np.zeros((1, 7), np.int64)}, "dtype"),
+        ({"target": np.full((1, 7), np.nan)}, "nonfinite"),
+        ({"target": np.array([[0.5, 0, 0.3, 10.0, 0, 0, 0.04]])}, "range"),
+        ({"target": np.zeros((1, 7)), "extra": np.zeros(1)}, "schema"),
+        ({}, "schema"),
+    ]:
+        with pytest.raises(CommandRejected) as exc:
+            v.check(arrays)
+        assert exc.value.kind == kind
+
+
+def test_config_rejects_bad_values():
+    assert load_config(["mode=lockstep"]).tick_hz == 250.0
+    with pytest.raises(ValueError, match="mode"):
+        load_config(["mode=fast"])
+    with pytest.raises(ValueError, match="publish_every"):
+        load_config(["publish_every=3"])
+    with pytest.raises(ValueError, match="bad robot node config"):
+        load_config(["no_such_key=1"])
+
+
+# ----------------------------------------------------------------------------- realtime process
+def test_streams_arrive_at_rate(realtime_node):
+    with Subscriber(realtime_node.ready["pub"], topics=("state", "tactile", "wrench", "image", "status"),
+                    hwm=20000) as sub:
+        _wait_for(sub, lambda m: m.topic == "state")
+        got = _collect(sub, 1.0)
+    by_topic: dict[str, list[Message]] = {}
+    for _, msg in got:
+        by_topic.setdefault(msg.topic, []).append(msg)
+    for topic in ("state", "tactile", "wrench"):
+        msgs = by_topic.get(topic, [])
+        assert len(msgs) >= 150, f"{topic}: {len(msgs)} messages in 1 s, expected >= 150"
+        seqs = np.array([m.seq for m in msgs])
+        stamps = np.array([m.stamp for m in msgs])
+        assert (np.diff(seqs) > 0).all() and (np.diff(stamps) > 0).all()
+    s = by_topic["state"][-1].arrays
+    assert s["tcp_pos"].shape == (1, 3) and s["joint_pos"].shape == (1, 7) and s["tcp_quat"].shape == (1, 4)
+    t = by_topic["tactile"][-1].arrays
+    assert t["marker_offset"].shape == (3, 7, 9, 2) and t["marker_slip"].shape == (3, 2)
+    assert by_topic["wrench"][-1].arrays["wrench"].shape == (1, 6)
+    images = by_topic.get("image", [])
+    assert 5 <= len(images) <= 20, f"{len(images)} images in 1 s at camera_hz=10"
+    assert images[-1].arrays["scene_rgb"].shape == (96, 96, 3) and images[-1].arrays["wrist_rgb"].dtype == np.uint8
+    status = by_topic["status"][-1].meta
+    assert status["held"] is True and status["reason"] == "no_command"  # nobody commanded it yet
+
+
+def test_commands_move_the_tcp_and_the_watchdog_holds(realtime_node):
+    addr = realtime_node.ready
+    with Subscriber(addr["pub"], topics=("state",), conflate=True) as states, \
+            Subscriber(addr["pub"], topics=("watchdog",)) as events, \
+            Publisher(addr["cmd"], bind=False) as cmd:
+        assert cmd.wait_for_subscriber("cmd", timeout=TIMEOUT)
+        start = states.recv(timeout=TIMEOUT)
+        target = _hold_target(start)
+        target[0, 2] += 0.04
+        end = time.monotonic() + 0.8
+        while True:
+            cmd.publish("cmd", {"target": target})
+            last_sent = time.monotonic()
+            if last_sent >= end:
+                break
+            time.sleep(0.01)
+        moved = states.recv(timeout=TIMEOUT).arrays["tcp_pos"][0] - start.arrays["tcp_pos"][0]
+        assert moved[2] > 0.025, f"TCP moved {moved} toward +4 cm in z"
+        held = _wait_for(events, lambda m: m.meta["engaged"], timeout=2.0)
+        seen_after = time.monotonic() - last_sent
+        assert held.meta["reason"] == "watchdog"
+        assert 100.0 <= held.meta["cmd_age_ms"] <= 150.0, held.meta
+        assert seen_after < 0.5
+        # Held: the TCP stays put.
+        time.sleep(0.2)
+        positions = []
+        for _ in range(10):
+            time.sleep(0.03)
+            positions.append(states.recv(timeout=TIMEOUT).arrays["tcp_pos"][0].copy())
+        assert np.ptp(np.array(positions), axis=0).max() < 0.003
+        # A fresh command releases the hold at once.
+        cmd.publish("cmd", {"target": target})
+        released = _wait_for(events, lambda m: True, timeout=2.0)
+        assert released.meta["engaged"] is False
+
+
+def test_fuzzed_commands_are_counted_and_dropped(realtime_node):
+    addr = realtime_node.ready
+    rng = np.random.default_rng(0)
+    with Subscriber(addr["pub"], topics=("status", "state"), hwm=20000) as sub, \
+            Publisher(addr["cmd"], bind=False) as cmd:
+        assert cmd.wait_for_subscriber("cmd", timeout=TIMEOUT)
+        good = _hold_target(_wait_for(sub, lambda m: m.topic == "state"))  # any state: only the shape matters
+        raw = cmd.socket
+        raw.send_multipart([b"cmd" + rng.bytes(40)])  # frames
+        raw.send_multipart([b"cmd", rng.bytes(50), rng.bytes(8)])  # header
+        frames = encode(Message("cmd", 1.0, 0, {"target": good}))
+        header = msgpack.unpackb(frames[1])
+        raw.send_multipart([frames[0], msgpack.packb({**header, "v": 99}), *frames[2:]])  # version
+        raw.send_multipart([b"cmd", b"x" * 100_000])  # size (limit 64 KiB)
+        cmd.publish("cmd", {"target": np.zeros((2, 7))})  # shape
+        cmd.publish("cmd", {"target": np.zeros((1, 7), np.int32)})  # dtype
+        nan = good.copy()
+        nan[0, 1] = np.nan
+        cmd.publish("cmd", {"target": nan})  # nonfinite
+        cmd.publish("cmd", {"pose": good})  # schema
+        cmd.publish("cmdx", {"target": good})  # topic
+        far = good.copy()
+        far[0, 0] = 5.0
+        cmd.publish("cmd", {"target": far})  # accepted, clipped into the workspace
+        expected = ["frames", "header", "version", "size", "shape", "dtype", "nonfinite", "schema", "topic"]
+        status = _wait_for(
+            sub, lambda m: m.topic == "status" and all(m.meta.get(f"rej_{k}", 0) >= 1 for k in expected)
+        )
+        assert status.meta["rejects"] >= len(expected)
+        assert status.meta["clipped"] >= 1
+        assert realtime_node.proc.poll() is None
+        # Still publishing.
+        with Subscriber(addr["pub"], topics=("state",), conflate=True) as states:
+            first = states.recv(timeout=TIMEOUT)
+            time.sleep(0.1)
+            assert states.recv(timeout=TIMEOUT).seq > first.seq
+
+
+# ----------------------------------------------------------------------------- lockstep
+def _lockstep_run(log_path: Path, seed: int, ticks: int = 40, commanded: int = 25) -> tuple[list, list]:
+    """(published state/wrench/tactile/watchdog stream, tick replies) of one lockstep run."""
+    with robot_node(log_path, "mode=lockstep", "cameras=false", f"seed={seed}") as node, \
+            Subscriber(node.ready["pub"], hwm=20000) as sub, Client(node.ready["tick"]) as client:
+        end = time.monotonic() + TIMEOUT
+        while not client.request("ping", timeout=TIMEOUT).meta["subscribed"]:
+            assert time.monotonic() < end, "subscription never reached the node"
+            time.sleep(0.01)
+        first = client.request("tick", timeout=TIMEOUT)
+        target = _hold_target(first)
+        replies = [first]
+        for k in range(1, ticks):
+            target[0, 0] += 0.002  # a steady slide in x while commanded, then silence (watchdog)
+            arrays = {"target": target} if k < commanded else None
+            replies.append(client.request("tick", arrays, timeout=TIMEOUT))
+        stream = []
+        n_state = 0
+        end = time.monotonic() + TIMEOUT
+        while n_state < ticks * 5 and time.monotonic() < end:
+            msg = sub.recv(timeout=0.5)
+            if msg is not None and msg.topic in ("state", "wrench", "tactile", "watchdog"):
+                stream.append(msg)
+                n_state += msg.topic == "state"
+        assert n_state == ticks * 5, f"{n_state} state messages for {ticks} ticks of 5 node ticks"
+    return stream, replies
+
+
+def _fingerprint(msgs: list[Message]) -> list:
+    return [
+        (m.topic, m.seq, m.stamp, sorted(m.meta.items()), {k: a.tobytes() for k, a in m.arrays.items()}) for m in msgs
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_lockstep_is_deterministic(tmp_path):
+    stream_a, replies_a = _lockstep_run(tmp_path / "a.log", seed=3)
+    stream_b, replies_b = _lockstep_run(tmp_path / "b.log", seed=3)
+    assert _fingerprint(stream_a) == _fingerprint(stream_b)
+    assert _fingerprint(replies_a) == _fingerprint(replies_b)
+    # The run did something: it moved while commanded, then the watchdog held it (in lockstep time).
+    x = [m.arrays["tcp_pos"][0, 0] for m in replies_a]
+    assert x[24] - x[0] > 0.02
+    assert [r.meta["held"] for r in replies_a][:2] == [True, False]
+    trips = [m for m in stream_a if m.topic == "watchdog" and m.meta["reason"] == "watchdog" and m.meta["engaged"]]
+    assert len(trips) == 1 and 100.0 <= trips[0].meta["cmd_age_ms"] <= 104.0 + 1e-6
+    assert replies_a[-1].meta["held"] is True
+    assert replies_a[-1].meta["sim_time"] == pytest.approx(40 * 0.02)
+
+
+@pytest.mark.parametrize(("sig", "mode"), [(signal.SIGTERM, "lockstep"), (signal.SIGINT, "realtime")])
+def test_signal_exits_cleanly(tmp_path, sig, mode):
+    with robot_node(tmp_path / "node.log", f"mode={mode}", "cameras=false") as node:
+        time.sleep(0.3)
+        node.proc.send_signal(sig)
+        assert node.proc.wait(timeout=TIMEOUT) == 0
+        summary = node.next_json()
+        assert summary["event"] == "exit" and summary["rejects"] == {}
+    assert "robot node stopped" in (tmp_path / "node.log").read_text()
+
+
+def test_force_limit_holds_and_reports(tmp_path):
+    """Pushing the sponge into the surface past limits.force_n holds the robot and says why."""
+    with robot_node(tmp_path / "node.log", "mode=lockstep", "cameras=false", "perturb=false",
+                    "limits.force_n=15") as node, \
+            Subscriber(node.ready["pub"], topics=("watchdog",)) as events, Client(node.ready["tick"]) as client:
+        end = time.monotonic() + TIMEOUT
+        while not client.request("ping", meta={"topic": "watchdog"}, timeout=TIMEOUT).meta["subscribed"]:
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        target = _hold_target(client.request("tick", timeout=TIMEOUT))
+        target[0, 2] -= 0.15  # far below the surface: the impedance would press up to ~120 N
+        reasons = []
+        for _ in range(100):
+            reply = client.request("tick", {"target": target}, timeout=TIMEOUT)
+            reasons.append(reply.meta["reason"])
+            if reply.meta["reason"] == "force_limit":
+                break
+        assert "force_limit" in reasons, f"no force hold in 2 s of pressing; reasons {set(reasons)}"
+        event = _wait_for(events, lambda m: m.meta["engaged"] and m.meta["reason"] == "force_limit")
+        assert event.meta["force_n"] > 15.0
+        # A reset request starts a new episode that waits, held, for its first command.
+        reset = client.request("reset", meta={"seed": 5}, timeout=TIMEOUT)
+        assert reset.meta == {"episode": 1, "seed": 5}
+        assert client.request("tick", timeout=TIMEOUT).meta["reason"] == "no_command"
