@@ -1,0 +1,324 @@
+"""Training windows for the slow-fast policy, from recorded demonstrations.
+
+Source: a ``teleop.dataset build`` output (``OUT/dataset.json`` + one ``.npz`` per episode, one clock at
+``rate_hz``), or a raw recorded dataset, which is built here into memory (through a temporary directory) with the
+low-dim streams only. The training rate must be the built rate, and for a raw dataset must divide the native rate of
+the ``action`` stream: 25 Hz from the 50 Hz control loop keeps every 2nd step (zero-order hold on ``t0 + k / 25``).
+
+Glossary: ``N`` windows, ``To`` observation steps (2), ``T`` action horizon (32 steps at the training rate: 1.28 s
+at 25 Hz), ``A`` arms, ``P`` tactile pads. A window ending at step ``i`` of an episode holds
+
+* obs: steps ``i - To + 1 .. i`` of each low-dim key, (N, To, Dk); steps before the episode repeat step 0;
+* action: steps ``i .. i + T - 1``, (N, T, Da); steps after the episode repeat its last action (Diffusion Policy's
+  padding convention), so the policy learns to hold still at the end;
+* cond: the tactile embedding at the same steps as the action, (N, T, P * 15) -- what the fast decoder reads at
+  each tick (the action at step ``t`` was commanded having felt the pads at ``t``).
+
+Low-dim keys (features of one step, the same function serves training data and live observations):
+``proprio`` per arm [tcp position (3), tcp rotation 6-D (6), gripper width (1)] -> (10 A,); ``tactile`` the pads'
+PCA embeddings flattened (P * 15,); ``wrench`` per arm (6,) -> (6 A,).
+
+Action representation: the environment takes per arm ``[x, y, z, rotvec (3), grip]``. A rotation vector jumps
+from ``+pi`` to ``-pi`` around its axis, and our tools point down (rotation angle ~pi), so the learning target is
+per arm ``[x, y, z, r6 (6), grip]`` (10 numbers) with ``r6`` the first two columns of the rotation matrix,
+continuous everywhere (Zhou et al. 2019); ``rot6d_to_rotvec`` maps a prediction back (Gram-Schmidt, then the
+matrix's rotation vector) for execution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from teleop.dataset import (
+    BUILT_FORMAT_NAME,
+    DATASET_FILE,
+    FORMAT_NAME,
+    DatasetError,
+    build_training_set,
+    list_episodes,
+    load_times,
+    load_training_episode,
+    measured_rate_hz,
+    read_meta,
+)
+
+ENV_ACTION_DIM = 7  # per arm: x, y, z, rx, ry, rz, grip
+ACTION_DIM = 10  # per arm: x, y, z, r6 (6), grip
+LOWDIM_KEYS = ("proprio", "tactile", "wrench")
+REQUIRED_STREAMS = ("action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat", "wrench")
+
+
+class DataError(ValueError):
+    """A dataset cannot be used for training; the message names the input and what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------- rotations
+
+
+def rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
+    """(..., 3) rotation vectors -> (..., 3, 3) matrices (Rodrigues; exact at angle 0)."""
+    rv = np.asarray(rv, dtype=np.float64)
+    angle = np.linalg.norm(rv, axis=-1)[..., None, None]  # (..., 1, 1)
+    k = _skew(rv)
+    small = angle < 1e-8
+    safe = np.where(small, 1.0, angle)
+    a = np.where(small, 1.0 - angle**2 / 6.0, np.sin(safe) / safe)  # sin(t) / t
+    b = np.where(small, 0.5 - angle**2 / 24.0, (1.0 - np.cos(safe)) / safe**2)  # (1 - cos t) / t^2
+    return np.eye(3) + a * k + b * (k @ k)
+
+
+def matrix_to_rotvec(m: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotation matrices -> (..., 3) rotation vectors with angle in [0, pi], via unit quaternions."""
+    q = matrix_to_quat(m)  # (..., 4) w, x, y, z with w >= 0
+    w = np.clip(q[..., 0], 0.0, 1.0)
+    xyz = q[..., 1:]
+    s = np.linalg.norm(xyz, axis=-1)
+    angle = 2.0 * np.arctan2(s, w)
+    scale = np.where(s < 1e-12, 2.0, angle / np.where(s < 1e-12, 1.0, s))  # 2 * asin(s) / s -> 2 as s -> 0
+    return xyz * scale[..., None]
+
+
+def matrix_to_quat(m: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) -> (..., 4) unit quaternions (w, x, y, z), w >= 0; Shepperd's method (stable at every angle)."""
+    m = np.asarray(m, dtype=np.float64)
+    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
+    cands = np.stack([  # 4 * q * q_k for k = w, x, y, z, each reliable when q_k is the largest component
+        np.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+        np.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - tr, m[..., 0, 1] + m[..., 1, 0],
+                  m[..., 0, 2] + m[..., 2, 0]], -1),
+        np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - tr,
+                  m[..., 1, 2] + m[..., 2, 1]], -1),
+        np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
+                  1 + 2 * m[..., 2, 2] - tr], -1),
+    ], axis=-2)  # (..., 4 candidates, 4)
+    diag = np.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
+    best = np.argmax(diag, axis=-1)[..., None, None]
+    q = np.take_along_axis(cands, np.broadcast_to(best, (*cands.shape[:-2], 1, 4)), axis=-2)[..., 0, :]
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return np.where(q[..., :1] < 0, -q, q)
+
+
+def quat_to_matrix(q: np.ndarray) -> np.ndarray:
+    """(..., 4) quaternions (w, x, y, z; MuJoCo's order) -> (..., 3, 3)."""
+    q = np.asarray(q, dtype=np.float64)
+    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    return np.stack([
+        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+    ], axis=-2)
+
+
+def matrix_to_rot6d(m: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) -> (..., 6): first column, then second column."""
+    return np.concatenate([m[..., :, 0], m[..., :, 1]], axis=-1)
+
+
+def rot6d_to_matrix(r6: np.ndarray) -> np.ndarray:
+    """(..., 6) -> (..., 3, 3) by Gram-Schmidt, so any network output maps to a proper rotation."""
+    r6 = np.asarray(r6, dtype=np.float64)
+    a, b = r6[..., :3], r6[..., 3:]
+    x = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-9)
+    b = b - np.sum(x * b, axis=-1, keepdims=True) * x
+    y = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-9)
+    return np.stack([x, y, np.cross(x, y)], axis=-1)
+
+
+def env_to_policy_action(action: np.ndarray) -> np.ndarray:
+    """(..., 7 A) env actions [xyz, rotvec, grip] per arm -> (..., 10 A) [xyz, r6, grip] per arm."""
+    a = np.asarray(action, dtype=np.float64)
+    arms = _arms(a.shape[-1], ENV_ACTION_DIM, "env action")
+    a = a.reshape(*a.shape[:-1], arms, ENV_ACTION_DIM)
+    r6 = matrix_to_rot6d(rotvec_to_matrix(a[..., 3:6]))
+    out = np.concatenate([a[..., :3], r6, a[..., 6:]], axis=-1)
+    return out.reshape(*out.shape[:-2], arms * ACTION_DIM)
+
+
+def policy_to_env_action(action: np.ndarray) -> np.ndarray:
+    """(..., 10 A) -> (..., 7 A): the inverse of ``env_to_policy_action`` (rotation re-orthonormalised)."""
+    a = np.asarray(action, dtype=np.float64)
+    arms = _arms(a.shape[-1], ACTION_DIM, "policy action")
+    a = a.reshape(*a.shape[:-1], arms, ACTION_DIM)
+    rv = matrix_to_rotvec(rot6d_to_matrix(a[..., 3:9]))
+    out = np.concatenate([a[..., :3], rv, a[..., 9:]], axis=-1)
+    return out.reshape(*out.shape[:-2], arms * ENV_ACTION_DIM)
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+
+def lowdim_features(steps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-step arrays with any leading shape (...): ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4),
+    ``gripper_width`` (..., A), ``tactile_emb`` (..., P, 15), ``wrench`` (..., A, 6) -> {proprio (..., 10 A),
+    tactile (..., 15 P), wrench (..., 6 A)}, float32. Serves recorded episodes and live observations alike."""
+    pos = np.asarray(steps["tcp_pos"], dtype=np.float64)
+    r6 = matrix_to_rot6d(quat_to_matrix(steps["tcp_quat"]))
+    grip = np.asarray(steps["gripper_width"], dtype=np.float64)[..., None]
+    proprio = np.concatenate([pos, r6, grip], axis=-1)  # (..., A, 10)
+    tactile = np.asarray(steps["tactile_emb"])
+    wrench = np.asarray(steps["wrench"])
+    return {
+        "proprio": proprio.reshape(*proprio.shape[:-2], -1).astype(np.float32),
+        "tactile": tactile.reshape(*tactile.shape[:-2], -1).astype(np.float32),
+        "wrench": wrench.reshape(*wrench.shape[:-2], -1).astype(np.float32),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Episodes:
+    """Training-rate arrays of every episode, concatenated: each (S, ...) with S the total number of steps."""
+
+    rate_hz: float
+    features: dict[str, np.ndarray]  # proprio / tactile / wrench (S, Dk)
+    action: np.ndarray  # (S, 10 A) policy representation
+    starts: np.ndarray  # (E,) first step of each episode
+    lengths: np.ndarray  # (E,)
+    task: str
+    num_arms: int
+    num_pads: int
+    source: str
+
+
+def load_episodes(path: str | Path, rate_hz: float) -> Episodes:
+    """Load a built training set (its rate must equal ``rate_hz``) or build a raw recorded dataset at ``rate_hz``."""
+    path = Path(path)
+    if not (rate_hz > 0 and math.isfinite(rate_hz)):
+        raise DataError(f"training rate must be a positive number of Hz, got {rate_hz}")
+    info_file = path / DATASET_FILE
+    if not info_file.is_file():
+        raise DataError(f"{path}: not a dataset (no {DATASET_FILE}); expected a recorded dataset "
+                        f"(python -m teleop.record_expert) or a built one (python -m teleop.dataset build)")
+    info = json.loads(info_file.read_text())
+    fmt = info.get("format")
+    if fmt == BUILT_FORMAT_NAME:
+        return _load_built(path, info, rate_hz)
+    if fmt == FORMAT_NAME:
+        _check_raw(path, rate_hz)
+        with tempfile.TemporaryDirectory(prefix="rdp-build-") as tmp:
+            built = Path(tmp) / "built"
+            try:
+                build_training_set(path, rate_hz, built, streams=REQUIRED_STREAMS)
+            except DatasetError as e:
+                raise DataError(f"{path}: cannot build a training set at {rate_hz:g} Hz: {e}") from e
+            return _load_built(built, json.loads((built / DATASET_FILE).read_text()), rate_hz, source=str(path))
+    raise DataError(f"{info_file}: unknown format {fmt!r}; expected {FORMAT_NAME!r} or {BUILT_FORMAT_NAME!r}")
+
+
+def _check_raw(path: Path, rate_hz: float) -> None:
+    """Refuse an empty dataset, or a training rate the action stream's native rate is not a multiple of."""
+    episodes = list_episodes(path)
+    if not episodes:
+        raise DataError(f"{path}: empty dataset, no committed episodes (record some with python -m "
+                        f"teleop.record_expert, or run python -m teleop.dataset recover after a crash)")
+    meta = read_meta(episodes[0])
+    missing = [s for s in REQUIRED_STREAMS if s not in meta["streams"]]
+    if missing:
+        raise DataError(f"{episodes[0]}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)}")
+    native = measured_rate_hz(load_times(episodes[0], "action", meta))
+    if native is None:
+        raise DataError(f"{episodes[0]}: the action stream has fewer than 2 samples; cannot tell its rate")
+    ratio = native / rate_hz
+    if ratio < 1 - 1e-6 or abs(ratio - round(ratio)) > 1e-3:
+        raise DataError(
+            f"{path}: actions were recorded at {native:.4g} Hz; the training rate {rate_hz:g} Hz must divide it "
+            f"(e.g. {native / 2:g} or {native:g} Hz) so every training step is a recorded command"
+        )
+
+
+def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = None) -> Episodes:
+    built_rate = float(info.get("rate_hz", float("nan")))
+    if not math.isclose(built_rate, rate_hz, rel_tol=1e-9):
+        raise DataError(f"{path}: built at {built_rate:g} Hz, but training was asked for {rate_hz:g} Hz; rebuild "
+                        f"with python -m teleop.dataset build --rate {rate_hz:g} or set rate_hz={built_rate:g}")
+    missing = [s for s in REQUIRED_STREAMS if s not in info.get("streams", {})]
+    if missing:
+        raise DataError(f"{path}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)}")
+    entries = info.get("episodes", [])
+    if not entries:
+        raise DataError(f"{path}: empty training set, no episodes")
+    tasks = sorted({str(e.get("task")) for e in entries})
+    if len(tasks) != 1:
+        raise DataError(f"{path}: episodes of several tasks {tasks}; train one task at a time")
+    feats: dict[str, list[np.ndarray]] = {k: [] for k in LOWDIM_KEYS}
+    actions, lengths = [], []
+    for e in entries:
+        arrays = load_training_episode(path / e["file"])
+        if arrays["action"].shape[0] < 1:
+            raise DataError(f"{path / e['file']}: episode of zero length")
+        for k, v in lowdim_features(arrays).items():
+            feats[k].append(v)
+        actions.append(env_to_policy_action(arrays["action"]).astype(np.float32))
+        lengths.append(arrays["action"].shape[0])
+    lengths_arr = np.array(lengths, dtype=np.int64)
+    shapes = info["streams"]
+    return Episodes(
+        rate_hz=rate_hz,
+        features={k: np.concatenate(v) for k, v in feats.items()},
+        action=np.concatenate(actions),
+        starts=np.concatenate([[0], np.cumsum(lengths_arr)[:-1]]).astype(np.int64),
+        lengths=lengths_arr,
+        task=tasks[0],
+        num_arms=int(shapes["tcp_pos"]["shape"][0]),
+        num_pads=int(shapes["tactile_emb"]["shape"][0]),
+        source=source or str(path),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- windows
+
+
+@dataclass
+class Windows:
+    """Every training window of a set of episodes (one per step), as index arrays into ``Episodes``."""
+
+    obs_index: np.ndarray  # (N, To) steps of the observation history
+    action_index: np.ndarray  # (N, T) steps of the action chunk (and of its tactile conditioning)
+
+    def __len__(self) -> int:
+        return int(self.obs_index.shape[0])
+
+
+def make_windows(episodes: Episodes, obs_steps: int = 2, horizon: int = 32) -> Windows:
+    """One window per step of every episode; indices clamped to the episode (start/end padding by repetition)."""
+    if obs_steps < 1 or horizon < 1:
+        raise ValueError(f"obs_steps and horizon must be >= 1, got {obs_steps}, {horizon}")
+    obs_idx, act_idx = [], []
+    for start, n in zip(episodes.starts.tolist(), episodes.lengths.tolist(), strict=True):
+        i = np.arange(n)[:, None]
+        obs_idx.append(start + np.clip(i + np.arange(1 - obs_steps, 1), 0, n - 1))  # (n, To)
+        act_idx.append(start + np.clip(i + np.arange(horizon), 0, n - 1))  # (n, T)
+    return Windows(np.concatenate(obs_idx), np.concatenate(act_idx))
+
+
+def gather(
+    episodes: Episodes, windows: Windows, idx: np.ndarray | slice, obs_keys: Sequence[str], cond_key: str | None
+) -> dict[str, np.ndarray]:
+    """Windows ``idx`` -> {"obs": {key: (B, To, Dk)}, "action": (B, T, Da), "cond": (B, T, Dc) if cond_key}."""
+    oi, ai = windows.obs_index[idx], windows.action_index[idx]
+    out: dict = {"obs": {k: episodes.features[k][oi] for k in obs_keys}, "action": episodes.action[ai]}
+    if cond_key is not None:
+        out["cond"] = episodes.features[cond_key][ai]
+    return out
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    z = np.zeros(v.shape[:-1])
+    x, y, w = v[..., 0], v[..., 1], v[..., 2]
+    return np.stack([np.stack([z, -w, y], -1), np.stack([w, z, -x], -1), np.stack([-y, x, z], -1)], -2)
+
+
+def _arms(dim: int, per_arm: int, what: str) -> int:
+    arms, rem = divmod(dim, per_arm)
+    if rem or arms < 1:
+        raise ValueError(f"{what}: last dimension {dim} is not a multiple of {per_arm} (per arm)")
+    return arms

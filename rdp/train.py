@@ -1,0 +1,661 @@
+"""Train the Reactive Diffusion Policy (or the Diffusion Policy baseline) on recorded demonstrations.
+
+    python -m rdp.train task=wipe policy=rdp data=DIR out=RUN [resume=true]
+
+``policy=rdp`` trains in two stages: (a) the asymmetric tokenizer (``rdp.tokenizer``) reconstructs normalised action
+chunks (B, T, Da) while its GRU decoder reads the normalised tactile embedding of every step (B, T, Dc); (b) every
+chunk is encoded to its latent (the encoder's mean, (B, L, C)) and the latent diffusion policy learns obs -> latent.
+``policy=dp`` skips (a) and learns obs -> action chunk. AdamW, cosine learning rate with linear warm-up, an EMA of
+the diffusion model's weights (the EMA is what gets exported), one JSONL line per ``log_every`` steps.
+
+Run directory::
+
+    RUN/run.json         what the adapter needs: task, method, rates, keys, sizes (written first)
+    RUN/log.jsonl        {"stage", "step", "loss", "lr", "seconds", ...}; "seconds" = wall clock in that stage,
+                         summed over resumed runs
+    RUN/state.json       per stage: last step, its checkpoint, seconds, done (replaced atomically)
+    RUN/checkpoints/<stage>_<step>/   weights + optimizer (+ EMA), complete before state.json names it
+    RUN/tokenizer/       final tokenizer (config.json + model.safetensors with the action/cond normaliser), rdp only
+    RUN/policy/          final EMA diffusion policy (``DiffusionPolicy.from_checkpoint``)
+
+``RDPSimPolicy`` / ``DPSimPolicy`` run a trained RUN in ``sim`` (``reset(env)`` / ``act(obs)``), built by
+``make_policy``, which ``sim.eval`` calls through hydra (``configs/policy/{rdp,dp}.yaml``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rdp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rdp.data import (
+    DataError,
+    Episodes,
+    Windows,
+    gather,
+    load_episodes,
+    lowdim_features,
+    make_windows,
+    policy_to_env_action,
+)
+from rdp.normalizer import Normalizer
+from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
+from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
+from teleop.durable import fsync_dir, write_file_durably
+
+RUN_FORMAT = "slowfast-rdp-run-v1"
+STAGES = ("tokenizer", "policy")
+# Fields of run.json that give the weights their meaning: a resume must agree on all of them.
+_RESUME_FIELDS = ("task", "method", "rate_hz", "obs_steps", "horizon", "obs_keys", "cond_key", "tokenizer",
+                  "diffusion", "tactile_embedding")
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class TokenizerSizes:
+    latent_steps: int = 8
+    latent_channels: int = 16
+    encoder_hidden: int = 32
+    decoder_hidden: int = 64
+    kl_weight: float = 1e-6
+
+
+@dataclass(frozen=True)
+class DiffusionSizes:
+    down_dims: tuple[int, ...] = (32, 64, 128)
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 32
+    num_train_timesteps: int = 100
+    num_inference_steps: int = 8
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The ``train`` section of configs/policy/<name>.yaml; ``name`` is rdp (latent target) or dp (action)."""
+
+    name: str
+    obs_keys: tuple[str, ...] = ("proprio", "tactile")
+    cond_key: str | None = "tactile"
+    tokenizer: TokenizerSizes | None = field(default_factory=TokenizerSizes)
+    diffusion: DiffusionSizes = field(default_factory=DiffusionSizes)
+    tokenizer_steps: int = 1500
+    policy_steps: int = 3000
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
+
+    def __post_init__(self) -> None:
+        if self.name not in ("rdp", "dp"):
+            raise ValueError(f"policy name must be 'rdp' or 'dp', got {self.name!r}")
+        if self.name == "rdp" and (self.tokenizer is None or self.cond_key is None or self.tokenizer_steps < 1):
+            raise ValueError("policy=rdp needs a tokenizer section, a cond_key and tokenizer_steps >= 1")
+        if self.name == "dp" and self.tokenizer is not None:
+            raise ValueError("policy=dp predicts actions directly; set tokenizer: null")
+        if self.policy_steps < 1 or not self.obs_keys:
+            raise ValueError(f"need policy_steps >= 1 and obs_keys, got {self.policy_steps}, {self.obs_keys}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """configs/train.yaml, typed."""
+
+    task: str
+    method: MethodConfig
+    data: str
+    out: str
+    resume: bool = False
+    seed: int = 0
+    rate_hz: float = 25.0
+    obs_steps: int = 2
+    horizon: int = 32
+    batch_size: int = 64
+    num_threads: int = 1
+    device: str = "cpu"
+    tactile_embedding: str = "default"
+    progress: bool = True
+    log_every: int = 25
+    checkpoint_every: int = 500
+
+    @classmethod
+    def from_hydra(cls, cfg: Mapping[str, Any]) -> TrainConfig:
+        """The resolved hydra config (a plain dict) -> TrainConfig; unknown keys raise."""
+        d = dict(cfg)
+        task = d.pop("task")["name"]
+        policy = dict(d.pop("policy"))
+        train = dict(policy.get("train") or {})
+        tok = train.pop("tokenizer", None)
+        diffusion = dict(train.pop("diffusion", {}) or {})
+        if "down_dims" in diffusion:
+            diffusion["down_dims"] = tuple(diffusion["down_dims"])
+        method = MethodConfig(
+            name=policy["name"], obs_keys=tuple(train.pop("obs_keys", ("proprio",))),
+            tokenizer=TokenizerSizes(**tok) if tok is not None else None, diffusion=DiffusionSizes(**diffusion),
+            **train,
+        )
+        return cls(task=task, method=method, **d)
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied), with Diffusion Policy's warm-up:
+    decay = min(max_decay, (1 + step) / (10 + step)), so early averages are not dominated by the random init."""
+
+    def __init__(self, model: nn.Module, max_decay: float) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.max_decay = max_decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.max_decay, (1 + step) / (10 + step))
+        for p_ema, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1.0 - decay)
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            b_ema.copy_(b)
+
+
+class JsonlLog:
+    """Append-only JSON lines, flushed per line so a killed run keeps its log."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "a", buffering=1)
+
+    def write(self, **row: Any) -> None:
+        self.file.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) every stage of ``cfg.method``; return a summary (steps/s, seconds, final losses)."""
+    torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.out)
+    episodes = load_episodes(cfg.data, cfg.rate_hz)
+    if episodes.task != cfg.task:
+        raise DataError(f"{cfg.data}: episodes of task {episodes.task!r}, but training was asked for {cfg.task!r}")
+    windows = make_windows(episodes, cfg.obs_steps, cfg.horizon)
+    run = _run_info(cfg, episodes)
+    state = _open_run(out, cfg, run)
+    log = JsonlLog(out / "log.jsonl")
+    log.write(event="start", resume=cfg.resume, windows=len(windows), episodes=len(episodes.lengths),
+              data=episodes.source, method=cfg.method.name, unix=time.time())
+    summary: dict[str, Any] = {"windows": len(windows), "episodes": int(len(episodes.lengths))}
+    try:
+        if cfg.method.name == "rdp":
+            tokenizer, action_norm, summary["tokenizer"] = _train_tokenizer(cfg, episodes, windows, state, log)
+            target = _encode_latents(tokenizer, action_norm, episodes, windows, cfg.method.cond_key)
+        else:
+            target = None
+        summary["policy"] = _train_policy(cfg, episodes, windows, target, state, log)
+    finally:
+        log.close()
+    return summary
+
+
+def _run_info(cfg: TrainConfig, episodes: Episodes) -> dict[str, Any]:
+    m = cfg.method
+    dims = {k: int(v.shape[-1]) for k, v in episodes.features.items()}
+    return {
+        "format": RUN_FORMAT, "task": cfg.task, "method": m.name, "rate_hz": cfg.rate_hz, "obs_steps": cfg.obs_steps,
+        "horizon": cfg.horizon, "obs_keys": list(m.obs_keys), "obs_dims": [dims[k] for k in m.obs_keys],
+        "cond_key": m.cond_key, "action_dim": int(episodes.action.shape[-1]), "num_arms": episodes.num_arms,
+        "num_pads": episodes.num_pads, "tactile_embedding": cfg.tactile_embedding,
+        "tokenizer": dataclasses.asdict(m.tokenizer) if m.tokenizer else None,
+        "diffusion": {**dataclasses.asdict(m.diffusion), "down_dims": list(m.diffusion.down_dims)},
+        "data": episodes.source, "action_representation": "per arm [x, y, z, r6 (rotation matrix columns 1-2), grip]",
+    }
+
+
+def _open_run(out: Path, cfg: TrainConfig, run: dict[str, Any]) -> dict[str, Any]:
+    """Create RUN (refusing to overwrite) or, with resume, check it matches and return its state."""
+    state_file = out / "state.json"
+    if cfg.resume:
+        if not state_file.is_file():
+            raise FileNotFoundError(f"resume=true but {state_file} does not exist; start without resume")
+        old = json.loads((out / "run.json").read_text())
+        diff = [f"{k}: run {old.get(k)!r}, now {run[k]!r}" for k in _RESUME_FIELDS if old.get(k) != run[k]]
+        if diff:
+            raise ValueError(f"cannot resume {out}: the configuration changed ({'; '.join(diff)})")
+        return json.loads(state_file.read_text())
+    if (out / "run.json").exists() or state_file.exists():
+        raise FileExistsError(f"{out} already holds a training run; pass resume=true or choose a new out")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _write_json(out / "run.json", run)
+    state = {stage: {"step": 0, "checkpoint": None, "seconds": 0.0, "done": False} for stage in STAGES}
+    _write_json(state_file, state)
+    return state
+
+
+def _train_tokenizer(
+    cfg: TrainConfig, episodes: Episodes, windows: Windows, state: dict, log: JsonlLog
+) -> tuple[AsymmetricTokenizer, Normalizer, dict[str, Any]]:
+    """Stage (a): fit the action/cond normaliser, train the tokenizer; return it (eval mode) and the normaliser."""
+    m, sizes = cfg.method, cfg.method.tokenizer
+    assert sizes is not None and m.cond_key is not None
+    cond = episodes.features[m.cond_key]
+    tok_cfg = TokenizerConfig(action_dim=episodes.action.shape[-1], cond_dim=cond.shape[-1], horizon=cfg.horizon,
+                              **dataclasses.asdict(sizes))
+    tokenizer = AsymmetricTokenizer(tok_cfg).to(cfg.device)
+    norm = Normalizer({"action": tok_cfg.action_dim, "cond": tok_cfg.cond_dim}).to(cfg.device)
+    norm.fit("action", episodes.action, "minmax")
+    norm.fit("cond", cond, "minmax")
+    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    st = state["tokenizer"]
+    if st["checkpoint"]:
+        ckpt_dir = Path(cfg.out) / st["checkpoint"]
+        stored = load_checkpoint(ckpt_dir / "model", tokenizer)
+        norm.load_arrays(stored.normalizer)
+        _load_optimizer(optimizer, ckpt_dir)
+
+    def save(directory: Path) -> None:
+        save_checkpoint(directory / "model", tokenizer, tok_cfg, norm.arrays())
+        _save_optimizer(optimizer, directory)
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = _batch(cfg, episodes, windows, step, stage=0, obs_keys=(), cond_key=m.cond_key)
+        losses = tokenizer.loss(norm.normalize("action", batch["action"]), norm.normalize("cond", batch["cond"]))
+        return losses["loss"], {"recon": float(losses["recon"].detach()), "kl": float(losses["kl"].detach())}
+
+    result = _loop(cfg, "tokenizer", m.tokenizer_steps, tokenizer, optimizer, None, loss_fn, save, state, log)
+    tokenizer.eval()
+    final = Path(cfg.out) / "tokenizer"
+    save_checkpoint(final, tokenizer, tok_cfg, norm.arrays())
+    return tokenizer, norm, result
+
+
+@torch.no_grad()
+def _encode_latents(
+    tokenizer: AsymmetricTokenizer, norm: Normalizer, episodes: Episodes, windows: Windows, cond_key: str | None
+) -> np.ndarray:
+    """Every window's action chunk -> the tokenizer encoder's mean latent (N, L, C): the slow policy's target."""
+    tokenizer.eval()
+    device = next(tokenizer.parameters()).device
+    latents = []
+    for start in range(0, len(windows), 1024):
+        chunk = gather(episodes, windows, slice(start, start + 1024), (), cond_key)["action"]
+        actions = norm.normalize("action", torch.from_numpy(chunk).to(device))
+        latents.append(tokenizer.encode(actions)[1].cpu().numpy())
+    return np.concatenate(latents)
+
+
+def _train_policy(
+    cfg: TrainConfig, episodes: Episodes, windows: Windows, latents: np.ndarray | None, state: dict, log: JsonlLog
+) -> dict[str, Any]:
+    """Stage (b): the diffusion policy on (obs history, latent chunk) or (obs history, action chunk)."""
+    m, d = cfg.method, cfg.method.diffusion
+    sizes = m.tokenizer or TokenizerSizes()
+    dp_cfg = DiffusionPolicyConfig(
+        target="latent" if latents is not None else "action", horizon=cfg.horizon,
+        action_dim=int(episodes.action.shape[-1]), latent_steps=sizes.latent_steps,
+        latent_channels=sizes.latent_channels, obs_steps=cfg.obs_steps, lowdim_keys=tuple(m.obs_keys),
+        lowdim_dims=tuple(int(episodes.features[k].shape[-1]) for k in m.obs_keys), image_keys=(), encoder="none",
+        **{**dataclasses.asdict(d), "down_dims": tuple(d.down_dims)},
+    )
+    policy = DiffusionPolicy(dp_cfg).to(cfg.device)
+    target_key = dp_cfg.target
+    target_all = latents if latents is not None else episodes.action
+    policy.fit_normalizer({k: episodes.features[k] for k in m.obs_keys}, target_all)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=m.lr, weight_decay=m.weight_decay)
+    ema = EMA(policy, m.ema_decay)
+    st = state["policy"]
+    if st["checkpoint"]:
+        ckpt_dir = Path(cfg.out) / st["checkpoint"]
+        policy.load(ckpt_dir / "model")
+        ema.model.load(ckpt_dir / "ema")
+        _load_optimizer(optimizer, ckpt_dir)
+
+    def save(directory: Path) -> None:
+        policy.save(directory / "model")
+        ema.model.save(directory / "ema")
+        _save_optimizer(optimizer, directory)
+
+    generator = torch.Generator()
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = _batch(cfg, episodes, windows, step, stage=1, obs_keys=m.obs_keys, cond_key=None, latents=latents)
+        generator.manual_seed(cfg.seed * 1_000_003 + step)
+        loss = policy.compute_loss({"obs": batch["obs"], target_key: batch["target"]}, generator=generator)
+        return loss, {}
+
+    result = _loop(cfg, "policy", m.policy_steps, policy, optimizer, ema, loss_fn, save, state, log)
+    ema.model.save(Path(cfg.out) / "policy")
+    return result
+
+
+def _batch(
+    cfg: TrainConfig, episodes: Episodes, windows: Windows, step: int, stage: int, obs_keys: tuple[str, ...],
+    cond_key: str | None, latents: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """A random batch, drawn from a generator seeded by (seed, stage, step): a resumed run sees the same batches."""
+    rng = np.random.default_rng([cfg.seed, stage, step])
+    idx = rng.integers(0, len(windows), size=cfg.batch_size)
+    b = gather(episodes, windows, idx, obs_keys, cond_key)
+    dev = cfg.device
+    out: dict[str, Any] = {"obs": {k: torch.from_numpy(v).to(dev) for k, v in b["obs"].items()},
+                           "action": torch.from_numpy(b["action"]).to(dev)}
+    if cond_key is not None:
+        out["cond"] = torch.from_numpy(b["cond"]).to(dev)
+    out["target"] = torch.from_numpy(latents[idx]).to(dev) if latents is not None else out["action"]
+    return out
+
+
+LossFn = Callable[[int], tuple[torch.Tensor, dict[str, float]]]
+SaveFn = Callable[[Path], None]
+
+
+def _loop(
+    cfg: TrainConfig, stage: str, total: int, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+    loss_fn: LossFn, save: SaveFn, state: dict, log: JsonlLog,
+) -> dict[str, Any]:
+    """The shared optimisation loop: lr schedule, step, EMA, log, checkpoint; returns stage statistics."""
+    st = state[stage]
+    start_step, prior_seconds = int(st["step"]), float(st["seconds"])
+    m = cfg.method
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum, loss_n = 0.0, 0
+    last: dict[str, float] = {}
+    bar = tqdm(range(start_step, total), initial=start_step, total=total, desc=stage, unit="step",
+               file=sys.stderr, disable=not cfg.progress)
+    for step in bar:
+        lr = lr_at(step, total, m.lr, m.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(cfg.seed * 7_919 + step)  # the tokenizer's posterior sample
+        loss, extra = loss_fn(step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{stage} loss is {float(loss)} at step {step}; lower lr={m.lr}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
+        loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+        done_steps = step + 1
+        if done_steps % cfg.log_every == 0 or done_steps == total:
+            seconds = prior_seconds + time.perf_counter() - t0
+            last = {"loss": loss_sum / loss_n, **extra}
+            log.write(stage=stage, step=done_steps, loss=last["loss"], lr=lr, seconds=round(seconds, 3),
+                      **{k: v for k, v in extra.items()})
+            bar.set_postfix(loss=f"{last['loss']:.4f}")
+            loss_sum, loss_n = 0.0, 0
+        if done_steps % cfg.checkpoint_every == 0 or done_steps == total:
+            _checkpoint(cfg, stage, done_steps, prior_seconds + time.perf_counter() - t0, done_steps == total,
+                        save, state)
+    bar.close()
+    seconds = prior_seconds + time.perf_counter() - t0
+    ran = total - start_step
+    if not state[stage]["done"]:
+        _checkpoint(cfg, stage, total, seconds, True, save, state)
+    own = time.perf_counter() - t0
+    log.write(event="done", stage=stage, step=total, seconds=round(seconds, 3),
+              steps_per_s=round(ran / own, 3) if ran and own > 0 else None)
+    model.eval()
+    return {"steps": total, "steps_this_run": ran, "seconds": seconds, "steps_per_s": ran / own if ran else None,
+            "last_loss": last.get("loss")}
+
+
+def _checkpoint(cfg: TrainConfig, stage: str, step: int, seconds: float, done: bool, save: SaveFn, state: dict) -> None:
+    """Write checkpoints/<stage>_<step>/ completely under a temporary name, rename it, then point state.json at it
+    and delete the stage's older checkpoints: a crash at any point leaves a consistent state.json."""
+    root = Path(cfg.out) / "checkpoints"
+    name = f"{stage}_{step:07d}"
+    tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    save(tmp)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_dir(root)
+    state[stage] = {"step": step, "checkpoint": f"checkpoints/{name}", "seconds": round(seconds, 3), "done": done}
+    _write_json(Path(cfg.out) / "state.json", state)
+    for old in root.glob(f"{stage}_*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Optimizer state without pickle: tensors to optimizer.safetensors, the rest (param groups) to JSON."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entries in sd["state"].items():
+        for k, v in entries.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(directory / "optimizer.safetensors"))
+    (directory / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    try:
+        tensors = safetensors.torch.load_file(str(directory / "optimizer.safetensors"))
+        meta = json.loads((directory / "optimizer.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{directory}: unreadable optimizer state ({e})") from e
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    write_file_durably(path, (json.dumps(obj, indent=1) + "\n").encode())
+    fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------------------------- sim adapters
+
+
+class _ChunkedSimPolicy:
+    """Shared run-time loop. The env ticks at its control rate (50 Hz); the policy steps at the training rate
+    (25 Hz), holding its action in between. Every ``replan_every`` policy steps the slow policy reads the last To
+    observations (sampled at the training rate) and plans a chunk; ``_decode`` emits one action per policy step."""
+
+    def __init__(self, run: Mapping[str, Any], slow: DiffusionPolicy, replan_every: int,
+                 num_inference_steps: int | None, seed: int = 0) -> None:
+        from sensors.embedding import TactileEmbedding
+
+        if not 1 <= replan_every <= int(run["horizon"]):
+            raise ValueError(f"replan_every must be in [1, horizon={run['horizon']}], got {replan_every}")
+        self.run = dict(run)
+        self.slow = slow.eval()
+        self.replan_every = replan_every
+        self.num_inference_steps = num_inference_steps
+        self.embedding = TactileEmbedding.load(run["tactile_embedding"])
+        self.seed = seed
+        self.generator = torch.Generator()
+
+    def reset(self, env: Any) -> None:
+        ratio = env.control_hz / float(self.run["rate_hz"])
+        if ratio < 1 or abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(f"env control rate {env.control_hz} Hz is not a multiple of the policy's training "
+                             f"rate {self.run['rate_hz']} Hz")
+        if len(env.arms) != self.run["num_arms"] or len(env.pads) != self.run["num_pads"]:
+            raise ValueError(f"policy trained for {self.run['num_arms']} arm(s) / {self.run['num_pads']} pads, env has "
+                             f"{len(env.arms)} / {len(env.pads)} (task {self.run['task']!r})")
+        self.ticks_per_step = int(round(ratio))
+        self.tick = 0
+        self.since_replan = 0
+        self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(self.run["obs_steps"]))
+        self.action: np.ndarray | None = None
+        self.generator.manual_seed(self.seed)
+        self._reset_chunk()
+
+    @torch.inference_mode()
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.tick % self.ticks_per_step == 0:
+            features = self._features(obs)
+            if not self.history:
+                self.history.extend([features] * self.history.maxlen)  # start padding, as in training
+            else:
+                self.history.append(features)
+            if self.tick == 0 or self.since_replan >= self.replan_every:
+                obs_t = {k: torch.from_numpy(np.stack([h[k] for h in self.history]))[None]
+                         for k in self.run["obs_keys"]}  # (1, To, Dk)
+                self._plan(self.slow.predict(obs_t, generator=self.generator,
+                                             num_inference_steps=self.num_inference_steps)[0])
+                self.since_replan = 0
+            self.action = policy_to_env_action(self._decode(features)).astype(np.float64)
+            self.since_replan += 1
+        self.tick += 1
+        assert self.action is not None
+        return self.action.copy()
+
+    def _features(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        steps = {k: obs[k] for k in ("tcp_pos", "tcp_quat", "gripper_width", "wrench")}
+        steps["tactile_emb"] = self.embedding.encode(obs["marker_offset"])
+        return lowdim_features(steps)
+
+    def _reset_chunk(self) -> None:
+        raise NotImplementedError
+
+    def _plan(self, chunk: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _decode(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RDPSimPolicy(_ChunkedSimPolicy):
+    """Slow: the latent diffusion policy plans a latent chunk (L, C). Fast: every policy step the tokenizer's GRU
+    decodes one action from the latent and the tactile embedding measured now (``AsymmetricTokenizer.step``)."""
+
+    def __init__(self, run: Mapping[str, Any], slow: DiffusionPolicy, tokenizer: AsymmetricTokenizer,
+                 norm: Normalizer, replan_every: int = 16, num_inference_steps: int | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(run, slow, replan_every, num_inference_steps, seed)
+        self.tokenizer = tokenizer.eval()
+        self.norm = norm
+        self.cond_key = run["cond_key"]
+
+    def _reset_chunk(self) -> None:
+        self.state = None
+
+    def _plan(self, chunk: torch.Tensor) -> None:
+        self.state = self.tokenizer.init_state(chunk[None])  # (1, L, C)
+
+    def _decode(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        cond = self.norm.normalize("cond", torch.from_numpy(features[self.cond_key])[None])  # (1, Dc)
+        action, self.state = self.tokenizer.step(self.state, cond)
+        return self.norm.unnormalize("action", action)[0].numpy()
+
+
+class DPSimPolicy(_ChunkedSimPolicy):
+    """The baseline: executes the predicted action chunk (T, Da) open-loop until the next replan."""
+
+    def _reset_chunk(self) -> None:
+        self.chunk: np.ndarray | None = None
+
+    def _plan(self, chunk: torch.Tensor) -> None:
+        self.chunk = chunk.numpy()
+
+    def _decode(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        assert self.chunk is not None
+        return self.chunk[self.since_replan]
+
+
+def load_tokenizer(directory: str | os.PathLike[str]) -> tuple[AsymmetricTokenizer, Normalizer]:
+    """A tokenizer checkpoint (RUN/tokenizer) -> the tokenizer in eval mode and its action/cond normaliser."""
+    from rdp.checkpoint import load_config
+
+    model_name, config = load_config(directory)
+    if model_name != AsymmetricTokenizer.__name__:
+        raise CheckpointError(f"{directory} holds a {model_name}, not an {AsymmetricTokenizer.__name__}")
+    tokenizer = AsymmetricTokenizer(TokenizerConfig(**config))
+    stored = load_checkpoint(directory, tokenizer)
+    norm = Normalizer({"action": tokenizer.cfg.action_dim, "cond": tokenizer.cfg.cond_dim})
+    norm.load_arrays(stored.normalizer)
+    return tokenizer.eval(), norm
+
+
+def make_policy(
+    task: str,
+    checkpoint: str | os.PathLike[str] | None = None,
+    policy: str | None = None,
+    replan_every: int = 16,
+    num_inference_steps: int | None = None,
+    train: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> RDPSimPolicy | DPSimPolicy:
+    """Load a training run for ``sim.eval``. ``policy`` (rdp/dp) must match the run when given; ``train`` is the
+    config's training section, accepted so configs/policy/<name>.yaml serves both commands (the run's own
+    run.json fixes the sizes)."""
+    del train
+    torch.set_num_threads(1)
+    if checkpoint is None:
+        raise ValueError("make_policy needs checkpoint=RUN_DIR (a `python -m rdp.train` out directory); "
+                         "on the command line: policy.checkpoint=RUN_DIR")
+    root = Path(checkpoint)
+    run_file = root / "run.json"
+    if not run_file.is_file() or not (root / "policy").is_dir():
+        raise FileNotFoundError(f"{root}: not a finished training run (needs run.json and policy/)")
+    run = json.loads(run_file.read_text())
+    if run.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{run_file}: unknown format {run.get('format')!r}, expected {RUN_FORMAT!r}")
+    if run["task"] != task:
+        raise ValueError(f"{root} was trained on task {run['task']!r}, not {task!r}")
+    if policy is not None and policy != run["method"]:
+        raise ValueError(f"{root} holds a {run['method']!r} run, not {policy!r}")
+    slow = DiffusionPolicy.from_checkpoint(root / "policy")
+    if run["method"] == "rdp":
+        tokenizer, norm = load_tokenizer(root / "tokenizer")
+        return RDPSimPolicy(run, slow, tokenizer, norm, replan_every, num_inference_steps, seed)
+    return DPSimPolicy(run, slow, replan_every, num_inference_steps, seed)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(config_path="../configs", config_name="train", version_base=None)
+    def _run(cfg: DictConfig) -> None:
+        container = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(container, dict)
+        summary = train(TrainConfig.from_hydra(container))
+        print(json.dumps(summary))
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()

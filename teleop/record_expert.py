@@ -1,0 +1,155 @@
+"""Record scripted-expert demonstrations in-process, in the recorder's format (``teleop.dataset``).
+
+    python -m teleop.record_expert task=wipe episodes=20 seed=0 out=data/wipe [cameras=true] [max_steps=N]
+
+The force-aware expert (``sim.experts.make_expert``) drives the environment with perturbations on, and every
+episode is written by :class:`teleop.recorder.EpisodeRecorder` at native rates, stamped with simulation time:
+
+* every control step (50 Hz): ``tcp_pos`` (A, 3), ``tcp_quat`` (A, 4), ``joint_pos`` (A, 7), ``gripper_width``
+  (A,), ``wrench`` (A, 6), ``marker_offset`` (P, 7, 9, 2), ``tactile_emb`` (P, 15) -- the PCA embedding of each
+  pad -- and ``action`` (7 A,): the expert's command computed from the observation of the same step;
+* with ``cameras=true``, ``scene_rgb`` / ``wrist_rgb`` (96, 96, 3) uint8 at 10 Hz.
+
+Timestamps are the simulation clock rounded to 1 us: MuJoCo accumulates ``time`` in 2 ms physics steps, so the raw
+value drifts by ~1e-15 s, and a ``build`` at a divisor rate (25 Hz) would then hold the *previous* sample at some
+ticks. Rounded, ``k / 25`` lands exactly on every second sample. Episode meta: ``task``, ``seed``, ``success`` and
+under ``user`` the perturbation, its start time and the expert. This is the expert-demo recorder; multi-process
+teleoperation over the bus is a separate, later piece (issue #3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from teleop.recorder import EpisodeMeta, EpisodeRecorder
+
+LOWDIM_STREAMS = ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width", "wrench", "marker_offset")
+CAMERA_HZ = 10.0
+TIME_DECIMALS = 6  # timestamps rounded to 1 us, see the module docstring
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Command-line settings (``key=value``)."""
+
+    task: str = "wipe"
+    episodes: int = 10
+    seed: int = 0
+    out: str = ""
+    cameras: bool = False
+    image_size: int = 96
+    perturb: bool = True
+    max_steps: int | None = None  # cap on control steps per episode (tests); None = until the task ends
+    tactile_embedding: str = "default"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("out=DIR is required: the dataset directory to record into")
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+
+
+def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
+    """Record ``cfg.episodes`` episodes (seeds ``seed .. seed + episodes - 1``); return one summary per episode."""
+    from sensors.embedding import TactileEmbedding
+    from sim.experts import make_expert
+    from sim.registry import make_env
+
+    embedding = TactileEmbedding.load(cfg.tactile_embedding)
+    env = make_env(cfg.task, perturb=cfg.perturb, cameras=False, image_size=cfg.image_size)
+    expert = make_expert(cfg.task, force_feedback=True)
+    recorder = EpisodeRecorder(cfg.out)
+    camera_every = max(int(round(env.control_hz / CAMERA_HZ)), 1)
+    wrist_camera = env.task.arms[0].prefix + "wrist_cam"
+    rows = []
+    bar = tqdm(range(cfg.episodes), desc=f"record {cfg.task}", unit="ep", file=sys.stderr, disable=not cfg.progress)
+    try:
+        for k in bar:
+            seed = cfg.seed + k
+            obs, info = env.reset(seed=seed)
+            expert.reset(env)
+            recorder.begin(EpisodeMeta(task=cfg.task, seed=seed, user={
+                "expert": "force_aware", "perturbation": info["perturbation"], "control_hz": env.control_hz,
+                "tactile_embedding": cfg.tactile_embedding, "max_steps": cfg.max_steps,
+            }))
+            steps = 0
+            while True:
+                t = round(env.time, TIME_DECIMALS)
+                action = expert.act(obs)
+                for name in LOWDIM_STREAMS:
+                    recorder.append(name, t, obs[name])
+                recorder.append("tactile_emb", t, embedding.encode(obs["marker_offset"]).astype(np.float32))
+                recorder.append("action", t, np.asarray(action, dtype=np.float32))
+                if cfg.cameras and steps % camera_every == 0:
+                    recorder.append("scene_rgb", t, env.render_camera("scene_cam", cfg.image_size))
+                    recorder.append("wrist_rgb", t, env.render_camera(wrist_camera, cfg.image_size))
+                obs, _, terminated, truncated, info = env.step(action)
+                steps += 1
+                if terminated or truncated or (cfg.max_steps is not None and steps >= cfg.max_steps):
+                    break
+            # The meta written at begin() cannot change, so the outcome goes in `success` (and the summary).
+            path = recorder.commit(success=bool(info["success"]))
+            rows.append({"episode": path.name, "seed": seed, "steps": steps, "success": bool(info["success"]),
+                         "perturbation": info["perturbation"], "perturbation_time": info["perturbation_time"]})
+            bar.set_postfix(ok=f"{sum(r['success'] for r in rows)}/{len(rows)}")
+    except BaseException:
+        recorder.abort()  # an interrupted demo is incomplete: it must not look like a committed episode
+        raise
+    finally:
+        env.close()
+    return rows
+
+
+def parse_overrides(argv: Sequence[str], cls: type = RecordConfig) -> Any:
+    """``key=value`` arguments (hydra style) -> a ``cls`` instance; unknown keys and bad values name themselves."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, raw = arg.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"expected key=value with key in {sorted(fields)}, got {arg!r}")
+        values[key] = _parse_value(key, raw, str(fields[key].type))
+    return cls(**values)
+
+
+def _parse_value(key: str, raw: str, type_name: str) -> Any:
+    if raw.lower() in ("null", "none") and "None" in type_name:
+        return None
+    if type_name.startswith("bool"):
+        if raw.lower() not in ("true", "false"):
+            raise ValueError(f"{key}: expected true or false, got {raw!r}")
+        return raw.lower() == "true"
+    if type_name.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{key}: expected an integer, got {raw!r}") from None
+    return raw
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = parse_overrides(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        print(f"record_expert: {e}", file=sys.stderr)
+        return 2
+    rows = record_expert_episodes(cfg)
+    ok = sum(r["success"] for r in rows)
+    print(f"recorded {len(rows)} episodes ({ok} successful) -> {cfg.out}", file=sys.stderr)
+    print(json.dumps({"task": cfg.task, "out": cfg.out, "episodes": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

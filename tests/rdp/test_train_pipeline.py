@@ -1,0 +1,222 @@
+"""rdp.data + rdp.train: recorded demos -> windows -> two-stage training with resume -> a policy that drives the sim."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rdp.data import (
+    DataError,
+    env_to_policy_action,
+    gather,
+    load_episodes,
+    make_windows,
+    matrix_to_rotvec,
+    policy_to_env_action,
+    rotvec_to_matrix,
+)
+from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, make_policy, train
+from sim.controller import rotvec_to_mat
+from teleop.dataset import build_training_set, ensure_dataset_root
+from teleop.record_expert import RecordConfig, record_expert_episodes
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+STEPS_PER_EPISODE = 60  # control steps at 50 Hz -> 30 training steps at 25 Hz
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demos") / "wipe"
+    record_expert_episodes(RecordConfig(task="wipe", episodes=2, seed=0, out=str(out), max_steps=STEPS_PER_EPISODE,
+                                        progress=False))
+    return out
+
+
+def tiny_config(name: str, data: Path, out: Path, steps: int = 4, **overrides: object) -> TrainConfig:
+    tok = TokenizerSizes(latent_steps=4, latent_channels=4, encoder_hidden=16, decoder_hidden=16)
+    tok = tok if name == "rdp" else None
+    method = MethodConfig(
+        name=name, obs_keys=("proprio", "tactile") if name == "rdp" else ("proprio",),
+        cond_key="tactile" if name == "rdp" else None, tokenizer=tok,
+        diffusion=DiffusionSizes(down_dims=(16, 32), diffusion_step_embed_dim=16, num_train_timesteps=20,
+                                 num_inference_steps=2),
+        tokenizer_steps=steps if name == "rdp" else 0, policy_steps=steps, warmup_steps=2,
+    )
+    base = dict(task="wipe", method=method, data=str(data), out=str(out), horizon=16, batch_size=8, progress=False,
+                log_every=1, checkpoint_every=2)
+    return TrainConfig(**{**base, **overrides})
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def test_windows_have_the_documented_shapes_and_padding(demos: Path) -> None:
+    eps = load_episodes(demos, rate_hz=25.0)
+    assert eps.lengths.tolist() == [STEPS_PER_EPISODE // 2] * 2 and eps.num_arms == 1 and eps.num_pads == 3
+    windows = make_windows(eps, obs_steps=2, horizon=32)
+    assert len(windows) == STEPS_PER_EPISODE
+    batch = gather(eps, windows, np.arange(len(windows)), ("proprio", "tactile", "wrench"), "tactile")
+    assert batch["obs"]["proprio"].shape == (60, 2, 10)
+    assert batch["obs"]["tactile"].shape == (60, 2, 45)
+    assert batch["obs"]["wrench"].shape == (60, 2, 6)
+    assert batch["action"].shape == (60, 32, 10) and batch["cond"].shape == (60, 32, 45)
+    # Start: the history repeats step 0. End: the chunk repeats the episode's last action.
+    np.testing.assert_array_equal(batch["obs"]["proprio"][0, 0], batch["obs"]["proprio"][0, 1])
+    last = 29
+    np.testing.assert_array_equal(batch["action"][last], np.repeat(eps.action[last][None], 32, axis=0))
+    np.testing.assert_array_equal(batch["action"][0, :30], eps.action[:30])
+
+
+def test_training_rate_keeps_every_second_control_step(demos: Path, tmp_path: Path) -> None:
+    from teleop.dataset import list_episodes, load_stream
+
+    eps = load_episodes(demos, rate_hz=25.0)
+    _, raw = load_stream(list_episodes(demos)[0], "action")
+    np.testing.assert_allclose(policy_to_env_action(eps.action[:30]), raw[::2], atol=1e-5)
+    built = tmp_path / "built25"
+    build_training_set(demos, 25.0, built, streams=["action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat",
+                                                    "wrench"])
+    from_built = load_episodes(built, rate_hz=25.0)
+    np.testing.assert_array_equal(from_built.action, eps.action)
+
+
+def test_rotation_6d_round_trip_and_continuity_near_pi() -> None:
+    rng = np.random.default_rng(0)
+    axis = rng.normal(size=(500, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    angle = np.concatenate([rng.uniform(0, np.pi, 400), np.pi - rng.uniform(0, 1e-5, 90), np.zeros(10)])
+    rotvec = axis * angle[:, None]
+    env = np.concatenate([rng.normal(size=(500, 3)), rotvec, rng.uniform(0, 0.08, (500, 1))], axis=1)
+    back = policy_to_env_action(env_to_policy_action(env))
+    np.testing.assert_allclose(back[:, [0, 1, 2, 6]], env[:, [0, 1, 2, 6]], atol=1e-12)
+    np.testing.assert_allclose(rotvec_to_matrix(back[:, 3:6]), rotvec_to_matrix(rotvec), atol=1e-9)
+    for i in (0, 123, 450):  # our Rodrigues agrees with the simulator's
+        np.testing.assert_allclose(rotvec_to_matrix(rotvec[i]), rotvec_to_mat(rotvec[i]), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(matrix_to_rotvec(rotvec_to_matrix(rotvec)), axis=1), angle, atol=1e-6)
+    # A tool pointing down: rotation by ~pi about x. Crossing pi flips the rotation vector, not the 6-D one.
+    a = np.array([np.pi - 1e-3, 0, 0, 0, 0, 0, 0.0])
+    b = np.array([-(np.pi - 1e-3), 0, 0, 0, 0, 0, 0.0])
+    a[3:6], b[3:6] = a[:3], b[:3]
+    a[:3] = b[:3] = 0
+    assert np.linalg.norm(a[3:6] - b[3:6]) > 6.0
+    assert np.linalg.norm(env_to_policy_action(a) - env_to_policy_action(b)) < 5e-3
+    # Any 10-D output executes as a proper rotation (Gram-Schmidt), even when not orthonormal.
+    noisy = env_to_policy_action(env[:20]) + rng.normal(scale=0.1, size=(20, 10))
+    assert np.isfinite(policy_to_env_action(noisy)).all()
+
+
+def test_bad_datasets_are_refused_with_a_reason(demos: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a dataset"):
+        load_episodes(tmp_path, 25.0)
+    ensure_dataset_root(tmp_path / "empty")
+    with pytest.raises(DataError, match="empty dataset, no committed episodes"):
+        load_episodes(tmp_path / "empty", 25.0)
+    with pytest.raises(DataError, match=r"recorded at 50 Hz; the training rate 20 Hz must divide it"):
+        load_episodes(demos, 20.0)
+    with pytest.raises(DataError, match="must divide"):
+        load_episodes(demos, 100.0)
+    built = tmp_path / "built"
+    build_training_set(demos, 10.0, built)
+    with pytest.raises(DataError, match="built at 10 Hz, but training was asked for 25 Hz"):
+        load_episodes(built, 25.0)
+    with pytest.raises(DataError, match="task 'wipe', but training was asked for 'peel'"):
+        train(tiny_config("rdp", demos, tmp_path / "run", task="peel"))
+
+
+def test_learning_rate_warms_up_then_decays_to_zero() -> None:
+    lrs = [lr_at(s, 100, 1e-3, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False)) and lrs[-1] < 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_rdp_trains_both_stages_checkpoints_and_resumes(demos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    summary = train(tiny_config("rdp", demos, run, steps=4))
+    assert summary["tokenizer"]["steps"] == 4 and summary["policy"]["steps"] == 4
+    for path in ("run.json", "state.json", "tokenizer/model.safetensors", "tokenizer/config.json",
+                 "policy/model.safetensors", "policy/config.json", "checkpoints/policy_0000004/ema/model.safetensors",
+                 "checkpoints/tokenizer_0000004/optimizer.safetensors"):
+        assert (run / path).is_file(), path
+    assert not (run / "checkpoints/policy_0000002").exists()  # older checkpoints are pruned
+    rows = [r for r in _log(run) if "loss" in r]
+    assert [(r["stage"], r["step"]) for r in rows] == [("tokenizer", s) for s in range(1, 5)] + [
+        ("policy", s) for s in range(1, 5)]
+    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 and r["seconds"] >= 0 for r in rows)
+
+    with pytest.raises(FileExistsError, match="resume=true"):
+        train(tiny_config("rdp", demos, run, steps=4))
+    with pytest.raises(ValueError, match="configuration changed"):
+        train(tiny_config("rdp", demos, run, steps=6, resume=True, horizon=8))
+
+    seconds_before = json.loads((run / "state.json").read_text())["policy"]["seconds"]
+    summary = train(tiny_config("rdp", demos, run, steps=6, resume=True))
+    assert summary["tokenizer"]["steps_this_run"] == 2 and summary["policy"]["steps_this_run"] == 2
+    rows = [r for r in _log(run) if "loss" in r]
+    assert [(r["stage"], r["step"]) for r in rows[-4:]] == [("tokenizer", 5), ("tokenizer", 6), ("policy", 5),
+                                                            ("policy", 6)]
+    state = json.loads((run / "state.json").read_text())
+    assert state["policy"]["step"] == 6 and state["policy"]["done"]
+    assert state["policy"]["seconds"] >= seconds_before  # wall clock adds up over resumed runs
+
+    policy = make_policy("wipe", checkpoint=run, policy="rdp", replan_every=4)
+    _drive(policy, ticks=10)
+    with pytest.raises(ValueError, match="trained on task 'wipe', not 'peel'"):
+        make_policy("peel", checkpoint=run)
+    with pytest.raises(ValueError, match="holds a 'rdp' run, not 'dp'"):
+        make_policy("wipe", checkpoint=run, policy="dp")
+
+
+def test_dp_baseline_trains_and_drives_the_sim(demos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "dp"
+    summary = train(tiny_config("dp", demos, run, steps=3))
+    assert "tokenizer" not in summary and not (run / "tokenizer").exists()
+    _drive(make_policy("wipe", checkpoint=run, policy="dp", replan_every=4), ticks=10)
+
+
+def _drive(policy, ticks: int) -> None:
+    import sim
+
+    env = sim.make_env("wipe")
+    try:
+        obs, _ = env.reset(seed=11)
+        policy.reset(env)
+        actions = []
+        for _ in range(ticks):
+            action = policy.act(obs)
+            assert action.shape == env.action_space.shape and np.isfinite(action).all()
+            env.check_action(action)
+            actions.append(action)
+            obs, *_ = env.step(action)
+        # The policy steps at 25 Hz on a 50 Hz env: each action is held for two ticks.
+        np.testing.assert_array_equal(actions[0], actions[1])
+    finally:
+        env.close()
+
+
+def test_hydra_configs_compose_into_typed_train_configs(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        for name in ("rdp", "dp"):
+            cfg = compose("train", overrides=[f"policy={name}", "data=D", f"out={tmp_path}"])
+            typed = TrainConfig.from_hydra(OmegaConf.to_container(cfg, resolve=True))
+            assert typed.method.name == name and typed.task == "wipe" and typed.rate_hz == 25.0
+            assert (typed.method.tokenizer is not None) == (name == "rdp")
+            assert ("tactile" in typed.method.obs_keys) == (name == "rdp")
