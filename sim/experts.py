@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import mujoco
 import numpy as np
 
 from sim.controller import mat_to_rotvec
@@ -197,7 +198,7 @@ class SqueezeLiftExpert:
         for i in range(2):
             q = obs["tcp_quat"][i].astype(float)
             rot = np.zeros(9)
-            mujoco_quat2mat(rot, q)
+            mujoco.mju_quat2Mat(rot, q)
             f_world = rot.reshape(3, 3) @ obs["wrench"][i, :3].astype(float)
             load += abs(f_world[2])
         # Slip: the box starts to slide when the friction the pads feel can no longer carry its weight,
@@ -217,8 +218,3 @@ class SqueezeLiftExpert:
         self.correction = np.clip(self.correction + self.gain * (self.target - forces) * self.dt, -0.02, 0.02)
         self.depth = np.clip(self.target / self.stiffness + self.correction, -0.02, 0.06)
 
-
-def mujoco_quat2mat(out: np.ndarray, quat: np.ndarray) -> None:
-    import mujoco
-
-    mujoco.mju_quat2Mat(out, quat)

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from sim.env import ContactRichEnv
 
 
+FAIL_WINDOW = 0.1  # s, force limits act on the force averaged over this window
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     """A rigid tool held in the closed gripper; its face carries a tactile pad."""
@@ -128,6 +131,16 @@ class Task:
     @property
     def success(self) -> bool:
         raise NotImplementedError
+
+    def sustained(self, env: ContactRichEnv, value: float | np.ndarray) -> float | np.ndarray:
+        """``value`` averaged over the last ``FAIL_WINDOW`` s of control steps, so a one-tick impact
+        spike breaks nothing; the window restarts with each episode."""
+        n = max(int(round(FAIL_WINDOW * env.control_hz)), 1)
+        if env.step_count <= 1:
+            self._history: list = []
+        self._history.append(value)
+        del self._history[:-n]
+        return np.mean(self._history, axis=0)
 
     def info(self, env: ContactRichEnv) -> dict[str, Any]:
         p = self.perturbation

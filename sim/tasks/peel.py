@@ -57,7 +57,6 @@ class PeelTask(SurfaceTask):
 
     def reset(self, env: ContactRichEnv, rng: np.random.Generator, perturb: bool) -> None:
         m = env.model
-        self.data_ref = env.data
         radius = float(rng.uniform(0.02, 0.03))
         centre = np.array([rng.uniform(0.57, 0.63), rng.uniform(-0.06, 0.06), radius + 0.002])
         resize_geom(m, self._surf, [radius, LENGTH / 2])
@@ -75,23 +74,15 @@ class PeelTask(SurfaceTask):
         self.publish_path(points, normals, tangents, passes=2, reverse=False)
         self.travel = np.zeros(N_SEGMENTS)
         self.peeled = np.zeros(N_SEGMENTS, dtype=bool)
-        self.failure = None
-        self.max_force = 0.0
-        self.force = 0.0
+        self.reset_scoring()
         self._prev_local = None
         self.schedule(rng, perturb, (1.5, 4.0), self.make_perturbation)
 
     def update(self, env: ContactRichEnv) -> tuple[float, bool]:
-        f = self.tool_force(env)
-        self.force = f
-        sustained = self.sustained_force(env, f)
-        self.max_force = max(self.max_force, sustained)
-        if sustained > self.force_fail:
-            self.failure = f"force {sustained:.1f} N over the {self.force_fail:.0f} N limit (blade dug in)"
+        if self.measure_force(env, " (blade dug in)"):
             return -1.0, True
-        d = env.data
-        rot = d.xmat[self._body].reshape(3, 3)
-        local = rot.T @ (d.site_xpos[env.arms[0].tcp_site] - d.xpos[self._body])
+        f = self.force
+        local = self.tcp_in_surface_frame(env)
         prev, self._prev_local = self._prev_local, local
         if prev is None:
             return 0.0, False

@@ -19,7 +19,6 @@ from sim.tasks.base import ArmSetup, Perturbation, Task, ToolSpec, body_id, cont
 if TYPE_CHECKING:
     from sim.env import ContactRichEnv
 
-FAIL_WINDOW = 0.1  # s, the force-limit check uses the force averaged over this window
 SURFACE_MOVE_SPEED = 0.03  # m/s, how fast a raise/lower/tilt perturbation moves the surface
 
 
@@ -102,23 +101,27 @@ class SurfaceTask(Task):
         env.data.mocap_pos[self._mocap] = pos
         env.data.mocap_quat[self._mocap] = quat
 
-    def surface_to_world(self, local: np.ndarray) -> np.ndarray:
-        """Maps points in the *current* surface frame to world (used for scoring)."""
-        d = self.data_ref
+    def reset_scoring(self) -> None:
+        self.failure = None
+        self.max_force = 0.0
+        self.force = 0.0
+
+    def measure_force(self, env: ContactRichEnv, what_broke: str) -> bool:
+        """Read the tool's normal force on the surface (ground truth); True if the limit was broken."""
+        f = contact_normal_force(env.model, env.data, self._tool_pad, self._surface_geoms)
+        self.force = f
+        sustained = float(self.sustained(env, f))
+        self.max_force = max(self.max_force, sustained)
+        if sustained > self.force_fail:
+            self.failure = f"force {sustained:.1f} N over the {self.force_fail:.0f} N limit{what_broke}"
+            return True
+        return False
+
+    def tcp_in_surface_frame(self, env: ContactRichEnv) -> np.ndarray:
+        """(3,) TCP position in the *current* (possibly perturbed) surface frame."""
+        d = env.data
         rot = d.xmat[self._body].reshape(3, 3)
-        return d.xpos[self._body] + local @ rot.T
-
-    def tool_force(self, env: ContactRichEnv) -> float:
-        return contact_normal_force(env.model, env.data, self._tool_pad, self._surface_geoms)
-
-    def sustained_force(self, env: ContactRichEnv, force: float) -> float:
-        """Force averaged over the last ``FAIL_WINDOW`` s: a one-tick impact spike breaks nothing."""
-        n = max(int(round(FAIL_WINDOW * env.control_hz)), 1)
-        if env.step_count <= 1:
-            self._history = []
-        self._history.append(force)
-        del self._history[:-n]
-        return float(np.mean(self._history))
+        return rot.T @ (d.site_xpos[env.arms[0].tcp_site] - d.xpos[self._body])
 
     def start_pose(self, arm: ArmSetup) -> tuple[np.ndarray, np.ndarray]:
         p0 = self.nominal["points"][0]

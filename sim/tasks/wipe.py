@@ -51,7 +51,6 @@ class WipeTask(SurfaceTask):
 
     def reset(self, env: ContactRichEnv, rng: np.random.Generator, perturb: bool) -> None:
         m = env.model
-        self.data_ref = env.data
         radius = float(rng.uniform(0.2, 0.3))
         top = float(rng.uniform(0.10, 0.15))
         centre = np.array([rng.uniform(0.57, 0.63), rng.uniform(-0.05, 0.05), top - radius])
@@ -73,26 +72,17 @@ class WipeTask(SurfaceTask):
         self.publish_path(centre + radius * normals, normals, tangents, passes=2, reverse=True)
         self.progress = np.zeros(N_MARKS)
         self.removed = np.zeros(N_MARKS, dtype=bool)
-        self.failure = None
-        self.max_force = 0.0
-        self.force = 0.0
+        self.reset_scoring()
         self.schedule(rng, perturb, (1.5, 3.5), self.make_perturbation)
 
     def update(self, env: ContactRichEnv) -> tuple[float, bool]:
-        f = self.tool_force(env)
-        self.force = f
-        sustained = self.sustained_force(env, f)
-        self.max_force = max(self.max_force, sustained)
-        if sustained > self.force_fail:
-            self.failure = f"force {sustained:.1f} N over the {self.force_fail:.0f} N limit"
+        if self.measure_force(env, ""):
             return -1.0, True
         reward = 0.0
         lo, hi = self.force_band
-        if lo <= f <= hi:
+        if lo <= self.force <= hi:
             # Where is the sponge on the (current) surface? Angle of the TCP around the cylinder axis.
-            d = env.data
-            rot = d.xmat[self._body].reshape(3, 3)
-            local = rot.T @ (env.data.site_xpos[env.arms[0].tcp_site] - d.xpos[self._body])
+            local = self.tcp_in_surface_frame(env)
             theta = np.arctan2(local[0], local[2])
             near = np.abs(theta - self.mark_theta) * self.radius < MARK_REACH
             near &= abs(local[1]) < MARK_REACH
