@@ -19,7 +19,8 @@ from rdp.data import (
     policy_to_env_action,
     rotvec_to_matrix,
 )
-from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, make_policy, train
+from rdp.inference import make_policy
+from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, train
 from sim.controller import rotvec_to_mat
 from teleop.dataset import build_training_set, ensure_dataset_root
 from teleop.record_expert import RecordConfig, record_expert_episodes
