@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Offscreen rendering on the CPU (Mesa llvmpipe through EGL).
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
-SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2
+SYSTEM_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 chromium
 
 .PHONY: demo test lint env system-packages clean
 

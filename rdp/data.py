@@ -151,6 +151,54 @@ def policy_to_env_action(action: np.ndarray) -> np.ndarray:
     return out.reshape(*out.shape[:-2], arms * ENV_ACTION_DIM)
 
 
+# ----------------------------------------------------------------------------------------------- action frames
+
+ACTION_FRAMES = ("absolute", "relative")
+
+
+def shift_positions(action: np.ndarray, anchor_proprio: np.ndarray, sign: float) -> np.ndarray:
+    """Add ``sign`` x the TCP positions of ``anchor_proprio`` (..., 10 A) to the positions of ``action``
+    (..., T, 10 A): ``sign=-1`` makes absolute actions relative to the pose the chunk was planned from (what the
+    policy learns with ``action_frame: relative``), ``sign=+1`` maps them back for execution. Rotations and the
+    gripper stay absolute."""
+    a = np.array(action, dtype=np.float32, copy=True)
+    arms = _arms(a.shape[-1], ACTION_DIM, "policy action")
+    anchor = np.asarray(anchor_proprio, dtype=np.float32).reshape(*np.shape(anchor_proprio)[:-1], arms, ACTION_DIM)
+    view = a.reshape(*a.shape[:-1], arms, ACTION_DIM)
+    view[..., :3] += sign * anchor[..., None, :, :3]
+    return a
+
+
+COND_PARTS = ("tactile", "wrench", "tcp_rel")
+
+
+def cond_parts(cond_key: str) -> tuple[str, ...]:
+    """``"tactile"`` or ``"tactile+tcp_rel"`` -> its parts, checked: what the fast decoder reads every tick.
+    ``tcp_rel`` is each arm's TCP position relative to the pose the chunk was planned from (3 A,)."""
+    parts = tuple(cond_key.split("+"))
+    bad = [p for p in parts if p not in COND_PARTS]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"cond_key {cond_key!r}: parts must be distinct names from {COND_PARTS} joined by '+'")
+    return parts
+
+
+def cond_features(features: Mapping[str, np.ndarray], anchor_proprio: np.ndarray, cond_key: str) -> np.ndarray:
+    """Per-step features {proprio, tactile, wrench} (..., Dk) and the chunk's anchor proprio (broadcastable to
+    (..., 10 A)) -> the decoder's conditioning (..., Dc), float32 (parts concatenated in ``cond_key`` order)."""
+    out = []
+    for part in cond_parts(cond_key):
+        if part == "tcp_rel":
+            proprio = np.asarray(features["proprio"])
+            arms = _arms(proprio.shape[-1], ACTION_DIM, "proprio")
+            here = proprio.reshape(*proprio.shape[:-1], arms, ACTION_DIM)[..., :3]
+            anchor = np.asarray(anchor_proprio)
+            anchor = anchor.reshape(*anchor.shape[:-1], arms, ACTION_DIM)[..., :3]
+            out.append((here - anchor).reshape(*here.shape[:-2], 3 * arms))
+        else:
+            out.append(np.asarray(features[part]))
+    return np.concatenate(out, axis=-1).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------------------- features
 
 
@@ -301,13 +349,22 @@ def make_windows(episodes: Episodes, obs_steps: int = 2, horizon: int = 32) -> W
 
 
 def gather(
-    episodes: Episodes, windows: Windows, idx: np.ndarray | slice, obs_keys: Sequence[str], cond_key: str | None
+    episodes: Episodes, windows: Windows, idx: np.ndarray | slice, obs_keys: Sequence[str], cond_key: str | None,
+    action_frame: str = "absolute",
 ) -> dict[str, np.ndarray]:
-    """Windows ``idx`` -> {"obs": {key: (B, To, Dk)}, "action": (B, T, Da), "cond": (B, T, Dc) if cond_key}."""
+    """Windows ``idx`` -> {"obs": {key: (B, To, Dk)}, "action": (B, T, Da), "cond": (B, T, Dc) if cond_key}.
+    ``action_frame="relative"``: action positions relative to the TCP at the window's last observation step."""
+    if action_frame not in ACTION_FRAMES:
+        raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {action_frame!r}")
     oi, ai = windows.obs_index[idx], windows.action_index[idx]
-    out: dict = {"obs": {k: episodes.features[k][oi] for k in obs_keys}, "action": episodes.action[ai]}
+    action = episodes.action[ai]
+    if action_frame == "relative":
+        action = shift_positions(action, episodes.features["proprio"][oi[..., -1]], -1.0)
+    out: dict = {"obs": {k: episodes.features[k][oi] for k in obs_keys}, "action": action}
     if cond_key is not None:
-        out["cond"] = episodes.features[cond_key][ai]
+        needed = {"proprio" if p == "tcp_rel" else p for p in cond_parts(cond_key)}
+        steps = {k: episodes.features[k][ai] for k in needed}  # (B, T, Dk)
+        out["cond"] = cond_features(steps, episodes.features["proprio"][oi[..., -1]][:, None], cond_key)
     return out
 
 

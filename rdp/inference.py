@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from rdp.checkpoint import CheckpointError, load_checkpoint
-from rdp.data import lowdim_features, policy_to_env_action
+from rdp.data import cond_features, lowdim_features, policy_to_env_action, shift_positions
 from rdp.normalizer import Normalizer
 from rdp.policy import DiffusionPolicy
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
@@ -82,10 +82,14 @@ class _ChunkedSimPolicy:
             if self.tick == 0 or self.since_replan >= self.replan_every:
                 obs_t = {k: torch.from_numpy(np.stack([h[k] for h in self.history]))[None]
                          for k in self.run["obs_keys"]}  # (1, To, Dk)
+                self.anchor = self.history[-1]["proprio"]  # relative actions are offsets from this TCP pose
                 self._plan(self.slow.predict(obs_t, generator=self.generator,
                                              num_inference_steps=self.num_inference_steps)[0])
                 self.since_replan = 0
-            self.action = policy_to_env_action(self._decode(features)).astype(np.float64)
+            action = self._decode(features)
+            if self.run.get("action_frame", "absolute") == "relative":
+                action = shift_positions(action[None], self.anchor, +1.0)[0]
+            self.action = policy_to_env_action(action).astype(np.float64)
             self.since_replan += 1
         self.tick += 1
         assert self.action is not None
@@ -123,7 +127,8 @@ class RDPSimPolicy(_ChunkedSimPolicy):
         self.state = self.tokenizer.init_state(chunk[None])  # (1, L, C)
 
     def _decode(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
-        cond = self.norm.normalize("cond", torch.from_numpy(features[self.cond_key])[None])  # (1, Dc)
+        cond = cond_features(features, self.anchor, self.cond_key)
+        cond = self.norm.normalize("cond", torch.from_numpy(cond)[None])  # (1, Dc)
         action, self.state = self.tokenizer.step(self.state, cond)
         return self.norm.unnormalize("action", action)[0].numpy()
 
@@ -189,3 +194,43 @@ def make_policy(
         tokenizer, norm = load_tokenizer(root / "tokenizer")
         return RDPSimPolicy(run, slow, tokenizer, norm, replan_every, num_inference_steps, seed)
     return DPSimPolicy(run, slow, replan_every, num_inference_steps, seed)
+
+
+class ChunkExecutor:
+    """Executes planned chunks one training-rate step at a time, outside the sim loop: the fast node's model.
+
+    Wraps a loaded ``RDPSimPolicy`` / ``DPSimPolicy`` (``make_policy``) and reuses its ``_plan`` / ``_decode``, so the
+    runtime and ``sim.eval`` run the same decoding. ``start(chunk, anchor)`` once per chunk (anchor: the proprio
+    features (10 A,) of the observation it was planned from), then ``step(features)`` once per step (features:
+    ``obs_features`` of that step) -> the env action (7 A,) float64; ``t`` counts the steps taken. For rdp every
+    step is one incremental GRU step on the reading given (constant work); for dp it indexes the chunk.
+    ``chunk_shape`` is what the slow policy predicts: (L, C) latents or (T, Da) actions.
+    """
+
+    def __init__(self, policy: RDPSimPolicy | DPSimPolicy) -> None:
+        self.policy = policy
+        self.horizon = int(policy.run["horizon"])
+        self.chunk_shape = tuple(policy.slow.cfg.target_shape)
+        self.anchor_dim = int(policy.run["action_dim"])
+        self.relative = policy.run.get("action_frame", "absolute") == "relative"
+        self.t = 0
+
+    def start(self, chunk: np.ndarray, anchor: np.ndarray) -> None:
+        """chunk (Ta, Da) float32 as the slow policy predicted it (unnormalised); anchor (10 A,) float32."""
+        if tuple(chunk.shape) != self.chunk_shape or tuple(anchor.shape) != (self.anchor_dim,):
+            raise ValueError(f"chunk {tuple(chunk.shape)} / anchor {tuple(anchor.shape)}, expected "
+                             f"{self.chunk_shape} / ({self.anchor_dim},)")
+        self.policy.anchor = np.asarray(anchor, dtype=np.float32)
+        self.policy._plan(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)))
+        self.t = 0
+
+    @torch.inference_mode()
+    def step(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.t >= self.horizon:
+            raise ValueError(f"chunk exhausted after {self.horizon} steps; call start() with a new chunk")
+        self.policy.since_replan = self.t  # what DPSimPolicy._decode indexes by
+        action = self.policy._decode(features)
+        if self.relative:
+            action = shift_positions(action[None], self.policy.anchor, +1.0)[0]
+        self.t += 1
+        return policy_to_env_action(action).astype(np.float64)

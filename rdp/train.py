@@ -45,9 +45,11 @@ from tqdm import tqdm
 
 from rdp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rdp.data import (
+    ACTION_FRAMES,
     DataError,
     Episodes,
     Windows,
+    cond_parts,
     gather,
     load_episodes,
     make_windows,
@@ -61,7 +63,7 @@ from teleop.durable import fsync_dir, write_file_durably
 STAGES = ("tokenizer", "policy")
 # Fields of run.json that give the weights their meaning: a resume must agree on all of them.
 _RESUME_FIELDS = ("task", "method", "rate_hz", "obs_steps", "horizon", "obs_keys", "cond_key", "tokenizer",
-                  "diffusion", "tactile_embedding")
+                  "diffusion", "tactile_embedding", "action_frame")
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -101,8 +103,13 @@ class MethodConfig:
     weight_decay: float = 1e-6
     warmup_steps: int = 100
     ema_decay: float = 0.995
+    action_frame: str = "relative"  # positions relative to the TCP the chunk is planned from, or "absolute"
 
     def __post_init__(self) -> None:
+        if self.cond_key is not None:
+            cond_parts(self.cond_key)
+        if self.action_frame not in ACTION_FRAMES:
+            raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
         if self.name not in ("rdp", "dp"):
             raise ValueError(f"policy name must be 'rdp' or 'dp', got {self.name!r}")
         if self.name == "rdp" and (self.tokenizer is None or self.cond_key is None or self.tokenizer_steps < 1):
@@ -211,7 +218,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         if cfg.method.name == "rdp":
             tokenizer, action_norm, summary["tokenizer"] = _train_tokenizer(cfg, episodes, windows, state, log)
-            target = _encode_latents(tokenizer, action_norm, episodes, windows, cfg.method.cond_key)
+            target = _encode_latents(tokenizer, action_norm, episodes, windows, cfg.method.action_frame)
         else:
             target = None
         summary["policy"] = _train_policy(cfg, episodes, windows, target, state, log)
@@ -231,6 +238,7 @@ def _run_info(cfg: TrainConfig, episodes: Episodes) -> dict[str, Any]:
         "tokenizer": dataclasses.asdict(m.tokenizer) if m.tokenizer else None,
         "diffusion": {**dataclasses.asdict(m.diffusion), "down_dims": list(m.diffusion.down_dims)},
         "data": episodes.source, "action_representation": "per arm [x, y, z, r6 (rotation matrix columns 1-2), grip]",
+        "action_frame": m.action_frame,
     }
 
 
@@ -260,12 +268,13 @@ def _train_tokenizer(
     """Stage (a): fit the action/cond normaliser, train the tokenizer; return it (eval mode) and the normaliser."""
     m, sizes = cfg.method, cfg.method.tokenizer
     assert sizes is not None and m.cond_key is not None
-    cond = episodes.features[m.cond_key]
+    everything = gather(episodes, windows, slice(None), (), m.cond_key, m.action_frame)
+    cond = everything["cond"].reshape(-1, everything["cond"].shape[-1])
     tok_cfg = TokenizerConfig(action_dim=episodes.action.shape[-1], cond_dim=cond.shape[-1], horizon=cfg.horizon,
                               **dataclasses.asdict(sizes))
     tokenizer = AsymmetricTokenizer(tok_cfg).to(cfg.device)
     norm = Normalizer({"action": tok_cfg.action_dim, "cond": tok_cfg.cond_dim}).to(cfg.device)
-    norm.fit("action", episodes.action, "minmax")
+    norm.fit("action", _all_actions(episodes, windows, m.action_frame), "minmax")
     norm.fit("cond", cond, "minmax")
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     st = state["tokenizer"]
@@ -293,14 +302,14 @@ def _train_tokenizer(
 
 @torch.no_grad()
 def _encode_latents(
-    tokenizer: AsymmetricTokenizer, norm: Normalizer, episodes: Episodes, windows: Windows, cond_key: str | None
+    tokenizer: AsymmetricTokenizer, norm: Normalizer, episodes: Episodes, windows: Windows, action_frame: str
 ) -> np.ndarray:
     """Every window's action chunk -> the tokenizer encoder's mean latent (N, L, C): the slow policy's target."""
     tokenizer.eval()
     device = next(tokenizer.parameters()).device
     latents = []
     for start in range(0, len(windows), 1024):
-        chunk = gather(episodes, windows, slice(start, start + 1024), (), cond_key)["action"]
+        chunk = gather(episodes, windows, slice(start, start + 1024), (), None, action_frame)["action"]
         actions = norm.normalize("action", torch.from_numpy(chunk).to(device))
         latents.append(tokenizer.encode(actions)[1].cpu().numpy())
     return np.concatenate(latents)
@@ -321,7 +330,7 @@ def _train_policy(
     )
     policy = DiffusionPolicy(dp_cfg).to(cfg.device)
     target_key = dp_cfg.target
-    target_all = latents if latents is not None else episodes.action
+    target_all = latents if latents is not None else _all_actions(episodes, windows, m.action_frame)
     policy.fit_normalizer({k: episodes.features[k] for k in m.obs_keys}, target_all)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     ema = EMA(policy, m.ema_decay)
@@ -357,7 +366,7 @@ def _batch(
     """A random batch, drawn from a generator seeded by (seed, stage, step): a resumed run sees the same batches."""
     rng = np.random.default_rng([cfg.seed, stage, step])
     idx = rng.integers(0, len(windows), size=cfg.batch_size)
-    b = gather(episodes, windows, idx, obs_keys, cond_key)
+    b = gather(episodes, windows, idx, obs_keys, cond_key, cfg.method.action_frame)
     dev = cfg.device
     out: dict[str, Any] = {"obs": {k: torch.from_numpy(v).to(dev) for k, v in b["obs"].items()},
                            "action": torch.from_numpy(b["action"]).to(dev)}
@@ -365,6 +374,16 @@ def _batch(
         out["cond"] = torch.from_numpy(b["cond"]).to(dev)
     out["target"] = torch.from_numpy(latents[idx]).to(dev) if latents is not None else out["action"]
     return out
+
+
+def _all_actions(episodes: Episodes, windows: Windows, action_frame: str) -> np.ndarray:
+    """Every window's action chunk flattened to (N T, Da): what the action normaliser is fitted on (in the
+    relative frame the same recorded step has a different value in every window that holds it)."""
+    if action_frame == "absolute":
+        return episodes.action
+    parts = [gather(episodes, windows, slice(i, i + 4096), (), None, action_frame)["action"]
+             for i in range(0, len(windows), 4096)]
+    return np.concatenate(parts).reshape(-1, episodes.action.shape[-1])
 
 
 LossFn = Callable[[int], tuple[torch.Tensor, dict[str, float]]]

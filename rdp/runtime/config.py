@@ -1,0 +1,116 @@
+"""Typed runtime configuration: ``configs/runtime/default.yaml`` merged with ``key=value`` overrides.
+
+The launcher and every node it starts load the same file with the same overrides (plus the addresses the
+launcher learnt from the ready lines), so one command line configures the whole process graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "runtime" / "default.yaml"
+MODES = ("realtime", "lockstep")
+HOLDS = ("pose", "silence")
+
+
+@dataclass
+class SlowConfig:
+    replan_every: int = 16
+    num_inference_steps: int | None = None
+    handover_steps: int = 0
+    heartbeat_hz: float = 10.0
+    torch_threads: int = 1
+
+
+@dataclass
+class FastConfig:
+    cmd_hz: float = 250.0
+    hold: str = "pose"
+    lockstep_wait_s: float = 30.0
+    start_timeout_s: float = 120.0
+    torch_threads: int = 1
+
+
+@dataclass
+class RobotOverrides:
+    watchdog_ms: float = 50.0
+    cameras: bool = True
+    camera_hz: float = 10.0
+
+
+@dataclass
+class Addresses:
+    obs: str | None = None
+    robot_pub: str | None = None
+    robot_cmd: str | None = None
+    robot_tick: str | None = None
+    chunk: str = "tcp://127.0.0.1:*"
+
+
+@dataclass
+class SecureConfig:
+    enabled: bool = False
+    keys: str | None = None
+    slow_source: str | None = None
+    allow: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RuntimeConfig:
+    """One run of the slow-fast stack; see ``configs/runtime/default.yaml`` for what each key means."""
+
+    checkpoint: str
+    task: str = "wipe"
+    mode: str = "realtime"
+    episodes: int = 1
+    seed: int = 0
+    perturb: bool = True
+    max_episode_s: float | None = None
+    out: str | None = None
+    video: bool = True
+    stats_hz: float = 2.0
+    slow: SlowConfig = field(default_factory=SlowConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
+    robot: RobotOverrides = field(default_factory=RobotOverrides)
+    addresses: Addresses = field(default_factory=Addresses)
+    secure: SecureConfig = field(default_factory=SecureConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        if self.fast.hold not in HOLDS:
+            raise ValueError(f"fast.hold={self.fast.hold!r}, expected one of {HOLDS}")
+        if self.episodes < 1 or self.seed < 0:
+            raise ValueError(f"episodes={self.episodes} must be >= 1 and seed={self.seed} >= 0")
+        if self.slow.replan_every < 1 or self.slow.handover_steps < 0:
+            raise ValueError(f"slow.replan_every={self.slow.replan_every} must be >= 1 and "
+                             f"slow.handover_steps={self.slow.handover_steps} >= 0")
+        for name, value in (("fast.cmd_hz", self.fast.cmd_hz), ("stats_hz", self.stats_hz),
+                            ("slow.heartbeat_hz", self.slow.heartbeat_hz)):
+            if not value > 0:
+                raise ValueError(f"{name}={value} must be > 0")
+        if self.max_episode_s is not None and not self.max_episode_s > 0:
+            raise ValueError(f"max_episode_s={self.max_episode_s} must be > 0 or null")
+        if self.secure.enabled and not self.secure.keys:
+            raise ValueError("secure.enabled=true needs secure.keys=DIR (make one: python -m rdp.runtime.curve DIR)")
+        if self.secure.enabled and self.mode == "lockstep":
+            raise ValueError("secure (a remote slow node) runs in realtime mode only; lockstep is a single-host mode")
+
+
+def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> RuntimeConfig:
+    """``path`` merged with ``key=value`` overrides into a checked :class:`RuntimeConfig`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"arguments must be key=value overrides (e.g. task=wipe checkpoint=RUN), got {bad}")
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(RuntimeConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
+        )
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"bad runtime config ({path}, overrides {list(overrides)}): {exc}") from exc

@@ -1,0 +1,465 @@
+"""The fast node: executes the slow node's chunks against live touch and commands the robot at a fixed rate.
+
+    python -m rdp.runtime.fast checkpoint=RUN addresses.robot_pub=... addresses.robot_cmd=... [mode=lockstep ...]
+
+Per loop iteration (``fast.cmd_hz`` in realtime; one robot control step in lockstep) it takes the newest
+``state`` / ``tactile`` / ``wrench``; when a new training-rate step begins it embeds the tactile reading, hands over
+to a newer chunk if one is due (latest wins; actions whose step has passed are skipped, the tokenizer's GRU being
+stepped through them on the tactile readings of those steps), and runs **one** ``AsymmetricTokenizer.step`` on the
+newest reading (dp: indexes the action chunk). Between steps the action is held; every iteration sends it as a
+``cmd`` (meta: step, tactile_stamp, plan). When the slow node is late the current chunk keeps running; when it runs
+out the robot is held: ``fast.hold=pose`` keeps commanding the pose measured at that moment, ``silence`` stops
+sending so that the robot node's watchdog holds.
+
+Modes share all of this; only the link to the robot differs (``RealtimeLink``: a ``RateKeeper`` on the wall clock,
+commands on the robot's cmd socket; ``LockstepLink``: one ``tick`` request per control step carrying the command,
+then the observations of that step; and in lockstep the node waits for each chunk that is due, which makes runs
+reproducible). The fast node also runs the episodes: reset with ``seed + k``, wait until the robot and the slow
+node confirm the new episode, run until the robot reports the end (or ``max_episode_s``), report, repeat.
+
+stdout: a JSON ready record, stats lines at ``stats_hz``, one ``episode`` record per episode, an exit record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bus.clock import RateKeeper
+from bus.message import Message
+from bus.transport import Client, Publisher, Subscriber
+from rdp.data import matrix_to_rotvec, quat_to_matrix
+from rdp.inference import ChunkExecutor, make_policy, obs_features
+from rdp.runtime.chunks import ChunkRejected, ChunkSlot, StepRing, parse_chunk, policy_step
+from rdp.runtime.config import RuntimeConfig, load_config
+from rdp.runtime.curve import CurveServer
+from rdp.runtime.timing import Every, Trace, Window, emit
+
+log = logging.getLogger("rdp.runtime.fast")
+ROBOT_TOPICS = ("state", "tactile", "wrench")
+
+
+class Stopped(Exception):
+    """SIGINT/SIGTERM arrived while waiting."""
+
+
+def hold_target(state: Message) -> np.ndarray:
+    """(A, 7) command that keeps the robot at the pose ``state`` reports (position, rotation vector, width)."""
+    a = state.arrays
+    rotvec = matrix_to_rotvec(quat_to_matrix(a["tcp_quat"]))
+    return np.concatenate([a["tcp_pos"], rotvec, a["gripper_width"][:, None]], axis=1).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------- links
+class RealtimeLink:
+    """The robot node in realtime: wall-clock rate, commands on its cmd socket, episode events on its PUB."""
+
+    def __init__(self, cfg: RuntimeConfig) -> None:
+        a = cfg.addresses
+        self.rate = RateKeeper(cfg.fast.cmd_hz)
+        self.obs = Subscriber(a.robot_pub, topics=ROBOT_TOPICS, conflate=True)
+        self.events = Subscriber(a.robot_pub, topics=("episode",))
+        self.cmd = Publisher(a.robot_cmd, bind=False, copy=True)
+        self.done: dict[str, Any] | None = None
+        self._seed = None
+
+    def connect(self, timeout: float) -> None:
+        if not self.cmd.wait_for_subscriber("cmd", timeout=timeout):
+            raise TimeoutError(f"the robot node's command socket {self.cmd.address} never subscribed")
+
+    def reset(self, seed: int, timeout: float) -> int | None:
+        """Ask for a new episode; its number once the robot's reset event arrived, None on timeout."""
+        self.done, self._seed = None, seed
+        self.cmd.publish("reset", meta={"seed": seed})
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            msg = self.events.recv(timeout=left)
+            if msg is not None and msg.meta.get("event") == "reset" and msg.meta.get("seed") == seed:
+                self.obs.drain()
+                self.obs.latest.clear()  # observations of the old episode
+                self.rate.reset()
+                return int(msg.meta["episode"])
+        return None
+
+    def observe(self) -> None:
+        self.rate.sleep()
+        self.obs.drain()
+        msg = self.events.recv(timeout=0)
+        if msg is not None and msg.meta.get("event") == "end":
+            self.done = dict(msg.meta)
+
+    def command(self, target: np.ndarray | None, meta: dict) -> None:
+        if target is not None:
+            self.cmd.publish("cmd", {"target": target}, meta)
+
+    def close(self) -> None:
+        for s in (self.obs, self.events, self.cmd):
+            s.close()
+
+
+class LockstepLink:
+    """The robot node in lockstep: one ``tick`` request per control step, carrying the command decided last."""
+
+    def __init__(self, cfg: RuntimeConfig) -> None:
+        a = cfg.addresses
+        if not a.robot_tick:
+            raise ValueError("mode=lockstep needs addresses.robot_tick (the robot node's tick server)")
+        self.rate = None
+        self.obs = Subscriber(a.robot_pub, topics=ROBOT_TOPICS, conflate=True, hwm=100_000)
+        self.events = Subscriber(a.robot_pub, topics=("episode",))
+        self.client = Client(a.robot_tick)
+        self.pending: np.ndarray | None = None
+        self.done: dict[str, Any] | None = None
+        self._reply: Message | None = None
+
+    def connect(self, timeout: float) -> None:
+        """Wait until the robot node sees our subscriptions (its ping answers for the "episode" topic)."""
+        end = time.monotonic() + timeout
+        for topic in ("episode", "tactile"):
+            while not self.client.request("ping", meta={"topic": topic}, timeout=timeout).meta.get("subscribed"):
+                if time.monotonic() > end:
+                    raise TimeoutError(f"the robot node never saw a subscription to {topic!r}")
+                time.sleep(0.01)
+
+    def reset(self, seed: int, timeout: float) -> int | None:
+        self.done, self.pending = None, None
+        reply = self.client.request("reset", meta={"seed": seed}, timeout=timeout)
+        self.obs.drain()
+        self.obs.latest.clear()
+        return int(reply.meta["episode"])
+
+    def observe(self) -> None:
+        arrays = {"target": self.pending} if self.pending is not None else None
+        reply = self.client.request("tick", arrays, timeout=30.0)
+        seq = reply.meta["state_seq"]
+        end = time.monotonic() + 30.0
+        while (t := self.obs.latest.get("tactile")) is None or t.seq < seq:  # that step's stream, deterministically
+            if time.monotonic() > end:
+                raise TimeoutError(f"observations of node tick {seq} never arrived")
+            self.obs.recv(timeout=0.1)
+        if reply.meta["terminated"] or reply.meta["truncated"]:
+            end_event = self.events.recv(timeout=2.0)
+            while end_event is not None and end_event.meta.get("event") != "end":
+                end_event = self.events.recv(timeout=2.0)
+            self.done = dict(end_event.meta) if end_event is not None else dict(reply.meta)
+
+    def command(self, target: np.ndarray | None, meta: dict) -> None:
+        self.pending = target
+
+    def close(self) -> None:
+        for s in (self.obs, self.events, self.client):
+            s.close()
+
+
+# ----------------------------------------------------------------------------------------------- node
+class FastNode:
+    def __init__(self, cfg: RuntimeConfig) -> None:
+        a = cfg.addresses
+        if not (a.robot_pub and a.robot_cmd):
+            raise ValueError("the fast node needs addresses.robot_pub and addresses.robot_cmd (the robot node's)")
+        torch.set_num_threads(cfg.fast.torch_threads)
+        self.cfg = cfg
+        self.lockstep = cfg.mode == "lockstep"
+        self.policy = make_policy(cfg.task, checkpoint=cfg.checkpoint, replan_every=cfg.slow.replan_every,
+                                  seed=cfg.seed)
+        torch.set_num_threads(cfg.fast.torch_threads)
+        run = self.policy.run
+        self.executor = ChunkExecutor(self.policy)
+        self.rate_hz = float(run["rate_hz"])
+        self.horizon = int(run["horizon"])
+        self.embedding = self.policy.embedding
+        self.slot = ChunkSlot()
+        self.ring = StepRing(2 * self.horizon)
+        # Statistics.
+        self.counts: Counter[str] = Counter()
+        self.chunk_rejects: Counter[str] = Counter()
+        self.step_time, self.tac_to_cmd = Window(), Window()
+        self.trace = Trace(("wall", "sim_time", "step_ms", "holding"))
+        self.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
+        self.digest = hashlib.sha256()
+        self.slow_episode = -1
+        self.slow_seen = 0.0
+        self._stop = False
+        self.server = CurveServer(cfg.secure.keys, cfg.secure.allow) if cfg.secure.enabled else None
+        self.chunks: Subscriber | None = None
+        self.link: RealtimeLink | LockstepLink | None = None
+        try:
+            self.chunks = Subscriber(a.chunk, topics=("chunk", "alive"), bind=True, hwm=1000,
+                                     ctx=self.server.ctx if self.server else None)
+            self.link = LockstepLink(cfg) if self.lockstep else RealtimeLink(cfg)
+        except Exception:
+            self.close()
+            raise
+        self._reset_episode_state()
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        if self.chunks is not None:
+            self.chunks.close()
+        if self.link is not None:
+            self.link.close()
+        if self.server is not None:
+            self.server.close()
+
+    def _reset_episode_state(self) -> None:
+        self.episode = -1
+        self.step = -1
+        self.target: np.ndarray | None = None
+        self.holding = False
+        self.slot.clear()
+        self.ring.clear()
+        self.tactile_stamp = 0.0
+        self.lockstep_slow_absent = False
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every episode in turn; returns their records."""
+        self.link.connect(self.cfg.fast.start_timeout_s)
+        results = []
+        stats = Every(self.cfg.stats_hz)
+        for k in range(self.cfg.episodes):
+            if self._stop:
+                break
+            seed = self.cfg.seed + k
+            self._start_episode(seed)
+            ep_counts = Counter(self.counts)
+            t0 = time.monotonic()
+            while not self._stop and self.link.done is None:
+                self._iteration()
+                if self.cfg.max_episode_s is not None and self._sim_time() >= self.cfg.max_episode_s:
+                    break
+                if stats():
+                    emit(self.stats("stats"))
+            done = self.link.done
+            record = {
+                "event": "episode", "index": k, "seed": seed, "robot_episode": self.episode,
+                "ended_by": "task" if done else ("stop" if self._stop else "max_episode_s"),
+                "success": bool(done.get("success")) if done else False,
+                "score": done.get("score") if done else None,
+                "perturbation": done.get("perturbation") if done else None,
+                "sim_time": round(self._sim_time(), 4), "wall_s": round(time.monotonic() - t0, 3),
+                **{key: self.counts[key] - ep_counts[key] for key in ("chunks", "skipped", "exhausted", "slow_late")},
+            }
+            emit(record)
+            results.append(record)
+        return results
+
+    def _start_episode(self, seed: int) -> None:
+        """Reset the robot and wait until the slow node has seen the new episode (retrying the reset)."""
+        self._reset_episode_state()
+        end = time.monotonic() + self.cfg.fast.start_timeout_s
+        while not self._stop:
+            episode = self.link.reset(seed, timeout=1.0)
+            if episode is not None:
+                self.episode = episode
+                if self._await_slow(lambda ep=episode: self.slow_episode >= ep, timeout=1.0):
+                    return
+            if time.monotonic() > end:
+                log.warning("no slow node confirmed episode %s within %.0f s; running without one", episode,
+                            self.cfg.fast.start_timeout_s)
+                self.counts["start_without_slow"] += 1
+                return
+        raise Stopped
+
+    # ------------------------------------------------------------------------------------ one iteration
+    def _iteration(self) -> None:
+        self.link.observe()
+        t0 = time.perf_counter()
+        self._drain_chunks()
+        obs = self.link.obs.latest
+        tactile = obs.get("tactile")
+        if tactile is not None and "state" in obs and "wrench" in obs:
+            sim_time = tactile.meta.get("sim_time")
+            step = policy_step(sim_time, self.rate_hz) if isinstance(sim_time, float) else -1
+            if step > self.step:
+                self._on_step(step, tactile, obs)
+        meta = {"step": self.step, "tactile_stamp": self.tactile_stamp,
+                "plan": self.slot.current.plan if self.slot.current else -1}
+        self.link.command(self.target, meta)
+        sent = time.perf_counter()
+        if self.target is not None:
+            self.digest.update(self.target.tobytes())
+        dt = sent - t0
+        self.step_time.add(dt)
+        self.trace.add(time.monotonic(), self._sim_time(), dt * 1e3, float(self.holding))
+
+    def _on_step(self, step: int, tactile: Message, obs: dict[str, Message]) -> None:
+        try:
+            features = obs_features({**obs["state"].arrays, **tactile.arrays, **obs["wrench"].arrays},
+                                    self.embedding)
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            self.counts["rej_schema"] += 1
+            if self.counts["rej_schema"] == 1:
+                log.warning("observation unusable (%s); further ones are only counted", exc)
+            return
+        self.step = step
+        self.tactile_stamp = tactile.stamp
+        self.ring.put(step, features)
+        if self.lockstep:
+            self._await_due_chunk(step)
+        chunk = self.slot.take(step)
+        if chunk is not None:
+            self._adopt(chunk, step)
+        current = self.slot.current
+        if current is not None and step - current.obs_step < self.horizon:
+            self._catch_up(step - current.obs_step, features)
+            self.target = self.executor.step(features).reshape(-1, 7)
+            self.holding = False
+            if not self.lockstep:
+                self.tac_to_cmd.add(time.monotonic() - tactile.stamp)  # + the publish, a few us
+        elif current is not None and not self.holding:
+            self.counts["exhausted"] += 1
+            self.holding = True
+            self.target = hold_target(obs["state"]) if self.cfg.fast.hold == "pose" else None
+
+    def _adopt(self, chunk, step: int) -> None:
+        self.executor.start(chunk.data, chunk.anchor)
+        skipped = step - chunk.obs_step
+        self.counts["chunks"] += 1
+        self.counts["skipped"] += skipped
+        age_ms = (time.monotonic() - chunk.obs_stamp) * 1e3 if not self.lockstep else 0.0
+        self.adoptions.add(time.monotonic(), self._sim_time(), chunk.obs_step, step, skipped, chunk.infer_ms, age_ms)
+
+    def _catch_up(self, index: int, now: dict[str, np.ndarray]) -> None:
+        """Step the decoder through chunk steps that passed before it could run them, on their own readings."""
+        obs_step = self.slot.current.obs_step
+        while self.executor.t < index:
+            past = self.ring.get(obs_step + self.executor.t)
+            self.executor.step(past if past is not None else now)
+
+    # ------------------------------------------------------------------------------------ chunks
+    def _drain_chunks(self) -> None:
+        for _ in range(1000):
+            msg = self.chunks.recv(timeout=0)
+            if msg is None:
+                return
+            self._on_chunk_message(msg)
+
+    def _on_chunk_message(self, msg: Message) -> None:
+        self.slow_seen = time.monotonic()
+        if msg.topic == "alive":
+            ep = msg.meta.get("episode")
+            if type(ep) is int:
+                self.slow_episode = ep
+            return
+        if msg.topic != "chunk":
+            self.chunk_rejects["topic"] += 1
+            return
+        try:
+            chunk = parse_chunk(msg, self.executor.chunk_shape, self.executor.anchor_dim, time.monotonic())
+        except ChunkRejected as exc:
+            if self.chunk_rejects[exc.kind] == 0:
+                log.warning("rejected a chunk (%s); further %r rejects are only counted", exc, exc.kind)
+            self.chunk_rejects[exc.kind] += 1
+            return
+        self.slow_episode = max(self.slow_episode, chunk.episode)
+        self.lockstep_slow_absent = False
+        if chunk.episode != self.episode:
+            self.counts["stale_chunks"] += 1
+        elif not self.slot.offer(chunk):
+            self.counts["outdated_chunks"] += 1
+
+    def _await_due_chunk(self, step: int) -> None:
+        """Lockstep: at a step where a chunk must take over, wait for it (the slow node's "answer")."""
+        s = step - self.cfg.slow.handover_steps
+        if s < 0 or s % self.cfg.slow.replan_every or self.lockstep_slow_absent:
+            return
+
+        def have() -> bool:
+            c = self.slot.pending or self.slot.current
+            return c is not None and c.obs_step >= s
+
+        if not self._await_slow(have, self.cfg.fast.lockstep_wait_s):
+            self.counts["slow_late"] += 1
+            self.lockstep_slow_absent = True
+            log.warning("lockstep: no chunk for step %d within %.1f s; going on without the slow node", s,
+                        self.cfg.fast.lockstep_wait_s)
+
+    def _await_slow(self, predicate, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while not predicate():
+            if self._stop:
+                raise Stopped
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            msg = self.chunks.recv(timeout=min(left, 0.1))
+            if msg is not None:
+                self._on_chunk_message(msg)
+        return True
+
+    # ------------------------------------------------------------------------------------ reporting
+    def _sim_time(self) -> float:
+        t = self.link.obs.latest.get("tactile")
+        v = t.meta.get("sim_time") if t is not None else None
+        return v if isinstance(v, float) else 0.0
+
+    def rejects(self) -> dict[str, int]:
+        total = Counter(self.chunks.rejects) + Counter(self.link.obs.rejects) + Counter(self.link.events.rejects)
+        total += Counter({f"chunk_{k}": v for k, v in self.chunk_rejects.items()})
+        if self.counts["rej_schema"]:
+            total["obs_schema"] = self.counts["rej_schema"]
+        return dict(total)
+
+    def stats(self, event: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": event, "node": "fast", "mode": self.cfg.mode, "episode": self.episode,
+                               "step": self.step, "holding": self.holding,
+                               "step_ms": self.step_time.summary(1e3), "rejects": self.rejects(),
+                               **{k: v for k, v in self.counts.items() if k != "rej_schema"}}
+        if self.link.rate is not None:
+            rs = self.link.rate.stats()
+            out["cmd_rate"] = {"target_hz": self.cfg.fast.cmd_hz, "mean_hz": round(rs.mean_hz, 2),
+                               "jitter_p99_ms": round(rs.period_err_p99 * 1e3, 4), "overruns": rs.overruns,
+                               "missed": rs.missed}
+            out["tactile_to_cmd_ms"] = self.tac_to_cmd.summary(1e3)
+        out["slow_alive_age_s"] = round(time.monotonic() - self.slow_seen, 3) if self.slow_seen else None
+        return out
+
+    def write_trace(self, directory: Path) -> Path:
+        """Timing trace for the launcher's plot (npz of plain arrays; tmp + rename)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "fast_timing.npz"
+        tmp = directory / "fast_timing.tmp.npz"
+        arrays = {f"tick_{k}": v for k, v in self.trace.arrays().items()}
+        arrays.update({f"adopt_{k}": v for k, v in self.adoptions.arrays().items()})
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    node = FastNode(cfg)
+    signal.signal(signal.SIGINT, node.stop)
+    signal.signal(signal.SIGTERM, node.stop)
+    results: list[dict[str, Any]] = []
+    try:
+        emit({"event": "ready", "node": "fast", "pid": os.getpid(), "chunk": node.chunks.address})
+        try:
+            results = node.run()
+        except Stopped:
+            pass
+    finally:
+        if cfg.out:
+            node.write_trace(Path(cfg.out))
+        node.close()
+        emit({**node.stats("exit"), "episodes": len(results), "cmd_digest": node.digest.hexdigest()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

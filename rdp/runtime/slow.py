@@ -1,0 +1,205 @@
+"""The slow node: the latent diffusion policy (or the DP baseline) planning chunks from live observations.
+
+    python -m rdp.runtime.slow checkpoint=RUN addresses.obs=ROBOT_PUB addresses.chunk=FAST_CHUNK [...]
+
+Reads the robot node's ``state`` / ``tactile`` / ``wrench`` (one observation = the three messages of one node tick,
+same ``seq``) and keeps the observation of every training-rate step (``rdp.runtime.chunks``), the last ``To`` of them
+as the policy's history (padded by repetition at an episode's start, as in training). It plans at the first step
+``>= last plan + replan_every`` it has seen: in lockstep that is exactly every ``replan_every`` steps (the fast node
+waits for it); in realtime, when inference is slower than that, it plans on the newest observation as soon as it is
+free. Each chunk goes to the fast node stamped with its observation step, episode and take-over step.
+
+Episodes: the robot node's ``episode`` reset events (and, for a node started mid-episode, the episode counter of its
+``status`` messages) clear the history and re-seed the sampler with ``seed``, so a lockstep run is reproducible.
+The first stdout line is a JSON ready record; then stats lines at ``stats_hz``; an exit record on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bus.message import Message
+from bus.transport import Publisher, Subscriber
+from rdp.inference import make_policy, obs_features
+from rdp.runtime.chunks import policy_step
+from rdp.runtime.config import RuntimeConfig, load_config
+from rdp.runtime.curve import client_context, with_source
+from rdp.runtime.timing import Every, Window, emit
+
+log = logging.getLogger("rdp.runtime.slow")
+OBS_TOPICS = ("state", "tactile", "wrench", "episode", "status")
+MAX_BATCH = 5000  # messages handled between two planning checks at most
+
+
+class SlowNode:
+    def __init__(self, cfg: RuntimeConfig) -> None:
+        if not cfg.addresses.obs or "*" in cfg.addresses.chunk:
+            raise ValueError(f"the slow node needs addresses.obs and a concrete addresses.chunk, got "
+                             f"{cfg.addresses.obs!r} / {cfg.addresses.chunk!r}")
+        torch.set_num_threads(cfg.slow.torch_threads)
+        self.cfg = cfg
+        self.policy = make_policy(cfg.task, checkpoint=cfg.checkpoint, replan_every=cfg.slow.replan_every,
+                                  num_inference_steps=cfg.slow.num_inference_steps, seed=cfg.seed)
+        torch.set_num_threads(cfg.slow.torch_threads)
+        run = self.policy.run
+        self.rate_hz = float(run["rate_hz"])
+        self.obs_keys = tuple(run["obs_keys"])
+        self.generator = torch.Generator()
+        self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(run["obs_steps"]))
+        self.latest: dict[str, Message] = {}
+        self.episode: int | None = None
+        self.hist_step: int | None = None
+        self.hist_stamp = 0.0
+        self.next_plan = 0
+        self.plans = 0
+        self.infer = Window()
+        self.counts: Counter[str] = Counter()
+        self._stop = False
+        self._ctx = client_context(cfg.secure.keys) if cfg.secure.enabled else None
+        source = cfg.secure.slow_source
+        self.sub: Subscriber | None = None
+        self.pub: Publisher | None = None
+        try:
+            self.sub = Subscriber(with_source(cfg.addresses.obs, source), topics=OBS_TOPICS, hwm=20_000, ctx=self._ctx)
+            self.pub = Publisher(with_source(cfg.addresses.chunk, source), bind=False, ctx=self._ctx)
+        except Exception:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        for sock in (self.sub, self.pub):
+            if sock is not None:
+                sock.close()
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+
+    def run(self) -> None:
+        heartbeat, stats = Every(self.cfg.slow.heartbeat_hz), Every(self.cfg.stats_hz)
+        while not self._stop:
+            msg = self.sub.recv(timeout=0.02)
+            n = 0
+            while msg is not None and n < MAX_BATCH:
+                self._handle(msg)
+                n += 1
+                msg = self.sub.recv(timeout=0)
+            if msg is not None:
+                self._handle(msg)
+            if self.episode is not None and self.hist_step is not None and self.hist_step >= self.next_plan:
+                self._plan()
+            if heartbeat():
+                self._alive()
+            if stats():
+                emit(self.stats("stats"))
+
+    def stats(self, event: str) -> dict:
+        return {"event": event, "node": "slow", "episode": self.episode, "plans": self.plans,
+                "infer_ms": self.infer.summary(1e3, 3), "rejects": self.rejects(), **dict(self.counts)}
+
+    def rejects(self) -> dict[str, int]:
+        return dict(Counter(self.sub.rejects) + Counter({k: v for k, v in self.counts.items() if k.startswith("rej_")}))
+
+    # ------------------------------------------------------------------------------------ messages
+    def _handle(self, msg: Message) -> None:
+        topic = msg.topic
+        if topic in ("state", "tactile"):
+            self.latest[topic] = msg
+        elif topic == "wrench":
+            self._on_observation(msg)
+        elif topic == "episode":
+            ep = msg.meta.get("episode")
+            if msg.meta.get("event") == "reset" and type(ep) is int:
+                self._new_episode(ep)
+        elif topic == "status":
+            ep = msg.meta.get("episode")
+            if type(ep) is int and ep != self.episode:
+                self._new_episode(ep)
+        else:  # a prefix match such as "statex"
+            self.counts["rej_topic"] += 1
+
+    def _new_episode(self, episode: int) -> None:
+        self.episode = episode
+        self.history.clear()
+        self.hist_step = None
+        self.next_plan = 0
+        self.generator.manual_seed(self.cfg.seed)
+        self._alive()
+
+    def _on_observation(self, wrench: Message) -> None:
+        state, tactile = self.latest.get("state"), self.latest.get("tactile")
+        if state is None or tactile is None or not state.seq == tactile.seq == wrench.seq:
+            self.counts["unpaired"] += 1  # joined mid-tick, or a dropped message
+            return
+        sim_time = wrench.meta.get("sim_time")
+        if not isinstance(sim_time, float) or self.episode is None:
+            self.counts["rej_meta" if not isinstance(sim_time, float) else "before_episode"] += 1
+            return
+        step = policy_step(sim_time, self.rate_hz)
+        if self.hist_step is not None and step <= self.hist_step:
+            return
+        try:
+            features = obs_features({**state.arrays, **tactile.arrays, **wrench.arrays}, self.policy.embedding)
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            self.counts["rej_schema"] += 1
+            if self.counts["rej_schema"] == 1:
+                log.warning("observation unusable (%s); further ones are only counted", exc)
+            return
+        if self.history:
+            self.history.append(features)
+        else:
+            self.history.extend([features] * self.history.maxlen)
+        self.hist_step, self.hist_stamp = step, wrench.stamp
+
+    # ------------------------------------------------------------------------------------ planning
+    def _plan(self) -> None:
+        obs = {k: torch.from_numpy(np.stack([h[k] for h in self.history]))[None] for k in self.obs_keys}  # (1,To,Dk)
+        t0 = time.perf_counter()
+        chunk = self.policy.slow.predict(obs, generator=self.generator,
+                                         num_inference_steps=self.cfg.slow.num_inference_steps)[0]
+        infer_s = time.perf_counter() - t0
+        self.infer.add(infer_s)
+        step = self.hist_step
+        arrays = {"chunk": np.ascontiguousarray(chunk.numpy(), dtype=np.float32),
+                  "anchor": np.ascontiguousarray(self.history[-1]["proprio"], dtype=np.float32)}
+        self.pub.publish("chunk", arrays, meta={
+            "episode": self.episode, "obs_step": step, "start_step": step + self.cfg.slow.handover_steps,
+            "obs_stamp": self.hist_stamp, "plan": self.plans, "infer_ms": round(infer_s * 1e3, 3),
+        })
+        self.plans += 1
+        self.next_plan = step + self.cfg.slow.replan_every
+
+    def _alive(self) -> None:
+        self.pub.publish("alive", meta={"episode": -1 if self.episode is None else self.episode, "plans": self.plans,
+                                        "rejects": sum(self.rejects().values()), "pid": os.getpid()})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    node = SlowNode(cfg)
+    signal.signal(signal.SIGINT, node.stop)
+    signal.signal(signal.SIGTERM, node.stop)
+    try:
+        emit({"event": "ready", "node": "slow", "pid": os.getpid(), "chunk": cfg.addresses.chunk,
+              "chunk_shape": list(node.policy.slow.cfg.target_shape)})
+        node.run()
+    finally:
+        node.close()
+        emit(node.stats("exit"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+// Browser operator for the slowfast teleop node: WebXR immersive-ar when available, mouse/keyboard otherwise.
+// Everything a test (or a curious operator) needs is on window.teleop.
+"use strict";
+
+const SEND_HZ = 50;
+const LIN_SPEED = 0.15;   // m/s while a move key is held
+const ROT_SPEED = 0.8;    // rad/s while a rotate key is held
+const XR_ARM_HANDS = ["right", "left"];  // arm 0 <- right controller, arm 1 <- left controller
+
+const state = {
+  connected: false, mode: "fallback", xr: { supported: false, active: false, error: null },
+  arms: 0, arm: 0, hands: [], sent: 0, received: 0, images: 0, resets: 0,
+  feedback: null, hello: null, lastFeedbackAt: 0,
+  drawn: { markerArrows: 0, forceArrows: 0, frames: 0 },
+  keys: {}, clutchLatch: false, errors: [],
+};
+window.teleop = state;
+
+// ------------------------------------------------------------------------------------------- math
+function qmul(a, b) {
+  return [a[0]*b[0] - a[1]*b[1] - a[2]*b[2] - a[3]*b[3], a[0]*b[1] + a[1]*b[0] + a[2]*b[3] - a[3]*b[2],
+          a[0]*b[2] - a[1]*b[3] + a[2]*b[0] + a[3]*b[1], a[0]*b[3] + a[1]*b[2] - a[2]*b[1] + a[3]*b[0]];
+}
+function qaxis(axis, angle) {
+  const s = Math.sin(angle / 2);
+  return [Math.cos(angle / 2), axis[0]*s, axis[1]*s, axis[2]*s];
+}
+function qnorm(q) { const n = Math.hypot(...q) || 1; return q.map((v) => v / n); }
+function qrot(q, v) {  // rotate v by unit quaternion q = [w, x, y, z]
+  const r = qmul(qmul(q, [0, ...v]), [q[0], -q[1], -q[2], -q[3]]);
+  return [r[1], r[2], r[3]];
+}
+
+// ------------------------------------------------------------------------------------------- hands
+function ensureHands(n) {
+  while (state.hands.length < n) state.hands.push({ pos: [0, 0, 0], quat: [1, 0, 0, 0], grip: 1.0, clutch: false });
+  state.arms = n;
+  if (state.arm >= n) state.arm = 0;
+}
+function clutchHeld(i) {
+  return i === state.arm && (state.clutchLatch || !!state.keys[" "]);
+}
+state.setClutch = (on) => { state.clutchLatch = !!on; };
+state.nudge = (dx, dy, dz) => {
+  const h = state.hands[state.arm];
+  if (h) { h.pos[0] += dx; h.pos[1] += dy; h.pos[2] += dz; }
+};
+state.reset = () => { send({ type: "reset" }); state.resets += 1; };
+
+function stepKeys(dt) {
+  const h = state.hands[state.arm];
+  if (!h) return;
+  const k = state.keys, v = LIN_SPEED * dt, w = ROT_SPEED * dt;
+  const axes = [["w", 0, 1], ["s", 0, -1], ["a", 1, 1], ["d", 1, -1], ["r", 2, 1], ["f", 2, -1]];
+  for (const [key, axis, sign] of axes) if (k[key]) h.pos[axis] += sign * v;
+  const rots = [["j", [0, 0, 1], 1], ["l", [0, 0, 1], -1], ["i", [0, 1, 0], 1], ["k", [0, 1, 0], -1],
+                ["u", [1, 0, 0], 1], ["o", [1, 0, 0], -1]];
+  for (const [key, axis, sign] of rots) if (k[key]) h.quat = qnorm(qmul(qaxis(axis, sign * w), h.quat));
+}
+
+// ------------------------------------------------------------------------------------------- socket
+let ws = null;
+function send(obj) {
+  if (ws && ws.readyState === WebSocket.OPEN) { ws.send(JSON.stringify(obj)); return true; }
+  return false;
+}
+function connect() {
+  ws = new WebSocket(`ws://${location.host}/ws`);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => { state.connected = true; };
+  ws.onclose = () => { state.connected = false; setTimeout(connect, 1000); };
+  ws.onerror = () => { state.errors.push("websocket error"); };
+  ws.onmessage = (ev) => {
+    if (typeof ev.data === "string") {
+      const msg = JSON.parse(ev.data);
+      if (msg.type === "hello") { state.hello = msg; if (msg.arms) ensureHands(msg.arms); return; }
+      if (msg.type === "feedback") {
+        state.feedback = msg; state.received += 1; state.lastFeedbackAt = performance.now();
+        if (msg.arms) ensureHands(msg.arms);
+      }
+    } else {
+      drawImage(ev.data);
+    }
+  };
+}
+function sendPoses(frame) {
+  if (!state.arms) return;
+  const arms = state.hands.slice(0, state.arms).map((h, i) => ({
+    pos: h.pos, quat: h.quat, grip: h.grip, clutch: frame === "xr" ? h.clutch : clutchHeld(i),
+  }));
+  if (send({ type: "pose", frame, arms })) state.sent += 1;
+}
+
+// ------------------------------------------------------------------------------------------- drawing
+function drawImage(buf) {
+  const dv = new DataView(buf);
+  const idx = dv.getUint8(0), h = dv.getUint16(1), w = dv.getUint16(3);
+  const canvas = document.getElementById(`cam${idx}`);
+  if (!canvas || buf.byteLength !== 5 + w * h * 3) return;
+  if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+  const ctx = canvas.getContext("2d"), img = ctx.createImageData(w, h), rgb = new Uint8Array(buf, 5);
+  for (let p = 0, q = 0; p < w * h * 3; p += 3, q += 4) {
+    img.data[q] = rgb[p]; img.data[q + 1] = rgb[p + 1]; img.data[q + 2] = rgb[p + 2]; img.data[q + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  state.images += 1;
+}
+
+function arrow(ctx, x0, y0, x1, y1, color, width) {
+  const ang = Math.atan2(y1 - y0, x1 - x0), len = Math.hypot(x1 - x0, y1 - y0), head = Math.min(6, len * 0.4);
+  ctx.strokeStyle = color; ctx.lineWidth = width;
+  ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(x1, y1);
+  ctx.lineTo(x1 - head * Math.cos(ang - 0.5), y1 - head * Math.sin(ang - 0.5));
+  ctx.moveTo(x1, y1); ctx.lineTo(x1 - head * Math.cos(ang + 0.5), y1 - head * Math.sin(ang + 0.5));
+  ctx.stroke();
+}
+
+function drawTactile(fb) {
+  const canvas = document.getElementById("tactile"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  let arrows = 0;
+  const pads = fb && fb.marker_offset ? fb.marker_offset : [];
+  const cols = 3, pw = canvas.width / cols, ph = pads.length > 3 ? canvas.height / 2 : canvas.height;
+  pads.forEach((grid, p) => {  // grid: 7 x 9 x 2 offsets, mm
+    const ox = (p % cols) * pw, oy = Math.floor(p / cols) * ph, sx = (pw - 30) / 8, sy = (ph - 40) / 6;
+    ctx.fillStyle = "#889"; ctx.font = "11px sans-serif";
+    ctx.fillText(fb.pads && fb.pads[p] ? fb.pads[p] : `pad ${p}`, ox + 6, oy + 12);
+    for (let r = 0; r < grid.length; r++) {
+      for (let c = 0; c < grid[r].length; c++) {
+        const x = ox + 15 + c * sx, y = oy + 25 + r * sy, d = grid[r][c];
+        ctx.fillStyle = "#556"; ctx.fillRect(x - 1.5, y - 1.5, 3, 3);
+        const mag = Math.hypot(d[0], d[1]);
+        if (mag > 0.005) {
+          const k = Math.min(40 / mag, 60);  // px per mm, long arrows clipped to 40 px
+          arrow(ctx, x, y, x + d[0] * k, y - d[1] * k, "#4fc3f7", 1.5);
+          arrows += 1;
+        }
+      }
+    }
+  });
+  state.drawn.markerArrows = arrows;
+}
+
+function drawForce(fb) {
+  const canvas = document.getElementById("force"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  let n = 0;
+  (fb && fb.wrench ? fb.wrench : []).forEach((w, i) => {
+    const cx = 110 + i * 220, cy = 100, k = 4;  // px per N
+    ctx.strokeStyle = "#444"; ctx.beginPath(); ctx.arc(cx, cy, 80, 0, 2 * Math.PI); ctx.stroke();
+    const fx = w[0], fy = w[1], fz = w[2], norm = Math.hypot(fx, fy, fz);
+    if (norm > 0.05) { arrow(ctx, cx, cy, cx + fx * k, cy - fy * k, "#ff7043", 3); n += 1; }
+    ctx.fillStyle = fz < 0 ? "#ff7043" : "#66bb6a";
+    ctx.fillRect(cx + 95, cy, 10, Math.max(-90, Math.min(90, -fz * k)));
+    ctx.fillStyle = "#ccd"; ctx.font = "12px sans-serif";
+    ctx.fillText(`arm ${i}  |F| ${norm.toFixed(1)} N  Fz ${fz.toFixed(1)}`, cx - 70, 192);
+  });
+  state.drawn.forceArrows = n;
+}
+
+function project(p) {  // world (robot) -> 3-D view pixels: fixed camera front-left of the work area
+  const eye = [1.5, -1.0, 0.9], at = [0.5, 0.0, 0.15];
+  const f = [at[0] - eye[0], at[1] - eye[1], at[2] - eye[2]], fn = Math.hypot(...f);
+  const fw = f.map((v) => v / fn);
+  let r = [fw[1], -fw[0], 0]; const rn = Math.hypot(...r); r = r.map((v) => v / rn);
+  const u = [r[1] * fw[2] - r[2] * fw[1], r[2] * fw[0] - r[0] * fw[2], r[0] * fw[1] - r[1] * fw[0]];
+  const d = [p[0] - eye[0], p[1] - eye[1], p[2] - eye[2]];
+  const z = d[0] * fw[0] + d[1] * fw[1] + d[2] * fw[2];
+  const x = d[0] * r[0] + d[1] * r[1] + d[2] * r[2], y = d[0] * u[0] + d[1] * u[1] + d[2] * u[2];
+  return [240 + 420 * x / z, 180 - 420 * y / z];
+}
+
+function draw3d(fb) {
+  const canvas = document.getElementById("view3d"), ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.strokeStyle = "#2a2e33"; ctx.lineWidth = 1;
+  for (let i = -5; i <= 5; i++) {
+    let a = project([0.5 + i * 0.1, -0.5, 0]), b = project([0.5 + i * 0.1, 0.5, 0]);
+    ctx.beginPath(); ctx.moveTo(...a); ctx.lineTo(...b); ctx.stroke();
+    a = project([0.0, i * 0.1, 0]); b = project([1.0, i * 0.1, 0]);
+    ctx.beginPath(); ctx.moveTo(...a); ctx.lineTo(...b); ctx.stroke();
+  }
+  if (!fb || !fb.tcp_pos) return;
+  fb.tcp_pos.forEach((p, i) => {
+    const s = project(p);
+    ctx.fillStyle = fb.engaged && fb.engaged[i] ? "#66bb6a" : "#90a4ae";
+    ctx.beginPath(); ctx.arc(s[0], s[1], 7, 0, 2 * Math.PI); ctx.fill();
+    if (fb.target && fb.target[i]) {
+      const t = project(fb.target[i].slice(0, 3));
+      ctx.strokeStyle = "#ffd54f"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.moveTo(t[0] - 6, t[1]); ctx.lineTo(t[0] + 6, t[1]);
+      ctx.moveTo(t[0], t[1] - 6); ctx.lineTo(t[0], t[1] + 6); ctx.stroke();
+    }
+    if (fb.wrench && fb.wrench[i] && fb.tcp_quat) {  // wrench is in the TCP frame: rotate to world
+      const f = qrot(fb.tcp_quat[i], fb.wrench[i].slice(0, 3));
+      const e = project([p[0] + 0.01 * f[0], p[1] + 0.01 * f[1], p[2] + 0.01 * f[2]]);
+      if (Math.hypot(e[0] - s[0], e[1] - s[1]) > 2) arrow(ctx, s[0], s[1], e[0], e[1], "#ff7043", 3);
+    }
+  });
+}
+
+function updateHeader() {
+  const fb = state.feedback || {};
+  const set = (id, text, cls) => { const el = document.getElementById(id); el.textContent = text; el.className = `pill ${cls || ""}`; };
+  set("conn", state.connected ? "connected" : "disconnected", state.connected ? "ok" : "bad");
+  set("mode", state.mode + (state.xr.supported ? " (AR available)" : ""));
+  const engaged = fb.engaged && fb.engaged[state.arm];
+  set("clutch", engaged ? "clutch on" : "clutch off", engaged ? "ok" : "");
+  set("arm", `arm ${state.arm} / ${state.arms}` + (fb.lost_sync && fb.lost_sync[state.arm] ? ` lost sync x${fb.lost_sync[state.arm]}` : ""));
+  set("episode", `episode ${fb.episode ?? "-"}  t ${fb.sim_time ?? "-"}`);
+  set("hold", fb.held ? `robot held: ${fb.hold_reason}` : "robot following", fb.held ? "warn" : "ok");
+}
+
+function render() {
+  const fb = state.feedback;
+  try {
+    draw3d(fb); drawTactile(fb); drawForce(fb); updateHeader();
+    state.drawn.frames += 1;
+  } catch (err) { state.errors.push(String(err)); }
+}
+
+// ------------------------------------------------------------------------------------------- fallback loop
+let lastStep = performance.now();
+function fallbackTick() {
+  if (state.mode !== "fallback") return;
+  const now = performance.now();
+  stepKeys(Math.min(0.1, (now - lastStep) / 1000));
+  lastStep = now;
+  sendPoses("robot");
+  render();
+}
+
+window.addEventListener("keydown", (ev) => {
+  const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
+  if (key === "Tab") { state.arm = (state.arm + 1) % Math.max(1, state.arms); ev.preventDefault(); return; }
+  if (key === "c" && !ev.repeat) state.clutchLatch = !state.clutchLatch;
+  if (key === "g" && !ev.repeat && state.hands[state.arm]) state.hands[state.arm].grip = 1 - state.hands[state.arm].grip;
+  state.keys[key] = true;
+  if (key === " ") ev.preventDefault();
+});
+window.addEventListener("keyup", (ev) => { state.keys[ev.key.length === 1 ? ev.key.toLowerCase() : ev.key] = false; });
+window.addEventListener("blur", () => { state.keys = {}; });  // never leave a key (or the clutch) stuck
+
+const view = document.getElementById("view3d");
+let drag = null;
+view.addEventListener("mousedown", (ev) => { drag = [ev.clientX, ev.clientY]; });
+window.addEventListener("mouseup", () => { drag = null; });
+view.addEventListener("mousemove", (ev) => {
+  if (!drag) return;
+  const dx = ev.clientX - drag[0], dy = ev.clientY - drag[1];
+  drag = [ev.clientX, ev.clientY];
+  state.nudge(-dy * 0.001, -dx * 0.001, 0);  // screen up = away from the operator, right = robot -y
+});
+view.addEventListener("wheel", (ev) => { state.nudge(0, 0, -Math.sign(ev.deltaY) * 0.005); ev.preventDefault(); });
+document.getElementById("reset-button").addEventListener("click", () => state.reset());
+
+// ------------------------------------------------------------------------------------------- WebXR
+async function checkXR() {
+  try {
+    state.xr.supported = !!(navigator.xr && await navigator.xr.isSessionSupported("immersive-ar"));
+  } catch (err) { state.xr.supported = false; state.xr.error = String(err); }
+  const button = document.getElementById("xr-button");
+  button.hidden = !state.xr.supported;
+  button.onclick = enterXR;
+}
+
+const XR_TO_ROBOT = (v) => [-v[2], -v[0], v[1]];  // same frame map as teleop.node FRAMES["xr"]
+const ROBOT_TO_XR = (v) => [-v[1], v[2], -v[0]];
+let gl = null, lineProgram = null, lineBuffer = null;
+
+function initLines(glc) {
+  const vs = "attribute vec3 p; uniform mat4 proj, view; void main(){ gl_Position = proj * view * vec4(p, 1.0); }";
+  const fs = "precision mediump float; uniform vec4 color; void main(){ gl_FragColor = color; }";
+  const sh = (type, src) => { const s = glc.createShader(type); glc.shaderSource(s, src); glc.compileShader(s); return s; };
+  lineProgram = glc.createProgram();
+  glc.attachShader(lineProgram, sh(glc.VERTEX_SHADER, vs));
+  glc.attachShader(lineProgram, sh(glc.FRAGMENT_SHADER, fs));
+  glc.linkProgram(lineProgram);
+  lineBuffer = glc.createBuffer();
+}
+
+function drawLines(view, points, color) {
+  if (!points.length) return;
+  gl.useProgram(lineProgram);
+  gl.bindBuffer(gl.ARRAY_BUFFER, lineBuffer);
+  gl.bufferData(gl.ARRAY_BUFFER, new Float32Array(points), gl.DYNAMIC_DRAW);
+  const loc = gl.getAttribLocation(lineProgram, "p");
+  gl.enableVertexAttribArray(loc);
+  gl.vertexAttribPointer(loc, 3, gl.FLOAT, false, 0, 0);
+  gl.uniformMatrix4fv(gl.getUniformLocation(lineProgram, "proj"), false, view.projectionMatrix);
+  gl.uniformMatrix4fv(gl.getUniformLocation(lineProgram, "view"), false, view.transform.inverse.matrix);
+  gl.uniform4fv(gl.getUniformLocation(lineProgram, "color"), color);
+  gl.drawArrays(gl.LINES, 0, points.length / 3);
+}
+
+function xrFeedbackLines(fb, anchors) {  // force arrows from each controller, marker arrows on a panel above it
+  const force = [], markers = [];
+  anchors.forEach(([arm, origin]) => {
+    if (fb.wrench && fb.wrench[arm] && fb.tcp_quat) {
+      const f = ROBOT_TO_XR(qrot(fb.tcp_quat[arm], fb.wrench[arm].slice(0, 3)));
+      force.push(...origin, origin[0] + 0.01 * f[0], origin[1] + 0.01 * f[1], origin[2] + 0.01 * f[2]);
+    }
+    const grid = fb.marker_offset && fb.marker_offset[arm * (fb.marker_offset.length / Math.max(1, fb.arms))];
+    if (grid) grid.forEach((row, r) => row.forEach((d, c) => {
+      const x = origin[0] - 0.04 + c * 0.01, y = origin[1] + 0.08 + r * 0.01, z = origin[2];
+      markers.push(x, y, z, x + d[0] * 0.01, y + d[1] * 0.01, z);
+    }));
+  });
+  return [force, markers];
+}
+
+async function enterXR() {
+  try {
+    const session = await navigator.xr.requestSession("immersive-ar", {
+      optionalFeatures: ["local-floor", "dom-overlay"], domOverlay: { root: document.body },
+    });
+    const canvas = document.getElementById("xr-canvas");
+    gl = canvas.getContext("webgl", { xrCompatible: true, alpha: true });
+    await gl.makeXRCompatible();
+    initLines(gl);
+    session.updateRenderState({ baseLayer: new XRWebGLLayer(session, gl) });
+    const ref = await session.requestReferenceSpace("local-floor").catch(() => session.requestReferenceSpace("local"));
+    state.mode = "xr"; state.xr.active = true;
+    session.addEventListener("end", () => { state.mode = "fallback"; state.xr.active = false; });
+    const onFrame = (t, frame) => {
+      session.requestAnimationFrame(onFrame);
+      const anchors = [];
+      for (const src of session.inputSources) {
+        const arm = XR_ARM_HANDS.indexOf(src.handedness);
+        if (arm < 0 || arm >= state.arms || !src.gripSpace) continue;
+        const pose = frame.getPose(src.gripSpace, ref);
+        if (!pose) continue;
+        const p = pose.transform.position, o = pose.transform.orientation, h = state.hands[arm];
+        h.pos = [p.x, p.y, p.z]; h.quat = [o.w, o.x, o.y, o.z];
+        const buttons = src.gamepad ? src.gamepad.buttons : [];
+        h.grip = buttons[0] ? buttons[0].value : h.grip;       // trigger closes the gripper
+        h.clutch = buttons[1] ? buttons[1].pressed : false;    // squeeze holds the clutch
+        anchors.push([arm, h.pos]);
+      }
+      sendPoses("xr");
+      const layer = session.renderState.baseLayer, viewer = frame.getViewerPose(ref);
+      gl.bindFramebuffer(gl.FRAMEBUFFER, layer.framebuffer);
+      gl.clearColor(0, 0, 0, 0); gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
+      if (!viewer || !state.feedback) return;
+      const [force, markers] = xrFeedbackLines(state.feedback, anchors);
+      for (const v of viewer.views) {
+        const vp = layer.getViewport(v);
+        gl.viewport(vp.x, vp.y, vp.width, vp.height);
+        drawLines(v, force, [1.0, 0.44, 0.26, 1.0]);
+        drawLines(v, markers, [0.31, 0.76, 0.97, 1.0]);
+      }
+      updateHeader();
+    };
+    session.requestAnimationFrame(onFrame);
+  } catch (err) { state.xr.error = String(err); state.errors.push(String(err)); }
+}
+
+// ------------------------------------------------------------------------------------------- start
+state.XR_TO_ROBOT = XR_TO_ROBOT;
+connect();
+checkXR();
+setInterval(fallbackTick, 1000 / SEND_HZ);

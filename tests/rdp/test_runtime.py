@@ -1,0 +1,252 @@
+"""The slow-fast runtime as real processes on random loopback ports: a deterministic lockstep run through the
+launcher, kill -9 of either node, garbage on every input socket. Weights are a seconds-long tiny training run, so
+only the plumbing is under test here (``python -m benchmarks.runtime_loop`` measures the timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_runtime_units import make_tiny_run
+
+from bus.message import Message, encode
+from bus.transport import Publisher, Subscriber
+from rdp.runtime.process import ROOT, Child, robot_node_args
+
+TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("runtime_ckpt"))
+
+
+def _runtime_args(run: Path, *extra: str) -> list[str]:
+    return [f"checkpoint={run}", "slow.replan_every=4", "stats_hz=20", "fast.start_timeout_s=30", *extra]
+
+
+@contextmanager
+def _children(tmp: Path) -> Iterator[dict[str, Child]]:
+    """Started children by name; every one is stopped (SIGTERM, then SIGKILL) and reaped on the way out."""
+    children: dict[str, Child] = {}
+    try:
+        yield children
+    finally:
+        for child in children.values():
+            child.stop(timeout=5.0)
+
+
+def _start(children: dict[str, Child], tmp: Path, name: str, module: str, args: list[str]) -> dict:
+    child = Child(name, module, args, tmp / f"{name}-{len(children)}.log")
+    children[name] = child
+    return child.wait_ready(timeout=TIMEOUT)
+
+
+def _start_stack(children: dict[str, Child], tmp: Path, run: Path, *extra: str) -> dict[str, dict]:
+    """Robot node (realtime, 20 N force limit so the meaningless tiny policy cannot end the episode by breaking the
+    vase), fast node, slow node."""
+    robot = _start(children, tmp, "robot", "sim.node", robot_node_args(
+        "wipe", "realtime", 0, False, {"watchdog_ms": 50.0, "cameras": False, "limits.force_n": 20.0}))
+    addr = [f"addresses.robot_pub={robot['pub']}", f"addresses.robot_cmd={robot['cmd']}"]
+    args = _runtime_args(run, "episodes=1", "perturb=false", *extra)
+    fast = _start(children, tmp, "fast", "rdp.runtime.fast", [*args, *addr])
+    slow_args = [*args, f"addresses.obs={robot['pub']}", f"addresses.chunk={fast['chunk']}"]
+    _start(children, tmp, "slow", "rdp.runtime.slow", slow_args)
+    return {"robot": robot, "fast": fast, "slow_args": slow_args}
+
+
+def _fresh_stats(child: Child) -> dict:
+    """A stats record printed after this call (older queued lines are skipped)."""
+    while not child.lines.empty():
+        child.lines.get_nowait()
+    return child.next_event("stats", timeout=5.0)
+
+
+def _fast_stats_until(fast: Child, predicate, timeout: float = 20.0) -> dict:
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = fast.next_event("stats", timeout=max(0.1, end - time.monotonic()))
+        if predicate(last):
+            return last
+    raise AssertionError(f"fast node stats never satisfied the condition; last {last}")
+
+
+# ----------------------------------------------------------------------------------------------- lockstep
+
+
+def _launch(run: Path, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "rdp.run", *_runtime_args(run, "mode=lockstep", "max_episode_s=0.6",
+                                                           f"out={out}", "robot.camera_hz=25")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(120)
+def test_lockstep_launcher_run_is_deterministic(tiny_run: Path, tmp_path: Path) -> None:
+    a = _launch(tiny_run, tmp_path / "a")
+    b = _launch(tiny_run, tmp_path / "b")
+    assert a["error"] is None and a["episodes"] == 1 and a["exit_codes"] == {"fast": 0, "slow": 0, "robot": 0}
+    assert a["fast"]["chunks"] >= 3 and a["fast"]["chunks"] == b["fast"]["chunks"]
+    assert a["fast"]["skipped"] == 0  # lockstep: each chunk takes over at the step it was planned on
+    assert a["fast"]["cmd_digest"] == b["fast"]["cmd_digest"]  # every command bit-identical
+    for name in ("results.json", "timing.png", "episode0.mp4", "fast.log", "slow.log", "robot.log"):
+        assert (tmp_path / "a" / name).is_file(), name
+    detail = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert detail["episodes_detail"][0]["ended_by"] == "max_episode_s"
+    assert detail["loop"]["slow"]["plans"] >= 3
+
+
+# ----------------------------------------------------------------------------------------------- faults
+
+
+@pytest.mark.timeout(120)
+def test_kill9_slow_node_fast_finishes_chunk_then_holds_and_picks_up_a_restart(tiny_run: Path, tmp_path: Path
+                                                                               ) -> None:
+    with _children(tmp_path) as children:
+        stack = _start_stack(children, tmp_path, tiny_run)
+        fast = children["fast"]
+        with Subscriber(stack["robot"]["pub"], topics=("state",), conflate=True) as states, \
+                Subscriber(stack["robot"]["pub"], topics=("status",)) as status:
+            before = _fast_stats_until(fast, lambda s: s.get("chunks", 0) >= 3 and not s["holding"])
+            children["slow"].kill9()
+            killed = time.monotonic()
+            held = _fast_stats_until(fast, lambda s: s["holding"])
+            waited = time.monotonic() - killed
+            # It kept executing: at most one chunk (16 steps of 40 ms at 25 Hz) plus the stats period after the kill.
+            assert held["exhausted"] >= 1 and held["chunks"] == _fast_stats_until(fast, lambda s: True)["chunks"]
+            assert 0.05 < waited < 16 * 0.04 + 0.5, waited
+            assert held["episode"] == before["episode"], "the episode must not end during the test"
+            # Held: the commanded pose does not move; the robot stays inside the workspace and the force limit.
+            time.sleep(0.3)
+            poses = []
+            for _ in range(8):
+                time.sleep(0.03)
+                poses.append(states.recv(timeout=5.0).arrays["tcp_pos"][0].copy())
+            assert np.ptp(np.array(poses), axis=0).max() < 0.005
+            low, high = np.array([0.2, -0.45, 0.0]), np.array([0.9, 0.45, 0.8])
+            assert ((np.array(poses) > low) & (np.array(poses) < high)).all()
+            forces = [m.meta["force_n"] for m in iter(lambda: status.recv(timeout=0), None)]
+            assert forces and max(forces) < 20.0 * 1.5
+            # A restarted slow node connects to the same chunk address and is picked up.
+            _start(children, tmp_path, "slow", "rdp.runtime.slow", stack["slow_args"])
+            after = _fast_stats_until(fast, lambda s: s["chunks"] > held["chunks"] and not s["holding"])
+            assert after["episode"] == before["episode"] and fast.alive()
+
+
+@pytest.mark.timeout(120)
+def test_kill9_fast_node_robot_watchdog_holds_within_100ms(tiny_run: Path, tmp_path: Path) -> None:
+    with _children(tmp_path) as children:
+        stack = _start_stack(children, tmp_path, tiny_run)
+        with Subscriber(stack["robot"]["pub"], topics=("watchdog",)) as events:
+            _fast_stats_until(children["fast"], lambda s: s.get("chunks", 0) >= 2 and not s["holding"])
+            while events.recv(timeout=0.2) is not None:  # older hold changes (the start of the episode)
+                pass
+            children["fast"].kill9()
+            killed = time.monotonic()
+            end = killed + 5.0
+            event = None
+            while time.monotonic() < end:
+                msg = events.recv(timeout=0.5)
+                if msg is not None and msg.meta["engaged"]:
+                    event = msg
+                    break
+            assert event is not None, "the robot node's watchdog never engaged after kill -9 of the fast node"
+            seen_ms = (time.monotonic() - killed) * 1e3
+            assert event.meta["reason"] == "watchdog"
+            assert event.meta["cmd_age_ms"] <= 100.0, event.meta  # robot clock: last command -> hold
+            assert seen_ms < 250.0
+            assert children["robot"].alive() and children["slow"].alive()
+
+
+def _observation(seq: int, sim_time: float, bad_tactile: bool = False) -> list[Message]:
+    """One fake robot-node tick: state, tactile, wrench with the same seq, as sim.node publishes them."""
+    meta = {"sim_time": sim_time}
+    tactile = {"marker_offset": np.zeros((2, 2), np.float32)} if bad_tactile else {
+        "marker_offset": np.zeros((3, 7, 9, 2), np.float32), "marker_depth": np.zeros((3, 14, 18), np.float32),
+        "marker_slip": np.zeros((3, 2), np.float32)}
+    return [
+        Message("state", time.monotonic(), seq, {
+            "tcp_pos": np.array([[0.5, 0.0, 0.3]]), "tcp_quat": np.array([[0.0, 1.0, 0.0, 0.0]]),
+            "joint_pos": np.zeros((1, 7)), "joint_vel": np.zeros((1, 7)), "gripper_width": np.zeros(1)}, meta),
+        Message("tactile", time.monotonic(), seq, tactile, meta),
+        Message("wrench", time.monotonic(), seq, {"wrench": np.zeros((1, 6))}, meta),
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_garbage_on_every_socket_is_counted_and_survived(tiny_run: Path, tmp_path: Path) -> None:
+    """A fake robot node (this test) feeds both nodes good observations mixed with garbage; a rogue publisher feeds
+    the fast node's chunk socket garbage. Everything bad is counted; the nodes keep planning and commanding."""
+    with ExitStack() as stack, _children(tmp_path) as children:
+        robot_pub = stack.enter_context(Publisher("tcp://127.0.0.1:*"))
+        robot_cmd = stack.enter_context(Subscriber("tcp://127.0.0.1:*", topics=("cmd", "reset"), bind=True))
+        addr = [f"addresses.robot_pub={robot_pub.address}", f"addresses.robot_cmd={robot_cmd.address}"]
+        args = _runtime_args(tiny_run, "episodes=1", "fast.hold=silence")
+        fast = _start(children, tmp_path, "fast", "rdp.runtime.fast", [*args, *addr])
+        _start(children, tmp_path, "slow", "rdp.runtime.slow",
+               [*args, f"addresses.obs={robot_pub.address}", f"addresses.chunk={fast['chunk']}"])
+        rogue = stack.enter_context(Publisher(fast["chunk"], bind=False))
+        rogue_ready = False  # the fast node hands out its chunk subscription once its loop runs
+        raw_robot, raw_rogue = robot_pub.socket, rogue.socket
+        episode, seq, tick, commands = 0, 0, 0, 0
+        end = time.monotonic() + 40.0
+        while time.monotonic() < end and not (tick > 300 and commands > 50 and rogue_ready):
+            msg = robot_cmd.recv(timeout=0.004)
+            if msg is not None and msg.topic == "reset":
+                episode, tick = episode + 1, 0
+                robot_pub.publish("episode", meta={"event": "reset", "episode": episode, "seed": msg.meta["seed"]})
+            elif msg is not None and msg.topic == "cmd":
+                commands += 1
+            tick += 1
+            garbage = tick % 50 == 0  # on a step boundary (10 ticks of 4 ms = one 40 ms step)
+            for m in _observation(seq, tick * 0.004, bad_tactile=garbage):
+                raw_robot.send_multipart(encode(m), copy=False)
+            seq += 1
+            rogue_ready = rogue_ready or rogue.wait_for_subscriber("chunk", timeout=0)
+            if garbage and rogue_ready:  # bytes, a malformed header, a wrong schema (above), on both nodes' inputs
+                raw_robot.send_multipart([b"tactile", b"\x00garbage"])
+                raw_robot.send_multipart([b"state", b"x" * 10, b"y"])
+                raw_rogue.send_multipart([b"chunk", b"\xff\xfe"])
+                raw_rogue.send_multipart([b"chunk"])
+                rogue.publish("chunk", {"chunk": np.zeros((3, 3), np.float32)}, {"episode": episode})
+                rogue.publish("chunk", {"chunk": np.zeros((4, 4), np.float32), "anchor": np.zeros(10, np.float32)},
+                              {"episode": episode, "obs_step": -5})
+                time.sleep(0.02)  # the bad tactile stays the newest reading while a step begins
+        assert commands > 50, f"the fast node sent {commands} commands"
+        time.sleep(0.2)
+        fast_stats = _fresh_stats(children["fast"])
+        rejects = fast_stats["rejects"]
+        for kind in ("header", "frames", "obs_schema", "chunk_schema", "chunk_meta"):
+            assert rejects.get(kind, 0) >= 1, (kind, rejects)
+        assert fast_stats["chunks"] >= 3
+        slow_stats = _fresh_stats(children["slow"])
+        slow_rejects = slow_stats["rejects"]
+        assert slow_stats["plans"] >= 3, slow_stats
+        for kind in ("header", "rej_schema"):
+            assert slow_rejects.get(kind, 0) >= 1, (kind, slow_rejects)
+        assert all(c.alive() for c in children.values())
+
+
+@pytest.mark.timeout(120)
+def test_remote_slow_node_over_curve_from_a_second_loopback_address(tiny_run: Path, tmp_path: Path) -> None:
+    """The slow node connects from 127.0.0.2 through the CURVE relay and chunk socket (key + IP allow-list)."""
+    from rdp.runtime.curve import generate_keys
+
+    keys = generate_keys(tmp_path / "keys")
+    cmd = [sys.executable, "-m", "rdp.run", *_runtime_args(
+        tiny_run, "max_episode_s=1.0", "perturb=false", "video=false", "robot.cameras=false", f"out={tmp_path / 'o'}",
+        "secure.enabled=true", f"secure.keys={keys}", "secure.slow_source=127.0.0.2", "secure.allow=[127.0.0.2]")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["exit_codes"] == {"fast": 0, "slow": 0, "relay": 0, "robot": 0}
+    assert result["fast"]["chunks"] >= 2 and result["slow"]["plans"] >= 2

@@ -1,0 +1,180 @@
+"""rdp.runtime pieces that need no processes: step timing, chunk validation and hand-over, the conditioning ring,
+config checks, CURVE links, and the chunk executor against the in-process sim adapter."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zmq
+
+from bus.message import Message
+from bus.transport import Publisher, Subscriber
+from rdp.runtime.chunks import ChunkRejected, ChunkSlot, StepRing, parse_chunk, policy_step
+from rdp.runtime.config import load_config
+from rdp.runtime.curve import CurveServer, client_context, generate_keys, with_source
+
+
+def make_tiny_run(root: Path, method: str = "rdp") -> Path:
+    """A seconds-long training run (2 short expert demos, 4 steps per stage): real files, meaningless weights."""
+    from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, train
+    from teleop.record_expert import RecordConfig, record_expert_episodes
+
+    torch.set_num_threads(1)
+    demos = root / "demos"
+    if not demos.exists():
+        record_expert_episodes(RecordConfig(task="wipe", episodes=2, seed=0, out=str(demos), max_steps=60,
+                                            progress=False))
+    rdp = method == "rdp"
+    method_cfg = MethodConfig(
+        name=method, obs_keys=("proprio", "tactile") if rdp else ("proprio",), cond_key="tactile" if rdp else None,
+        tokenizer=TokenizerSizes(latent_steps=4, latent_channels=4, encoder_hidden=16, decoder_hidden=16) if rdp
+        else None,
+        diffusion=DiffusionSizes(down_dims=(16, 32), diffusion_step_embed_dim=16, num_train_timesteps=20,
+                                 num_inference_steps=2),
+        tokenizer_steps=4 if rdp else 0, policy_steps=4, warmup_steps=2,
+    )
+    out = root / method
+    train(TrainConfig(task="wipe", method=method_cfg, data=str(demos), out=str(out), horizon=16, batch_size=8,
+                      progress=False, log_every=1, checkpoint_every=4))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_run(tmp_path_factory.mktemp("runtime_ckpt"))
+
+
+def _chunk_msg(**meta_over) -> Message:
+    meta = {"episode": 1, "obs_step": 8, "start_step": 8, "obs_stamp": 1.5, "plan": 3, "infer_ms": 4.0, **meta_over}
+    return Message("chunk", 0.0, 0, {"chunk": np.zeros((4, 4), np.float32), "anchor": np.zeros(10, np.float32)}, meta)
+
+
+def test_policy_step_tolerates_accumulated_sim_time() -> None:
+    t = 0.0
+    for _ in range(20):  # 20 physics steps of 2 ms: lands a hair off 0.04
+        t += 0.002
+    assert t != 0.04 and policy_step(t, 25.0) == 1
+    assert policy_step(0.004, 25.0) == 0 and policy_step(0.0399, 25.0) == 0 and policy_step(0.08, 25.0) == 2
+
+
+def test_parse_chunk_accepts_good_and_names_every_bad_kind() -> None:
+    c = parse_chunk(_chunk_msg(), (4, 4), 10, received=2.0)
+    assert c.obs_step == 8 and c.plan == 3 and c.data.flags.owndata
+    bad = [
+        (Message("chunk", 0, 0, {"chunk": np.zeros((4, 4), np.float32)}, _chunk_msg().meta), "schema"),
+        (Message("chunk", 0, 0, {"chunk": np.zeros((4, 4)), "anchor": np.zeros(10, np.float32)}, _chunk_msg().meta),
+         "dtype"),
+        (Message("chunk", 0, 0, {"chunk": np.zeros((5, 4), np.float32), "anchor": np.zeros(10, np.float32)},
+                 _chunk_msg().meta), "shape"),
+        (Message("chunk", 0, 0, {"chunk": np.full((4, 4), np.nan, np.float32), "anchor": np.zeros(10, np.float32)},
+                 _chunk_msg().meta), "nonfinite"),
+        (_chunk_msg(obs_step=-1), "meta"),
+        (_chunk_msg(start_step=2), "meta"),
+        (_chunk_msg(obs_stamp="x"), "meta"),
+        (_chunk_msg(plan=True), "meta"),
+    ]
+    for msg, kind in bad:
+        with pytest.raises(ChunkRejected) as exc:
+            parse_chunk(msg, (4, 4), 10, received=0.0)
+        assert exc.value.kind == kind, (kind, exc.value)
+
+
+def test_chunk_slot_latest_wins_and_waits_for_its_start_step() -> None:
+    def chunk(obs_step: int, start: int, episode: int = 0):
+        return parse_chunk(_chunk_msg(obs_step=obs_step, start_step=start, episode=episode), (4, 4), 10, 0.0)
+
+    slot = ChunkSlot()
+    assert slot.offer(chunk(0, 2))
+    assert slot.take(1) is None and slot.take(2).obs_step == 0
+    assert slot.offer(chunk(8, 9)) and slot.offer(chunk(16, 17))  # the newer plan replaces the pending one
+    assert not slot.offer(chunk(12, 12))  # older than what is pending: dropped
+    assert slot.take(20).obs_step == 16 and slot.current.obs_step == 16 and slot.pending is None
+    assert slot.offer(chunk(0, 0, episode=1))  # a new episode starts over
+
+
+def test_step_ring_returns_the_step_or_the_nearest_older_one() -> None:
+    ring = StepRing(4)
+    assert ring.get(3) is None
+    for k in (0, 1, 3):
+        ring.put(k, k * 10)
+    assert ring.get(1) == 10 and ring.get(2) == 10 and ring.get(3) == 30
+    ring.put(5, 50)  # takes step 1's slot
+    assert ring.get(4) == 30 and ring.get(1) == 0 and ring.get(5) == 50
+    ring.clear()
+    assert ring.get(5) is None
+
+
+def test_runtime_config_rejects_bad_values() -> None:
+    assert load_config(["checkpoint=X"]).fast.cmd_hz == 250.0
+    for override, match in [("mode=fast", "mode"), ("fast.hold=drift", "hold"), ("slow.replan_every=0", "replan"),
+                            ("fast.cmd_hz=0", "cmd_hz"), ("nope=1", "bad runtime config"),
+                            ("secure.enabled=true", "secure.keys")]:
+        with pytest.raises(ValueError, match=match):
+            load_config(["checkpoint=X", override])
+
+
+def test_curve_link_delivers_to_the_authorized_key_only(tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path / "keys")
+    other = generate_keys(tmp_path / "other")  # a valid key pair the server does not know
+    server = CurveServer(keys)
+    good_ctx, bad_ctx = client_context(keys), client_context(other)
+    bad_ctx.setsockopt(zmq.CURVE_SERVERKEY, zmq.auth.load_certificate(keys / "server.key")[0])
+    try:
+        with Subscriber("tcp://127.0.0.1:*", topics=("chunk",), bind=True, ctx=server.ctx) as sub:
+            address = with_source(sub.address, "127.0.0.2")
+            assert address.startswith("tcp://127.0.0.2:0;127.0.0.1:")
+            with Publisher(address, bind=False, ctx=bad_ctx) as bad, \
+                    Publisher(address, bind=False, ctx=good_ctx) as good:
+                def subscribed(pub: Publisher, seconds: float) -> bool:
+                    end = time.monotonic() + seconds
+                    while time.monotonic() < end:
+                        sub.recv(timeout=0.01)  # a binding subscriber hands out its subscriptions while used
+                        if pub.wait_for_subscriber("chunk", timeout=0.02):
+                            return True
+                    return False
+
+                assert subscribed(good, 5.0)
+                assert not subscribed(bad, 0.5)  # the CURVE handshake never completes
+                end = time.monotonic() + 2.0
+                got = []
+                while time.monotonic() < end and len(got) < 3:
+                    bad.publish("chunk", meta={"who": "bad"})
+                    good.publish("chunk", meta={"who": "good"})
+                    msg = sub.recv(timeout=0.05)
+                    if msg is not None:
+                        got.append(msg.meta["who"])
+                assert got and set(got) == {"good"}
+    finally:
+        good_ctx.destroy(linger=0)
+        bad_ctx.destroy(linger=0)
+        server.close()
+
+
+def test_chunk_executor_decodes_like_the_sim_adapter(tiny_run: Path) -> None:
+    """The fast node's executor and sim.eval's RDPSimPolicy turn the same latent and readings into the same actions."""
+    from rdp.inference import ChunkExecutor, make_policy
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    ref = make_policy("wipe", checkpoint=tiny_run, replan_every=8)
+    ex = ChunkExecutor(make_policy("wipe", checkpoint=tiny_run, replan_every=8))
+    latent = rng.normal(size=ex.chunk_shape).astype(np.float32)
+    anchor = rng.normal(size=ex.anchor_dim).astype(np.float32)
+    steps = [{"proprio": rng.normal(size=10).astype(np.float32), "tactile": rng.normal(size=45).astype(np.float32),
+              "wrench": np.zeros(6, np.float32)} for _ in range(5)]
+    ex.start(latent, anchor)
+    ref.anchor = anchor
+    ref._plan(torch.from_numpy(latent))
+    from rdp.data import policy_to_env_action, shift_positions
+
+    for f in steps:
+        with torch.inference_mode():  # as in RDPSimPolicy.act
+            want = ref._decode(f)
+        if ref.run.get("action_frame", "absolute") == "relative":
+            want = shift_positions(want[None], anchor, +1.0)[0]
+        np.testing.assert_allclose(ex.step(f), policy_to_env_action(want), atol=1e-6)
+    assert ex.t == 5
