@@ -8,10 +8,16 @@ no header encode/decode) a subscriber subprocess is started and the parent publi
    decode for ``bus``). CLOCK_MONOTONIC is shared by all processes of one Linux host.
 2. throughput phase: the parent publishes flat out for a fixed time with ``ZMQ_XPUB_NODROP`` set on
    both publishers, so a full queue blocks the sender instead of dropping: messages/s is the rate both
-   processes sustain together, with every message delivered (both share 2 cores here).
+   processes sustain together, with every message delivered (both share 2 cores here). The CPU time both
+   processes spend in this phase (all their threads, ZeroMQ's I/O threads included) divided by the messages
+   delivered is ``cpu_us_per_msg``: unlike messages/s it barely moves with other load on the machine.
+
+Each (size, implementation) case runs ``--rounds`` times, bus and raw alternating within a round so both see
+the same background load (this machine is shared); the table shows per-case medians and the ratio is the
+median of the per-round bus/raw ratios.
 
 Prints a table, writes ``benchmarks/results/bus_latency.json`` and prints that JSON as the last line.
-Run: ``python -m benchmarks.bus_latency`` (about 15 s).
+Run: ``python -m benchmarks.bus_latency [--rounds 5]`` (about 8 s per round).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ def run_subscriber(impl: str, address: str) -> None:
     """Receive until the "end" topic; print one JSON line of raw timings."""
     lat: list[float] = []
     thr_count, thr_first, thr_last = 0, 0.0, 0.0
+    cpu_first = cpu_last = 0.0
 
     if impl == "bus":
         sub = Subscriber(address)
@@ -95,13 +102,16 @@ def run_subscriber(impl: str, address: str) -> None:
             lat.append(now - stamp)
         elif topic.endswith(".thr"):
             if thr_count == 0:
-                thr_first = now
+                thr_first, cpu_first = now, time.process_time()
             thr_last = now
             thr_count += 1
+            if thr_count % 64 == 0:
+                cpu_last = time.process_time()
         elif topic == "end":
             break
     print(json.dumps({
         "lat": lat, "thr_count": thr_count, "thr_span": thr_last - thr_first,
+        "thr_cpu": max(cpu_last, time.process_time()) - cpu_first,
     }))
 
 
@@ -162,12 +172,12 @@ def run_case(impl: str, size: str) -> dict:
             rate.sleep()
         time.sleep(0.05)
         sent = 0
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), time.process_time()
         while time.monotonic() - start < THR_SECONDS:
             for _ in range(50):
                 sender.publish(f"{size}.thr", arrays)
             sent += 50
-        send_span = time.monotonic() - start
+        send_span, send_cpu = time.monotonic() - start, time.process_time() - cpu_start
         sender.publish("end")  # arrives after every earlier message
         out, _ = child.communicate(timeout=20.0)
     finally:
@@ -190,7 +200,18 @@ def run_case(impl: str, size: str) -> dict:
         "throughput_MB_s": float(thr * payload / 1e6),
         "sent_msgs_s": sent / send_span,
         "delivered_fraction": result["thr_count"] / sent,
+        "cpu_us_per_msg": (send_cpu + result["thr_cpu"]) / max(result["thr_count"], 1) * 1e6,
     }
+
+
+def median_case(runs: list[dict]) -> dict:
+    """One case's runs summarised by the median of every measured figure."""
+    out = {k: runs[0][k] for k in ("impl", "size", "payload_bytes", "latency_samples")}
+    for key in ("latency_us_p50", "latency_us_p99", "throughput_msgs_s", "throughput_MB_s", "sent_msgs_s",
+                "delivered_fraction", "cpu_us_per_msg"):
+        out[key] = float(np.median([r[key] for r in runs]))
+    out["rounds"] = len(runs)
+    return out
 
 
 def codec_cost_us(size: str, n: int = 3000) -> dict[str, float]:
@@ -213,31 +234,48 @@ def main() -> None:
     parser.add_argument("--role", choices=["main", "sub"], default="main")
     parser.add_argument("--impl", choices=["bus", "raw"], default="bus")
     parser.add_argument("--address", default="")
+    parser.add_argument("--rounds", type=int, default=5, help="bus/raw pairs per size; medians are reported")
     args = parser.parse_args()
     if args.role == "sub":
         run_subscriber(args.impl, args.address)
         return
 
     t0 = time.monotonic()
-    cases = [run_case(impl, size) for size in SIZES for impl in ("bus", "raw")]
+    runs = []
+    for size in SIZES:
+        for r in range(args.rounds):
+            for impl in ("bus", "raw") if r % 2 == 0 else ("raw", "bus"):
+                runs.append(run_case(impl, size) | {"round": r})
+    cases = [median_case([c for c in runs if c["size"] == size and c["impl"] == impl])
+             for size in SIZES for impl in ("bus", "raw")]
     codec = {size: codec_cost_us(size) for size in SIZES}
-    ratios = {}
+    ratios, round_ratios, cpu_ratios = {}, {}, {}
     for size in SIZES:
         ours, raw = (next(c for c in cases if c["size"] == size and c["impl"] == i) for i in ("bus", "raw"))
-        ratios[size] = ours["throughput_msgs_s"] / raw["throughput_msgs_s"]
+        cpu_ratios[size] = raw["cpu_us_per_msg"] / ours["cpu_us_per_msg"]
+        per_round = []
+        for r in range(args.rounds):
+            ours, raw = (next(c for c in runs if (c["size"], c["impl"], c["round"]) == (size, i, r))
+                         for i in ("bus", "raw"))
+            per_round.append(ours["throughput_msgs_s"] / raw["throughput_msgs_s"])
+        round_ratios[size] = per_round
+        ratios[size] = float(np.median(per_round))
 
-    header = f"{'size':8} {'impl':4} {'bytes':>7} {'p50 us':>8} {'p99 us':>8} {'msgs/s':>9} {'MB/s':>8} {'deliv':>6}"
+    header = (f"{'size':8} {'impl':4} {'bytes':>7} {'p50 us':>8} {'p99 us':>8} {'msgs/s':>9} {'MB/s':>8}"
+              f" {'deliv':>6} {'cpu us/msg':>10}")
     print(header)
     print("-" * len(header))
     for c in cases:
         print(
             f"{c['size']:8} {c['impl']:4} {c['payload_bytes']:7d} {c['latency_us_p50']:8.0f} "
             f"{c['latency_us_p99']:8.0f} {c['throughput_msgs_s']:9.0f} {c['throughput_MB_s']:8.1f} "
-            f"{c['delivered_fraction']:6.2f}"
+            f"{c['delivered_fraction']:6.2f} {c['cpu_us_per_msg']:10.1f}"
         )
     for size in SIZES:
         print(
-            f"{size}: bus/raw throughput {ratios[size]:.2f}; encode {codec[size]['encode_us']:.1f} us, "
+            f"{size}: bus/raw throughput {ratios[size]:.2f} (rounds: "
+            f"{' '.join(f'{x:.2f}' for x in round_ratios[size])}); CPU efficiency raw/bus {cpu_ratios[size]:.2f};"
+            f" encode {codec[size]['encode_us']:.1f} us, "
             f"decode {codec[size]['decode_us']:.1f} us in process"
         )
 
@@ -246,10 +284,14 @@ def main() -> None:
         "transport": "tcp loopback, PUB/SUB, 2 processes",
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                  "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()},
-        "settings": {"latency_msgs": LAT_COUNT, "latency_hz": LAT_HZ, "throughput_seconds": THR_SECONDS},
+        "settings": {"latency_msgs": LAT_COUNT, "latency_hz": LAT_HZ, "throughput_seconds": THR_SECONDS,
+                     "rounds": args.rounds},
         "cases": cases,
+        "runs": runs,
         "codec_us": codec,
         "throughput_ratio_bus_over_raw": ratios,
+        "throughput_ratio_per_round": round_ratios,
+        "cpu_per_msg_ratio_raw_over_bus": cpu_ratios,
         "wall_s": time.monotonic() - t0,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

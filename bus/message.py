@@ -16,14 +16,22 @@ Why this shape: the header is tiny and language-neutral, the arrays travel as ra
 encoding, zero-copy on both ends for large buffers) and nothing on the wire can run code (no pickle).
 ``decode`` trusts nothing: every field is checked and anything malformed raises ``MessageError`` whose
 ``kind`` is one of ``REJECT_KINDS``, so a subscriber can count and drop bad input without crashing.
+
+Speed without trusting less: a stream repeats its array layout (names, dtypes, shapes) and meta in every
+message, so ``encode`` packs that part once per layout and ``decode_header`` reads the per-message fields
+(topic, stamp, seq) straight from the bytes and looks the rest up among byte strings it has already validated
+in full; any other byte sequence takes the complete parse. ``decode_header`` + ``Header.message`` split
+``decode`` so a receiver can take small array frames as bytes and large ones zero-copy (``bus.transport``).
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -92,40 +100,37 @@ def encode(msg: Message, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> l
     Array frames are the arrays themselves (no copy here; pyzmq copies those under its copy threshold
     and sends larger ones zero-copy, so do not write into a published array until it has gone out).
     Raises ``MessageError`` for anything ``decode`` would refuse, so bad data fails at the sender.
+
+    The header bytes are exactly ``msgpack.packb(header)`` with the keys in wire order; the ``bufs`` part
+    is packed once per array layout (names, dtypes, shapes) and reused, so a stream of same-shaped
+    messages pays only for its stamp, sequence number and meta.
     """
-    topic_bytes = _check_topic(msg.topic)
-    bufs = []
-    frames: list[Frame] = [topic_bytes, b""]
-    if len(msg.arrays) > MAX_BUFFERS:
-        raise MessageError("frames", f"{len(msg.arrays)} arrays, at most {MAX_BUFFERS} allowed")
-    for name, arr in msg.arrays.items():
-        if not isinstance(name, str) or not name:
-            raise MessageError("header", f"array name {name!r} must be a non-empty str")
+    topic_prefix = _topic_prefix(msg.topic)
+    arrays = msg.arrays
+    if len(arrays) > MAX_BUFFERS:
+        raise MessageError("frames", f"{len(arrays)} arrays, at most {MAX_BUFFERS} allowed")
+    frames: list[Frame] = [topic_prefix[0], b""]
+    layout = []
+    for name, arr in arrays.items():
         if not isinstance(arr, np.ndarray):
             raise MessageError("dtype", f"array {name!r} is {type(arr).__name__}, expected np.ndarray")
-        dtype = arr.dtype.str
-        if dtype not in ALLOWED_DTYPES:
-            raise MessageError("dtype", f"array {name!r} has dtype {dtype}, expected one of {_allowed()}")
         if not arr.flags.c_contiguous:
-            raise MessageError(
-                "layout", f"array {name!r} is not C-contiguous; pass np.ascontiguousarray(...)"
-            )
-        if arr.nbytes > max_frame_bytes:
-            raise MessageError("size", f"array {name!r} is {arr.nbytes} bytes, limit {max_frame_bytes}")
-        bufs.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
+            raise MessageError("layout", f"array {name!r} is not C-contiguous; pass np.ascontiguousarray(...)")
+        layout.append((name, arr.dtype.str, arr.shape))
         frames.append(arr)
-    header = {
-        "v": SCHEMA_VERSION,
-        "topic": msg.topic,
-        "t": float(msg.stamp),
-        "seq": int(msg.seq),
-        "bufs": bufs,
-        "meta": _clean_meta(msg.meta),
-    }
-    if not math.isfinite(header["t"]) or header["seq"] < 0:
+    key = (tuple(layout), max_frame_bytes)
+    bufs_packed = _ENCODED_LAYOUTS.get(key)
+    if bufs_packed is None:
+        bufs_packed = _pack_layout(arrays, max_frame_bytes)
+        _remember(_ENCODED_LAYOUTS, key, bufs_packed)
+    stamp, seq = float(msg.stamp), int(msg.seq)
+    if not math.isfinite(stamp) or seq < 0:
         raise MessageError("header", f"stamp {msg.stamp!r} must be finite and seq {msg.seq!r} >= 0")
+    meta = _clean_meta(msg.meta) if msg.meta else None
     try:
-        frames[1] = msgpack.packb(header, use_bin_type=True)
+        meta_packed = _packb(meta) if meta else _EMPTY_MAP
+        frames[1] = b"".join((topic_prefix[1], _F64.pack(stamp), _SEQ_KEY, _packb(seq), bufs_packed,
+                              _META_KEY, meta_packed))
     except (OverflowError, ValueError, TypeError) as exc:  # e.g. an int beyond 64 bits
         raise MessageError("header", f"header of {msg.topic!r} cannot be packed: {exc}") from exc
     if len(frames[1]) > MAX_HEADER_BYTES:
@@ -146,35 +151,184 @@ def decode(frames: Sequence[Frame], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_
     for i, view in enumerate(views):
         if view.nbytes > max_frame_bytes:
             raise MessageError("size", f"frame {i} is {view.nbytes} bytes, limit {max_frame_bytes}")
-    if views[1].nbytes > MAX_HEADER_BYTES:
-        raise MessageError("size", f"header frame is {views[1].nbytes} bytes, limit {MAX_HEADER_BYTES}")
+    return decode_header(views[0], views[1]).message(views[2:])
 
-    header = _unpack_header(views[1])
-    topic = _check_header_fields(header)
-    if views[0] != topic.encode():
-        raise MessageError(
-            "topic", f"topic frame {bytes(views[0][:64])!r} differs from header topic {topic!r}"
-        )
-    specs = header["bufs"]
-    if len(views) != 2 + len(specs):
-        raise MessageError("frames", f"{len(views)} frames but header lists {len(specs)} buffers")
 
-    arrays: dict[str, np.ndarray] = {}
-    for spec, view in zip(specs, views[2:], strict=True):
-        name, dtype, shape = _check_buf_spec(spec)
-        if name in arrays:
-            raise MessageError("header", f"array name {name!r} repeated")
-        expected = math.prod(shape) * dtype.itemsize
-        if view.nbytes != expected:
+class BufferSpec(NamedTuple):
+    """One validated entry of a header's ``bufs``: what the matching frame must hold."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+class Header(NamedTuple):
+    """A validated header: everything about a message except its array frames.
+
+    ``decode_header`` + ``message`` is ``decode`` split in two, so a receiver can read the header first
+    and then take each array frame the cheapest way for its size (small: copied bytes; large: zero-copy).
+    """
+
+    topic: str
+    stamp: float
+    seq: int
+    buffers: tuple[BufferSpec, ...]
+    meta: Mapping[str, MetaValue]
+
+    def message(self, frames: Sequence[Frame]) -> Message:
+        """The message with ``frames`` (one per buffer) as read-only array views; checks count and sizes."""
+        if len(frames) != len(self.buffers):
             raise MessageError(
-                "shape", f"array {name!r}: {view.nbytes} bytes do not fit shape {shape} of {dtype.str}"
-                f" ({expected} bytes)"
+                "frames", f"{len(frames) + 2} frames but header lists {len(self.buffers)} buffers"
             )
-        arr = np.frombuffer(view, dtype=dtype).reshape(shape)
-        arr.flags.writeable = False
-        arrays[name] = arr
+        arrays: dict[str, np.ndarray] = {}
+        for spec, frame in zip(self.buffers, frames, strict=True):
+            buf = frame if type(frame) is bytes else _view(frame)  # bytes: already a read-only buffer
+            nbytes = len(buf) if type(buf) is bytes else buf.nbytes
+            if nbytes != spec.nbytes:
+                raise MessageError(
+                    "shape", f"array {spec.name!r}: {nbytes} bytes do not fit shape {spec.shape} of"
+                    f" {spec.dtype.str} ({spec.nbytes} bytes)"
+                )
+            arr = np.ndarray(spec.shape, spec.dtype, buf)
+            if type(buf) is not bytes and not buf.readonly:  # e.g. a zmq.Frame
+                arr.flags.writeable = False
+            arrays[spec.name] = arr
+        return Message(self.topic, self.stamp, self.seq, arrays, dict(self.meta) if self.meta else {})
+
+
+def decode_header(topic_frame: Frame, header_frame: Frame) -> Header:
+    """Validate the topic and header frames of a message.
+
+    Fast path: a header laid out as ``encode`` writes it (keys in wire order) is split into its per-message
+    fields, read directly, and its ``bufs``/``meta`` bytes, which repeat from message to message, are
+    looked up among layouts already validated in full. Anything else, and every layout seen for the first
+    time, goes through the complete msgpack parse and validation. Same bytes give the same parse, so the
+    cache never accepts what the full check would refuse.
+    """
+    topic_view = topic_frame if type(topic_frame) is bytes else _view(topic_frame)
+    raw = header_frame if type(header_frame) is bytes else _view(header_frame)
+    if len(raw) > MAX_HEADER_BYTES:  # checked before any copy
+        raise MessageError("size", f"header frame is {len(raw)} bytes, limit {MAX_HEADER_BYTES}")
+    if type(raw) is not bytes:
+        raw = raw.tobytes()
+    fields = _split_header(raw)
+    if fields is not None:
+        topic_bytes, stamp, seq, tail = fields
+        cached = _DECODED_LAYOUTS.get(tail)
+        if cached is not None and math.isfinite(stamp):
+            topic = _TOPICS.get(topic_bytes)
+            if topic is not None:
+                if topic_view != topic_bytes:
+                    raise MessageError(
+                        "topic", f"topic frame {bytes(topic_view[:64])!r} differs from header topic {topic!r}"
+                    )
+                return Header(topic, stamp, seq, cached[0], cached[1])
+    header = _unpack_header(raw)
+    topic = _check_header_fields(header)
+    if topic_view != topic.encode():
+        raise MessageError("topic", f"topic frame {bytes(topic_view[:64])!r} differs from header topic {topic!r}")
+    specs = header["bufs"]
+    if len(specs) > MAX_BUFFERS:
+        raise MessageError("frames", f"header lists {len(specs)} buffers, at most {MAX_BUFFERS} allowed")
+    buffers = []
+    for spec in specs:
+        name, dtype, shape = _check_buf_spec(spec)
+        if any(b.name == name for b in buffers):
+            raise MessageError("header", f"array name {name!r} repeated")
+        buffers.append(BufferSpec(name, dtype, shape, math.prod(shape) * dtype.itemsize))
     meta = _check_meta(header["meta"])
-    return Message(topic=topic, stamp=header["t"], seq=header["seq"], arrays=arrays, meta=meta)
+    result = Header(topic, header["t"], header["seq"], tuple(buffers), MappingProxyType(dict(meta)))
+    if fields is not None:  # a well-formed header in wire order: remember its layout and topic
+        _remember(_DECODED_LAYOUTS, fields[3], (result.buffers, result.meta))
+        _remember(_TOPICS, fields[0], topic)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- header bytes
+# The fixed parts of a header in wire order (see the module docstring), as msgpack writes them.
+_HEAD = b"\x86\xa1v" + msgpack.packb(SCHEMA_VERSION) + b"\xa5topic"
+_STAMP_KEY = b"\xa1t\xcb"  # "t", then a float64
+_SEQ_KEY = b"\xa3seq"
+_BUFS_KEY = b"\xa4bufs"
+_META_KEY = b"\xa4meta"
+_EMPTY_MAP = b"\x80"
+_F64 = struct.Struct(">d")
+# msgpack unsigned int encodings: type byte -> (struct, width)
+_UINTS = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"), 0xCE: struct.Struct(">I"), 0xCF: struct.Struct(">Q")}
+_CACHE_LIMIT = 512  # distinct layouts / topics remembered; a flood of new ones only costs the slow path
+_ENCODED_LAYOUTS: dict[tuple, bytes] = {}
+_DECODED_LAYOUTS: dict[bytes, tuple[tuple[BufferSpec, ...], Mapping[str, MetaValue]]] = {}
+_TOPICS: dict[bytes, str] = {}
+_TOPIC_PREFIXES: dict[str, tuple[bytes, bytes]] = {}
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def _remember(cache: dict, key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _topic_prefix(topic: object) -> tuple[bytes, bytes]:
+    """(topic frame, header bytes up to and including the stamp's type byte), cached per topic."""
+    cached = _TOPIC_PREFIXES.get(topic) if type(topic) is str else None
+    if cached is None:
+        raw = _check_topic(topic)
+        cached = (raw, _HEAD + _packb(topic) + _STAMP_KEY)
+        if type(topic) is str:
+            _remember(_TOPIC_PREFIXES, topic, cached)
+    return cached
+
+
+def _pack_layout(arrays: Mapping[str, np.ndarray], max_frame_bytes: int) -> bytes:
+    """``"bufs"`` key and value as msgpack bytes, after checking names, dtypes and sizes."""
+    bufs = []
+    for name, arr in arrays.items():
+        if not isinstance(name, str) or not name:
+            raise MessageError("header", f"array name {name!r} must be a non-empty str")
+        dtype = arr.dtype.str
+        if dtype not in ALLOWED_DTYPES:
+            raise MessageError("dtype", f"array {name!r} has dtype {dtype}, expected one of {_allowed()}")
+        if arr.nbytes > max_frame_bytes:
+            raise MessageError("size", f"array {name!r} is {arr.nbytes} bytes, limit {max_frame_bytes}")
+        bufs.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
+    return _BUFS_KEY + _packb(bufs)
+
+
+def _split_header(raw: bytes) -> tuple[bytes, float, int, bytes] | None:
+    """(topic bytes, stamp, seq, bufs-and-meta bytes) of a header in wire order; None for any other layout."""
+    if not raw.startswith(_HEAD):
+        return None
+    i = len(_HEAD)
+    if len(raw) < i + 2:
+        return None
+    kind = raw[i]
+    if 0xA1 <= kind <= 0xBF:  # fixstr of 1..31 bytes
+        n, i = kind & 0x1F, i + 1
+    elif kind == 0xD9:  # str8
+        n, i = raw[i + 1], i + 2
+    else:
+        return None
+    topic = raw[i:i + n]
+    i += n
+    if len(topic) != n or raw[i:i + 3] != _STAMP_KEY or len(raw) < i + 3 + 8 + 5:
+        return None
+    (stamp,) = _F64.unpack_from(raw, i + 3)
+    i += 11
+    if raw[i:i + 4] != _SEQ_KEY:
+        return None
+    kind = raw[i + 4]
+    if kind < 0x80:  # positive fixint
+        seq, i = kind, i + 5
+    else:
+        fmt = _UINTS.get(kind)
+        if fmt is None or len(raw) < i + 5 + fmt.size:
+            return None
+        (seq,) = fmt.unpack_from(raw, i + 5)
+        i += 5 + fmt.size
+    return topic, stamp, seq, raw[i:]
 
 
 def _allowed() -> str:
@@ -204,7 +358,7 @@ def _check_topic(topic: object) -> bytes:
     return raw
 
 
-def _unpack_header(view: memoryview) -> dict:
+def _unpack_header(view: memoryview | bytes) -> dict:
     try:
         header = msgpack.unpackb(
             view,

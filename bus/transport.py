@@ -10,9 +10,10 @@ when a queue is full (a reader would get the stale ones). So a latest-only ``Sub
 bounded queue (``hwm``) and, on each ``recv``, drains everything queued without blocking, validates it and
 returns the newest valid message. The cost is decoding messages it then drops (a few microseconds each).
 
-Security: binding to anything but loopback, IPC or in-process addresses needs ``allow_remote=True``.
-TODO: CURVE keys (``curve_secretkey``/``curve_server`` on the binding side, ``curve_serverkey`` on the
-connecting side) for cross-host runs, as DESIGN.md asks; not wired yet.
+Security: binding to anything but loopback, IPC or in-process addresses needs ``allow_remote=True``. For
+cross-host links pass ``curve=`` (``bus.curve.CurveServer`` on the binding side, ``CurveClient`` on the
+connecting side, keys from ``python -m bus.keys generate``): traffic is then encrypted and only allowed client
+keys get in. CURVE is off by default; loopback runs do not need it.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from typing import TypeVar
 
 import numpy as np
 import zmq
+import zmq.backend
 
 from bus.clock import Clock
-from bus.message import DEFAULT_MAX_FRAME_BYTES, Message, MessageError, MetaValue, decode, encode
+from bus.curve import Curve, apply
+from bus.message import DEFAULT_MAX_FRAME_BYTES, Message, MessageError, MetaValue, decode_header, encode
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,21 @@ _E = TypeVar("_E", bound="_Endpoint")
 
 LOOPBACK_HOST = "127.0.0.1"
 DEFAULT_HWM = 1000
+
+# The hot path calls pyzmq's compiled socket methods with plain-int flags: the Python layer above them
+# (``send_multipart``/``recv_multipart``) builds an enum per flag and a Frame per part, which cost more than
+# the whole message codec for tactile-sized messages (measured: benchmarks/bus_latency.py).
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+# Array frames at least this large are received zero-copy (a zmq.Frame, ~0.5 us whatever the size); smaller ones
+# are copied into bytes, which is cheaper up to a few KiB (measured: 0.4 us at 1 KiB, 2.5 us at 54 KiB).
+ZERO_COPY_RECV_BYTES = 4096
 
 
 def loopback_address(port: int | None = None) -> str:
@@ -107,29 +125,36 @@ class _Endpoint:
         max_frame_bytes: int,
         ctx: zmq.Context | None,
         options: Mapping[int, int] | None = None,
+        curve: Curve | None = None,
     ) -> None:
         if bind and not allow_remote and not is_local_address(address):
             raise ValueError(
                 f"refusing to bind {address!r}: not loopback/ipc; pass allow_remote=True "
-                "(and protect it, CURVE is not wired yet)"
+                "(and curve=CurveServer(...) to encrypt it and admit only known clients)"
             )
         self.max_frame_bytes = max_frame_bytes
         self.rejects: Counter[str] = Counter()
         self.received = 0
         self._logged_kinds: set[str] = set()
         self._sock = (ctx or zmq.Context.instance()).socket(socket_type)
+        self._curve = None
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
             for opt, value in (options or {}).items():
                 self._sock.setsockopt(opt, value)
+            self._curve = apply(self._sock, curve)
             if bind:
                 self._sock.bind(address)
             else:
                 self._sock.connect(address)
-        except zmq.ZMQError:
+        except BaseException:
             self._sock.close(linger=0)
+            if self._curve is not None:
+                self._curve.release()
             raise
+        self.curve = curve
         self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else address
+        self._copy_threshold: int = self._sock.copy_threshold
         self._poller = zmq.Poller()
         self._poller.register(self._sock, zmq.POLLIN)
 
@@ -146,6 +171,7 @@ class _Endpoint:
         """Close the socket now, dropping anything unsent (LINGER 0)."""
         if not self._sock.closed:
             self._sock.close(linger=0)
+        self._curve.release()
 
     def __enter__(self: _E) -> _E:
         return self
@@ -169,14 +195,73 @@ class _Endpoint:
                 source, self.address, error, error.kind,
             )
 
-    def _decode(self, frames: list[zmq.Frame], source: str) -> Message | None:
+    def _send_frames(self, frames: list, flags: int = 0, copy: bool = True) -> None:
+        """One multipart message. Frames under the copy threshold are always copied (cheaper than
+        pinning them); larger arrays go zero-copy unless ``copy``. Raises ``zmq.Again`` like ``send``."""
+        sock, threshold = self._sock, self._copy_threshold
+        last = len(frames) - 1
+        more = flags | _SNDMORE
+        for i, frame in enumerate(frames):
+            small = type(frame) is bytes or frame.nbytes < threshold
+            _send(sock, frame, more if i < last else flags, copy or small)
+
+    def _readable(self) -> bool:
+        """Something is queued to read (cheaper than a NOBLOCK receive that raises ``zmq.Again``)."""
+        return bool(_get(self._sock, _EVENTS) & _POLLIN)
+
+    def _recv_head(self, flags: int, count: int) -> tuple[list[bytes], bool]:
+        """The first ``count`` frames of the next message (routing ids, topic, header: copied, small) and
+        whether more frames follow. Raises ``zmq.Again`` when nothing is queued and ``flags`` has NOBLOCK."""
+        sock = self._sock
+        head = [_recv(sock, flags, True)]
+        more = _get(sock, _RCVMORE)
+        while more and len(head) < count:
+            head.append(_recv(sock, 0, True))
+            more = _get(sock, _RCVMORE)
+        return head, bool(more)
+
+    def _recv_body(self, head: list[bytes], more: bool, source: str) -> Message | None:
+        """Validate ``head`` = [topic, header] and receive the array frames it announces.
+
+        Each array frame is received the cheapest way for its announced size: copied into ``bytes`` when
+        small, as a zero-copy ``zmq.Frame`` from ``ZERO_COPY_RECV_BYTES`` up. A malformed message is consumed
+        to its last frame, counted in ``rejects``, logged once per kind and dropped (None).
+        """
+        sock, limit = self._sock, self.max_frame_bytes
         try:
-            msg = decode(frames, max_frame_bytes=self.max_frame_bytes)
+            if len(head) < 2:
+                raise MessageError("frames", f"{len(head)} frame(s), expected topic + header + buffers")
+            for i, frame in enumerate(head):
+                if len(frame) > limit:
+                    raise MessageError("size", f"frame {i} is {len(frame)} bytes, limit {limit}")
+            header = decode_header(head[0], head[1])
+            buffers = []
+            for spec in header.buffers:
+                if not more:
+                    raise MessageError(
+                        "frames", f"{len(buffers) + 2} frames but header lists {len(header.buffers)} buffers"
+                    )
+                frame = _recv(sock, 0, spec.nbytes < ZERO_COPY_RECV_BYTES)
+                more = _get(sock, _RCVMORE)
+                if len(frame) > limit:
+                    raise MessageError("size", f"frame {len(buffers) + 2} is {len(frame)} bytes, limit {limit}")
+                buffers.append(frame)
+            if more:
+                raise MessageError("frames", f"more frames than the {len(header.buffers)} buffers the header lists")
+            msg = header.message(buffers)
         except MessageError as error:
+            self._skip_rest(more)
             self._reject(error, source)
             return None
         self.received += 1
         return msg
+
+    def _skip_rest(self, more: bool) -> None:
+        """Consume the remaining frames of a message being dropped (zero-copy: they are never read)."""
+        sock = self._sock
+        while more:
+            _recv(sock, 0, False)
+            more = _get(sock, _RCVMORE)
 
 
 class _Sequencer:
@@ -226,6 +311,8 @@ class Publisher(_Endpoint):
         clock: stamps messages by default; ``time.monotonic`` when None.
         copy: send array buffers by copy. Default False: buffers over pyzmq's copy threshold (64 KiB) go
             zero-copy, so an array must not be written while it is still queued; set True if you reuse them.
+        curve: ``bus.curve.CurveServer`` (binding side) or ``CurveClient`` (connecting side) to encrypt and
+            authenticate the link; None (default) leaves it plain.
     """
 
     def __init__(
@@ -240,10 +327,11 @@ class Publisher(_Endpoint):
         allow_remote: bool = False,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         ctx: zmq.Context | None = None,
+        curve: Curve | None = None,
     ) -> None:
         super().__init__(
             zmq.XPUB, address, bind=bind, allow_remote=allow_remote, max_frame_bytes=max_frame_bytes,
-            ctx=ctx, options={zmq.SNDHWM: hwm, zmq.XPUB_VERBOSE: 1},
+            ctx=ctx, options={zmq.SNDHWM: hwm, zmq.XPUB_VERBOSE: 1}, curve=curve,
         )
         self.topic_prefix = topic_prefix
         self.copy = copy
@@ -260,7 +348,7 @@ class Publisher(_Endpoint):
     ) -> Message:
         """Stamp (clock now unless given), number and send one message; returns what was sent."""
         msg = self._sequencer.make(self.topic_prefix + topic, arrays, meta, stamp)
-        self._sock.send_multipart(encode(msg, max_frame_bytes=self.max_frame_bytes), copy=self.copy)
+        self._send_frames(encode(msg, max_frame_bytes=self.max_frame_bytes), 0, self.copy)
         self._sequencer.sent(msg)
         self.sent += 1
         return msg
@@ -296,6 +384,7 @@ class Subscriber(_Endpoint):
             ``("",)`` receives everything.
         conflate: latest-value-only mode: ``recv`` drains the queue and returns the newest valid message.
         hwm: receive queue bound in messages; beyond it ZeroMQ drops new messages for this subscriber.
+        curve: ``bus.curve.CurveClient`` (connecting) or ``CurveServer`` (binding); None: plain.
 
     ``latest`` holds the newest valid message per topic seen so far (handy for multi-topic conflation).
     A *binding* subscriber passes its subscriptions to publishers that connect later only while it is
@@ -313,10 +402,11 @@ class Subscriber(_Endpoint):
         allow_remote: bool = False,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         ctx: zmq.Context | None = None,
+        curve: Curve | None = None,
     ) -> None:
         super().__init__(
             zmq.SUB, address, bind=bind, allow_remote=allow_remote, max_frame_bytes=max_frame_bytes,
-            ctx=ctx, options={zmq.RCVHWM: hwm},
+            ctx=ctx, options={zmq.RCVHWM: hwm}, curve=curve,
         )
         self.conflate = conflate
         self._max_drain = max(1, hwm) * 2
@@ -330,6 +420,12 @@ class Subscriber(_Endpoint):
 
         ``timeout=None`` waits forever, ``0`` only looks at what has arrived.
         """
+        if timeout is None and not self.conflate:
+            while True:  # block inside libzmq: no poll round trip per message
+                msg = self._recv_body(*self._recv_head(0, 2), "subscriber")
+                if msg is not None:
+                    self.latest[msg.topic] = msg
+                    return msg
         deadline = _deadline(timeout)
         while True:
             msg = self._drain_newest() if self.conflate else self._next_valid()
@@ -345,24 +441,27 @@ class Subscriber(_Endpoint):
         return self.received - before
 
     def _next_valid(self) -> Message | None:
-        while True:
+        while self._readable():
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                head, more = self._recv_head(_NOBLOCK, 2)
             except zmq.Again:
                 return None
-            msg = self._decode(frames, "subscriber")
+            msg = self._recv_body(head, more, "subscriber")
             if msg is not None:
                 self.latest[msg.topic] = msg
                 return msg
+        return None
 
     def _drain_newest(self) -> Message | None:
         newest = None
         for _ in range(self._max_drain):  # bounded: a faster publisher must not trap us here
+            if not self._readable():
+                break
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                head, more = self._recv_head(_NOBLOCK, 2)
             except zmq.Again:
                 break
-            msg = self._decode(frames, "subscriber")
+            msg = self._recv_body(head, more, "subscriber")
             if msg is not None:
                 self.latest[msg.topic] = msg
                 newest = msg
@@ -384,7 +483,10 @@ class Request:
 
 
 class Server(_Endpoint):
-    """Answers requests (e.g. lockstep ticks) from any number of ``Client``s; ROUTER socket, binds."""
+    """Answers requests (e.g. lockstep ticks) from any number of ``Client``s; ROUTER socket, binds.
+
+    ``curve=CurveServer(...)`` encrypts the link and admits only the allowed client keys.
+    """
 
     def __init__(
         self,
@@ -395,10 +497,11 @@ class Server(_Endpoint):
         allow_remote: bool = False,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         ctx: zmq.Context | None = None,
+        curve: Curve | None = None,
     ) -> None:
         super().__init__(
             zmq.ROUTER, address, bind=bind, allow_remote=allow_remote, max_frame_bytes=max_frame_bytes,
-            ctx=ctx,
+            ctx=ctx, curve=curve,
         )
         self._sequencer = _Sequencer(clock)
 
@@ -407,17 +510,18 @@ class Server(_Endpoint):
         deadline = _deadline(timeout)
         while True:
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                head, more = self._recv_head(_NOBLOCK, 4)
             except zmq.Again:
                 if not self._wait(deadline):
                     return None
                 continue
-            if len(frames) < 2 or len(frames[1]) != _REQUEST_ID.size:
+            if len(head) < 2 or len(head[1]) != _REQUEST_ID.size:
+                self._skip_rest(more)
                 self._reject(MessageError("frames", "request lacks its 8-byte request id frame"), "server")
                 continue
-            msg = self._decode(frames[2:], "server")
+            msg = self._recv_body(head[2:], more, "server")
             if msg is not None:
-                return Request(msg, peer=frames[0].bytes, request_id=frames[1].bytes)
+                return Request(msg, peer=head[0], request_id=head[1])
 
     def reply(
         self,
@@ -430,7 +534,7 @@ class Server(_Endpoint):
         """Answer ``request``; a reply to a client that has gone away is dropped by ZeroMQ."""
         msg = self._sequencer.make(topic, arrays, meta, stamp)
         frames = encode(msg, max_frame_bytes=self.max_frame_bytes)
-        self._sock.send_multipart([request.peer, request.request_id, *frames], copy=False)
+        self._send_frames([request.peer, request.request_id, *frames], 0, False)
         self._sequencer.sent(msg)
         return msg
 
@@ -441,6 +545,7 @@ class Client(_Endpoint):
     One request in flight at a time (``send`` then ``recv``, or ``request``); a coordinator that ticks
     N nodes in parallel holds N clients, sends to all, then collects. Unlike REQ, a DEALER survives a
     timed-out request; a late reply to it is counted as ``rejects["stale"]`` and dropped.
+    ``curve=CurveClient(...)`` for a server that runs CURVE.
     """
 
     def __init__(
@@ -452,10 +557,11 @@ class Client(_Endpoint):
         allow_remote: bool = False,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         ctx: zmq.Context | None = None,
+        curve: Curve | None = None,
     ) -> None:
         super().__init__(
             zmq.DEALER, address, bind=bind, allow_remote=allow_remote, max_frame_bytes=max_frame_bytes,
-            ctx=ctx,
+            ctx=ctx, curve=curve,
         )
         self._sequencer = _Sequencer(clock)
         self._next_id = 0
@@ -477,7 +583,7 @@ class Client(_Endpoint):
         self._pending = _REQUEST_ID.pack(self._next_id)
         self._next_id += 1
         try:
-            self._sock.send_multipart([self._pending, *frames], zmq.NOBLOCK, copy=False)
+            self._send_frames([self._pending, *frames], _NOBLOCK, False)
         except zmq.Again:
             raise TimeoutError(f"send queue to {self.address} is full; is the server alive?") from None
         self._sequencer.sent(msg)
@@ -490,17 +596,18 @@ class Client(_Endpoint):
         deadline = _deadline(timeout)
         while True:
             try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                head, more = self._recv_head(_NOBLOCK, 3)
             except zmq.Again:
                 if not self._wait(deadline):
                     raise TimeoutError(
                         f"no reply from {self.address} within {timeout:.3f} s"
                     ) from None
                 continue
-            if not frames or frames[0].bytes != self._pending:
+            if head[0] != self._pending:
+                self._skip_rest(more)
                 self._reject(MessageError("stale", "reply to an earlier or unknown request"), "client")
                 continue
-            msg = self._decode(frames[1:], "client")
+            msg = self._recv_body(head[1:], more, "client")
             if msg is not None:
                 self._pending = None
                 return msg

@@ -10,6 +10,7 @@ reading of that step. ``DPSimPolicy``: the baseline executes its predicted actio
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Mapping
@@ -39,21 +40,38 @@ def obs_features(obs: Mapping[str, np.ndarray], embedding: Any) -> dict[str, np.
 class _ChunkedSimPolicy:
     """Shared run-time loop. The env ticks at its control rate (50 Hz); the policy steps at the training rate
     (25 Hz), holding its action in between. Every ``replan_every`` policy steps the slow policy reads the last To
-    observations (sampled at the training rate) and plans a chunk; ``_decode`` emits one action per policy step."""
+    observations (sampled at the training rate) and plans a chunk; ``_decode`` emits one action per policy step.
+
+    Simulated inference latency: a chunk planned from the observation of step ``k`` takes over at step
+    ``k + latency_steps`` (the previous chunk keeps running meanwhile; the first chunk of an episode is waited for,
+    as a robot waits for its first plan). With ``latency_matching`` (RDP's default) the new chunk starts at its
+    entry for the current step, skipping the ``latency_steps`` entries whose time has passed (for rdp the GRU still
+    steps through them, reading the tactile signal recorded at those steps, so its state is what it would have
+    been); without it, it starts at entry 0 and executes stale actions."""
 
     def __init__(self, run: Mapping[str, Any], slow: DiffusionPolicy, replan_every: int,
-                 num_inference_steps: int | None, seed: int = 0) -> None:
+                 num_inference_steps: int | None, seed: int = 0, latency_steps: int = 0,
+                 latency_matching: bool = True) -> None:
         from sensors.embedding import TactileEmbedding
 
-        if not 1 <= replan_every <= int(run["horizon"]):
-            raise ValueError(f"replan_every must be in [1, horizon={run['horizon']}], got {replan_every}")
+        horizon = int(run["horizon"])
+        if not 1 <= replan_every <= horizon:
+            raise ValueError(f"replan_every must be in [1, horizon={horizon}], got {replan_every}")
+        if latency_steps < 0 or replan_every + latency_steps > horizon:
+            raise ValueError(f"need 0 <= latency_steps and replan_every + latency_steps <= horizon={horizon} (a "
+                             f"chunk must last until the next one arrives), got {replan_every} + {latency_steps}")
         self.run = dict(run)
         self.slow = slow.eval()
         self.replan_every = replan_every
         self.num_inference_steps = num_inference_steps
+        self.latency_steps = int(latency_steps)
+        self.latency_matching = bool(latency_matching)
         self.embedding = TactileEmbedding.load(run["tactile_embedding"])
+        self.relative = self.run.get("action_frame", "absolute") == "relative"
         self.seed = seed
         self.generator = torch.Generator()
+        self.anchor: np.ndarray | None = None
+        self.chunk_t = 0  # entry of the active chunk that the next decode returns
 
     def reset(self, env: Any) -> None:
         ratio = env.control_hz / float(self.run["rate_hz"])
@@ -65,8 +83,10 @@ class _ChunkedSimPolicy:
                              f"{len(env.arms)} / {len(env.pads)} (task {self.run['task']!r})")
         self.ticks_per_step = int(round(ratio))
         self.tick = 0
-        self.since_replan = 0
+        self.step_index = 0
         self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(self.run["obs_steps"]))
+        self.recent: deque[dict[str, np.ndarray]] = deque(maxlen=self.latency_steps + 1)  # features per step
+        self.pending: tuple[torch.Tensor, np.ndarray, int] | None = None  # chunk, anchor, step it was planned at
         self.action: np.ndarray | None = None
         self.generator.manual_seed(self.seed)
         self._reset_chunk()
@@ -74,26 +94,51 @@ class _ChunkedSimPolicy:
     @torch.inference_mode()
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         if self.tick % self.ticks_per_step == 0:
+            k = self.step_index
             features = self._features(obs)
             if not self.history:
                 self.history.extend([features] * self.history.maxlen)  # start padding, as in training
             else:
                 self.history.append(features)
-            if self.tick == 0 or self.since_replan >= self.replan_every:
-                obs_t = {k: torch.from_numpy(np.stack([h[k] for h in self.history]))[None]
-                         for k in self.run["obs_keys"]}  # (1, To, Dk)
-                self.anchor = self.history[-1]["proprio"]  # relative actions are offsets from this TCP pose
-                self._plan(self.slow.predict(obs_t, generator=self.generator,
-                                             num_inference_steps=self.num_inference_steps)[0])
-                self.since_replan = 0
-            action = self._decode(features)
-            if self.run.get("action_frame", "absolute") == "relative":
-                action = shift_positions(action[None], self.anchor, +1.0)[0]
-            self.action = policy_to_env_action(action).astype(np.float64)
-            self.since_replan += 1
+            self.recent.append(features)
+            if k % self.replan_every == 0:
+                obs_t = {key: torch.from_numpy(np.stack([h[key] for h in self.history]))[None]
+                         for key in self.run["obs_keys"]}  # (1, To, Dk)
+                chunk = self.slow.predict(obs_t, generator=self.generator,
+                                          num_inference_steps=self.num_inference_steps)[0]
+                self.pending = (chunk, self.history[-1]["proprio"], k)
+            if self.pending is not None and (k == 0 or k >= self.pending[2] + self.latency_steps):
+                self._take_over(*self.pending, k)
+                self.pending = None
+            self.action = self._action(features)
+            self.step_index += 1
         self.tick += 1
         assert self.action is not None
         return self.action.copy()
+
+    def _take_over(self, chunk: torch.Tensor, anchor: np.ndarray, planned_at: int, now: int) -> None:
+        """Make ``chunk`` the active one at step ``now``; with latency matching, skip the entries of past steps."""
+        self.start(chunk, anchor)
+        if self.latency_matching:
+            past = list(self.recent)[-(now - planned_at) - 1:-1] if now > planned_at else []
+            for f in past:  # steps planned_at .. now-1, with what was sensed at each
+                self._decode(f)
+                self.chunk_t += 1
+
+    def start(self, chunk: torch.Tensor, anchor: np.ndarray) -> None:
+        """Activate a planned chunk (unnormalised slow-policy output) and the proprio (10 A,) it was planned from."""
+        self.anchor = np.asarray(anchor, dtype=np.float32)
+        self._plan(chunk)
+        self.chunk_t = 0
+
+    def _action(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The active chunk's next entry as an env action (7 A,) float64: decode, back to world positions."""
+        action = self._decode(features)
+        self.chunk_t += 1
+        if self.relative:
+            assert self.anchor is not None
+            action = shift_positions(action[None], self.anchor, +1.0)[0]
+        return policy_to_env_action(action).astype(np.float64)
 
     def _features(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return obs_features(obs, self.embedding)
@@ -113,9 +158,9 @@ class RDPSimPolicy(_ChunkedSimPolicy):
     decodes one action from the latent and the tactile embedding measured now (``AsymmetricTokenizer.step``)."""
 
     def __init__(self, run: Mapping[str, Any], slow: DiffusionPolicy, tokenizer: AsymmetricTokenizer,
-                 norm: Normalizer, replan_every: int = 16, num_inference_steps: int | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(run, slow, replan_every, num_inference_steps, seed)
+                 norm: Normalizer, replan_every: int = 8, num_inference_steps: int | None = None,
+                 seed: int = 0, **latency: Any) -> None:
+        super().__init__(run, slow, replan_every, num_inference_steps, seed, **latency)
         self.tokenizer = tokenizer.eval()
         self.norm = norm
         self.cond_key = run["cond_key"]
@@ -144,7 +189,7 @@ class DPSimPolicy(_ChunkedSimPolicy):
 
     def _decode(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         assert self.chunk is not None
-        return self.chunk[self.since_replan]
+        return self.chunk[min(self.chunk_t, len(self.chunk) - 1)]
 
 
 def load_tokenizer(directory: str | os.PathLike[str]) -> tuple[AsymmetricTokenizer, Normalizer]:
@@ -164,15 +209,18 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> tuple[AsymmetricTokeniz
 def make_policy(
     task: str,
     checkpoint: str | os.PathLike[str] | None = None,
-    policy: str | None = None,
-    replan_every: int = 16,
+    method: str | None = None,
+    replan_every: int = 8,
     num_inference_steps: int | None = None,
     train: Mapping[str, Any] | None = None,
     seed: int = 0,
+    latency_s: float = 0.0,
+    latency_matching: bool = True,
 ) -> RDPSimPolicy | DPSimPolicy:
-    """Load a training run for ``sim.eval``. ``policy`` (rdp/dp) must match the run when given; ``train`` is the
-    config's training section, accepted so configs/policy/<name>.yaml serves both commands (the run's own
-    run.json fixes the sizes)."""
+    """Load a training run for ``sim.eval``. ``method`` (rdp/dp) must match the run when given; ``train`` is the
+    config's training section, accepted so configs/policy/<name>.yaml serves both commands (the run's own run.json
+    fixes the sizes). ``latency_s``: simulated slow-policy inference latency, rounded to training-rate steps (see
+    ``_ChunkedSimPolicy``)."""
     del train
     torch.set_num_threads(1)
     if checkpoint is None:
@@ -187,13 +235,16 @@ def make_policy(
         raise CheckpointError(f"{run_file}: unknown format {run.get('format')!r}, expected {RUN_FORMAT!r}")
     if run["task"] != task:
         raise ValueError(f"{root} was trained on task {run['task']!r}, not {task!r}")
-    if policy is not None and policy != run["method"]:
-        raise ValueError(f"{root} holds a {run['method']!r} run, not {policy!r}")
+    if method is not None and method != run["method"]:
+        raise ValueError(f"{root} holds a {run['method']!r} run, not {method!r}")
     slow = DiffusionPolicy.from_checkpoint(root / "policy")
+    if not (latency_s >= 0 and math.isfinite(latency_s)):
+        raise ValueError(f"latency_s must be a finite number >= 0, got {latency_s}")
+    latency = {"latency_steps": int(round(latency_s * float(run["rate_hz"]))), "latency_matching": latency_matching}
     if run["method"] == "rdp":
         tokenizer, norm = load_tokenizer(root / "tokenizer")
-        return RDPSimPolicy(run, slow, tokenizer, norm, replan_every, num_inference_steps, seed)
-    return DPSimPolicy(run, slow, replan_every, num_inference_steps, seed)
+        return RDPSimPolicy(run, slow, tokenizer, norm, replan_every, num_inference_steps, seed, **latency)
+    return DPSimPolicy(run, slow, replan_every, num_inference_steps, seed, **latency)
 
 
 class ChunkExecutor:
@@ -220,17 +271,13 @@ class ChunkExecutor:
         if tuple(chunk.shape) != self.chunk_shape or tuple(anchor.shape) != (self.anchor_dim,):
             raise ValueError(f"chunk {tuple(chunk.shape)} / anchor {tuple(anchor.shape)}, expected "
                              f"{self.chunk_shape} / ({self.anchor_dim},)")
-        self.policy.anchor = np.asarray(anchor, dtype=np.float32)
-        self.policy._plan(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)))
+        self.policy.start(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)), anchor)
         self.t = 0
 
     @torch.inference_mode()
     def step(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         if self.t >= self.horizon:
             raise ValueError(f"chunk exhausted after {self.horizon} steps; call start() with a new chunk")
-        self.policy.since_replan = self.t  # what DPSimPolicy._decode indexes by
-        action = self.policy._decode(features)
-        if self.relative:
-            action = shift_positions(action[None], self.policy.anchor, +1.0)[0]
+        self.policy.chunk_t = self.t
         self.t += 1
-        return policy_to_env_action(action).astype(np.float64)
+        return self.policy._action(features)

@@ -153,7 +153,7 @@ class TrainConfig:
         if "down_dims" in diffusion:
             diffusion["down_dims"] = tuple(diffusion["down_dims"])
         method = MethodConfig(
-            name=policy["name"], obs_keys=tuple(train.pop("obs_keys", ("proprio",))),
+            name=policy.get("method", policy["name"]), obs_keys=tuple(train.pop("obs_keys", ("proprio",))),
             tokenizer=TokenizerSizes(**tok) if tok is not None else None, diffusion=DiffusionSizes(**diffusion),
             **train,
         )

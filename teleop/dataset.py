@@ -1,4 +1,6 @@
-"""Episode dataset format (schema 1) and its command-line tools: ``info``, ``verify``, ``recover``, ``build``.
+"""Episode dataset format (schema 1) and its command-line tools: ``info``, ``verify``, ``recover``, ``build``,
+``viz`` (a video of one episode, ``teleop.viz``) and ``export --format lerobot`` (LeRobotDataset v3.0,
+``teleop.lerobot``).
 
 On disk (one directory per dataset)::
 
@@ -463,6 +465,27 @@ def _salvage(root: Path, work: Path) -> SalvageReport:
 # ----------------------------------------------------------------------------------------------- build
 
 
+def common_clock(
+    times: Mapping[str, np.ndarray], rate_hz: float, where: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The clock ``t_k = t0 + k / rate_hz`` over the span every stream covers, and per stream the index of the
+    sample held at each tick (its latest sample with ``t <= t_k``: zero-order hold, never a future sample).
+
+    ``t0`` is the latest first sample (every stream has a value to hold), the clock ends at the earliest last
+    sample (no stream is held past its end). Raises ``DatasetError`` naming ``where`` when the span is empty.
+    """
+    if any(t.size == 0 for t in times.values()):
+        raise DatasetError(f"{where}: episode of zero length (a stream has no samples)")
+    t0 = max(float(t[0]) for t in times.values())
+    t_end = min(float(t[-1]) for t in times.values())
+    if not t_end > t0:
+        raise DatasetError(f"{where}: episode of zero length (streams share no time span: {t0} .. {t_end})")
+    n_steps = int(math.floor((t_end - t0) * rate_hz)) + 1
+    clock = t0 + np.arange(n_steps + 1) / rate_hz  # one extra, trimmed below, to absorb float rounding
+    clock = clock[clock <= t_end]
+    return clock, {n: np.searchsorted(t, clock, side="right") - 1 for n, t in times.items()}
+
+
 def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[str] | None = None) -> dict:
     """Resample every episode onto one clock at ``rate_hz`` (zero-order hold) and write ``out``.
 
@@ -508,16 +531,7 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
                     f"{ep.name}: stream {n!r} is mis-rated: native {native:.3g} Hz is more than 2x below the"
                     f" requested {rate_hz:g} Hz; build at <= {2 * native:.3g} Hz or drop the stream"
                 )
-        if any(t.size == 0 for t in times.values()):
-            raise DatasetError(f"{ep.name}: episode of zero length (a stream has no samples)")
-        t0 = max(float(t[0]) for t in times.values())
-        t_end = min(float(t[-1]) for t in times.values())
-        if not t_end > t0:
-            raise DatasetError(f"{ep.name}: episode of zero length (streams share no time span: {t0} .. {t_end})")
-        n_steps = int(math.floor((t_end - t0) * rate_hz)) + 1
-        clock = t0 + np.arange(n_steps + 1) / rate_hz  # one extra, trimmed below, to absorb float rounding
-        clock = clock[clock <= t_end]
-        idx = {n: np.searchsorted(t, clock, side="right") - 1 for n, t in times.items()}
+        clock, idx = common_clock(times, rate_hz, ep.name)
         plans.append((ep, meta, clock, idx))
 
     tmp = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
@@ -568,7 +582,7 @@ def load_training_episode(path: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m teleop.dataset {info,verify,recover,build} DIR``; exit 1 on refusal or damage."""
+    """``python -m teleop.dataset {info,verify,recover,build,viz,export} DIR``; exit 1 on refusal or damage."""
     parser = argparse.ArgumentParser(prog="python -m teleop.dataset", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd, text in (("info", "summary; last line is JSON"), ("verify", "recompute checksums"),
@@ -580,6 +594,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     b.add_argument("--streams", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="comma-separated subset of streams")
+    v = sub.add_parser("viz", help="video of one episode: cameras, tactile arrows, force plot; last line JSON")
+    v.add_argument("dir", type=Path)
+    v.add_argument("--episode", type=int, default=0, help="position among committed episodes (default 0)")
+    v.add_argument("--out", type=Path, default=None, help="video file (default DIR/episode_XXXXXX.mp4)")
+    v.add_argument("--fps", type=float, default=25.0, help="video frame rate (default 25)")
+    e = sub.add_parser("export", help="convert to another dataset format; last line JSON")
+    e.add_argument("dir", type=Path)
+    e.add_argument("--format", required=True, choices=["lerobot"], help="lerobot: LeRobotDataset v3.0")
+    e.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    e.add_argument("--fps", type=int, default=None, help="one rate for every column (default: the action rate)")
+    e.add_argument("--state", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help="streams concatenated into observation.state (default: tcp_pos,tcp_quat,gripper_width"
+                        " where present)")
+    e.add_argument("--action", default="action", help="stream exported as `action` (default action)")
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.cmd](args)
@@ -639,7 +667,30 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"info": _cmd_info, "verify": _cmd_verify, "recover": _cmd_recover, "build": _cmd_build}
+def _cmd_viz(args: argparse.Namespace) -> int:
+    from teleop.viz import render_episode
+
+    summary = render_episode(args.dir, args.episode, args.out, args.fps)
+    print(f"wrote {summary['frames']} frames of {summary['episode']} at {summary['fps']:g} fps -> {summary['out']}")
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from teleop.lerobot import export_lerobot
+
+    summary = export_lerobot(args.dir, args.out, fps=args.fps, state=args.state, action=args.action)
+    for name, rate in summary["held_streams"].items():
+        print(f"note: {name} is recorded at {rate:.3g} Hz, below {summary['fps']} fps: each sample is held"
+              " (zero-order hold) over several frames")
+    print(f"exported {summary['total_episodes']} episodes, {summary['total_frames']} frames at {summary['fps']} fps"
+          f" -> {args.out} (LeRobotDataset {summary['codebase_version']})")
+    print(json.dumps(summary))
+    return 0
+
+
+_COMMANDS = {"info": _cmd_info, "verify": _cmd_verify, "recover": _cmd_recover, "build": _cmd_build,
+             "viz": _cmd_viz, "export": _cmd_export}
 
 
 # ----------------------------------------------------------------------------------------------- json

@@ -8,6 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from bus import message
 from bus.message import (
     ALLOWED_DTYPES,
     MAX_HEADER_BYTES,
@@ -16,6 +17,7 @@ from bus.message import (
     Message,
     MessageError,
     decode,
+    decode_header,
     encode,
 )
 
@@ -234,3 +236,66 @@ def test_decode_survives_corrupted_valid_messages() -> None:
             assert error.kind in REJECT_KINDS
             outcomes["rejected"] += 1
     assert outcomes["rejected"] > 0
+
+
+@pytest.mark.parametrize("topic", ["t", "robot/tactile", "x" * 31, "x" * 32, "é" * 127])
+@pytest.mark.parametrize("seq", [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+def test_header_bytes_are_plain_msgpack(topic: str, seq: int) -> None:
+    """The precompiled header equals msgpack of the documented map, so any msgpack reader can parse it."""
+    arrays = {"offset": np.zeros((2, 63, 2), np.float32), "n": np.zeros((), "<i8")}
+    meta = {"pad": "left", "k": 2} if seq % 2 else {}
+    header = encode(Message(topic, 0.1 * seq, seq, arrays, meta))[1]
+    expected = {
+        "v": SCHEMA_VERSION, "topic": topic, "t": 0.1 * seq, "seq": seq,
+        "bufs": [{"name": "offset", "dtype": "<f4", "shape": [2, 63, 2]}, {"name": "n", "dtype": "<i8", "shape": []}],
+        "meta": meta,
+    }
+    assert header == msgpack.packb(expected, use_bin_type=True)
+    assert decode(wire(encode(Message(topic, 0.1 * seq, seq, arrays, meta)))).seq == seq
+
+
+def _outcome(frames: list[bytes]) -> tuple:
+    try:
+        msg = decode(frames)
+    except MessageError as error:
+        return ("rejected", error.kind)
+    arrays = {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in msg.arrays.items()}
+    return ("ok", msg.topic, msg.stamp, msg.seq, arrays, msg.meta)
+
+
+def _forget_layouts() -> None:
+    for cache in (message._DECODED_LAYOUTS, message._TOPICS, message._ENCODED_LAYOUTS, message._TOPIC_PREFIXES):
+        cache.clear()
+
+
+def test_cached_layouts_never_accept_what_the_full_check_refuses() -> None:
+    """Decoding with layouts remembered gives exactly what a cold decoder gives, for corrupted headers too."""
+    rng = np.random.default_rng(5)
+    good = wire(encode(Message("robot/tactile", 3.0, seq=300, arrays={"o": np.zeros((2, 63, 2), np.float32)},
+                               meta={"pad": "left"})))
+    differing = 0
+    for _ in range(2000):
+        header = bytearray(good[1])
+        for _ in range(int(rng.integers(1, 3))):
+            header[int(rng.integers(0, len(header)))] = int(rng.integers(0, 256))
+        frames = [good[0], bytes(header), *good[2:]]
+        decode(good)  # warm: the valid layout and topic are remembered
+        warm = _outcome(frames)
+        _forget_layouts()
+        cold = _outcome(frames)
+        assert warm == cold, bytes(header)
+        differing += warm[0] == "ok" and warm != _outcome(good)
+    assert differing > 0  # some corruptions are valid messages (e.g. another stamp) and both paths agree
+
+
+def test_decode_header_then_message_is_decode() -> None:
+    frames = wire(encode(Message("robot/tactile", 1.5, seq=3, arrays={"o": np.ones(4, np.float32)}, meta={"a": 1})))
+    header = decode_header(frames[0], frames[1])
+    assert (header.topic, header.stamp, header.seq) == ("robot/tactile", 1.5, 3)
+    assert [b.name for b in header.buffers] == ["o"] and header.buffers[0].nbytes == 16
+    msg = header.message(frames[2:])
+    msg.meta["b"] = 2  # each message owns its meta, even when the layout is cached
+    assert decode(frames).meta == {"a": 1}
+    with pytest.raises(MessageError) as info:
+        header.message([])
+    assert info.value.kind == "frames"

@@ -317,3 +317,47 @@ def test_sockets_close_cleanly() -> None:
     pub.close()  # idempotent
     with pytest.raises(zmq.ZMQError):
         pub.publish("robot/x")
+
+
+def test_large_arrays_arrive_zero_copy_and_read_only() -> None:
+    """Frames from ZERO_COPY_RECV_BYTES up are received as zmq frames (no copy), small ones as bytes.
+
+    The publisher copies (``copy=True``): pyzmq's zero-copy *send* starts a process-wide helper thread that
+    would outlive the test.
+    """
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 96, 96, 3), dtype=np.uint8)  # 55 KB
+    depth = np.random.default_rng(1).random((240, 320), dtype=np.float32)  # 300 KB
+    with Publisher(loopback_address(), copy=True) as pub, Subscriber(pub.address, ["robot/"]) as sub:
+        assert pub.wait_for_subscriber("robot/", TIMEOUT)
+        pub.publish("robot/cameras", {"rgb": rgb, "depth": depth, "small": np.arange(3.0)})
+        got = sub.recv(TIMEOUT)
+    assert got is not None
+    for name, sent in (("rgb", rgb), ("depth", depth), ("small", np.arange(3.0))):
+        np.testing.assert_array_equal(got.arrays[name], sent)
+        assert not got.arrays[name].flags.writeable
+    owner = got.arrays["depth"].base
+    assert isinstance(getattr(owner, "obj", owner), zmq.Frame)  # a view of the received frame, not a copy
+
+
+def test_malformed_frame_counts_never_desynchronise_the_stream(raw_pub: tuple[zmq.Socket, Subscriber]) -> None:
+    """Every bad message is consumed to its last frame: each valid one after it arrives whole and in order."""
+    sock, sub = raw_pub
+    good = encode(Message("robot/tactile", 1.0, seq=0, arrays=tactile()))
+    header = msgpack.unpackb(good[1])
+    bad = [
+        good[:3],  # header lists 2 buffers, 1 sent
+        [*good, b"\0" * 24, b"\0" * 5000],  # 2 more frames than listed (one over the zero-copy size)
+        [*good[:3], np.zeros(5000, np.uint8)],  # second buffer of the wrong size, received zero-copy
+        [good[0], b"\xc1" * 10, *[b"x" * 3000] * 5],  # unreadable header, 5 frames to skip
+        [good[0], msgpack.packb({**header, "bufs": header["bufs"] * 40}), *good[2:]],  # too many listed
+        [b"robot/one-frame"],
+    ]
+    for i, frames in enumerate(bad):
+        sock.send_multipart(frames)
+        sock.send_multipart(encode(Message("robot/ok", 2.0, seq=i, arrays={"x": np.full(3, i, np.int32)})))
+    for i in range(len(bad)):
+        got = sub.recv(None if i % 2 else TIMEOUT)  # None: the blocking path (everything is already sent)
+        assert got is not None and got.topic == "robot/ok" and got.seq == i
+        np.testing.assert_array_equal(got.arrays["x"], np.full(3, i, np.int32))
+    assert sub.recv(0) is None
+    assert sum(sub.rejects.values()) == len(bad) and sub.received == len(bad)

@@ -175,19 +175,19 @@ def test_rdp_trains_both_stages_checkpoints_and_resumes(demos: Path, tmp_path: P
     assert state["policy"]["step"] == 6 and state["policy"]["done"]
     assert state["policy"]["seconds"] >= seconds_before  # wall clock adds up over resumed runs
 
-    policy = make_policy("wipe", checkpoint=run, policy="rdp", replan_every=4)
+    policy = make_policy("wipe", checkpoint=run, method="rdp", replan_every=4)
     _drive(policy, ticks=10)
     with pytest.raises(ValueError, match="trained on task 'wipe', not 'peel'"):
         make_policy("peel", checkpoint=run)
     with pytest.raises(ValueError, match="holds a 'rdp' run, not 'dp'"):
-        make_policy("wipe", checkpoint=run, policy="dp")
+        make_policy("wipe", checkpoint=run, method="dp")
 
 
 def test_dp_baseline_trains_and_drives_the_sim(demos: Path, tmp_path: Path) -> None:
     run = tmp_path / "dp"
     summary = train(tiny_config("dp", demos, run, steps=3))
     assert "tokenizer" not in summary and not (run / "tokenizer").exists()
-    _drive(make_policy("wipe", checkpoint=run, policy="dp", replan_every=4), ticks=10)
+    _drive(make_policy("wipe", checkpoint=run, method="dp", replan_every=4), ticks=10)
 
 
 def _drive(policy, ticks: int) -> None:

@@ -1,0 +1,128 @@
+"""Evaluate several trained policies on several tasks over the same seeds and write one results table.
+
+    python -m rdp.compare tasks=wipe,peel,lift policies=rdp,rdp_nolm,rdp_wrench,dp,dp_tactile \\
+        runs=runs episodes=50 seed=0 out=results/policies [jobs=2] [extra='policy.num_inference_steps=4']
+
+Every cell is one ``python -m sim.eval task=T policy=P policy.checkpoint=RUNS/T-R`` process (perturbations on, the
+same seeds ``seed .. seed+episodes-1`` for every policy), where R is the training run a policy config evaluates:
+its own name, except inference-time ablations of another run (``rdp_nolm`` evaluates the ``rdp`` run).
+``jobs`` cells run at once (one torch thread each). A cell whose ``OUT/T-P/results.json`` already exists with the
+same episodes and seed is not re-run, so an interrupted comparison resumes. Writes ``OUT/summary.json`` (every
+cell: success rate, Wilson 95 % interval, mean score, per perturbation) and ``OUT/table.md`` (success and interval
+per task and policy); the last stdout line is the summary JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# Policy configs that evaluate another config's training run (inference-time ablations).
+RUN_OF = {"rdp_nolm": "rdp"}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    tasks: tuple[str, ...] = ("wipe", "peel", "lift")
+    policies: tuple[str, ...] = ("rdp", "rdp_nolm", "rdp_wrench", "dp", "dp_tactile")
+    runs: str = "runs"
+    episodes: int = 50
+    seed: int = 0
+    out: str = "results/policies"
+    jobs: int = 2
+    extra: str = ""  # more sim.eval overrides for every cell, space-separated
+
+
+def parse_args(argv: Sequence[str]) -> CompareConfig:
+    kw: dict[str, Any] = {}
+    fields = CompareConfig.__dataclass_fields__
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {sorted(fields)}")
+        if key in ("tasks", "policies"):
+            kw[key] = tuple(v for v in value.split(",") if v)
+        elif key in ("episodes", "seed", "jobs"):
+            kw[key] = int(value)
+        else:
+            kw[key] = value
+    cfg = CompareConfig(**kw)
+    if cfg.episodes < 1 or cfg.jobs < 1:
+        raise SystemExit(f"episodes and jobs must be >= 1, got {cfg.episodes}, {cfg.jobs}")
+    return cfg
+
+
+def run_dir(cfg: CompareConfig, task: str, policy: str) -> Path:
+    return Path(cfg.runs) / f"{task}-{RUN_OF.get(policy, policy)}"
+
+
+def _cell(cfg: CompareConfig, task: str, policy: str) -> dict[str, Any]:
+    out = Path(cfg.out) / f"{task}-{policy}"
+    done = out / "results.json"
+    if done.is_file():
+        old = json.loads(done.read_text())
+        if old.get("episodes") == cfg.episodes and old.get("seed") == cfg.seed:
+            return old
+    run = run_dir(cfg, task, policy)
+    if not (run / "run.json").is_file():
+        return {"task": task, "policy": policy, "error": f"no training run at {run} (python -m rdp.train "
+                                                         f"task={task} policy={RUN_OF.get(policy, policy)} ...)"}
+    cmd = [sys.executable, "-m", "sim.eval", f"task={task}", f"policy={policy}", f"policy.checkpoint={run}",
+           f"episodes={cfg.episodes}", f"seed={cfg.seed}", f"out={out}", "video=false", *cfg.extra.split()]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"task": task, "policy": policy, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(done.read_text())
+
+
+def table(cells: list[dict[str, Any]], cfg: CompareConfig) -> str:
+    by = {(c["task"], c["policy"]): c for c in cells}
+    head = "| policy | " + " | ".join(cfg.tasks) + " |"
+    lines = [head, "|" + "---|" * (len(cfg.tasks) + 1)]
+    for p in cfg.policies:
+        row = []
+        for t in cfg.tasks:
+            c = by.get((t, p), {})
+            if "success_rate" in c:
+                lo, hi = c["ci95"]
+                row.append(f"{c['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]")
+            else:
+                row.append("—")
+        lines.append(f"| {p} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(t, p) for t in cfg.tasks for p in cfg.policies]
+    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
+        futures = [pool.submit(_cell, cfg, t, p) for t, p in jobs]
+        cells = []
+        for (t, p), fut in zip(jobs, futures, strict=True):
+            c = fut.result()
+            c.setdefault("task", t)
+            c["policy"] = p
+            cells.append(c)
+            shown = f"{c['success_rate']:.2f}" if "success_rate" in c else f"error: {c.get('error')}"
+            print(f"{t:5s} {p:12s} {shown}", file=sys.stderr, flush=True)
+    keep = ("task", "policy", "episodes", "seed", "success_rate", "ci95", "mean_score", "per_perturbation", "error")
+    summary = {"episodes": cfg.episodes, "seed": cfg.seed, "extra": cfg.extra,
+               "cells": [{k: c[k] for k in keep if k in c} for c in cells]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "table.md").write_text(table(cells, cfg))
+    print(table(cells, cfg), file=sys.stderr)
+    print(json.dumps(summary))
+    return 0 if not any("error" in c for c in cells) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
