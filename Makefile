@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sim.demo
+	$(PY) -m rdp.run task=wipe episodes=3 seed=100 out=outputs/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -15,6 +15,7 @@ per task and policy); the last stdout line is the summary JSON.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 # Policy configs that evaluate another config's training run (inference-time ablations).
 RUN_OF = {"rdp_nolm": "rdp"}
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ def _cell(cfg: CompareConfig, task: str, policy: str) -> dict[str, Any]:
                                                          f"task={task} policy={RUN_OF.get(policy, policy)} ...)"}
     cmd = [sys.executable, "-m", "sim.eval", f"task={task}", f"policy={policy}", f"policy.checkpoint={run}",
            f"episodes={cfg.episodes}", f"seed={cfg.seed}", f"out={out}", "video=false", *cfg.extra.split()]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, **{k: "1" for k in THREAD_VARS}}  # one core per cell: `jobs` cells use `jobs` cores
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"task": task, "policy": policy, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     return json.loads(done.read_text())

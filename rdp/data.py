@@ -18,6 +18,15 @@ Low-dim keys (features of one step, the same function serves training data and l
 ``proprio`` per arm [tcp position (3), tcp rotation 6-D (6), gripper width (1)] -> (10 A,); ``tactile`` the pads'
 PCA embeddings flattened (P * 15,); ``wrench`` per arm (6,) -> (6 A,).
 
+Image keys (``image_keys``, e.g. ``wrist_rgb``) are recorded camera streams, slower than the training rate (10 Hz
+cameras, 25 Hz steps). Each training step takes the latest frame at or before it (zero-order hold, never a future
+frame: ``teleop.dataset.build_training_set`` holds image streams and still refuses low-dim streams that are too
+slow), so a frame repeats for 2-3 steps exactly as it does for a live policy between camera frames
+(``rdp.inference`` holds the live frame the same way). The build's clock ends at the earliest last sample, so an
+episode loses the < 1 camera period after its last frame. Images stay uint8 (S, H, W, 3) in memory, optionally
+area-resized once at load (``resize_images``, also applied to live frames); windows carry (N, To, H, W, 3) uint8 and
+the trainer converts per batch.
+
 Action representation: the environment takes per arm ``[x, y, z, rotvec (3), grip]``. A rotation vector jumps
 from ``+pi`` to ``-pi`` around its axis, and our tools point down (rotation angle ~pi), so the learning target is
 per arm ``[x, y, z, r6 (6), grip]`` (10 numbers) with ``r6`` the first two columns of the rotation matrix,
@@ -31,8 +40,9 @@ import json
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +52,7 @@ from teleop.dataset import (
     FORMAT_NAME,
     DatasetError,
     build_training_set,
+    is_image_stream,
     list_episodes,
     load_times,
     load_training_episode,
@@ -51,7 +62,8 @@ from teleop.dataset import (
 
 ENV_ACTION_DIM = 7  # per arm: x, y, z, rx, ry, rz, grip
 ACTION_DIM = 10  # per arm: x, y, z, r6 (6), grip
-LOWDIM_KEYS = ("proprio", "tactile", "wrench")
+LOWDIM_KEYS = ("proprio", "tactile", "wrench", "scene")
+OPTIONAL_STREAMS = ("scene",)  # loaded when recorded: the one-shot object localisation (``sim`` obs "scene")
 REQUIRED_STREAMS = ("action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat", "wrench")
 
 
@@ -205,18 +217,22 @@ def cond_features(features: Mapping[str, np.ndarray], anchor_proprio: np.ndarray
 def lowdim_features(steps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-step arrays with any leading shape (...): ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4),
     ``gripper_width`` (..., A), ``tactile_emb`` (..., P, 15), ``wrench`` (..., A, 6) -> {proprio (..., 10 A),
-    tactile (..., 15 P), wrench (..., 6 A)}, float32. Serves recorded episodes and live observations alike."""
+    tactile (..., 15 P), wrench (..., 6 A)}, float32, plus ``scene`` (..., S) when given. Serves recorded episodes
+    and live observations alike."""
     pos = np.asarray(steps["tcp_pos"], dtype=np.float64)
     r6 = matrix_to_rot6d(quat_to_matrix(steps["tcp_quat"]))
     grip = np.asarray(steps["gripper_width"], dtype=np.float64)[..., None]
     proprio = np.concatenate([pos, r6, grip], axis=-1)  # (..., A, 10)
     tactile = np.asarray(steps["tactile_emb"])
     wrench = np.asarray(steps["wrench"])
-    return {
+    out = {
         "proprio": proprio.reshape(*proprio.shape[:-2], -1).astype(np.float32),
         "tactile": tactile.reshape(*tactile.shape[:-2], -1).astype(np.float32),
         "wrench": wrench.reshape(*wrench.shape[:-2], -1).astype(np.float32),
     }
+    if "scene" in steps:
+        out["scene"] = np.asarray(steps["scene"], dtype=np.float32)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -235,11 +251,21 @@ class Episodes:
     num_arms: int
     num_pads: int
     source: str
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # image key -> (S, H, W, 3) uint8, held frames
+    image_hz: dict[str, float] = field(default_factory=dict)  # image key -> native camera rate (Hz)
+    camera_size: dict[str, tuple[int, int]] = field(default_factory=dict)  # image key -> recorded (H, W)
 
 
-def load_episodes(path: str | Path, rate_hz: float) -> Episodes:
-    """Load a built training set (its rate must equal ``rate_hz``) or build a raw recorded dataset at ``rate_hz``."""
+def load_episodes(
+    path: str | Path, rate_hz: float, image_keys: Sequence[str] = (), image_size: int | None = None
+) -> Episodes:
+    """Load a built training set (its rate must equal ``rate_hz``) or build a raw recorded dataset at ``rate_hz``.
+    ``image_keys``: camera streams to load as held uint8 frames, area-resized to ``image_size`` squared (None: as
+    recorded)."""
     path = Path(path)
+    image_keys = tuple(image_keys)
+    if image_size is not None and image_size < 8:
+        raise DataError(f"image_size must be >= 8 pixels or null, got {image_size}")
     if not (rate_hz > 0 and math.isfinite(rate_hz)):
         raise DataError(f"training rate must be a positive number of Hz, got {rate_hz}")
     info_file = path / DATASET_FILE
@@ -249,21 +275,25 @@ def load_episodes(path: str | Path, rate_hz: float) -> Episodes:
     info = json.loads(info_file.read_text())
     fmt = info.get("format")
     if fmt == BUILT_FORMAT_NAME:
-        return _load_built(path, info, rate_hz)
+        return _load_built(path, info, rate_hz, image_keys=image_keys, image_size=image_size)
     if fmt == FORMAT_NAME:
-        _check_raw(path, rate_hz)
+        _check_raw(path, rate_hz, image_keys)
         with tempfile.TemporaryDirectory(prefix="rdp-build-") as tmp:
             built = Path(tmp) / "built"
             try:
-                build_training_set(path, rate_hz, built, streams=REQUIRED_STREAMS)
+                recorded = read_meta(list_episodes(path)[0])["streams"]
+                optional = tuple(s for s in OPTIONAL_STREAMS if s in recorded)
+                build_training_set(path, rate_hz, built, streams=(*REQUIRED_STREAMS, *optional, *image_keys))
             except DatasetError as e:
                 raise DataError(f"{path}: cannot build a training set at {rate_hz:g} Hz: {e}") from e
-            return _load_built(built, json.loads((built / DATASET_FILE).read_text()), rate_hz, source=str(path))
+            return _load_built(built, json.loads((built / DATASET_FILE).read_text()), rate_hz, source=str(path),
+                               image_keys=image_keys, image_size=image_size)
     raise DataError(f"{info_file}: unknown format {fmt!r}; expected {FORMAT_NAME!r} or {BUILT_FORMAT_NAME!r}")
 
 
-def _check_raw(path: Path, rate_hz: float) -> None:
-    """Refuse an empty dataset, or a training rate the action stream's native rate is not a multiple of."""
+def _check_raw(path: Path, rate_hz: float, image_keys: Sequence[str] = ()) -> None:
+    """Refuse an empty dataset, a training rate the action stream's native rate is not a multiple of, or image keys
+    that are not recorded camera streams."""
     episodes = list_episodes(path)
     if not episodes:
         raise DataError(f"{path}: empty dataset, no committed episodes (record some with python -m "
@@ -272,6 +302,7 @@ def _check_raw(path: Path, rate_hz: float) -> None:
     missing = [s for s in REQUIRED_STREAMS if s not in meta["streams"]]
     if missing:
         raise DataError(f"{episodes[0]}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)}")
+    _check_image_streams(episodes[0], meta["streams"], image_keys)
     native = measured_rate_hz(load_times(episodes[0], "action", meta))
     if native is None:
         raise DataError(f"{episodes[0]}: the action stream has fewer than 2 samples; cannot tell its rate")
@@ -283,7 +314,45 @@ def _check_raw(path: Path, rate_hz: float) -> None:
         )
 
 
-def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = None) -> Episodes:
+def _check_image_streams(where: Path, streams: Mapping[str, Any], image_keys: Sequence[str]) -> None:
+    """Every image key must be a recorded uint8 (H, W, 3) camera stream."""
+    cameras = sorted(n for n, s in streams.items() if is_image_stream(s))
+    for key in image_keys:
+        if key not in streams:
+            raise DataError(f"{where}: lacks image stream {key!r} (camera streams recorded: {cameras}); record with "
+                            f"python -m teleop.record_expert ... cameras=true")
+        if not is_image_stream(streams[key]) or list(streams[key]["shape"])[-1] != 3:
+            raise DataError(f"{where}: stream {key!r} is {streams[key].get('dtype')} {streams[key].get('shape')}, "
+                            f"not an RGB image stream (uint8 (H, W, 3)); camera streams: {cameras}")
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) area-averaging matrix: output pixel i averages the input interval it covers, partial pixels
+    weighted by their overlap (exact for any ratio; 96 -> 48 is a 2x2 box mean)."""
+    edges = np.arange(n_out + 1) * (n_in / n_out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    j = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., size, size, 3) uint8 by area averaging (rounded); ``None`` or the same size
+    returns the input. One function for training data and live frames, so both see the same pixels."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim < 3 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected uint8 (..., H, W, 3), got {images.dtype} {images.shape}")
+    h, w = images.shape[-3:-1]
+    if size is None or (h, w) == (size, size):
+        return images
+    wy, wx = _area_weights(h, size), _area_weights(w, size)
+    x = np.moveaxis(images.astype(np.float32), -1, -3)  # (..., 3, H, W): two small matrix products per channel
+    out = np.moveaxis(wy.astype(np.float32) @ x @ wx.T.astype(np.float32), -3, -1)  # (..., size, size, 3)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = None, image_keys: Sequence[str] = (),
+                image_size: int | None = None) -> Episodes:
     built_rate = float(info.get("rate_hz", float("nan")))
     if not math.isclose(built_rate, rate_hz, rel_tol=1e-9):
         raise DataError(f"{path}: built at {built_rate:g} Hz, but training was asked for {rate_hz:g} Hz; rebuild "
@@ -294,17 +363,29 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     entries = info.get("episodes", [])
     if not entries:
         raise DataError(f"{path}: empty training set, no episodes")
+    entries = [e for e in entries if e.get("success") is not False]  # demonstrations that failed are not taught
+    if not entries:
+        raise DataError(f"{path}: every episode is marked failed (success=false); nothing to learn from")
+    _check_image_streams(path, info["streams"], image_keys)
+    held_hz = info.get("held_streams", {})
+    slow = [k for k in image_keys if k not in held_hz and not info["streams"][k].get("rate_hz")]
+    if slow:
+        raise DataError(f"{path}: the native rate of image streams {slow} is unknown (built before held_streams was "
+                        f"recorded); rebuild with python -m teleop.dataset build or train from the raw dataset")
     tasks = sorted({str(e.get("task")) for e in entries})
     if len(tasks) != 1:
         raise DataError(f"{path}: episodes of several tasks {tasks}; train one task at a time")
-    feats: dict[str, list[np.ndarray]] = {k: [] for k in LOWDIM_KEYS}
+    feats: dict[str, list[np.ndarray]] = {}
+    images: dict[str, list[np.ndarray]] = {k: [] for k in image_keys}
     actions, lengths = [], []
     for e in entries:
         arrays = load_training_episode(path / e["file"])
         if arrays["action"].shape[0] < 1:
             raise DataError(f"{path / e['file']}: episode of zero length")
         for k, v in lowdim_features(arrays).items():
-            feats[k].append(v)
+            feats.setdefault(k, []).append(v)
+        for k in image_keys:
+            images[k].append(resize_images(arrays[k], image_size))
         actions.append(env_to_policy_action(arrays["action"]).astype(np.float32))
         lengths.append(arrays["action"].shape[0])
     lengths_arr = np.array(lengths, dtype=np.int64)
@@ -319,6 +400,9 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
         num_arms=int(shapes["tcp_pos"]["shape"][0]),
         num_pads=int(shapes["tactile_emb"]["shape"][0]),
         source=source or str(path),
+        images={k: np.concatenate(v) for k, v in images.items()},
+        image_hz={k: float(held_hz.get(k) or shapes[k].get("rate_hz") or rate_hz) for k in image_keys},
+        camera_size={k: (int(shapes[k]["shape"][0]), int(shapes[k]["shape"][1])) for k in image_keys},
     )
 
 
@@ -350,10 +434,11 @@ def make_windows(episodes: Episodes, obs_steps: int = 2, horizon: int = 32) -> W
 
 def gather(
     episodes: Episodes, windows: Windows, idx: np.ndarray | slice, obs_keys: Sequence[str], cond_key: str | None,
-    action_frame: str = "absolute",
+    action_frame: str = "absolute", image_keys: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """Windows ``idx`` -> {"obs": {key: (B, To, Dk)}, "action": (B, T, Da), "cond": (B, T, Dc) if cond_key}.
-    ``action_frame="relative"``: action positions relative to the TCP at the window's last observation step."""
+    ``action_frame="relative"``: action positions relative to the TCP at the window's last observation step.
+    ``image_keys`` add {key: (B, To, H, W, 3) uint8} (held camera frames) to "obs"."""
     if action_frame not in ACTION_FRAMES:
         raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {action_frame!r}")
     oi, ai = windows.obs_index[idx], windows.action_index[idx]
@@ -361,6 +446,11 @@ def gather(
     if action_frame == "relative":
         action = shift_positions(action, episodes.features["proprio"][oi[..., -1]], -1.0)
     out: dict = {"obs": {k: episodes.features[k][oi] for k in obs_keys}, "action": action}
+    missing = [k for k in image_keys if k not in episodes.images]
+    if missing:
+        raise KeyError(f"image keys {missing} were not loaded (loaded: {sorted(episodes.images)}); pass them to "
+                       f"load_episodes(image_keys=...)")
+    out["obs"].update({k: episodes.images[k][oi] for k in image_keys})
     if cond_key is not None:
         needed = {"proprio" if p == "tcp_rel" else p for p in cond_parts(cond_key)}
         steps = {k: episodes.features[k][ai] for k in needed}  # (B, T, Dk)

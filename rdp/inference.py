@@ -4,7 +4,11 @@
 (hydra: ``configs/policy/{rdp,dp}.yaml``). ``RDPSimPolicy``: the latent diffusion policy (slow) plans a latent
 chunk every ``replan_every`` steps; the tokenizer's GRU (fast) decodes one action per step from it and the tactile
 reading of that step. ``DPSimPolicy``: the baseline executes its predicted action chunk open-loop.
-``obs_features`` turns one live observation into the low-dim features the policy was trained on.
+``obs_features`` turns one live observation into the low-dim features the policy was trained on; ``obs_images``
+its camera frames into the policy's image inputs (resized as in training). An image policy holds each camera frame
+until the next one, at the camera rate it was trained with (run.json ``image_hz``, 10 Hz from
+``teleop.record_expert``): the env renders a frame every control tick, the policy keeps the one of every 5th tick
+(50 / 10 Hz, from the episode's first tick), exactly the frames the recorder stored and ``rdp.data`` held.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 
 from rdp.checkpoint import CheckpointError, load_checkpoint
-from rdp.data import cond_features, lowdim_features, policy_to_env_action, shift_positions
+from rdp.data import cond_features, lowdim_features, policy_to_env_action, resize_images, shift_positions
 from rdp.normalizer import Normalizer
 from rdp.policy import DiffusionPolicy
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
@@ -32,9 +36,19 @@ RUN_FORMAT = "slowfast-rdp-run-v1"
 def obs_features(obs: Mapping[str, np.ndarray], embedding: Any) -> dict[str, np.ndarray]:
     """One env/robot-node observation -> {proprio, tactile, wrench} features (``rdp.data.lowdim_features``), the
     marker fields embedded with ``embedding`` (a ``sensors.embedding.TactileEmbedding``)."""
-    steps = {k: obs[k] for k in ("tcp_pos", "tcp_quat", "gripper_width", "wrench")}
+    steps = {k: obs[k] for k in ("tcp_pos", "tcp_quat", "gripper_width", "wrench", "scene") if k in obs}
     steps["tactile_emb"] = embedding.encode(obs["marker_offset"])
     return lowdim_features(steps)
+
+
+def obs_images(obs: Mapping[str, np.ndarray], image_keys: tuple[str, ...], size: int | None) -> dict[str, np.ndarray]:
+    """One observation's camera frames {key: (H, W, 3) uint8} -> resized with ``rdp.data.resize_images`` as in
+    training; a missing key names the observation's keys."""
+    missing = [k for k in image_keys if k not in obs]
+    if missing:
+        raise KeyError(f"observation lacks camera images {missing} (has {sorted(obs)}); the policy was trained on "
+                       f"them: build the env with cameras=True (python -m sim.eval ... sensors=vision)")
+    return {k: resize_images(np.asarray(obs[k]), size) for k in image_keys}
 
 
 class _ChunkedSimPolicy:
@@ -68,6 +82,9 @@ class _ChunkedSimPolicy:
         self.latency_matching = bool(latency_matching)
         self.embedding = TactileEmbedding.load(run["tactile_embedding"])
         self.relative = self.run.get("action_frame", "absolute") == "relative"
+        self.image_keys = tuple(self.run.get("image_keys", ()))  # () for low-dim runs
+        self.image_size = self.run.get("image_size")
+        self.frames: dict[str, np.ndarray] = {}  # the held camera frames (resized), replaced at the camera rate
         self.seed = seed
         self.generator = torch.Generator()
         self.anchor: np.ndarray | None = None
@@ -82,6 +99,9 @@ class _ChunkedSimPolicy:
             raise ValueError(f"policy trained for {self.run['num_arms']} arm(s) / {self.run['num_pads']} pads, env has "
                              f"{len(env.arms)} / {len(env.pads)} (task {self.run['task']!r})")
         self.ticks_per_step = int(round(ratio))
+        if self.image_keys:
+            self.camera_every = self._check_cameras(env)
+            self.frames = {}
         self.tick = 0
         self.step_index = 0
         self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(self.run["obs_steps"]))
@@ -91,8 +111,28 @@ class _ChunkedSimPolicy:
         self.generator.manual_seed(self.seed)
         self._reset_chunk()
 
+    def _check_cameras(self, env: Any) -> int:
+        """Refuse an env without cameras or with another image size; return control ticks per camera frame."""
+        keys = list(self.image_keys)
+        if not getattr(env, "cameras", False):
+            raise ValueError(f"this policy reads camera images {keys}, but the env renders none: evaluate with "
+                             f"sensors=vision (python -m sim.eval task={self.run['task']} policy=... sensors=vision) "
+                             f"or make the env with cameras=True")
+        for key, (h, w) in self.run["camera_size"].items():
+            if (env.image_size, env.image_size) != (h, w):
+                raise ValueError(f"policy was trained on {key} frames of {h}x{w} pixels, env renders "
+                                 f"{env.image_size}x{env.image_size}: set sensors.image_size={h}")
+        rates = set(self.run["image_hz"].values())
+        ratios = [env.control_hz / r for r in rates]
+        if len(rates) != 1 or ratios[0] < 1 or abs(ratios[0] - round(ratios[0])) > 1e-3:
+            raise ValueError(f"camera rates {self.run['image_hz']} Hz: need one rate dividing the env's control rate "
+                             f"{env.control_hz} Hz to hold frames as in training")
+        return int(round(ratios[0]))
+
     @torch.inference_mode()
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.image_keys and self.tick % self.camera_every == 0:  # a new camera frame; held until the next
+            self.frames = obs_images(obs, self.image_keys, self.image_size)
         if self.tick % self.ticks_per_step == 0:
             k = self.step_index
             features = self._features(obs)
@@ -103,7 +143,8 @@ class _ChunkedSimPolicy:
             self.recent.append(features)
             if k % self.replan_every == 0:
                 obs_t = {key: torch.from_numpy(np.stack([h[key] for h in self.history]))[None]
-                         for key in self.run["obs_keys"]}  # (1, To, Dk)
+                         for key in (*self.run["obs_keys"], *self.image_keys)}  # (1, To, Dk) / (1, To, H, W, 3)
+                obs_t.update({key: obs_t[key].permute(0, 1, 4, 2, 3) for key in self.image_keys})  # (1, To, 3, H, W)
                 chunk = self.slow.predict(obs_t, generator=self.generator,
                                           num_inference_steps=self.num_inference_steps)[0]
                 self.pending = (chunk, self.history[-1]["proprio"], k)
@@ -141,7 +182,10 @@ class _ChunkedSimPolicy:
         return policy_to_env_action(action).astype(np.float64)
 
     def _features(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return obs_features(obs, self.embedding)
+        features = obs_features(obs, self.embedding)
+        if self.image_keys:
+            features.update(self.frames)  # (H, W, 3) uint8 each, the latest camera frame at or before this tick
+        return features
 
     def _reset_chunk(self) -> None:
         raise NotImplementedError
@@ -206,6 +250,19 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> tuple[AsymmetricTokeniz
     return tokenizer.eval(), norm
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def shipped_run(task: str, name: str) -> Path:
+    """The run directory shipped in the repository for ``task`` and policy ``name``; a clear error if absent."""
+    path = SHIPPED_DIR / task / name
+    if not (path / "run.json").is_file():
+        have = sorted(str(p.parent.relative_to(SHIPPED_DIR)) for p in SHIPPED_DIR.glob("*/*/run.json"))
+        raise FileNotFoundError(f"no shipped {name!r} checkpoint for task {task!r} at {path}; shipped: {have}. "
+                                f"Train one (python -m rdp.train task={task} ...) and pass policy.checkpoint=RUN_DIR")
+    return path
+
+
 def make_policy(
     task: str,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -216,16 +273,19 @@ def make_policy(
     seed: int = 0,
     latency_s: float = 0.0,
     latency_matching: bool = True,
+    default_run: str | None = None,
 ) -> RDPSimPolicy | DPSimPolicy:
     """Load a training run for ``sim.eval``. ``method`` (rdp/dp) must match the run when given; ``train`` is the
     config's training section, accepted so configs/policy/<name>.yaml serves both commands (the run's own run.json
     fixes the sizes). ``latency_s``: simulated slow-policy inference latency, rounded to training-rate steps (see
-    ``_ChunkedSimPolicy``)."""
+    ``_ChunkedSimPolicy``). Without ``checkpoint``, the shipped run ``checkpoints/<task>/<default_run>`` is used."""
     del train
     torch.set_num_threads(1)
     if checkpoint is None:
-        raise ValueError("make_policy needs checkpoint=RUN_DIR (a `python -m rdp.train` out directory); "
-                         "on the command line: policy.checkpoint=RUN_DIR")
+        if default_run is None:
+            raise ValueError("make_policy needs checkpoint=RUN_DIR (a `python -m rdp.train` out directory); "
+                             "on the command line: policy.checkpoint=RUN_DIR")
+        checkpoint = shipped_run(task, default_run)
     root = Path(checkpoint)
     run_file = root / "run.json"
     if not run_file.is_file() or not (root / "policy").is_dir():

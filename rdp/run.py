@@ -17,6 +17,7 @@ time, command intervals, chunk hand-overs) and each child's log. The last stdout
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import queue
@@ -30,9 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from bus.transport import Subscriber
+from bus.transport import Client, Subscriber
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.process import Child, robot_node_args
+
+STOP_GRACE_S = 30.0  # a finished fast node's own shutdown (interpreter, torch) on a loaded machine
+STOP_TIMEOUT_S = 30.0  # SIGTERM -> exit before SIGKILL
 
 
 class ChildDied(RuntimeError):
@@ -49,6 +53,7 @@ class Launcher:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.interrupted = False
         self.frames: list[np.ndarray] = []
+        self.video_sub: Subscriber | None = None
 
     # ------------------------------------------------------------------------------------ processes
     def _start(self, name: str, module: str, args: list[str]) -> dict[str, Any]:
@@ -85,6 +90,8 @@ class Launcher:
         cfg = self.cfg
         robot = self._start("robot", "sim.node", robot_node_args(cfg.task, cfg.mode, cfg.seed, cfg.perturb,
                                                                   asdict(cfg.robot)))
+        if cfg.video and cfg.robot.cameras:
+            self._subscribe_video(robot)
         addr = {"addresses.robot_pub": robot["pub"], "addresses.robot_cmd": robot["cmd"]}
         if robot.get("tick"):
             addr["addresses.robot_tick"] = robot["tick"]
@@ -98,13 +105,29 @@ class Launcher:
                                                          f"addresses.chunk={self.cfg.addresses.chunk}"])
         self._start("slow", "rdp.runtime.slow", [*self.overrides, f"addresses.obs={obs}",
                                                  f"addresses.chunk={fast['chunk']}"])
-        self.robot_pub = robot["pub"]
+
+    def _subscribe_video(self, robot: dict[str, Any], timeout: float = 60.0) -> None:
+        """Subscribe to the robot's images and episode events before the fast node can reset it: a subscription
+        made later could miss episode 0's reset event (and so the whole video) on a loaded machine."""
+        self.video_sub = Subscriber(robot["pub"], topics=("image", "episode"), hwm=2000)
+        end = time.monotonic() + timeout
+        if robot.get("tick"):  # lockstep: nothing is published until ticked; the robot says when it sees us
+            with Client(robot["tick"]) as client:
+                while not client.request("ping", meta={"topic": "episode"}, timeout=timeout).meta.get("subscribed"):
+                    if time.monotonic() > end:
+                        raise ChildDied("the robot node never saw the launcher's video subscription")
+                    time.sleep(0.01)
+        elif self.video_sub.recv(timeout=timeout) is None:  # realtime: images flow at camera_hz once subscribed
+            raise ChildDied(f"no image from the robot node within {timeout:.0f} s")
 
     def stop_all(self) -> dict[str, int]:
         codes = {}
+        finished = any(r.get("event") == "exit" for r in self.records.get("fast", []))
         for name in ("fast", "slow", "relay", "robot"):
             if name in self.children:
-                codes[name] = self.children[name].stop()
+                # A fast node that printed its exit record is shutting down by itself: let it, not SIGTERM it.
+                grace = STOP_GRACE_S if name == "fast" and finished else 0.0
+                codes[name] = self.children[name].stop(timeout=STOP_TIMEOUT_S, grace=grace)
         while True:  # exit records printed while stopping
             try:
                 name, record = self.lines.get_nowait()
@@ -112,13 +135,15 @@ class Launcher:
                 break
             if record is not None:
                 self.records[name].append(record)
+        if self.video_sub is not None:
+            self.video_sub.close()
         return codes
 
     # ------------------------------------------------------------------------------------ monitoring
     def monitor(self) -> None:
         """Until the fast node has run every episode: live lines, episode records, video frames."""
-        video = self.cfg.video and self.cfg.robot.cameras
-        with Subscriber(self.robot_pub, topics=("image", "episode"), hwm=2000) as sub:
+        video = self.video_sub is not None
+        with contextlib.nullcontext(self.video_sub) as sub:
             capturing = None  # None: waiting for episode 0; True: recording; False: done
             while True:
                 got = self._next(timeout=0.02)

@@ -63,7 +63,7 @@ from teleop.durable import fsync_dir, write_file_durably
 STAGES = ("tokenizer", "policy")
 # Fields of run.json that give the weights their meaning: a resume must agree on all of them.
 _RESUME_FIELDS = ("task", "method", "rate_hz", "obs_steps", "horizon", "obs_keys", "cond_key", "tokenizer",
-                  "diffusion", "tactile_embedding", "action_frame")
+                  "diffusion", "tactile_embedding", "action_frame", "image_keys", "image_size", "encoder")
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -104,6 +104,12 @@ class MethodConfig:
     warmup_steps: int = 100
     ema_decay: float = 0.995
     action_frame: str = "relative"  # positions relative to the TCP the chunk is planned from, or "absolute"
+    scene_noise: float = 0.0  # std (m) of Gaussian noise added to the "scene" observation per training window
+    image_keys: tuple[str, ...] = ()  # camera streams the slow policy sees (e.g. wrist_rgb), held at the train rate
+    image_size: int | None = None  # square side the frames are area-resized to; None = as recorded
+    encoder: str = "resnet"  # image encoder: resnet or terminator (rdp.policy._image_encoder)
+    encoder_width: int = 32
+    encoder_stem_stride: int = 4  # patchify stem / Terminator patch size
 
     def __post_init__(self) -> None:
         if self.cond_key is not None:
@@ -116,6 +122,8 @@ class MethodConfig:
             raise ValueError("policy=rdp needs a tokenizer section, a cond_key and tokenizer_steps >= 1")
         if self.name == "dp" and self.tokenizer is not None:
             raise ValueError("policy=dp predicts actions directly; set tokenizer: null")
+        if self.image_keys and self.encoder not in ("resnet", "terminator"):
+            raise ValueError(f"image_keys {self.image_keys} need encoder resnet or terminator, got {self.encoder!r}")
         if self.policy_steps < 1 or not self.obs_keys:
             raise ValueError(f"need policy_steps >= 1 and obs_keys, got {self.policy_steps}, {self.obs_keys}")
 
@@ -140,6 +148,7 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 25
     checkpoint_every: int = 500
+    keep_checkpoints: bool = True  # false: delete RUN/checkpoints/ (weights + optimizer) once training finished
 
     @classmethod
     def from_hydra(cls, cfg: Mapping[str, Any]) -> TrainConfig:
@@ -154,6 +163,7 @@ class TrainConfig:
             diffusion["down_dims"] = tuple(diffusion["down_dims"])
         method = MethodConfig(
             name=policy.get("method", policy["name"]), obs_keys=tuple(train.pop("obs_keys", ("proprio",))),
+            image_keys=tuple(train.pop("image_keys", None) or ()),
             tokenizer=TokenizerSizes(**tok) if tok is not None else None, diffusion=DiffusionSizes(**diffusion),
             **train,
         )
@@ -189,32 +199,106 @@ class EMA:
 
 
 class JsonlLog:
-    """Append-only JSON lines, flushed per line so a killed run keeps its log."""
+    """Append-only JSON lines, flushed per line so a killed run keeps its log; ``None`` writes nothing (the
+    non-zero ranks of a distributed run)."""
 
-    def __init__(self, path: Path) -> None:
-        self.file = open(path, "a", buffering=1)
+    def __init__(self, path: Path | None) -> None:
+        self.file = open(path, "a", buffering=1) if path is not None else None
 
     def write(self, **row: Any) -> None:
-        self.file.write(json.dumps(row) + "\n")
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Data-parallel training under ``torchrun`` (WORLD_SIZE > 1): every rank draws its own batches, gradients are
+    averaged with an all-reduce after each backward (the DDP update, done by hand because the loss is computed by
+    model methods other than ``forward``), and rank 0 alone writes the run directory. gloo on the CPU, nccl on
+    CUDA. A single process is ``Dist()``: rank 0 of 1, nothing distributed."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: str) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def broadcast(self, model: nn.Module) -> None:
+        """Rank 0's weights to every rank (models are built with independent random inits)."""
+        if self.world > 1:
+            for t in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(t.data, 0)
+
+    def average_gradients(self, model: nn.Module) -> None:
+        if self.world <= 1:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def in_sync(self, model: nn.Module) -> bool:
+        """True when every rank holds the same weights (checked at the end of a distributed run)."""
+        if self.world <= 1:
+            return True
+        total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(total) for _ in range(self.world)]
+        torch.distributed.all_gather(gathered, total)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+_DIST = Dist()
+_LAST_MODEL: list[nn.Module] = []  # the model trained last, for the end-of-run sync check
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) every stage of ``cfg.method``; return a summary (steps/s, seconds, final losses)."""
+    global _DIST
     torch.set_num_threads(cfg.num_threads)
+    _DIST = Dist.from_env(cfg.device)
     out = Path(cfg.out)
-    episodes = load_episodes(cfg.data, cfg.rate_hz)
+    episodes = load_episodes(cfg.data, cfg.rate_hz, cfg.method.image_keys, cfg.method.image_size)
     if episodes.task != cfg.task:
         raise DataError(f"{cfg.data}: episodes of task {episodes.task!r}, but training was asked for {cfg.task!r}")
+    missing = [k for k in cfg.method.obs_keys if k not in episodes.features]
+    if missing:
+        raise DataError(f"{cfg.data}: the policy observes {list(cfg.method.obs_keys)}, but the dataset has no "
+                        f"{missing} (have {sorted(episodes.features)}); re-record it or drop them from obs_keys")
     windows = make_windows(episodes, cfg.obs_steps, cfg.horizon)
     run = _run_info(cfg, episodes)
-    state = _open_run(out, cfg, run)
-    log = JsonlLog(out / "log.jsonl")
+    state = _open_run(out, cfg, run) if _DIST.main else {}
+    _DIST.barrier()
+    if not _DIST.main:
+        state = json.loads((out / "state.json").read_text())
+    log = JsonlLog(out / "log.jsonl" if _DIST.main else None)
     log.write(event="start", resume=cfg.resume, windows=len(windows), episodes=len(episodes.lengths),
               data=episodes.source, method=cfg.method.name, unix=time.time())
-    summary: dict[str, Any] = {"windows": len(windows), "episodes": int(len(episodes.lengths))}
+    summary: dict[str, Any] = {"windows": len(windows), "episodes": int(len(episodes.lengths)),
+                               "world_size": _DIST.world}
     try:
         if cfg.method.name == "rdp":
             tokenizer, action_norm, summary["tokenizer"] = _train_tokenizer(cfg, episodes, windows, state, log)
@@ -224,6 +308,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         summary["policy"] = _train_policy(cfg, episodes, windows, target, state, log)
     finally:
         log.close()
+    _DIST.barrier()
+    if _DIST.world > 1:
+        summary["ranks_in_sync"] = _DIST.in_sync(_LAST_MODEL[0])
+    if _DIST.main and not cfg.keep_checkpoints:  # what a shipped run keeps: run.json, log.jsonl, tokenizer/, policy/
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "state.json").unlink(missing_ok=True)
     return summary
 
 
@@ -238,8 +328,19 @@ def _run_info(cfg: TrainConfig, episodes: Episodes) -> dict[str, Any]:
         "tokenizer": dataclasses.asdict(m.tokenizer) if m.tokenizer else None,
         "diffusion": {**dataclasses.asdict(m.diffusion), "down_dims": list(m.diffusion.down_dims)},
         "data": episodes.source, "action_representation": "per arm [x, y, z, r6 (rotation matrix columns 1-2), grip]",
-        "action_frame": m.action_frame,
+        "action_frame": m.action_frame, **_image_info(m, episodes),
     }
+
+
+def _image_info(m: MethodConfig, episodes: Episodes) -> dict[str, Any]:
+    """run.json's image fields, only for image policies (low-dim runs keep their run.json unchanged): what the
+    adapter needs to feed live frames as in training (hold at the camera rate, recorded size, resize)."""
+    if not m.image_keys:
+        return {}
+    (h, w), = {episodes.images[k].shape[1:3] for k in m.image_keys}
+    return {"image_keys": list(m.image_keys), "image_size": m.image_size, "image_shape": [int(h), int(w)],
+            "camera_size": {k: list(episodes.camera_size[k]) for k in m.image_keys},
+            "image_hz": {k: episodes.image_hz[k] for k in m.image_keys}, "encoder": m.encoder}
 
 
 def _open_run(out: Path, cfg: TrainConfig, run: dict[str, Any]) -> dict[str, Any]:
@@ -249,7 +350,7 @@ def _open_run(out: Path, cfg: TrainConfig, run: dict[str, Any]) -> dict[str, Any
         if not state_file.is_file():
             raise FileNotFoundError(f"resume=true but {state_file} does not exist; start without resume")
         old = json.loads((out / "run.json").read_text())
-        diff = [f"{k}: run {old.get(k)!r}, now {run[k]!r}" for k in _RESUME_FIELDS if old.get(k) != run[k]]
+        diff = [f"{k}: run {old.get(k)!r}, now {run.get(k)!r}" for k in _RESUME_FIELDS if old.get(k) != run.get(k)]
         if diff:
             raise ValueError(f"cannot resume {out}: the configuration changed ({'; '.join(diff)})")
         return json.loads(state_file.read_text())
@@ -295,8 +396,8 @@ def _train_tokenizer(
 
     result = _loop(cfg, "tokenizer", m.tokenizer_steps, tokenizer, optimizer, None, loss_fn, save, state, log)
     tokenizer.eval()
-    final = Path(cfg.out) / "tokenizer"
-    save_checkpoint(final, tokenizer, tok_cfg, norm.arrays())
+    if _DIST.main:
+        save_checkpoint(Path(cfg.out) / "tokenizer", tokenizer, tok_cfg, norm.arrays())
     return tokenizer, norm, result
 
 
@@ -325,7 +426,7 @@ def _train_policy(
         target="latent" if latents is not None else "action", horizon=cfg.horizon,
         action_dim=int(episodes.action.shape[-1]), latent_steps=sizes.latent_steps,
         latent_channels=sizes.latent_channels, obs_steps=cfg.obs_steps, lowdim_keys=tuple(m.obs_keys),
-        lowdim_dims=tuple(int(episodes.features[k].shape[-1]) for k in m.obs_keys), image_keys=(), encoder="none",
+        lowdim_dims=tuple(int(episodes.features[k].shape[-1]) for k in m.obs_keys), **_image_config(m, episodes),
         **{**dataclasses.asdict(d), "down_dims": tuple(d.down_dims)},
     )
     policy = DiffusionPolicy(dp_cfg).to(cfg.device)
@@ -349,26 +450,46 @@ def _train_policy(
     generator = torch.Generator()
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = _batch(cfg, episodes, windows, step, stage=1, obs_keys=m.obs_keys, cond_key=None, latents=latents)
+        batch = _batch(cfg, episodes, windows, step, stage=1, obs_keys=m.obs_keys, cond_key=None, latents=latents,
+                       image_keys=m.image_keys)
         generator.manual_seed(cfg.seed * 1_000_003 + step)
         loss = policy.compute_loss({"obs": batch["obs"], target_key: batch["target"]}, generator=generator)
         return loss, {}
 
     result = _loop(cfg, "policy", m.policy_steps, policy, optimizer, ema, loss_fn, save, state, log)
-    ema.model.save(Path(cfg.out) / "policy")
+    if _DIST.main:
+        ema.model.save(Path(cfg.out) / "policy")
     return result
+
+
+def _image_config(m: MethodConfig, episodes: Episodes) -> dict[str, Any]:
+    """The slow policy's image fields: none for low-dim policies, else keys, (H, W) and encoder sizes."""
+    if not m.image_keys:
+        return {"image_keys": (), "encoder": "none"}
+    (h, w), = {episodes.images[k].shape[1:3] for k in m.image_keys}
+    return {"image_keys": tuple(m.image_keys), "image_size": (int(h), int(w)), "encoder": m.encoder,
+            "encoder_width": m.encoder_width, "encoder_stem_stride": m.encoder_stem_stride}
 
 
 def _batch(
     cfg: TrainConfig, episodes: Episodes, windows: Windows, step: int, stage: int, obs_keys: tuple[str, ...],
-    cond_key: str | None, latents: np.ndarray | None = None,
+    cond_key: str | None, latents: np.ndarray | None = None, image_keys: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """A random batch, drawn from a generator seeded by (seed, stage, step): a resumed run sees the same batches."""
-    rng = np.random.default_rng([cfg.seed, stage, step])
+    """A random batch, drawn from a generator seeded by (seed, stage, step): a resumed run sees the same batches.
+    Images go (B, To, H, W, 3) uint8 -> (B, To, 3, H, W) uint8 tensors; the policy scales them to floats."""
+    rng = np.random.default_rng([cfg.seed, stage, step] + ([_DIST.rank] if _DIST.world > 1 else []))
     idx = rng.integers(0, len(windows), size=cfg.batch_size)
-    b = gather(episodes, windows, idx, obs_keys, cond_key, cfg.method.action_frame)
+    b = gather(episodes, windows, idx, obs_keys, cond_key, cfg.method.action_frame, image_keys=image_keys)
     dev = cfg.device
-    out: dict[str, Any] = {"obs": {k: torch.from_numpy(v).to(dev) for k, v in b["obs"].items()},
+    if cfg.method.scene_noise > 0 and "scene" in b["obs"]:
+        # Localisation error: one offset per window (the same at every obs step), so the policy cannot key its
+        # behaviour on the exact scene numbers of one demonstration.
+        scene = b["obs"]["scene"]
+        noise = rng.normal(0.0, cfg.method.scene_noise, (scene.shape[0], 1, scene.shape[-1]))
+        b["obs"]["scene"] = (scene + noise).astype(np.float32)
+    obs = {k: torch.from_numpy(v) for k, v in b["obs"].items()}
+    obs.update({k: obs[k].permute(0, 1, 4, 2, 3) for k in image_keys})
+    out: dict[str, Any] = {"obs": {k: v.to(dev) for k, v in obs.items()},
                            "action": torch.from_numpy(b["action"]).to(dev)}
     if cond_key is not None:
         out["cond"] = torch.from_numpy(b["cond"]).to(dev)
@@ -399,21 +520,24 @@ def _loop(
     start_step, prior_seconds = int(st["step"]), float(st["seconds"])
     m = cfg.method
     model.train()
+    _DIST.broadcast(model)
+    _LAST_MODEL[:] = [model]
     t0 = time.perf_counter()
     loss_sum, loss_n = 0.0, 0
     last: dict[str, float] = {}
     bar = tqdm(range(start_step, total), initial=start_step, total=total, desc=stage, unit="step",
-               file=sys.stderr, disable=not cfg.progress)
+               file=sys.stderr, disable=not cfg.progress or not _DIST.main)
     for step in bar:
         lr = lr_at(step, total, m.lr, m.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(cfg.seed * 7_919 + step)  # the tokenizer's posterior sample
+        torch.manual_seed(cfg.seed * 7_919 + step + 104_729 * _DIST.rank)  # the tokenizer's posterior sample
         loss, extra = loss_fn(step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{stage} loss is {float(loss)} at step {step}; lower lr={m.lr}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _DIST.average_gradients(model)
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if ema is not None:
@@ -445,7 +569,9 @@ def _loop(
 
 def _checkpoint(cfg: TrainConfig, stage: str, step: int, seconds: float, done: bool, save: SaveFn, state: dict) -> None:
     """Write checkpoints/<stage>_<step>/ completely under a temporary name, rename it, then point state.json at it
-    and delete the stage's older checkpoints: a crash at any point leaves a consistent state.json."""
+    and delete the stage's older checkpoints: a crash at any point leaves a consistent state.json. Rank 0 only."""
+    if not _DIST.main:
+        return
     root = Path(cfg.out) / "checkpoints"
     name = f"{stage}_{step:07d}"
     tmp = root / f".{name}.tmp-{uuid.uuid4().hex[:8]}"

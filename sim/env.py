@@ -195,6 +195,7 @@ class ContactRichEnv(gym.Env):
             "marker_offset": gym.spaces.Box(-inf, inf, (p, 7, 9, 2), f32),
             "marker_depth": gym.spaces.Box(0.0, inf, (p, *FINGER_PAD.depth_shape), f32),
             "marker_slip": gym.spaces.Box(-inf, inf, (p, 2), f32),
+            "scene": gym.spaces.Box(-inf, inf, (self.task.scene_dim,), f32),
         }
         if self.cameras:
             s = self.image_size
@@ -270,6 +271,7 @@ class ContactRichEnv(gym.Env):
             "marker_offset": np.array([f.offset for f in self.last_fields], np.float32),
             "marker_depth": np.array([_resize_depth(f.depth) for f in self.last_fields], np.float32),
             "marker_slip": np.array([f.slip for f in self.last_fields], np.float32),
+            "scene": self.task.scene_features(),
         }
         if self.cameras:
             obs["scene_rgb"] = self.render_camera("scene_cam", self.image_size)

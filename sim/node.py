@@ -17,7 +17,8 @@ Published (``bus.transport.Publisher``; A arms, P pads, S image size). Stamps co
 per-topic ``seq`` of the bus header::
 
     state     tcp_pos (A,3) f8 world m; tcp_quat (A,4) f8 [w,x,y,z]; joint_pos, joint_vel (A,7) f8;
-              gripper_width (A,) f8                                           every tick
+              gripper_width (A,) f8; scene (S,) f4 the task's one-shot object localisation at reset
+              (``Task.scene_features``: constant during an episode)           every tick
     tactile   marker_offset (P,7,9,2) f4; marker_depth (P,14,18) f4; marker_slip (P,2) f4; meta pads
               (comma-separated pad names)                                     every tick
     wrench    wrench (A,6) f8, [F, T] in the TCP frame                        every tick
@@ -294,6 +295,7 @@ class RobotNode:
             "joint_pos": np.zeros((a, 7)),
             "joint_vel": np.zeros((a, 7)),
             "gripper_width": np.zeros(a),
+            "scene": np.zeros(space["scene"].shape, np.float32),
         }
         self.tactile = {
             "marker_offset": np.zeros((p, 7, 9, 2), np.float32),
@@ -502,6 +504,7 @@ class RobotNode:
             s["joint_pos"][i] = d.qpos[arm.qpos]
             s["joint_vel"][i] = d.qvel[arm.dof]
             s["gripper_width"][i] = d.qpos[arm.finger_qpos].sum()
+        s["scene"][:] = env.task.scene_features()
         t = self.tactile
         for k, f in enumerate(env.last_fields):
             t["marker_offset"][k] = f.offset

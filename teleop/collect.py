@@ -315,7 +315,7 @@ class Child:
             return self.log_path.read_text()[-n:]
         return ""
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -372,7 +372,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         for k in range(cfg.episodes):
             seed = cfg.seed + k
             control.publish("reset", meta={"seed": seed})
-            recorder.expect("begin", 10.0)
+            recorder.expect("begin", cfg.start_timeout_s)
             t0 = time.monotonic()
             try:
                 row = recorder.expect("commit", cfg.episode_timeout_s)

@@ -36,6 +36,9 @@ No pickle anywhere: every load uses ``allow_pickle=False`` and object dtypes are
 
 ``build`` turns the mixed-rate episodes into training arrays on one clock (zero-order hold, no look-ahead):
 ``OUT/episode_XXXXXX.npz`` with ``timestamp`` (N,) and one (N, ...) array per stream, plus ``OUT/dataset.json``.
+Camera streams (``is_image_stream``: uint8 (H, W, C)) may be slower than the clock -- each step then repeats the
+latest frame at or before it, as a live policy would see it -- and are listed with their native rates under
+``held_streams``; a low-dim stream more than 2x slower than the clock is refused as mis-rated.
 """
 
 from __future__ import annotations
@@ -465,6 +468,17 @@ def _salvage(root: Path, work: Path) -> SalvageReport:
 # ----------------------------------------------------------------------------------------------- build
 
 
+def is_image_stream(stream: Mapping[str, Any]) -> bool:
+    """A camera stream (its ``meta.json`` entry): uint8 values of shape (H, W, C), C in 1, 3, 4. Cameras run slower
+    than the control loop by design (10-30 Hz beside 50+ Hz), so ``build`` holds their frames instead of refusing."""
+    shape = list(stream.get("shape", []))
+    try:
+        uint8 = np.dtype(stream.get("dtype")) == np.uint8
+    except TypeError:
+        return False
+    return uint8 and len(shape) == 3 and shape[-1] in (1, 3, 4)
+
+
 def common_clock(
     times: Mapping[str, np.ndarray], rate_hz: float, where: str
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -496,8 +510,11 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
     by one rename, so a refusal or a crash leaves no partial training set.
 
     Refuses (``DatasetError``): no committed episodes; episodes with different streams (choose ``streams``);
-    a stream whose native rate is below ``rate_hz / 2`` (mis-rated: most steps would repeat a stale value);
-    an episode whose common span is zero; ``out`` already existing.
+    a low-dim stream whose native rate is below ``rate_hz / 2`` (mis-rated: most steps would repeat a stale
+    value); an episode whose common span is zero; ``out`` already existing. Image streams (``is_image_stream``)
+    are exempt from the rate check: a 10 Hz camera at a 25 Hz clock repeats each frame for 2-3 steps, exactly
+    what a live policy sees between frames; the summary lists them with their native rate (first episode) under
+    ``held_streams``.
     """
     root, out = Path(root), Path(out)
     if not (rate_hz > 0 and math.isfinite(rate_hz)):
@@ -514,6 +531,7 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
     if not names:
         raise DatasetError(f"{episodes[0]}: episode of zero length (no streams)")
     plans = []
+    held: dict[str, float] = {}  # image stream -> native rate (Hz), measured on the first episode that has one
     for ep, meta in zip(episodes, metas, strict=True):
         missing = [n for n in names if n not in meta["streams"]]
         if missing:
@@ -526,6 +544,10 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
         times = {n: load_times(ep, n, meta) for n in names}
         for n, t in times.items():
             native = measured_rate_hz(t)
+            if is_image_stream(meta["streams"][n]):
+                if native is not None and n not in held:
+                    held[n] = native
+                continue
             if native is not None and native < rate_hz / 2:
                 raise DatasetError(
                     f"{ep.name}: stream {n!r} is mis-rated: native {native:.3g} Hz is more than 2x below the"
@@ -556,6 +578,7 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
             "source": str(root.resolve()),
             "streams": {n: {"dtype": metas[0]["streams"][n]["dtype"], "shape": metas[0]["streams"][n]["shape"]}
                         for n in names},
+            "held_streams": {n: r for n, r in sorted(held.items()) if r < rate_hz},
             "episodes": entries,
             "num_steps": sum(e["num_steps"] for e in entries),
         }

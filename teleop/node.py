@@ -332,6 +332,7 @@ class TeleopNode:
         self.sim_time = 0.0
         self.latency_ms: list[float] = []
         self._state: Message | None = None
+        self._tick_dt = math.inf  # robot tick in sim time, once two consecutive states were seen
         self._need_hold = True  # the next state re-initialises every arm's hold target
         self._active = False  # some arm was engaged in this episode: commands may go out
         self._last_op_rx = -math.inf
@@ -454,10 +455,12 @@ class TeleopNode:
                     self.web.send_images(msg.arrays)
 
     def _on_state(self, msg: Message) -> None:
-        self._state = msg
         sim_time = msg.meta.get("sim_time")
         if isinstance(sim_time, float):
+            if self._state is not None and 0.0 < sim_time - self.sim_time < 0.1:
+                self._tick_dt = sim_time - self.sim_time  # the robot's tick in sim time (consecutive states)
             self.sim_time = sim_time
+        self._state = msg
         n = msg.arrays["tcp_pos"].shape[0]
         if len(self.arms) != n:
             self.arms = [ArmTeleop(self.cfg.mapping) for _ in range(n)]
@@ -548,7 +551,10 @@ class TeleopNode:
                 del self.latency_ms[:50000]
         sim_time = self.sim_time
         if self._state is not None:
-            sim_time += max(0.0, now - self._state.stamp)
+            # The robot applies the command at its next tick. On time, that is the wall time since its newest
+            # state; a robot that published nothing for longer was not running (a loaded machine) and skips the
+            # ticks it missed, so its next tick is one tick of sim time on, not the wall time that passed.
+            sim_time += min(max(0.0, now - self._state.stamp), self._tick_dt)
         self.feedback.publish(
             "command", {"target": target},
             {"episode": self.episode, "sim_time": round(sim_time, 6), "keepalive": keepalive,

@@ -7,7 +7,8 @@ episode is written by :class:`teleop.recorder.EpisodeRecorder` at native rates, 
 
 * every control step (50 Hz): ``tcp_pos`` (A, 3), ``tcp_quat`` (A, 4), ``joint_pos`` (A, 7), ``gripper_width``
   (A,), ``wrench`` (A, 6), ``marker_offset`` (P, 7, 9, 2), ``tactile_emb`` (P, 15) -- the PCA embedding of each
-  pad -- and ``action`` (7 A,): the expert's command computed from the observation of the same step;
+  pad -- ``scene`` (the task's one-shot object localisation at reset, ``Task.scene_features``) and
+  ``action`` (7 A,): the expert's command computed from the observation of the same step;
 * with ``cameras=true``, ``scene_rgb`` / ``wrist_rgb`` (96, 96, 3) uint8 at 10 Hz.
 
 Timestamps are the simulation clock rounded to 1 us: MuJoCo accumulates ``time`` in 2 ms physics steps, so the raw
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from teleop.recorder import EpisodeMeta, EpisodeRecorder
 
-LOWDIM_STREAMS = ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width", "wrench", "marker_offset")
+LOWDIM_STREAMS = ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width", "wrench", "marker_offset", "scene")
 CAMERA_HZ = 10.0
 TIME_DECIMALS = 6  # timestamps rounded to 1 us, see the module docstring
 
@@ -99,7 +100,9 @@ def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
                 if terminated or truncated or (cfg.max_steps is not None and steps >= cfg.max_steps):
                     break
             # The meta written at begin() cannot change, so the outcome goes in `success` (and the summary).
-            path = recorder.commit(success=bool(info["success"]))
+            # An episode cut at max_steps before the task ended has no outcome (None), not a failure.
+            cut = not (terminated or truncated)
+            path = recorder.commit(success=None if cut and not info["success"] else bool(info["success"]))
             rows.append({"episode": path.name, "seed": seed, "steps": steps, "success": bool(info["success"]),
                          "perturbation": info["perturbation"], "perturbation_time": info["perturbation_time"]})
             bar.set_postfix(ok=f"{sum(r['success'] for r in rows)}/{len(rows)}")

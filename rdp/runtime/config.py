@@ -17,7 +17,7 @@ HOLDS = ("pose", "silence")
 
 @dataclass
 class SlowConfig:
-    replan_every: int = 16
+    replan_every: int = 8
     num_inference_steps: int | None = None
     handover_steps: int = 0
     heartbeat_hz: float = 10.0
@@ -61,7 +61,7 @@ class SecureConfig:
 class RuntimeConfig:
     """One run of the slow-fast stack; see ``configs/runtime/default.yaml`` for what each key means."""
 
-    checkpoint: str
+    checkpoint: str | None = None  # None: the shipped checkpoints/<task>/rdp
     task: str = "wipe"
     mode: str = "realtime"
     episodes: int = 1
@@ -78,6 +78,10 @@ class RuntimeConfig:
     secure: SecureConfig = field(default_factory=SecureConfig)
 
     def __post_init__(self) -> None:
+        if self.checkpoint is None:
+            from rdp.inference import shipped_run
+
+            self.checkpoint = str(shipped_run(self.task, "rdp"))
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
         if self.fast.hold not in HOLDS:

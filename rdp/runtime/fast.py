@@ -48,6 +48,7 @@ from rdp.runtime.timing import Every, Trace, Window, emit
 
 log = logging.getLogger("rdp.runtime.fast")
 ROBOT_TOPICS = ("state", "tactile", "wrench")
+START_CONFIRM_S = 1.0  # first wait for the slow node's confirmation of an episode (see FastNode._start_episode)
 
 
 class Stopped(Exception):
@@ -72,24 +73,43 @@ class RealtimeLink:
         self.events = Subscriber(a.robot_pub, topics=("episode",))
         self.cmd = Publisher(a.robot_cmd, bind=False, copy=True)
         self.done: dict[str, Any] | None = None
+        self.episode = -1  # the robot's newest episode known here
+        self._pub_address = a.robot_pub
         self._seed = None
 
     def connect(self, timeout: float) -> None:
+        """The robot hears our commands, and we know its current episode (from its status): a reset event it
+        published before ours (its start-up reset, with the same seed) is then never taken for ours."""
+        end = time.monotonic() + timeout
         if not self.cmd.wait_for_subscriber("cmd", timeout=timeout):
             raise TimeoutError(f"the robot node's command socket {self.cmd.address} never subscribed")
+        with Subscriber(self._pub_address, topics=("status",)) as status:
+            while (left := end - time.monotonic()) > 0:
+                msg = status.recv(timeout=left)
+                if msg is not None and type(msg.meta.get("episode")) is int:
+                    self.episode = msg.meta["episode"]
+                    return
+        raise TimeoutError(f"no status message from the robot node at {self._pub_address} within {timeout} s")
 
     def reset(self, seed: int, timeout: float) -> int | None:
-        """Ask for a new episode; its number once the robot's reset event arrived, None on timeout."""
+        """Ask for a new episode; its number once the robot's reset event arrived, None on timeout.
+
+        Sent once: a second request before the robot answered the first would reset it again under a running
+        episode. The robot's episode numbers only grow, so an older reset event is never taken for this one."""
         self.done, self._seed = None, seed
         self.cmd.publish("reset", meta={"seed": seed})
         end = time.monotonic() + timeout
         while (left := end - time.monotonic()) > 0:
             msg = self.events.recv(timeout=left)
-            if msg is not None and msg.meta.get("event") == "reset" and msg.meta.get("seed") == seed:
+            if msg is None or msg.meta.get("event") != "reset" or msg.meta.get("seed") != seed:
+                continue
+            episode = msg.meta.get("episode")
+            if type(episode) is int and episode > self.episode:
+                self.episode = episode
                 self.obs.drain()
                 self.obs.latest.clear()  # observations of the old episode
                 self.rate.reset()
-                return int(msg.meta["episode"])
+                return episode
         return None
 
     def observe(self) -> None:
@@ -133,8 +153,12 @@ class LockstepLink:
                 time.sleep(0.01)
 
     def reset(self, seed: int, timeout: float) -> int | None:
+        """The robot's new episode number; None when it did not answer within ``timeout``."""
         self.done, self.pending = None, None
-        reply = self.client.request("reset", meta={"seed": seed}, timeout=timeout)
+        try:
+            reply = self.client.request("reset", meta={"seed": seed}, timeout=timeout)
+        except TimeoutError:
+            return None
         self.obs.drain()
         self.obs.latest.clear()
         return int(reply.meta["episode"])
@@ -237,9 +261,13 @@ class FastNode:
             self._start_episode(seed)
             ep_counts = Counter(self.counts)
             t0 = time.monotonic()
+            # max_episode_s counts from when the policy takes over: in realtime the robot's clock ran while the
+            # slow node confirmed the episode (long, on a loaded machine); in lockstep this is 0.
+            self.link.obs.drain()
+            start_sim = self._sim_time()
             while not self._stop and self.link.done is None:
                 self._iteration()
-                if self.cfg.max_episode_s is not None and self._sim_time() >= self.cfg.max_episode_s:
+                if self.cfg.max_episode_s is not None and self._sim_time() - start_sim >= self.cfg.max_episode_s:
                     break
                 if stats():
                     emit(self.stats("stats"))
@@ -250,7 +278,8 @@ class FastNode:
                 "success": bool(done.get("success")) if done else False,
                 "score": done.get("score") if done else None,
                 "perturbation": done.get("perturbation") if done else None,
-                "sim_time": round(self._sim_time(), 4), "wall_s": round(time.monotonic() - t0, 3),
+                "sim_time": round(self._sim_time(), 4), "start_sim_time": round(start_sim, 4),
+                "wall_s": round(time.monotonic() - t0, 3),
                 **{key: self.counts[key] - ep_counts[key] for key in ("chunks", "skipped", "exhausted", "slow_late")},
             }
             emit(record)
@@ -258,20 +287,30 @@ class FastNode:
         return results
 
     def _start_episode(self, seed: int) -> None:
-        """Reset the robot and wait until the slow node has seen the new episode (retrying the reset)."""
+        """Reset the robot and wait until the slow node has seen the new episode, resetting again while it has not.
+
+        The slow node may not be subscribed yet when the first reset event goes out (and a lockstep robot sends
+        no status to catch up from until it is ticked), so a reset is repeated, but only after the robot
+        answered the previous one: two resets in flight would reset it again under a running episode. The wait
+        before the next reset doubles each time, so a loaded machine that answers late still gets to start.
+        """
         self._reset_episode_state()
-        end = time.monotonic() + self.cfg.fast.start_timeout_s
+        timeout = self.cfg.fast.start_timeout_s
+        end = time.monotonic() + timeout
+        wait = START_CONFIRM_S
         while not self._stop:
-            episode = self.link.reset(seed, timeout=1.0)
-            if episode is not None:
-                self.episode = episode
-                if self._await_slow(lambda ep=episode: self.slow_episode >= ep, timeout=1.0):
-                    return
-            if time.monotonic() > end:
-                log.warning("no slow node confirmed episode %s within %.0f s; running without one", episode,
-                            self.cfg.fast.start_timeout_s)
+            episode = self.link.reset(seed, timeout=max(0.0, end - time.monotonic()))
+            if episode is None:
+                raise TimeoutError(f"the robot node did not start an episode within {timeout:.0f} s of the reset")
+            self.episode = episode
+            if self._await_slow(lambda ep=episode: self.slow_episode >= ep, min(wait, end - time.monotonic())):
+                return
+            if time.monotonic() >= end:
+                log.warning("no slow node confirmed episode %s within %.0f s; running without one", episode, timeout)
                 self.counts["start_without_slow"] += 1
                 return
+            self.counts["start_resets"] += 1
+            wait *= 2
         raise Stopped
 
     # ------------------------------------------------------------------------------------ one iteration
@@ -416,7 +455,7 @@ class FastNode:
 
     def stats(self, event: str) -> dict[str, Any]:
         out: dict[str, Any] = {"event": event, "node": "fast", "mode": self.cfg.mode, "episode": self.episode,
-                               "step": self.step, "holding": self.holding,
+                               "step": self.step, "sim_time": round(self._sim_time(), 4), "holding": self.holding,
                                "step_ms": self.step_time.summary(1e3), "rejects": self.rejects(),
                                **{k: v for k, v in self.counts.items() if k != "rej_schema"}}
         if self.link.rate is not None:

@@ -109,8 +109,18 @@ class Child:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, wait, SIGKILL if it does not go; reaps the process and closes its pipes. Returns the exit code."""
+    def stop(self, timeout: float = 10.0, grace: float = 0.0) -> int:
+        """SIGTERM, wait, SIGKILL if it does not go; reaps the process and closes its pipes. Returns the exit code.
+
+        ``grace``: seconds to let a child that is already ending (it printed its exit record) finish on its own
+        first. Python restores the default SIGTERM action while it shuts down, so a SIGTERM that lands then
+        kills the child (exit code -15) although it finished cleanly.
+        """
+        if grace > 0:
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
         try:

@@ -109,6 +109,13 @@ class Task:
     def start_pose(self, arm: ArmSetup) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    scene_dim: int = 6
+
+    def scene_features(self) -> np.ndarray:
+        """(scene_dim,) what a one-shot object localisation reports at the start of the episode (the ``scene``
+        observation): fixed for the episode, so perturbations after the start must be felt, not seen."""
+        raise NotImplementedError
+
     def before_physics(self, env: ContactRichEnv) -> None:
         """Called every physics step: apply the scheduled perturbation."""
 

@@ -111,6 +111,10 @@ class LiftTask(Task):
         self.forces = np.zeros(2)
         self.schedule(rng, perturb, (3.5, 5.5), self._make_perturbation)
 
+    def scene_features(self) -> np.ndarray:
+        """The box's centre and half-size at reset (6,)."""
+        return np.concatenate([self.nominal["centre"], self.nominal["half"]]).astype(np.float32)
+
     def start_pose(self, arm: ArmSetup) -> tuple[np.ndarray, np.ndarray]:
         side = -1.0 if arm.prefix == "left/" else 1.0
         c, h = self.nominal["centre"], self.nominal["half"]

@@ -128,6 +128,11 @@ class SurfaceTask(Task):
         n0 = self.nominal["normals"][0]
         return p0 + n0 * self.hover, frame_from_z_and_x(-n0, self.nominal["x_hint"])
 
+    def scene_features(self) -> np.ndarray:
+        """Start and end points of the nominal tool path on the surface as it was at reset (6,)."""
+        pts = self.nominal["points"]
+        return np.concatenate([pts[0], pts[-1]]).astype(np.float32)
+
     def publish_path(self, points: np.ndarray, normals: np.ndarray, tangents: np.ndarray, **extra) -> None:
         self.nominal = {
             "points": points,

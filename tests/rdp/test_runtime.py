@@ -21,6 +21,7 @@ from bus.transport import Publisher, Subscriber
 from rdp.runtime.process import ROOT, Child, robot_node_args
 
 TIMEOUT = 60.0
+LAUNCH_TIMEOUT = 240  # one rdp.run (a few seconds idle; minutes on a loaded 2-core machine: five processes)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +67,10 @@ def _fresh_stats(child: Child) -> dict:
     """A stats record printed after this call (older queued lines are skipped)."""
     while not child.lines.empty():
         child.lines.get_nowait()
-    return child.next_event("stats", timeout=5.0)
+    return child.next_event("stats", timeout=60.0)
 
 
-def _fast_stats_until(fast: Child, predicate, timeout: float = 20.0) -> dict:
+def _fast_stats_until(fast: Child, predicate, timeout: float = 120.0) -> dict:
     end = time.monotonic() + timeout
     last = None
     while time.monotonic() < end:
@@ -79,18 +80,37 @@ def _fast_stats_until(fast: Child, predicate, timeout: float = 20.0) -> dict:
     raise AssertionError(f"fast node stats never satisfied the condition; last {last}")
 
 
+def _states_until(sub: Subscriber, stamp: float) -> list[Message]:
+    """The queued robot state messages up to the first one stamped after ``stamp``."""
+    out: list[Message] = []
+    while not out or out[-1].stamp <= stamp:
+        msg = sub.recv(timeout=10.0)
+        assert msg is not None, "the robot node stopped publishing states"
+        out.append(msg)
+    return out
+
+
+def _tick_gap_before(states: list[Message], stamp: float) -> float:
+    """Upper bound (s) on the robot node's tick interval that ended at ``stamp`` (from the state published two
+    ticks earlier): a watchdog hold comes at the first node tick after the limit, so its command age is at most
+    limit + this gap."""
+    before = [m.stamp for m in states if m.stamp <= stamp]
+    assert len(before) >= 2, "no robot states before the hold"
+    return stamp - before[-2]
+
+
 # ----------------------------------------------------------------------------------------------- lockstep
 
 
 def _launch(run: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "rdp.run", *_runtime_args(run, "mode=lockstep", "max_episode_s=0.6",
                                                            f"out={out}", "robot.camera_hz=25")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(2 * LAUNCH_TIMEOUT + 60)
 def test_lockstep_launcher_run_is_deterministic(tiny_run: Path, tmp_path: Path) -> None:
     a = _launch(tiny_run, tmp_path / "a")
     b = _launch(tiny_run, tmp_path / "b")
@@ -108,7 +128,7 @@ def test_lockstep_launcher_run_is_deterministic(tiny_run: Path, tmp_path: Path) 
 # ----------------------------------------------------------------------------------------------- faults
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_kill9_slow_node_fast_finishes_chunk_then_holds_and_picks_up_a_restart(tiny_run: Path, tmp_path: Path
                                                                                ) -> None:
     with _children(tmp_path) as children:
@@ -116,14 +136,16 @@ def test_kill9_slow_node_fast_finishes_chunk_then_holds_and_picks_up_a_restart(t
         fast = children["fast"]
         with Subscriber(stack["robot"]["pub"], topics=("state",), conflate=True) as states, \
                 Subscriber(stack["robot"]["pub"], topics=("status",)) as status:
-            before = _fast_stats_until(fast, lambda s: s.get("chunks", 0) >= 3 and not s["holding"])
+            _fast_stats_until(fast, lambda s: s.get("chunks", 0) >= 3 and not s["holding"])
+            before = _fresh_stats(fast)  # the newest record before the kill, not one queued while we waited
+            assert not before["holding"], before
             children["slow"].kill9()
-            killed = time.monotonic()
             held = _fast_stats_until(fast, lambda s: s["holding"])
-            waited = time.monotonic() - killed
+            # Simulated time, not wall time: a loaded machine runs the robot node slower than real time.
+            ran = held["sim_time"] - before["sim_time"]
             # It kept executing: at most one chunk (16 steps of 40 ms at 25 Hz) plus the stats period after the kill.
             assert held["exhausted"] >= 1 and held["chunks"] == _fast_stats_until(fast, lambda s: True)["chunks"]
-            assert 0.05 < waited < 16 * 0.04 + 0.5, waited
+            assert 0.05 < ran < 16 * 0.04 + 0.5, (before, held)
             assert held["episode"] == before["episode"], "the episode must not end during the test"
             # Held: the commanded pose does not move; the robot stays inside the workspace and the force limit.
             time.sleep(0.3)
@@ -142,28 +164,34 @@ def test_kill9_slow_node_fast_finishes_chunk_then_holds_and_picks_up_a_restart(t
             assert after["episode"] == before["episode"] and fast.alive()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_kill9_fast_node_robot_watchdog_holds_within_100ms(tiny_run: Path, tmp_path: Path) -> None:
     with _children(tmp_path) as children:
         stack = _start_stack(children, tmp_path, tiny_run)
-        with Subscriber(stack["robot"]["pub"], topics=("watchdog",)) as events:
+        with Subscriber(stack["robot"]["pub"], topics=("watchdog",)) as events, \
+                Subscriber(stack["robot"]["pub"], topics=("state",), hwm=100_000) as states:
             _fast_stats_until(children["fast"], lambda s: s.get("chunks", 0) >= 2 and not s["holding"])
-            while events.recv(timeout=0.2) is not None:  # older hold changes (the start of the episode)
-                pass
+            event = None  # the robot's hold state as its events tell it: the engaging event, or None
+            while (msg := events.recv(timeout=0.2)) is not None:  # older hold changes (the start of the episode)
+                event = msg if msg.meta["engaged"] else None
             children["fast"].kill9()
             killed = time.monotonic()
-            end = killed + 5.0
-            event = None
+            # The hold that lasts: a fast node starved by a loaded machine may have tripped (and released) the
+            # watchdog just before the kill, so follow the changes until they stop.
+            end = killed + 10.0
             while time.monotonic() < end:
                 msg = events.recv(timeout=0.5)
-                if msg is not None and msg.meta["engaged"]:
-                    event = msg
+                if msg is None and event is not None:
                     break
+                if msg is not None:
+                    event = msg if msg.meta["engaged"] else None
             assert event is not None, "the robot node's watchdog never engaged after kill -9 of the fast node"
-            seen_ms = (time.monotonic() - killed) * 1e3
             assert event.meta["reason"] == "watchdog"
-            assert event.meta["cmd_age_ms"] <= 100.0, event.meta  # robot clock: last command -> hold
-            assert seen_ms < 250.0
+            # Robot clock (this machine's monotonic clock in realtime): last command -> hold within 100 ms, or
+            # the first node tick after the 50 ms limit when the OS did not run the node for longer than that.
+            gap_ms = _tick_gap_before(_states_until(states, event.stamp), event.stamp) * 1e3
+            assert event.meta["cmd_age_ms"] <= 50.0 + max(gap_ms, 50.0), (event.meta, gap_ms)
+            assert (event.stamp - killed) * 1e3 < 200.0 + max(gap_ms, 50.0), (event.stamp - killed, gap_ms)
             assert children["robot"].alive() and children["slow"].alive()
 
 
@@ -182,7 +210,7 @@ def _observation(seq: int, sim_time: float, bad_tactile: bool = False) -> list[M
     ]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_garbage_on_every_socket_is_counted_and_survived(tiny_run: Path, tmp_path: Path) -> None:
     """A fake robot node (this test) feeds both nodes good observations mixed with garbage; a rogue publisher feeds
     the fast node's chunk socket garbage. Everything bad is counted; the nodes keep planning and commanding."""
@@ -207,6 +235,8 @@ def test_garbage_on_every_socket_is_counted_and_survived(tiny_run: Path, tmp_pat
             elif msg is not None and msg.topic == "cmd":
                 commands += 1
             tick += 1
+            if tick % 25 == 1:  # status at 10 Hz, as sim.node sends it (the fast node learns the episode from it)
+                robot_pub.publish("status", meta={"episode": episode, "held": False, "sim_time": tick * 0.004})
             garbage = tick % 50 == 0  # on a step boundary (10 ticks of 4 ms = one 40 ms step)
             for m in _observation(seq, tick * 0.004, bad_tactile=garbage):
                 raw_robot.send_multipart(encode(m), copy=False)
@@ -236,7 +266,7 @@ def test_garbage_on_every_socket_is_counted_and_survived(tiny_run: Path, tmp_pat
         assert all(c.alive() for c in children.values())
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(LAUNCH_TIMEOUT + 60)
 def test_remote_slow_node_over_curve_from_a_second_loopback_address(tiny_run: Path, tmp_path: Path) -> None:
     """The slow node connects from 127.0.0.2 through the CURVE relay and chunk socket (key + IP allow-list)."""
     from rdp.runtime.curve import generate_keys
@@ -245,7 +275,7 @@ def test_remote_slow_node_over_curve_from_a_second_loopback_address(tiny_run: Pa
     cmd = [sys.executable, "-m", "rdp.run", *_runtime_args(
         tiny_run, "max_episode_s=1.0", "perturb=false", "video=false", "robot.cameras=false", f"out={tmp_path / 'o'}",
         "secure.enabled=true", f"secure.keys={keys}", "secure.slow_source=127.0.0.2", "secure.allow=[127.0.0.2]")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["exit_codes"] == {"fast": 0, "slow": 0, "relay": 0, "robot": 0}

@@ -221,3 +221,30 @@ def test_hydra_configs_compose_into_typed_train_configs(tmp_path: Path) -> None:
             assert typed.method.name == name and typed.task == "wipe" and typed.rate_hz == 25.0
             assert (typed.method.tokenizer is not None) == (name == "rdp")
             assert ("tactile" in typed.method.obs_keys) == (name == "rdp")
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+
+
+@pytest.mark.timeout(240)
+def test_torchrun_two_gloo_ranks_train_in_sync(demos: Path, tmp_path: Path) -> None:
+    """Data-parallel training as on a multi-GPU node, on the CPU: torchrun, 2 processes, gloo."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "rdp.train", "task=wipe", "policy=rdp", f"data={demos}", f"out={out}", "progress=false",
+           "horizon=16", "batch_size=8", "policy.train.tokenizer_steps=3", "policy.train.policy_steps=3",
+           "policy.train.warmup_steps=1", "policy.train.diffusion.down_dims=[16,32]",
+           "policy.train.tokenizer.encoder_hidden=8", "policy.train.tokenizer.decoder_hidden=8"]
+    proc = subprocess.run(cmd, cwd=CONFIGS.parent, capture_output=True, text=True, timeout=230,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 2  # one per rank
+    for s in summaries:
+        assert s["world_size"] == 2 and s["ranks_in_sync"] is True
+    assert (out / "policy" / "model.safetensors").is_file() and (out / "tokenizer" / "model.safetensors").is_file()
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(1 for r in logged if r.get("event") == "start") == 1  # rank 0 alone writes the run directory

@@ -1,0 +1,96 @@
+"""The sim adapter's chunk bookkeeping: relative actions, simulated latency and latency matching."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from rdp.data import ACTION_DIM, cond_features, cond_parts, env_to_policy_action, shift_positions
+from rdp.inference import DPSimPolicy
+
+HORIZON = 16
+
+
+class _CountingSlow:
+    """A stand-in slow policy: chunk entry i has x = 10 * plan + i, so every executed action names its source."""
+
+    def __init__(self) -> None:
+        self.plans = 0
+        self.cfg = SimpleNamespace(target_shape=(HORIZON, ACTION_DIM))
+
+    def eval(self) -> _CountingSlow:
+        return self
+
+    def predict(self, obs, generator=None, num_inference_steps=None) -> torch.Tensor:
+        base = env_to_policy_action(np.array([0.0, 0.0, 0.0, np.pi, 0.0, 0.0, 0.04]))
+        chunk = np.tile(base, (HORIZON, 1)).astype(np.float32)
+        chunk[:, 0] = 10.0 * self.plans + np.arange(HORIZON)
+        self.plans += 1
+        return torch.from_numpy(chunk)[None]
+
+
+def _run(frame: str = "absolute") -> dict:
+    return {"horizon": HORIZON, "rate_hz": 25.0, "obs_steps": 2, "obs_keys": ["proprio"], "num_arms": 1,
+            "num_pads": 3, "tactile_embedding": "default", "action_frame": frame, "action_dim": ACTION_DIM}
+
+
+def _obs(x: float = 0.0) -> dict[str, np.ndarray]:
+    return {"tcp_pos": np.array([[x, 0.1, 0.2]]), "tcp_quat": np.array([[0.0, 1.0, 0.0, 0.0]]),
+            "gripper_width": np.array([0.04]), "wrench": np.zeros((1, 6)),
+            "marker_offset": np.zeros((3, 7, 9, 2), np.float32)}
+
+
+def _drive(policy: DPSimPolicy, steps: int, obs=None) -> list[float]:
+    env = SimpleNamespace(control_hz=25.0, arms=[0], pads=[0, 1, 2])
+    policy.reset(env)
+    return [float(policy.act(obs or _obs())[0]) for _ in range(steps)]
+
+
+def test_no_latency_executes_each_chunk_from_its_first_entry() -> None:
+    xs = _drive(DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None), 9)
+    assert xs == [0, 1, 2, 3, 10, 11, 12, 13, 20]
+
+
+def test_latency_matching_skips_the_entries_whose_time_passed() -> None:
+    p = DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None, latency_steps=2)
+    # Plan 0 is waited for; plan 1 (made at step 4) arrives at step 6 and starts at its entry 2.
+    assert _drive(p, 11) == [0, 1, 2, 3, 4, 5, 12, 13, 14, 15, 22]
+
+
+def test_without_latency_matching_stale_entries_run() -> None:
+    p = DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None, latency_steps=2,
+                    latency_matching=False)
+    assert _drive(p, 11) == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 20]
+
+
+def test_latency_must_leave_the_chunk_long_enough() -> None:
+    with pytest.raises(ValueError, match="replan_every \\+ latency_steps <= horizon"):
+        DPSimPolicy(_run(), _CountingSlow(), replan_every=12, num_inference_steps=None, latency_steps=5)
+
+
+def test_relative_chunks_are_offsets_from_the_planning_pose() -> None:
+    xs = _drive(DPSimPolicy(_run("relative"), _CountingSlow(), replan_every=4, num_inference_steps=None), 5,
+                obs=_obs(x=0.5))
+    assert xs == pytest.approx([0.5, 1.5, 2.5, 3.5, 10.5])
+
+
+def test_shift_positions_round_trip_and_only_moves_positions() -> None:
+    rng = np.random.default_rng(0)
+    action = rng.normal(size=(3, 5, 2 * ACTION_DIM)).astype(np.float32)
+    anchor = rng.normal(size=(3, 2 * ACTION_DIM)).astype(np.float32)
+    rel = shift_positions(action, anchor, -1.0)
+    np.testing.assert_allclose(shift_positions(rel, anchor, +1.0), action, atol=1e-6)
+    moved = np.abs(rel - action).reshape(3, 5, 2, ACTION_DIM).max(axis=(0, 1, 2)) > 0
+    assert moved.tolist() == [True] * 3 + [False] * (ACTION_DIM - 3)
+
+
+def test_cond_features_tcp_rel_and_unknown_parts() -> None:
+    feats = {"proprio": np.array([[1.0, 2.0, 3.0] + [0.0] * 7]), "tactile": np.ones((1, 45))}
+    anchor = np.array([0.5, 0.5, 0.5] + [0.0] * 7)
+    cond = cond_features(feats, anchor, "tactile+tcp_rel")
+    assert cond.shape == (1, 48) and cond[0, -3:].tolist() == [0.5, 1.5, 2.5]
+    with pytest.raises(ValueError, match="parts must be"):
+        cond_parts("tactile+force")
