@@ -198,6 +198,12 @@ def test_browser_page_drives_the_robot_and_shows_touch(tmp_path):
             wait_for(dt, f"teleop.feedback.sim_time >= {sim_time + 0.15}")
         fb = feedback(dt)
         assert np.linalg.norm(fb["wrench"][0][:3]) > 3.0, fb["wrench"]
+        # Then press 6 mm further (~7 N more through the impedance), so the touch the page draws below does not
+        # depend on where in the last 12 mm step the surface happened to be.
+        hand_z = dt.eval("teleop.hands[0].pos[2]")
+        dt.hold_until("f", f"teleop.hands[0].pos[2] <= {hand_z - 0.006}")
+        sim_time = dt.eval("teleop.feedback.sim_time")
+        wait_for(dt, f"teleop.feedback.sim_time >= {sim_time + 0.15}")
         wait_for(dt, "teleop.drawn.markerArrows > 5 && teleop.drawn.forceArrows >= 1")
         state = json.loads(dt.eval("JSON.stringify({sent: teleop.sent, errors: teleop.errors, drawn: teleop.drawn})"))
         assert state["sent"] > 20 and state["errors"] == []
