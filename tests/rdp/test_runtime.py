@@ -171,27 +171,31 @@ def test_kill9_fast_node_robot_watchdog_holds_within_100ms(tiny_run: Path, tmp_p
         with Subscriber(stack["robot"]["pub"], topics=("watchdog",)) as events, \
                 Subscriber(stack["robot"]["pub"], topics=("state",), hwm=100_000) as states:
             _fast_stats_until(children["fast"], lambda s: s.get("chunks", 0) >= 2 and not s["holding"])
-            event = None  # the robot's hold state as its events tell it: the engaging event, or None
+            held: list[Message] = []  # the engaging events of the robot's current hold (reasons may change)
             while (msg := events.recv(timeout=0.2)) is not None:  # older hold changes (the start of the episode)
-                event = msg if msg.meta["engaged"] else None
+                held = [*held, msg] if msg.meta["engaged"] else []
             children["fast"].kill9()
             killed = time.monotonic()
             # The hold that lasts: a fast node starved by a loaded machine may have tripped (and released) the
-            # watchdog just before the kill, so follow the changes until they stop.
+            # watchdog just before the kill, and the meaningless tiny policy may press into the force limit, whose
+            # hold turns into a watchdog hold when the force drops; so follow the changes until they stop.
             end = killed + 10.0
             while time.monotonic() < end:
                 msg = events.recv(timeout=0.5)
-                if msg is None and event is not None:
+                if msg is None and held:
                     break
                 if msg is not None:
-                    event = msg if msg.meta["engaged"] else None
-            assert event is not None, "the robot node's watchdog never engaged after kill -9 of the fast node"
-            assert event.meta["reason"] == "watchdog"
-            # Robot clock (this machine's monotonic clock in realtime): last command -> hold within 100 ms, or
-            # the first node tick after the 50 ms limit when the OS did not run the node for longer than that.
-            gap_ms = _tick_gap_before(_states_until(states, event.stamp), event.stamp) * 1e3
-            assert event.meta["cmd_age_ms"] <= 50.0 + max(gap_ms, 50.0), (event.meta, gap_ms)
-            assert (event.stamp - killed) * 1e3 < 200.0 + max(gap_ms, 50.0), (event.stamp - killed, gap_ms)
+                    held = [*held, msg] if msg.meta["engaged"] else []
+            assert held, "the robot node's watchdog never engaged after kill -9 of the fast node"
+            last, first = held[-1], held[0]
+            assert last.meta["reason"] == "watchdog", [m.meta for m in held]
+            # Robot clock (this machine's monotonic clock in realtime): from the last command to the start of the
+            # hold within 100 ms, or the first node tick after the 50 ms limit when the OS did not run the node
+            # for longer than that.
+            last_cmd = last.stamp - last.meta["cmd_age_ms"] * 1e-3
+            gap_ms = _tick_gap_before(_states_until(states, first.stamp), first.stamp) * 1e3
+            assert (first.stamp - last_cmd) * 1e3 <= 50.0 + max(gap_ms, 50.0), ([m.meta for m in held], gap_ms)
+            assert (first.stamp - killed) * 1e3 < 200.0 + max(gap_ms, 50.0), (first.stamp - killed, gap_ms)
             assert children["robot"].alive() and children["slow"].alive()
 
 
