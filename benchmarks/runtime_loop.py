@@ -85,6 +85,8 @@ def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds
                 now = time.monotonic()
                 for m in _observation(seq, tick / NODE_HZ, now):
                     pub.socket.send_multipart(encode(m), copy=False)
+                if seq % 25 == 0:  # status at 10 Hz, as sim.node: the fast node learns the robot's episode from it
+                    pub.publish("status", meta={"episode": episode, "held": False, "sim_time": tick / NODE_HZ})
                 seq, tick = seq + 1, tick + 1
                 while (msg := cmd.recv(timeout=0)) is not None:
                     if msg.topic == "reset":
