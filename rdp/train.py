@@ -633,7 +633,8 @@ def main() -> None:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
         summary = train(TrainConfig.from_hydra(container))
-        print(json.dumps(summary))
+        if _DIST.main:  # one summary line for the run (ranks > 0 would interleave theirs with it)
+            print(json.dumps(summary))
 
     _run()
 
