@@ -73,6 +73,7 @@ import mujoco
 import numpy as np
 
 from bus.clock import Clock, LockstepClock, RateKeeper, RealtimeClock
+from bus.config import load_node_config
 from bus.message import Message, MetaValue
 from bus.transport import Publisher, Request, Server, Subscriber
 from sim.controller import rotvec_to_mat
@@ -156,19 +157,7 @@ class RobotNodeConfig:
 
 def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> RobotNodeConfig:
     """``path`` merged with ``key=value`` overrides into a checked :class:`RobotNodeConfig`."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"arguments must be key=value overrides (e.g. task=wipe mode=lockstep), got {bad}")
-    try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(RobotNodeConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-        )
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"bad robot node config ({path}, overrides {list(overrides)}): {exc}") from exc
+    return load_node_config(RobotNodeConfig, path, overrides, "robot node", "task=wipe mode=lockstep")
 
 
 # ------------------------------------------------------------------------------------------ commands

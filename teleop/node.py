@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from bus.config import load_node_config
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
 from sim.controller import mat_to_rotvec, rotvec_to_mat
@@ -138,19 +139,7 @@ class TeleopConfig:
 
 def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> TeleopConfig:
     """``path`` merged with ``key=value`` overrides into a checked :class:`TeleopConfig`."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"arguments must be key=value overrides (e.g. web.port=0), got {bad}")
-    try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(TeleopConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-        )
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"bad teleop config ({path}, overrides {list(overrides)}): {exc}") from exc
+    return load_node_config(TeleopConfig, path, overrides, "teleop", "web.port=0")
 
 
 # ------------------------------------------------------------------------------------- math helpers

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bus.config import load_node_config
+
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "runtime" / "default.yaml"
 MODES = ("realtime", "lockstep")
 HOLDS = ("pose", "silence")
@@ -105,16 +107,4 @@ class RuntimeConfig:
 
 def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> RuntimeConfig:
     """``path`` merged with ``key=value`` overrides into a checked :class:`RuntimeConfig`."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"arguments must be key=value overrides (e.g. task=wipe checkpoint=RUN), got {bad}")
-    try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(RuntimeConfig), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-        )
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"bad runtime config ({path}, overrides {list(overrides)}): {exc}") from exc
+    return load_node_config(RuntimeConfig, path, overrides, "runtime", "task=wipe checkpoint=RUN")
