@@ -54,7 +54,6 @@ import re
 import shutil
 import sys
 import time
-import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -63,7 +62,15 @@ from typing import Any
 
 import numpy as np
 
-from teleop.durable import TMP_SUFFIX, RecorderError, fsync_dir, hint_for, sha256_file, write_file_durably
+from teleop.durable import (
+    TMP_SUFFIX,
+    RecorderError,
+    fsync_dir,
+    hint_for,
+    sha256_file,
+    staged_dir,
+    write_file_durably,
+)
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "slowfast-teleop-dataset"
@@ -556,9 +563,7 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
         clock, idx = common_clock(times, rate_hz, ep.name)
         plans.append((ep, meta, clock, idx))
 
-    tmp = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out, "write training set", "building") as tmp:
         entries = []
         for ep, meta, clock, idx in plans:
             arrays = {CLOCK_KEY: clock}
@@ -583,15 +588,6 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
             "num_steps": sum(e["num_steps"] for e in entries),
         }
         write_file_durably(tmp / DATASET_FILE, _json_bytes(summary))
-        fsync_dir(tmp)
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RecorderError("write training set", getattr(e, "filename", None) or tmp, e, hint_for(e)) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import errno as errno_mod
 import hashlib
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -80,6 +84,26 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def staged_dir(out: Path, what: str, tag: str) -> Iterator[Path]:
+    """Build a directory under a temporary name beside ``out`` (yielded), then fsync and rename it to ``out``:
+    readers see all of it or nothing. On any error the temporary directory is removed; an ``OSError`` becomes a
+    ``RecorderError`` for ``what`` (e.g. "write training set") with a hint."""
+    tmp = out.parent / f".{out.name}.{tag}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RecorderError(what, getattr(e, "filename", None) or tmp, e, hint_for(e)) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:

@@ -30,9 +30,6 @@ valid). The export is written under a temporary name and appears by one rename: 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,7 +48,7 @@ from teleop.dataset import (
     measured_rate_hz,
     read_meta,
 )
-from teleop.durable import RecorderError, fsync_dir, hint_for
+from teleop.durable import staged_dir
 from teleop.viz import camera_streams
 
 CODEBASE_VERSION = "v3.0"
@@ -94,19 +91,8 @@ def export_lerobot(
     if not (isinstance(fps, int) and fps >= 1):
         raise DatasetError(f"--fps must be a positive integer (LeRobot stores one integer rate), got {fps}")
 
-    tmp = out.parent / f".{out.name}.exporting-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out, "write LeRobot export", "exporting") as tmp:
         summary = _write(tmp, episodes, metas, layout, fps)
-        fsync_dir(tmp)
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RecorderError("write LeRobot export", getattr(e, "filename", None) or tmp, e, hint_for(e)) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary | {"out": str(out)}
 
 
