@@ -16,7 +16,12 @@ at 25 Hz), ``A`` arms, ``P`` tactile pads. A window ending at step ``i`` of an e
 
 Low-dim keys (features of one step, the same function serves training data and live observations):
 ``proprio`` per arm [tcp position (3), tcp rotation 6-D (6), gripper width (1)] -> (10 A,); ``tactile`` the pads'
-PCA embeddings flattened (P * 15,); ``wrench`` per arm (6,) -> (6 A,).
+PCA embeddings flattened (P * 15,); ``wrench`` per arm (6,) -> (6 A,); ``scene`` the one-shot object
+localisation at reset (task-defined, e.g. path start + end points, or box centre + half-size); ``proprio_scene``
+``proprio`` with each TCP position taken relative to the scene anchor (the scene's first 3 numbers: the path start
+or the box centre), so the observation does not change when the whole scene is translated. Absolute positions
+identify a demonstration (every episode starts somewhere else), which lets a policy memorise demonstrations instead
+of reacting to where the tool is relative to the object; the relative form removes that shortcut.
 
 Image keys (``image_keys``, e.g. ``wrist_rgb``) are recorded camera streams, slower than the training rate (10 Hz
 cameras, 25 Hz steps). Each training step takes the latest frame at or before it (zero-order hold, never a future
@@ -62,7 +67,7 @@ from teleop.dataset import (
 
 ENV_ACTION_DIM = 7  # per arm: x, y, z, rx, ry, rz, grip
 ACTION_DIM = 10  # per arm: x, y, z, r6 (6), grip
-LOWDIM_KEYS = ("proprio", "tactile", "wrench", "scene")
+LOWDIM_KEYS = ("proprio", "tactile", "wrench", "scene", "proprio_scene")
 OPTIONAL_STREAMS = ("scene",)  # loaded when recorded: the one-shot object localisation (``sim`` obs "scene")
 REQUIRED_STREAMS = ("action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat", "wrench")
 
@@ -217,8 +222,8 @@ def cond_features(features: Mapping[str, np.ndarray], anchor_proprio: np.ndarray
 def lowdim_features(steps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-step arrays with any leading shape (...): ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4),
     ``gripper_width`` (..., A), ``tactile_emb`` (..., P, 15), ``wrench`` (..., A, 6) -> {proprio (..., 10 A),
-    tactile (..., 15 P), wrench (..., 6 A)}, float32, plus ``scene`` (..., S) when given. Serves recorded episodes
-    and live observations alike."""
+    tactile (..., 15 P), wrench (..., 6 A)}, float32, plus ``scene`` (..., S) and ``proprio_scene`` (..., 10 A) when
+    ``scene`` is given. Serves recorded episodes and live observations alike."""
     pos = np.asarray(steps["tcp_pos"], dtype=np.float64)
     r6 = matrix_to_rot6d(quat_to_matrix(steps["tcp_quat"]))
     grip = np.asarray(steps["gripper_width"], dtype=np.float64)[..., None]
@@ -231,7 +236,14 @@ def lowdim_features(steps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         "wrench": wrench.reshape(*wrench.shape[:-2], -1).astype(np.float32),
     }
     if "scene" in steps:
-        out["scene"] = np.asarray(steps["scene"], dtype=np.float32)
+        scene = np.asarray(steps["scene"], dtype=np.float32)
+        if scene.shape[-1] < 3 or scene.shape[:-1] != proprio.shape[:-2]:
+            raise ValueError(f"scene {scene.shape}: expected (..., S >= 3) with the leading shape of tcp_pos "
+                             f"{pos.shape[:-2]}")
+        out["scene"] = scene
+        rel = proprio.copy()
+        rel[..., :3] -= scene[..., None, :3]  # every arm's TCP relative to the scene anchor
+        out["proprio_scene"] = rel.reshape(*rel.shape[:-2], -1).astype(np.float32)
     return out
 
 

@@ -27,10 +27,11 @@ import torch
 from rdp.checkpoint import CheckpointError, load_checkpoint
 from rdp.data import cond_features, lowdim_features, policy_to_env_action, resize_images, shift_positions
 from rdp.normalizer import Normalizer
-from rdp.policy import DiffusionPolicy
+from rdp.policy import DiffusionPolicy, rtc_weights
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 
 RUN_FORMAT = "slowfast-rdp-run-v1"
+HANDOVERS = ("latest", "rtc")  # how a new chunk replaces the running one (see _ChunkedSimPolicy)
 
 
 def obs_features(obs: Mapping[str, np.ndarray], embedding: Any) -> dict[str, np.ndarray]:
@@ -61,11 +62,16 @@ class _ChunkedSimPolicy:
     as a robot waits for its first plan). With ``latency_matching`` (RDP's default) the new chunk starts at its
     entry for the current step, skipping the ``latency_steps`` entries whose time has passed (for rdp the GRU still
     steps through them, reading the tactile signal recorded at those steps, so its state is what it would have
-    been); without it, it starts at entry 0 and executes stale actions."""
+    been); without it, it starts at entry 0 and executes stale actions.
+
+    Hand-over (``handover``): ``"latest"`` (RDP's) replaces the running chunk by the new one; ``"rtc"`` (real-time
+    chunking, Black et al. 2025) plans the new chunk by inpainting (``DiffusionPolicy.predict(prefix=...)``): the
+    entries that execute while it is computed are pinned to what the running chunk does there, the rest of the
+    overlap is pulled towards it with decaying weights (``rtc_weights``), so the hand-over does not jump."""
 
     def __init__(self, run: Mapping[str, Any], slow: DiffusionPolicy, replan_every: int,
                  num_inference_steps: int | None, seed: int = 0, latency_steps: int = 0,
-                 latency_matching: bool = True) -> None:
+                 latency_matching: bool = True, handover: str = "latest") -> None:
         from sensors.embedding import TactileEmbedding
 
         horizon = int(run["horizon"])
@@ -80,6 +86,9 @@ class _ChunkedSimPolicy:
         self.num_inference_steps = num_inference_steps
         self.latency_steps = int(latency_steps)
         self.latency_matching = bool(latency_matching)
+        if handover not in HANDOVERS:
+            raise ValueError(f"handover must be one of {HANDOVERS}, got {handover!r}")
+        self.handover = handover
         self.embedding = TactileEmbedding.load(run["tactile_embedding"])
         self.relative = self.run.get("action_frame", "absolute") == "relative"
         self.image_keys = tuple(self.run.get("image_keys", ()))  # () for low-dim runs
@@ -107,6 +116,7 @@ class _ChunkedSimPolicy:
         self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(self.run["obs_steps"]))
         self.recent: deque[dict[str, np.ndarray]] = deque(maxlen=self.latency_steps + 1)  # features per step
         self.pending: tuple[torch.Tensor, np.ndarray, int] | None = None  # chunk, anchor, step it was planned at
+        self.active: tuple[torch.Tensor, np.ndarray, int] | None = None  # running chunk, anchor, step of entry 0
         self.action: np.ndarray | None = None
         self.generator.manual_seed(self.seed)
         self._reset_chunk()
@@ -145,8 +155,13 @@ class _ChunkedSimPolicy:
                 obs_t = {key: torch.from_numpy(np.stack([h[key] for h in self.history]))[None]
                          for key in (*self.run["obs_keys"], *self.image_keys)}  # (1, To, Dk) / (1, To, H, W, 3)
                 obs_t.update({key: obs_t[key].permute(0, 1, 4, 2, 3) for key in self.image_keys})  # (1, To, 3, H, W)
+                guide = {}
+                if self.handover == "rtc" and self.active is not None:
+                    prev, prev_anchor, prev_start = self.active
+                    guide = self.rtc_prefix(prev, prev_anchor, k - prev_start, self.history[-1]["proprio"],
+                                            self.latency_steps, features)
                 chunk = self.slow.predict(obs_t, generator=self.generator,
-                                          num_inference_steps=self.num_inference_steps)[0]
+                                          num_inference_steps=self.num_inference_steps, **guide)[0]
                 self.pending = (chunk, self.history[-1]["proprio"], k)
             if self.pending is not None and (k == 0 or k >= self.pending[2] + self.latency_steps):
                 self._take_over(*self.pending, k)
@@ -160,6 +175,7 @@ class _ChunkedSimPolicy:
     def _take_over(self, chunk: torch.Tensor, anchor: np.ndarray, planned_at: int, now: int) -> None:
         """Make ``chunk`` the active one at step ``now``; with latency matching, skip the entries of past steps."""
         self.start(chunk, anchor)
+        self.active = (chunk, np.asarray(anchor, dtype=np.float32), planned_at if self.latency_matching else now)
         if self.latency_matching:
             past = list(self.recent)[-(now - planned_at) - 1:-1] if now > planned_at else []
             for f in past:  # steps planned_at .. now-1, with what was sensed at each
@@ -186,6 +202,32 @@ class _ChunkedSimPolicy:
         if self.image_keys:
             features.update(self.frames)  # (H, W, 3) uint8 each, the latest camera frame at or before this tick
         return features
+
+    @torch.inference_mode()
+    def rtc_prefix(self, prev: torch.Tensor, prev_anchor: np.ndarray, elapsed: int, anchor: np.ndarray, frozen: int,
+                   features: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Inpainting inputs for a chunk planned ``elapsed`` steps after the entry 0 of the running chunk ``prev``
+        (the slow policy's raw output, planned from ``prev_anchor``), from the pose ``anchor``, whose first
+        ``frozen`` steps execute before it takes over -> {"prefix": (1, Ta, Da), "prefix_weights": (Ta,)} for
+        ``DiffusionPolicy.predict``; {} when the running chunk does not reach the new one's steps."""
+        horizon = int(self.run["horizon"])
+        remaining = horizon - int(elapsed)
+        if elapsed < 0 or remaining <= 0:
+            return {}
+        actions = self._chunk_actions(prev, np.asarray(prev_anchor, dtype=np.float32), features)  # world positions
+        ahead = actions[np.minimum(np.arange(elapsed, elapsed + horizon), horizon - 1)]  # shifted, end held
+        if self.relative:
+            ahead = shift_positions(ahead, anchor, -1.0)
+        return self._to_target(ahead.astype(np.float32), min(frozen, remaining), remaining)
+
+    def _chunk_actions(self, chunk: torch.Tensor, anchor: np.ndarray,
+                       features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """A planned chunk as (T, 10 A) policy actions with world positions (the running chunk's future)."""
+        raise NotImplementedError
+
+    def _to_target(self, actions: np.ndarray, frozen: int, overlap: int) -> dict[str, torch.Tensor]:
+        """(T, 10 A) actions in the new chunk's frame -> inpainting inputs in the slow policy's target space."""
+        raise NotImplementedError
 
     def _reset_chunk(self) -> None:
         raise NotImplementedError
@@ -221,6 +263,23 @@ class RDPSimPolicy(_ChunkedSimPolicy):
         action, self.state = self.tokenizer.step(self.state, cond)
         return self.norm.unnormalize("action", action)[0].numpy()
 
+    def _chunk_actions(self, chunk: torch.Tensor, anchor: np.ndarray,
+                       features: Mapping[str, np.ndarray]) -> np.ndarray:
+        # The future is decoded with the touch felt now held over the chunk (the decoder's best guess of it).
+        horizon = int(self.run["horizon"])
+        cond = np.repeat(cond_features(features, anchor, self.cond_key)[None], horizon, axis=0)
+        cond_t = self.norm.normalize("cond", torch.from_numpy(cond)[None])  # (1, T, Dc)
+        actions = self.norm.unnormalize("action", self.tokenizer.decode(chunk[None], cond_t))[0].numpy()
+        return shift_positions(actions, anchor, +1.0) if self.relative else actions
+
+    def _to_target(self, actions: np.ndarray, frozen: int, overlap: int) -> dict[str, torch.Tensor]:
+        """Encode the actions into the latent the slow policy predicts (the posterior mean); weights per latent
+        step, each covering ``downsample`` actions: a latent step is pinned if any of its actions is."""
+        f = self.tokenizer.cfg.downsample
+        latent = self.tokenizer.encode(self.norm.normalize("action", torch.from_numpy(actions)[None]))[1]
+        weights = rtc_weights(self.tokenizer.cfg.latent_steps, min(-(-frozen // f), overlap // f), overlap // f)
+        return {"prefix": latent, "prefix_weights": weights}
+
 
 class DPSimPolicy(_ChunkedSimPolicy):
     """The baseline: executes the predicted action chunk (T, Da) open-loop until the next replan."""
@@ -234,6 +293,15 @@ class DPSimPolicy(_ChunkedSimPolicy):
     def _decode(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         assert self.chunk is not None
         return self.chunk[min(self.chunk_t, len(self.chunk) - 1)]
+
+    def _chunk_actions(self, chunk: torch.Tensor, anchor: np.ndarray,
+                       features: Mapping[str, np.ndarray]) -> np.ndarray:
+        actions = chunk.numpy()
+        return shift_positions(actions, anchor, +1.0) if self.relative else actions
+
+    def _to_target(self, actions: np.ndarray, frozen: int, overlap: int) -> dict[str, torch.Tensor]:
+        return {"prefix": torch.from_numpy(actions)[None],
+                "prefix_weights": rtc_weights(len(actions), frozen, overlap)}
 
 
 def load_tokenizer(directory: str | os.PathLike[str]) -> tuple[AsymmetricTokenizer, Normalizer]:
@@ -274,11 +342,13 @@ def make_policy(
     latency_s: float = 0.0,
     latency_matching: bool = True,
     default_run: str | None = None,
+    handover: str = "latest",
 ) -> RDPSimPolicy | DPSimPolicy:
     """Load a training run for ``sim.eval``. ``method`` (rdp/dp) must match the run when given; ``train`` is the
     config's training section, accepted so configs/policy/<name>.yaml serves both commands (the run's own run.json
     fixes the sizes). ``latency_s``: simulated slow-policy inference latency, rounded to training-rate steps (see
-    ``_ChunkedSimPolicy``). Without ``checkpoint``, the shipped run ``checkpoints/<task>/<default_run>`` is used."""
+    ``_ChunkedSimPolicy``); ``handover``: "latest" or "rtc" (see there). Without ``checkpoint``, the shipped run
+    ``checkpoints/<task>/<default_run>`` is used."""
     del train
     torch.set_num_threads(1)
     if checkpoint is None:
@@ -300,7 +370,8 @@ def make_policy(
     slow = DiffusionPolicy.from_checkpoint(root / "policy")
     if not (latency_s >= 0 and math.isfinite(latency_s)):
         raise ValueError(f"latency_s must be a finite number >= 0, got {latency_s}")
-    latency = {"latency_steps": int(round(latency_s * float(run["rate_hz"]))), "latency_matching": latency_matching}
+    latency = {"latency_steps": int(round(latency_s * float(run["rate_hz"]))), "latency_matching": latency_matching,
+               "handover": handover}
     if run["method"] == "rdp":
         tokenizer, norm = load_tokenizer(root / "tokenizer")
         return RDPSimPolicy(run, slow, tokenizer, norm, replan_every, num_inference_steps, seed, **latency)

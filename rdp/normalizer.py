@@ -11,6 +11,12 @@ divide by ~0 and turn sensor noise at run time into huge inputs. Such a dimensio
 (``scale = 1``): its constant value maps to 0 and deviations pass through unchanged. ``fit`` returns the indices
 of such dimensions so a data pipeline can warn about them.
 
+Nearly constant dimensions (``min_range``): a tool held at one orientation through every demonstration spans a
+range of ~1e-4 in its rotation features, above ``eps`` but so narrow that a 0.1 degree deviation at run time maps to
+~20 normalised units, far outside anything the network saw (measured: this sent peel policies' plans astray). With
+``min_range`` a dimension is scaled as if it spanned at least that much (minmax) or had at least half that standard
+deviation (meanstd), so small deviations stay small; wide dimensions are unaffected.
+
 The statistics are non-persistent buffers, so they follow ``.to(device)`` but stay out of the owner's
 ``state_dict``; ``arrays()`` / ``load_arrays()`` exchange them as ``{"<key>.scale": (D,), "<key>.offset": (D,)}``,
 which is the ``normalizer`` mapping of ``rdp.checkpoint.save_checkpoint`` / ``Checkpoint.normalizer``.
@@ -57,8 +63,12 @@ class Normalizer(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- fitting
 
-    def fit(self, key: str, data: np.ndarray | torch.Tensor, mode: NormMode = "minmax") -> list[int]:
-        """Fit key's map from data (..., D), every leading axis counting as samples; return the constant dims."""
+    def fit(self, key: str, data: np.ndarray | torch.Tensor, mode: NormMode = "minmax",
+            min_range: float = 0.0) -> list[int]:
+        """Fit key's map from data (..., D), every leading axis counting as samples; return the constant dims.
+        ``min_range``: the narrowest range (minmax; meanstd: twice the smallest std) a dimension is scaled by."""
+        if not (min_range >= 0 and np.isfinite(min_range)):
+            raise ValueError(f"normaliser fit {key!r}: min_range must be a finite number >= 0, got {min_range}")
         dim = self._dim(key)
         x = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data, dtype=np.float64)
         if x.ndim < 1 or x.shape[-1] != dim or x.size == 0:
@@ -70,11 +80,13 @@ class Normalizer(nn.Module):
             lo, hi = x.min(axis=0), x.max(axis=0)
             spread, centre = hi - lo, (hi + lo) / 2
             constant = spread < self.eps
-            scale = np.where(constant, 1.0, 2.0 / np.where(constant, 1.0, spread))
+            spread = np.maximum(spread, min_range)
+            scale = np.where(spread < self.eps, 1.0, 2.0 / np.where(spread < self.eps, 1.0, spread))
         elif mode == "meanstd":
             centre, spread = x.mean(axis=0), x.std(axis=0)
             constant = spread < self.eps
-            scale = np.where(constant, 1.0, 1.0 / np.where(constant, 1.0, spread))
+            spread = np.maximum(spread, min_range / 2)
+            scale = np.where(spread < self.eps, 1.0, 1.0 / np.where(spread < self.eps, 1.0, spread))
         else:
             raise ValueError(f"normaliser fit {key!r}: mode must be 'minmax' or 'meanstd', got {mode!r}")
         stats = self.stats[key]

@@ -25,6 +25,7 @@ deterministic DDIM (``rdp.schedulers``). Checkpoints (``save`` / ``load`` / ``fr
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,22 @@ from rdp.encoders import ResNetEncoder, Terminator
 from rdp.normalizer import Normalizer, NormMode
 from rdp.schedulers import NoiseScheduler, SchedulerConfig
 from rdp.unet1d import ConditionalUnet1D
+
+
+def rtc_weights(horizon: int, frozen: int, overlap: int) -> torch.Tensor:
+    """Inpainting weights (horizon,) for a new chunk whose first ``frozen`` entries execute while it is being
+    computed (weight 1: they must equal the previous chunk) and whose first ``overlap`` entries the previous chunk
+    still covers (weights decaying exponentially to 0 across ``frozen .. overlap``; 0 after it). The soft mask of
+    Black et al. 2025 (real-time chunking): w_i = c_i (e^{c_i} - 1) / (e - 1), c_i = (overlap - i) / (overlap - frozen
+    + 1)."""
+    if not 0 <= frozen <= overlap <= horizon:
+        raise ValueError(f"need 0 <= frozen <= overlap <= horizon, got {frozen}, {overlap}, {horizon}")
+    i = torch.arange(horizon, dtype=torch.float32)
+    c = (overlap - i) / (overlap - frozen + 1)
+    w = c * torch.expm1(c) / math.expm1(1.0)
+    w = torch.where(i < frozen, torch.ones_like(w), w)
+    return torch.where(i >= overlap, torch.zeros_like(w), w)
+
 
 # Fields that change what the weights mean without changing their shapes: must match to load into a policy.
 _SEMANTIC_FIELDS = ("target", "lowdim_keys", "image_keys", "encoder", "obs_steps")
@@ -65,6 +82,7 @@ class DiffusionPolicyConfig:
     encoder_stem_stride: int = 4  # patchify stem; 4 suits 96x96
     target_norm: NormMode = "minmax"
     lowdim_norm: NormMode = "minmax"
+    lowdim_min_range: float = 0.0  # low-dim dims are scaled as if they spanned at least this (rdp.normalizer)
     num_train_timesteps: int = 100
     num_inference_steps: int = 8
     # DDIM clips its x0 estimate to [-r, r]: right for minmax-normalised targets (training data lies in [-1, 1]), and
@@ -195,7 +213,7 @@ class DiffusionPolicy(nn.Module):
         for key in self.cfg.lowdim_keys:
             if key not in obs:
                 raise ValueError(f"fit_normalizer: obs is missing low-dim key {key!r}; got keys {sorted(obs)}")
-            constant[key] = self.normalizer.fit(key, obs[key], self.cfg.lowdim_norm)
+            constant[key] = self.normalizer.fit(key, obs[key], self.cfg.lowdim_norm, self.cfg.lowdim_min_range)
         return constant
 
     # ----------------------------------------------------------------------------------------------- training
@@ -229,20 +247,50 @@ class DiffusionPolicy(nn.Module):
         obs: Mapping[str, torch.Tensor],
         generator: torch.Generator | None = None,
         num_inference_steps: int | None = None,
+        prefix: torch.Tensor | None = None,
+        prefix_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """obs dict of (B, To, ...) -> (B, Ta, Da) unnormalised target chunk, by K-step DDIM from N(0, I) noise.
 
         The same generator state gives the same chunk. Call ``eval()`` first (the encoders have no batch-dependent
         layers, but Terminator skips its slow loss only in eval).
+
+        Inpainting (the real-time-chunking hand-over): ``prefix`` (B, Ta, Da) unnormalised, what the previous chunk
+        will do at the new chunk's steps, and ``prefix_weights`` (Ta,) in [0, 1] (``rtc_weights``). At every DDIM
+        step the clean-sample estimate is pulled towards the prefix, ``x0 <- w * prefix + (1 - w) * x0_hat``, and the
+        step continues from that estimate (its noise is re-derived from it), so weight-1 entries come out equal to
+        the prefix, weight-0 entries are free, and the model fills the rest consistently with both.
         """
         cond = self.obs_encoder(obs)  # (B, G), once per chunk
         scheduler = self.noise_scheduler
         scheduler.set_timesteps(num_inference_steps or self.cfg.num_inference_steps)
         x = torch.randn((cond.shape[0], *self.cfg.target_shape), generator=generator, dtype=cond.dtype)
         x = x.to(cond.device)
+        guide = self._guide(prefix, prefix_weights, cond.shape[0], x)
         for t in scheduler.timesteps.tolist():
-            x = scheduler.ddim_step(self.model(x, t, cond), t, x)
+            eps = self.model(x, t, cond)
+            if guide is not None:
+                eps = scheduler.guide_eps(eps, t, x, *guide)
+            x = scheduler.ddim_step(eps, t, x)
         return self.normalizer.unnormalize(self.target_key, x)
+
+    def _guide(self, prefix: torch.Tensor | None, weights: torch.Tensor | None, batch: int,
+               like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Check the inpainting inputs; -> (normalised prefix (B, Ta, Da), weights (1, Ta, 1)) or None."""
+        if prefix is None and weights is None:
+            return None
+        if prefix is None or weights is None:
+            raise ValueError("inpainting needs both prefix and prefix_weights")
+        expected = (batch, *self.cfg.target_shape)
+        if tuple(prefix.shape) != expected or tuple(weights.shape) != (self.cfg.target_shape[0],):
+            raise ValueError(f"prefix {tuple(prefix.shape)} / prefix_weights {tuple(weights.shape)}: expected "
+                             f"{expected} / ({self.cfg.target_shape[0]},)")
+        if not bool(((weights >= 0) & (weights <= 1)).all()):
+            raise ValueError(f"prefix_weights must lie in [0, 1], got {weights.tolist()}")
+        target = self.normalizer.normalize(self.target_key, prefix.to(like))
+        if self.cfg.clip_sample:  # DDIM clips its estimate there anyway
+            target = target.clamp(-self.cfg.clip_sample_range, self.cfg.clip_sample_range)
+        return target, weights.to(like).reshape(1, -1, 1)
 
     # ----------------------------------------------------------------------------------------------- checkpoints
 

@@ -109,6 +109,20 @@ class NoiseScheduler:
         self.timesteps += self.cfg.steps_offset
         return self.timesteps
 
+    def guide_eps(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, target: torch.Tensor,
+                  weights: torch.Tensor) -> torch.Tensor:
+        """Inpainting: the noise estimate whose clean-sample estimate is ``w * target + (1 - w) * x0_hat``.
+
+            x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);  x0 = w target + (1 - w) x0_hat
+            eps'   = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)
+
+        so ``ddim_step(eps', t, x_t)`` continues from the guided estimate (clipping leaves an in-range target as is).
+        """
+        abar_t = float(self.alphas_cumprod[int(t)])
+        x0_hat = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+        x0 = torch.lerp(x0_hat, target, weights)
+        return (x_t - math.sqrt(abar_t) * x0) / math.sqrt(1.0 - abar_t)
+
     def ddim_step(
         self,
         eps: torch.Tensor,

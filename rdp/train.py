@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from rdp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from rdp.data import (
+    ACTION_DIM,
     ACTION_FRAMES,
     DataError,
     Episodes,
@@ -105,6 +106,11 @@ class MethodConfig:
     ema_decay: float = 0.995
     action_frame: str = "relative"  # positions relative to the TCP the chunk is planned from, or "absolute"
     scene_noise: float = 0.0  # std (m) of Gaussian noise added to the "scene" observation per training window
+    obs_min_range: float = 0.0  # observation / decoder-conditioning dims scaled as if they spanned >= this
+    # Std of one random offset per training window added to the proprio observations: (position m, 6-D rotation
+    # features). Demonstrations hold the tool at one orientation except when contact twists it, so without it a
+    # policy reads its own 0.1-degree tracking error as "in contact" (measured on peel).
+    proprio_noise: tuple[float, float] = (0.0, 0.0)
     image_keys: tuple[str, ...] = ()  # camera streams the slow policy sees (e.g. wrist_rgb), held at the train rate
     image_size: int | None = None  # square side the frames are area-resized to; None = as recorded
     encoder: str = "resnet"  # image encoder: resnet or terminator (rdp.policy._image_encoder)
@@ -126,6 +132,8 @@ class MethodConfig:
             raise ValueError(f"image_keys {self.image_keys} need encoder resnet or terminator, got {self.encoder!r}")
         if self.policy_steps < 1 or not self.obs_keys:
             raise ValueError(f"need policy_steps >= 1 and obs_keys, got {self.policy_steps}, {self.obs_keys}")
+        if len(self.proprio_noise) != 2 or min(self.proprio_noise) < 0:
+            raise ValueError(f"proprio_noise must be [position std, rotation std] >= 0, got {self.proprio_noise}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,7 @@ class TrainConfig:
         method = MethodConfig(
             name=policy.get("method", policy["name"]), obs_keys=tuple(train.pop("obs_keys", ("proprio",))),
             image_keys=tuple(train.pop("image_keys", None) or ()),
+            proprio_noise=tuple(train.pop("proprio_noise", None) or (0.0, 0.0)),
             tokenizer=TokenizerSizes(**tok) if tok is not None else None, diffusion=DiffusionSizes(**diffusion),
             **train,
         )
@@ -329,6 +338,9 @@ def _run_info(cfg: TrainConfig, episodes: Episodes) -> dict[str, Any]:
         "diffusion": {**dataclasses.asdict(m.diffusion), "down_dims": list(m.diffusion.down_dims)},
         "data": episodes.source, "action_representation": "per arm [x, y, z, r6 (rotation matrix columns 1-2), grip]",
         "action_frame": m.action_frame, **_image_info(m, episodes),
+        "training": {"tokenizer_steps": m.tokenizer_steps, "policy_steps": m.policy_steps, "lr": m.lr,
+                     "batch_size": cfg.batch_size, "seed": cfg.seed, "scene_noise": m.scene_noise,
+                     "obs_min_range": m.obs_min_range, "proprio_noise": list(m.proprio_noise)},
     }
 
 
@@ -376,7 +388,7 @@ def _train_tokenizer(
     tokenizer = AsymmetricTokenizer(tok_cfg).to(cfg.device)
     norm = Normalizer({"action": tok_cfg.action_dim, "cond": tok_cfg.cond_dim}).to(cfg.device)
     norm.fit("action", _all_actions(episodes, windows, m.action_frame), "minmax")
-    norm.fit("cond", cond, "minmax")
+    norm.fit("cond", cond, "minmax", m.obs_min_range)
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     st = state["tokenizer"]
     if st["checkpoint"]:
@@ -427,6 +439,7 @@ def _train_policy(
         action_dim=int(episodes.action.shape[-1]), latent_steps=sizes.latent_steps,
         latent_channels=sizes.latent_channels, obs_steps=cfg.obs_steps, lowdim_keys=tuple(m.obs_keys),
         lowdim_dims=tuple(int(episodes.features[k].shape[-1]) for k in m.obs_keys), **_image_config(m, episodes),
+        lowdim_min_range=m.obs_min_range,
         **{**dataclasses.asdict(d), "down_dims": tuple(d.down_dims)},
     )
     policy = DiffusionPolicy(dp_cfg).to(cfg.device)
@@ -481,12 +494,26 @@ def _batch(
     idx = rng.integers(0, len(windows), size=cfg.batch_size)
     b = gather(episodes, windows, idx, obs_keys, cond_key, cfg.method.action_frame, image_keys=image_keys)
     dev = cfg.device
-    if cfg.method.scene_noise > 0 and "scene" in b["obs"]:
+    if cfg.method.scene_noise > 0 and {"scene", "proprio_scene"} & set(b["obs"]):
         # Localisation error: one offset per window (the same at every obs step), so the policy cannot key its
-        # behaviour on the exact scene numbers of one demonstration.
-        scene = b["obs"]["scene"]
-        noise = rng.normal(0.0, cfg.method.scene_noise, (scene.shape[0], 1, scene.shape[-1]))
-        b["obs"]["scene"] = (scene + noise).astype(np.float32)
+        # behaviour on the exact scene numbers of one demonstration. A moved anchor moves every arm's relative
+        # position the other way.
+        noise = rng.normal(0.0, cfg.method.scene_noise, (len(idx), 1, episodes.features["scene"].shape[-1]))
+        if "scene" in b["obs"]:
+            b["obs"]["scene"] = (b["obs"]["scene"] + noise).astype(np.float32)
+        if "proprio_scene" in b["obs"]:
+            rel = b["obs"]["proprio_scene"]
+            view = rel.reshape(*rel.shape[:-1], rel.shape[-1] // ACTION_DIM, ACTION_DIM).copy()
+            view[..., :3] -= noise[..., None, :3]
+            b["obs"]["proprio_scene"] = view.reshape(rel.shape).astype(np.float32)
+    pos_std, rot_std = cfg.method.proprio_noise
+    for key in ("proprio", "proprio_scene"):
+        if key in b["obs"] and (pos_std > 0 or rot_std > 0):
+            x = b["obs"][key]
+            view = x.reshape(*x.shape[:-1], x.shape[-1] // ACTION_DIM, ACTION_DIM).copy()  # (B, To, A, 10)
+            view[..., :3] += rng.normal(0.0, pos_std, (len(idx), 1, view.shape[2], 3)) if pos_std > 0 else 0.0
+            view[..., 3:9] += rng.normal(0.0, rot_std, (len(idx), 1, view.shape[2], 6)) if rot_std > 0 else 0.0
+            b["obs"][key] = view.reshape(x.shape).astype(np.float32)
     obs = {k: torch.from_numpy(v) for k, v in b["obs"].items()}
     obs.update({k: obs[k].permute(0, 1, 4, 2, 3) for k in image_keys})
     out: dict[str, Any] = {"obs": {k: v.to(dev) for k, v in obs.items()},

@@ -15,6 +15,7 @@ from bus.config import load_node_config
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "runtime" / "default.yaml"
 MODES = ("realtime", "lockstep")
 HOLDS = ("pose", "silence")
+HANDOVERS = ("latest", "rtc")  # as rdp.inference.HANDOVERS (not imported: this module stays torch-free)
 
 
 @dataclass
@@ -22,6 +23,7 @@ class SlowConfig:
     replan_every: int = 8
     num_inference_steps: int | None = None
     handover_steps: int = 0
+    handover: str = "latest"
     heartbeat_hz: float = 10.0
     torch_threads: int = 1
 
@@ -86,6 +88,8 @@ class RuntimeConfig:
             self.checkpoint = str(shipped_run(self.task, "rdp"))
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        if self.slow.handover not in HANDOVERS:
+            raise ValueError(f"slow.handover={self.slow.handover!r}, expected one of {HANDOVERS}")
         if self.fast.hold not in HOLDS:
             raise ValueError(f"fast.hold={self.fast.hold!r}, expected one of {HOLDS}")
         if self.episodes < 1 or self.seed < 0:

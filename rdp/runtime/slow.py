@@ -17,6 +17,7 @@ The first stdout line is a JSON ready record; then stats lines at ``stats_hz``; 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -48,7 +49,8 @@ class SlowNode:
         torch.set_num_threads(cfg.slow.torch_threads)
         self.cfg = cfg
         self.policy = make_policy(cfg.task, checkpoint=cfg.checkpoint, replan_every=cfg.slow.replan_every,
-                                  num_inference_steps=cfg.slow.num_inference_steps, seed=cfg.seed)
+                                  num_inference_steps=cfg.slow.num_inference_steps, seed=cfg.seed,
+                                  handover=cfg.slow.handover)
         torch.set_num_threads(cfg.slow.torch_threads)
         run = self.policy.run
         self.rate_hz = float(run["rate_hz"])
@@ -60,6 +62,7 @@ class SlowNode:
         self.hist_step: int | None = None
         self.hist_stamp = 0.0
         self.next_plan = 0
+        self.last: tuple[torch.Tensor, np.ndarray, int] | None = None  # last chunk sent, its anchor, its obs step
         self.plans = 0
         self.infer = Window()
         self.counts: Counter[str] = Counter()
@@ -134,6 +137,7 @@ class SlowNode:
         self.history.clear()
         self.hist_step = None
         self.next_plan = 0
+        self.last = None
         self.generator.manual_seed(self.cfg.seed)
         self._alive()
 
@@ -165,20 +169,35 @@ class SlowNode:
     # ------------------------------------------------------------------------------------ planning
     def _plan(self) -> None:
         obs = {k: torch.from_numpy(np.stack([h[k] for h in self.history]))[None] for k in self.obs_keys}  # (1,To,Dk)
+        step = self.hist_step
+        anchor = np.ascontiguousarray(self.history[-1]["proprio"], dtype=np.float32)
         t0 = time.perf_counter()
+        guide = self._rtc_guide(step, anchor) if self.cfg.slow.handover == "rtc" and self.last is not None else {}
         chunk = self.policy.slow.predict(obs, generator=self.generator,
-                                         num_inference_steps=self.cfg.slow.num_inference_steps)[0]
+                                         num_inference_steps=self.cfg.slow.num_inference_steps, **guide)[0]
         infer_s = time.perf_counter() - t0
         self.infer.add(infer_s)
-        step = self.hist_step
-        arrays = {"chunk": np.ascontiguousarray(chunk.numpy(), dtype=np.float32),
-                  "anchor": np.ascontiguousarray(self.history[-1]["proprio"], dtype=np.float32)}
+        self.counts["inpainted"] += bool(guide)
+        self.last = (chunk, anchor, step)
+        arrays = {"chunk": np.ascontiguousarray(chunk.numpy(), dtype=np.float32), "anchor": anchor}
         self.pub.publish("chunk", arrays, meta={
             "episode": self.episode, "obs_step": step, "start_step": step + self.cfg.slow.handover_steps,
             "obs_stamp": self.hist_stamp, "plan": self.plans, "infer_ms": round(infer_s * 1e3, 3),
         })
         self.plans += 1
         self.next_plan = step + self.cfg.slow.replan_every
+
+    def _rtc_guide(self, step: int, anchor: np.ndarray) -> dict[str, torch.Tensor]:
+        """Inpainting inputs continuing the last chunk sent (the fast node runs it, latency-matched, from its obs
+        step): pinned are the steps until this chunk takes over (``handover_steps``, plus in realtime the typical
+        inference time in steps)."""
+        assert self.last is not None
+        prev, prev_anchor, prev_step = self.last
+        frozen = self.cfg.slow.handover_steps
+        p50 = self.infer.summary()["p50"]
+        if self.cfg.mode == "realtime" and p50 is not None:
+            frozen += math.ceil(float(p50) * self.rate_hz)
+        return self.policy.rtc_prefix(prev, prev_anchor, step - prev_step, anchor, frozen, self.history[-1])
 
     def _alive(self) -> None:
         self.pub.publish("alive", meta={"episode": -1 if self.episode is None else self.episode, "plans": self.plans,

@@ -71,7 +71,10 @@ class PeelTask(SurfaceTask):
         points = centre + np.stack((xs, np.zeros_like(xs), np.full_like(xs, radius)), axis=1)
         normals = np.tile([0.0, 0.0, 1.0], (len(xs), 1))
         tangents = np.tile([1.0, 0.0, 0.0], (len(xs), 1))
-        self.publish_path(points, normals, tangents, passes=2, reverse=False)
+        # A missed segment gets a second stroke on the way back, still in contact (a peeler cuts both ways here),
+        # instead of lifting off and flying back: an in-air return at hover height looks like the first descent
+        # (same place, same height, no touch), which a policy with a short history cannot tell apart.
+        self.publish_path(points, normals, tangents, passes=2, reverse=True)
         self.travel = np.zeros(N_SEGMENTS)
         self.peeled = np.zeros(N_SEGMENTS, dtype=bool)
         self.reset_scoring()

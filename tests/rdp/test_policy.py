@@ -75,6 +75,23 @@ def test_normalizer_constant_dims_are_centred_not_scaled(mode: str) -> None:
     torch.testing.assert_close(y[0, 1:], torch.tensor([0.0, 0.5]), atol=1e-4, rtol=0)  # centred, not scaled
 
 
+@pytest.mark.parametrize("mode", ["minmax", "meanstd"])
+def test_normalizer_min_range_keeps_nearly_constant_dims_from_exploding(mode: str) -> None:
+    # A tool held at one orientation: its rotation features barely move in the demonstrations.
+    rng = np.random.default_rng(0)
+    data = np.stack([rng.uniform(-0.2, 0.2, 500), -1.0 + rng.uniform(-2e-4, 2e-4, 500)], axis=-1)
+    plain, floored = Normalizer({"proprio": 2}), Normalizer({"proprio": 2})
+    plain.fit("proprio", data, mode)
+    floored.fit("proprio", data, mode, min_range=0.05)
+    live = torch.tensor([[0.1, -1.0 + 4e-3]])  # 0.2 degree off the demonstrated orientation
+    assert abs(float(plain.normalize("proprio", live)[0, 1])) > 10  # what the policy saw before
+    assert abs(float(floored.normalize("proprio", live)[0, 1])) < 0.2
+    torch.testing.assert_close(floored.normalize("proprio", live)[0, 0], plain.normalize("proprio", live)[0, 0])
+    torch.testing.assert_close(floored.unnormalize("proprio", floored.normalize("proprio", live)), live)
+    with pytest.raises(ValueError, match="min_range"):
+        floored.fit("proprio", data, mode, min_range=-1.0)
+
+
 def test_normalizer_errors() -> None:
     norm = Normalizer({"proprio": 3})
     with pytest.raises(RuntimeError, match="'proprio' was never fitted"):
@@ -299,3 +316,39 @@ def test_load_refuses_same_shapes_with_different_meaning(tmp_path: Path) -> None
     swapped = DiffusionPolicy(lowdim_config(lowdim_keys=("tactile", "proprio"), lowdim_dims=(3, 3)))
     with pytest.raises(CheckpointError, match=r"lowdim_keys: checkpoint \('proprio', 'tactile'\), model"):
         swapped.load(tmp_path / "ckpt")
+
+
+# --------------------------------------------------------------------------------------------------- inpainting
+
+
+def test_rtc_weights_freeze_then_decay_to_zero() -> None:
+    from rdp.policy import rtc_weights
+
+    w = rtc_weights(horizon=12, frozen=2, overlap=8)
+    assert w[:2].tolist() == [1.0, 1.0] and (w[8:] == 0).all()
+    assert (w[1:] <= w[:-1]).all() and 0 < float(w[7]) < float(w[2]) < 1  # strictly decaying across the overlap
+    assert (rtc_weights(8, 0, 0) == 0).all() and (rtc_weights(8, 8, 8) == 1).all()
+    with pytest.raises(ValueError, match="frozen <= overlap"):
+        rtc_weights(8, 5, 3)
+
+
+def test_inpainting_pins_frozen_entries_and_leaves_free_ones_alone() -> None:
+    cfg = lowdim_config()
+    policy = fitted_policy(cfg).eval()
+    obs = lowdim_obs(cfg, 2)
+    free = policy.predict(obs, generator=torch.Generator().manual_seed(4))
+    prefix = torch.randn(2, *cfg.target_shape) * 2 + 1
+    w = torch.zeros(cfg.horizon)
+    w[:3] = 1.0
+    guided = policy.predict(obs, generator=torch.Generator().manual_seed(4), prefix=prefix, prefix_weights=w)
+    lo, hi = policy.normalizer.unnormalize("action", torch.full((1, 1, 2), -1.0)), \
+        policy.normalizer.unnormalize("action", torch.full((1, 1, 2), 1.0))
+    torch.testing.assert_close(guided[:, :3], prefix[:, :3].clamp(lo, hi), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(guided[:, 3:], free[:, 3:], atol=1e-3)  # the rest adapts to the pinned start
+    zero = policy.predict(obs, generator=torch.Generator().manual_seed(4), prefix=prefix,
+                          prefix_weights=torch.zeros(cfg.horizon))
+    torch.testing.assert_close(zero, free, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prefix_weights"):
+        policy.predict(obs, prefix=prefix, prefix_weights=torch.ones(3))
+    with pytest.raises(ValueError, match="both"):
+        policy.predict(obs, prefix=prefix)

@@ -102,9 +102,9 @@ def _tick_gap_before(states: list[Message], stamp: float) -> float:
 # ----------------------------------------------------------------------------------------------- lockstep
 
 
-def _launch(run: Path, out: Path) -> dict:
+def _launch(run: Path, out: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "rdp.run", *_runtime_args(run, "mode=lockstep", "max_episode_s=0.6",
-                                                           f"out={out}", "robot.camera_hz=25")]
+                                                           f"out={out}", "robot.camera_hz=25", *extra)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -112,8 +112,9 @@ def _launch(run: Path, out: Path) -> dict:
 
 @pytest.mark.timeout(2 * LAUNCH_TIMEOUT + 60)
 def test_lockstep_launcher_run_is_deterministic(tiny_run: Path, tmp_path: Path) -> None:
-    a = _launch(tiny_run, tmp_path / "a")
-    b = _launch(tiny_run, tmp_path / "b")
+    # With the real-time-chunking hand-over: the slow node inpaints every chunk after the first from the last one.
+    a = _launch(tiny_run, tmp_path / "a", "slow.handover=rtc")
+    b = _launch(tiny_run, tmp_path / "b", "slow.handover=rtc")
     assert a["error"] is None and a["episodes"] == 1 and a["exit_codes"] == {"fast": 0, "slow": 0, "robot": 0}
     assert a["fast"]["chunks"] >= 3 and a["fast"]["chunks"] == b["fast"]["chunks"]
     assert a["fast"]["skipped"] == 0  # lockstep: each chunk takes over at the step it was planned on
@@ -123,6 +124,7 @@ def test_lockstep_launcher_run_is_deterministic(tiny_run: Path, tmp_path: Path) 
     detail = json.loads((tmp_path / "a" / "results.json").read_text())
     assert detail["episodes_detail"][0]["ended_by"] == "max_episode_s"
     assert detail["loop"]["slow"]["plans"] >= 3
+    assert detail["loop"]["slow"]["inpainted"] == detail["loop"]["slow"]["plans"] - 1  # all but the first
 
 
 # ----------------------------------------------------------------------------------------------- faults

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from rdp.data import (
     env_to_policy_action,
     gather,
     load_episodes,
+    lowdim_features,
     make_windows,
     matrix_to_rotvec,
     policy_to_env_action,
     rotvec_to_matrix,
+    shift_positions,
 )
 from rdp.inference import make_policy
 from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, train
@@ -133,6 +136,53 @@ def test_bad_datasets_are_refused_with_a_reason(demos: Path, tmp_path: Path) -> 
         train(tiny_config("rdp", demos, tmp_path / "run", task="peel"))
 
 
+def test_scene_relative_proprio_ignores_where_the_scene_is() -> None:
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(5, 2, 4))
+    steps = {"tcp_pos": rng.normal(size=(5, 2, 3)), "tcp_quat": q / np.linalg.norm(q, axis=-1, keepdims=True),
+             "gripper_width": rng.uniform(size=(5, 2)), "tactile_emb": rng.normal(size=(5, 3, 15)),
+             "wrench": rng.normal(size=(5, 2, 6)), "scene": rng.normal(size=(5, 6))}
+    f = lowdim_features(steps)
+    shift = np.array([0.3, -0.2, 0.05])
+    moved = lowdim_features({**steps, "tcp_pos": steps["tcp_pos"] + shift,
+                             "scene": steps["scene"] + np.concatenate([shift, np.zeros(3)])})
+    np.testing.assert_allclose(moved["proprio_scene"], f["proprio_scene"], atol=1e-6)  # the whole scene moved
+    assert not np.allclose(moved["proprio"], f["proprio"])
+    rel = f["proprio_scene"].reshape(5, 2, 10)
+    np.testing.assert_allclose(rel[..., :3], steps["tcp_pos"] - steps["scene"][:, None, :3], atol=1e-6)
+    np.testing.assert_array_equal(rel[..., 3:], f["proprio"].reshape(5, 2, 10)[..., 3:])
+    assert "proprio_scene" not in lowdim_features({k: v for k, v in steps.items() if k != "scene"})
+    with pytest.raises(ValueError, match="scene"):
+        lowdim_features({**steps, "scene": np.zeros((5, 2))})
+
+
+def test_scene_relative_policy_trains_with_localisation_noise_and_drives_the_sim(demos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "rel"
+    cfg = tiny_config("rdp", demos, run, steps=3)
+    train(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, obs_keys=("proprio_scene", "tactile"),
+                                                              scene_noise=0.01)))
+    assert json.loads((run / "run.json").read_text())["obs_keys"] == ["proprio_scene", "tactile"]
+    _drive(make_policy("wipe", checkpoint=run, replan_every=4), ticks=10)
+
+
+def test_proprio_noise_offsets_each_window_and_keeps_its_motion(demos: Path, tmp_path: Path) -> None:
+    from rdp.train import _batch
+
+    episodes = load_episodes(demos, 25.0)
+    windows = make_windows(episodes, 2, 16)
+    cfg = tiny_config("rdp", demos, tmp_path / "x")
+    noisy = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, proprio_noise=(0.002, 0.01)))
+    keys = ("proprio", "tactile")
+    clean = _batch(cfg, episodes, windows, 0, 1, keys, None)["obs"]["proprio"].numpy()
+    moved = _batch(noisy, episodes, windows, 0, 1, keys, None)["obs"]["proprio"].numpy()
+    offset = moved - clean  # (B, To, 10)
+    np.testing.assert_allclose(offset[:, 0], offset[:, 1], atol=1e-6)  # one offset per window: velocity kept
+    assert 0.0005 < offset[..., :3].std() < 0.005 and 0.003 < offset[..., 3:9].std() < 0.03
+    np.testing.assert_array_equal(offset[..., 9], 0.0)  # the gripper width is left alone
+    with pytest.raises(ValueError, match="proprio_noise"):
+        dataclasses.replace(cfg.method, proprio_noise=(0.001, -1.0))
+
+
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
     lrs = [lr_at(s, 100, 1e-3, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
@@ -188,6 +238,32 @@ def test_dp_baseline_trains_and_drives_the_sim(demos: Path, tmp_path: Path) -> N
     summary = train(tiny_config("dp", demos, run, steps=3))
     assert "tokenizer" not in summary and not (run / "tokenizer").exists()
     _drive(make_policy("wipe", checkpoint=run, method="dp", replan_every=4), ticks=10)
+
+
+@pytest.mark.parametrize("name", ["rdp", "dp"])
+def test_rtc_handover_continues_the_running_chunk(name: str, demos: Path, tmp_path: Path) -> None:
+    run = tmp_path / name
+    train(tiny_config(name, demos, run, steps=3))
+    policy = make_policy("wipe", checkpoint=run, method=name, replan_every=4, latency_s=0.08, handover="rtc")
+    _drive(policy, ticks=24)  # several hand-overs through the inpainting path
+    assert policy.active is not None
+    prev, prev_anchor, _ = policy.active
+    horizon = int(policy.run["horizon"])
+    features = policy.history[-1]
+    anchor = prev_anchor + np.tile(np.r_[0.01, -0.02, 0.005, np.zeros(7)], policy.run["num_arms"]).astype(np.float32)
+    guide = policy.rtc_prefix(prev, prev_anchor, 4, anchor, 2, features)
+    weights = guide["prefix_weights"]
+    assert float(weights[0]) == 1.0 and float(weights[-1]) == 0.0 and (weights[1:] <= weights[:-1]).all()
+    with torch.inference_mode():
+        world = policy._chunk_actions(prev, prev_anchor, features)  # the running chunk in world positions
+    if name == "dp":  # actions: the prefix is the running chunk 4 steps on, re-anchored to the new pose
+        expected = shift_positions(world[np.minimum(np.arange(4, 4 + horizon), horizon - 1)], anchor, -1.0)
+        np.testing.assert_allclose(guide["prefix"][0].numpy(), expected, atol=1e-6)
+    else:  # latents: decoding the prefix gives back that future (up to the tokenizer's reconstruction)
+        assert tuple(guide["prefix"].shape) == (1, *policy.slow.cfg.target_shape)
+    assert policy.rtc_prefix(prev, prev_anchor, horizon, anchor, 2, features) == {}  # nothing left to continue
+    with pytest.raises(ValueError, match="handover"):
+        make_policy("wipe", checkpoint=run, method=name, handover="blend")
 
 
 def _drive(policy, ticks: int) -> None:
