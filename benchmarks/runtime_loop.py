@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from benchmarks.report import RESULTS_DIR, publish
-from bus.clock import RateKeeper
 from bus.message import Message, encode
 from bus.transport import Publisher, Subscriber
 from rdp.runtime.process import Child
@@ -76,30 +75,38 @@ def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds
                                                       f"addresses.chunk={ready['chunk']}"], tmp / f"{name}-slow.log")
             children.append(slow)
             slow.wait_ready()
-            rate = RateKeeper(NODE_HZ)
             seq, tick, episode, t_end = 0, 0, 0, None
             arrivals, latencies = [], []
             last_step = -1
+            next_tick = time.monotonic()
             while t_end is None or time.monotonic() < t_end:
-                rate.sleep()
-                now = time.monotonic()
-                for m in _observation(seq, tick / NODE_HZ, now):
-                    pub.socket.send_multipart(encode(m), copy=False)
-                if seq % 25 == 0:  # status at 10 Hz, as sim.node: the fast node learns the robot's episode from it
-                    pub.publish("status", meta={"episode": episode, "held": False, "sim_time": tick / NODE_HZ})
-                seq, tick = seq + 1, tick + 1
-                while (msg := cmd.recv(timeout=0)) is not None:
+                # Between two node ticks, wait on the command socket itself: each command is stamped when it
+                # arrives, not when the next tick polls (polling once per tick quantised both the measured jitter
+                # and the tactile-to-command latency to the 4 ms node period).
+                while (left := next_tick - time.monotonic()) > 0:
+                    msg = cmd.recv(timeout=left)
+                    if msg is None:
+                        break
+                    arrived = time.monotonic()
                     if msg.topic == "reset":
                         episode, tick = episode + 1, 0
                         pub.publish("episode", meta={"event": "reset", "episode": episode, "seed": msg.meta["seed"]})
                         continue
-                    arrived = time.monotonic()
                     if t_end is None:
                         t_end = arrived + seconds  # measure from the first command on
                     arrivals.append(arrived)
                     if msg.meta["step"] != last_step:  # the first command decoded from a new step's reading
                         last_step = msg.meta["step"]
                         latencies.append(arrived - msg.meta["tactile_stamp"])
+                now = time.monotonic()
+                for m in _observation(seq, tick / NODE_HZ, now):
+                    pub.socket.send_multipart(encode(m), copy=False)
+                if seq % 25 == 0:  # status at 10 Hz, as sim.node: the fast node learns the robot's episode from it
+                    pub.publish("status", meta={"episode": episode, "held": False, "sim_time": tick / NODE_HZ})
+                seq, tick = seq + 1, tick + 1
+                next_tick += 1.0 / NODE_HZ
+                if now - next_tick > 1.0 / NODE_HZ:  # more than a period late: skip the missed ticks, as RateKeeper
+                    next_tick = now + 1.0 / NODE_HZ
         finally:
             for c in reversed(children):
                 c.stop()
