@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # Policy configs that evaluate another config's training run (inference-time ablations).
-RUN_OF = {"rdp_nolm": "rdp"}
+RUN_OF = {"rdp_nolm": "rdp", "rdp_rtc": "rdp"}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

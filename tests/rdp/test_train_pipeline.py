@@ -297,6 +297,10 @@ def test_hydra_configs_compose_into_typed_train_configs(tmp_path: Path) -> None:
             assert typed.method.name == name and typed.task == "wipe" and typed.rate_hz == 25.0
             assert (typed.method.tokenizer is not None) == (name == "rdp")
             assert ("tactile" in typed.method.obs_keys) == (name == "rdp")
+        # Inference-time variants evaluate the rdp checkpoint with one setting changed.
+        for name, key, value in (("rdp_nolm", "latency_matching", False), ("rdp_rtc", "handover", "rtc")):
+            policy = compose("eval", overrides=[f"policy={name}"]).policy
+            assert policy[key] == value and policy.default_run == "rdp" and policy.method == "rdp"
 
 
 # ----------------------------------------------------------------------------------------------- distributed
