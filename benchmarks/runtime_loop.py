@@ -220,7 +220,8 @@ def main() -> None:
           f"{decode['rerun_chunk_so_far_ms'].get('p50', float('nan')):.3f} ms (p50)")
     publish({
         "benchmark": "runtime_loop", "seconds": args.seconds, "cpu_count": os.cpu_count(),
-        "note": "fake robot node in the benchmark process, stamping commands on arrival; see load_average",
+        "note": "fake robot node in the benchmark process, stamping commands on arrival",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "loops": loops, "slow_inference_ms_by_ddim_steps": inference, "decoder_per_tick": decode,
         "goals": {"fast_step_p99_ms": 1.0, "cmd_rate_hz": 200, "jitter_p99_ms": 1.0, "tactile_to_cmd_p99_ms": 5.0,
                   "slow_hz_at_8_steps": 10},
