@@ -76,19 +76,17 @@ class Normalizer(nn.Module):
         x = x.reshape(-1, dim)
         if not np.isfinite(x).all():
             raise ValueError(f"normaliser fit {key!r}: data contains NaN or inf")
-        if mode == "minmax":
+        if mode == "minmax":  # [lo, hi] -> [-1, 1]: scale 2 / range
             lo, hi = x.min(axis=0), x.max(axis=0)
-            spread, centre = hi - lo, (hi + lo) / 2
-            constant = spread < self.eps
-            spread = np.maximum(spread, min_range)
-            scale = np.where(spread < self.eps, 1.0, 2.0 / np.where(spread < self.eps, 1.0, spread))
-        elif mode == "meanstd":
-            centre, spread = x.mean(axis=0), x.std(axis=0)
-            constant = spread < self.eps
-            spread = np.maximum(spread, min_range / 2)
-            scale = np.where(spread < self.eps, 1.0, 1.0 / np.where(spread < self.eps, 1.0, spread))
+            spread, centre, width, floor = hi - lo, (hi + lo) / 2, 2.0, min_range
+        elif mode == "meanstd":  # unit std: scale 1 / std
+            spread, centre, width, floor = x.std(axis=0), x.mean(axis=0), 1.0, min_range / 2
         else:
             raise ValueError(f"normaliser fit {key!r}: mode must be 'minmax' or 'meanstd', got {mode!r}")
+        constant = spread < self.eps
+        spread = np.maximum(spread, floor)
+        flat = spread < self.eps  # still constant after the floor: centre only
+        scale = np.where(flat, 1.0, width / np.where(flat, 1.0, spread))
         stats = self.stats[key]
         stats.scale.copy_(torch.as_tensor(scale, dtype=stats.scale.dtype))
         stats.offset.copy_(torch.as_tensor(-centre * scale, dtype=stats.offset.dtype))

@@ -484,6 +484,15 @@ def _image_config(m: MethodConfig, episodes: Episodes) -> dict[str, Any]:
             "encoder_width": m.encoder_width, "encoder_stem_stride": m.encoder_stem_stride}
 
 
+def _offset_proprio(x: np.ndarray, pos: np.ndarray | float, rot: np.ndarray | float = 0.0) -> np.ndarray:
+    """Proprio features (B, To, 10 A) plus offsets broadcast against (B, To, A, 3) positions / (B, To, A, 6)
+    rotation features; a new float32 array."""
+    view = x.reshape(*x.shape[:-1], x.shape[-1] // ACTION_DIM, ACTION_DIM).copy()
+    view[..., :3] += pos
+    view[..., 3:9] += rot
+    return view.reshape(x.shape).astype(np.float32)
+
+
 def _batch(
     cfg: TrainConfig, episodes: Episodes, windows: Windows, step: int, stage: int, obs_keys: tuple[str, ...],
     cond_key: str | None, latents: np.ndarray | None = None, image_keys: tuple[str, ...] = (),
@@ -502,18 +511,14 @@ def _batch(
         if "scene" in b["obs"]:
             b["obs"]["scene"] = (b["obs"]["scene"] + noise).astype(np.float32)
         if "proprio_scene" in b["obs"]:
-            rel = b["obs"]["proprio_scene"]
-            view = rel.reshape(*rel.shape[:-1], rel.shape[-1] // ACTION_DIM, ACTION_DIM).copy()
-            view[..., :3] -= noise[..., None, :3]
-            b["obs"]["proprio_scene"] = view.reshape(rel.shape).astype(np.float32)
+            b["obs"]["proprio_scene"] = _offset_proprio(b["obs"]["proprio_scene"], -noise[..., None, :3])
     pos_std, rot_std = cfg.method.proprio_noise
     for key in ("proprio", "proprio_scene"):
         if key in b["obs"] and (pos_std > 0 or rot_std > 0):
-            x = b["obs"][key]
-            view = x.reshape(*x.shape[:-1], x.shape[-1] // ACTION_DIM, ACTION_DIM).copy()  # (B, To, A, 10)
-            view[..., :3] += rng.normal(0.0, pos_std, (len(idx), 1, view.shape[2], 3)) if pos_std > 0 else 0.0
-            view[..., 3:9] += rng.normal(0.0, rot_std, (len(idx), 1, view.shape[2], 6)) if rot_std > 0 else 0.0
-            b["obs"][key] = view.reshape(x.shape).astype(np.float32)
+            arms = b["obs"][key].shape[-1] // ACTION_DIM
+            pos = rng.normal(0.0, pos_std, (len(idx), 1, arms, 3)) if pos_std > 0 else 0.0
+            rot = rng.normal(0.0, rot_std, (len(idx), 1, arms, 6)) if rot_std > 0 else 0.0
+            b["obs"][key] = _offset_proprio(b["obs"][key], pos, rot)
     obs = {k: torch.from_numpy(v) for k, v in b["obs"].items()}
     obs.update({k: obs[k].permute(0, 1, 4, 2, 3) for k in image_keys})
     out: dict[str, Any] = {"obs": {k: v.to(dev) for k, v in obs.items()},

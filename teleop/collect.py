@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.config import load_node_config
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
 
@@ -95,19 +96,7 @@ class CollectConfig:
 
 
 def load_config(overrides: Sequence[str]) -> CollectConfig:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"arguments must be key=value overrides (task=wipe episodes=2 out=DIR), got {bad}")
-    try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(CollectConfig), OmegaConf.load(CONFIG_PATH), OmegaConf.from_dotlist(list(overrides))
-        )
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"bad collect config ({CONFIG_PATH}, overrides {list(overrides)}): {exc}") from exc
+    return load_node_config(CollectConfig, CONFIG_PATH, overrides, "collect", "task=wipe episodes=2 out=DIR")
 
 
 # ------------------------------------------------------------------------------------------ recorder

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.config import load_node_config
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
 from sim.controller import mat_to_rotvec, rotvec_to_mat
@@ -89,20 +90,7 @@ class KeyboardConfig:
 
 
 def load_config(cls: type, name: str, overrides: Sequence[str]) -> Any:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    path = CONFIG_DIR / f"{name}.yaml"
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"arguments must be key=value overrides, got {bad}")
-    try:
-        merged = OmegaConf.merge(
-            OmegaConf.structured(cls), OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-        )
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ValueError(f"bad {name} operator config ({path}, overrides {list(overrides)}): {exc}") from exc
+    return load_node_config(cls, CONFIG_DIR / f"{name}.yaml", overrides, f"{name} operator", "key=value")
 
 
 # ------------------------------------------------------------------------------------------ link
