@@ -25,6 +25,9 @@ per-topic ``seq`` of the bus header::
     image     scene_rgb, wrist_rgb (S,S,3) u1                                 camera_hz
     status    meta: held, reason, counters (accepted, clipped, rej_<kind>...) status_hz and on every hold change
     watchdog  meta: engaged, reason (no_command | watchdog | force_limit), cmd_age_ms, force_n   on hold changes
+    applied   applied_target (A,7) f8: the target the controllers took this tick (a command, or the hold pose
+              when a hold begins); meta sim_time (the tick's start, 0 at reset), tick (node ticks since the
+              reset), reason (None when following commands)       on every change of target
     episode   meta: event (reset | end), task, seed, episode, success, score, perturbation
 
 Commands (``Subscriber`` that binds ``addresses.cmd``; many senders may connect):
@@ -44,8 +47,10 @@ command ends a watchdog hold at once.
 Lockstep (``Server`` on ``addresses.tick``; requests from a ``bus.transport.Client``)::
 
     tick      optional arrays {"target"} = the command for this step (validated as above). The sim advances
-              one control step (1 / control_hz), then the reply "tick" carries the state arrays and meta
-              tick, sim_time, state_seq, held, reason, cmd_accepted, terminated, truncated, success.
+              one control step (1 / control_hz), or meta ``node_ticks`` node ticks when given (1 = one 250 Hz
+              tick: ``teleop.replay`` re-applies recorded ``applied`` targets at the tick they took effect),
+              then the reply "tick" carries the state arrays and meta tick, sim_time, state_seq, held,
+              reason, cmd_accepted, terminated, truncated, success.
     reset     meta {"seed"}: new episode; reply "reset".
     ping      meta {"topic"} (default "state"); reply "pong", meta subscribed (a subscriber to that topic is
               connected): the start-up handshake that keeps a lockstep run from losing its first messages.
@@ -248,6 +253,7 @@ class RobotNode:
         self._force_lp = np.zeros(self.n_arms)
         self._force_active = False
         self._ticks = 0
+        self._episode_ticks = 0
         self._phys_steps = 0
         self._episode = -1
         self._seed = cfg.seed
@@ -363,6 +369,7 @@ class RobotNode:
         self._step_physics()
         self._read_and_publish()
         self._ticks += 1
+        self._episode_ticks += 1
         if self._ticks % self._camera_every == 0 and self.cfg.cameras:
             self._publish_images()
         if self._ticks % self._status_every == 0:
@@ -444,11 +451,17 @@ class RobotNode:
         self._publish_status()
 
     def _set_targets(self, target: np.ndarray) -> None:
-        """(A, 7) [x, y, z, rx, ry, rz, grip] -> the controllers (which bound the reference speed)."""
+        """(A, 7) [x, y, z, rx, ry, rz, grip] -> the controllers (which bound the reference speed); published as
+        ``applied`` so a recording holds what the robot actually did, at the tick it did it."""
         env = self.env
         for i, ctrl in enumerate(env.controllers):
             u = target[i]
             ctrl.set_target(u[:3], rotvec_to_mat(u[3:6]), u[6], env.task.arms[i].grip_force)
+        self.pub.publish(
+            "applied",
+            {"applied_target": np.asarray(target, np.float64).reshape(self.n_arms, ACTION_DIM_PER_ARM)},
+            {"sim_time": env.time, "tick": self._episode_ticks, "reason": self.hold_reason},
+        )
 
     def _step_physics(self) -> None:
         env = self.env
@@ -543,6 +556,7 @@ class RobotNode:
         self._episode += 1
         _, info = self.env.reset(seed=seed)  # resets the controllers to hold the start pose
         self._phys_steps = 0
+        self._episode_ticks = 0
         self._episode_over = False
         self._done = (False, False)
         self._last_cmd = self._last_cmd_t = None
@@ -568,7 +582,7 @@ class RobotNode:
                 self._answer_tick(self._pending_tick)
                 self._pending_tick = None
             self._pending_tick = self._serve_until_tick()
-            self._ticks_left = self.cfg.ticks_per_control
+            self._ticks_left = self._pending_tick.message.meta.get("node_ticks") or self.cfg.ticks_per_control
         self._ticks_left -= 1
         self.clock.advance(self.tick_dt)
 
@@ -582,6 +596,12 @@ class RobotNode:
                 continue
             topic = req.message.topic
             if topic == "tick":
+                n = req.message.meta.get("node_ticks")
+                if n is not None and not (type(n) is int and 1 <= n <= self.cfg.ticks_per_control):
+                    reason = f"node_ticks={n!r}, expected an int in 1..{self.cfg.ticks_per_control}"
+                    self._reject("node_ticks", reason)
+                    self.server.reply(req, "error", meta={"reason": reason})
+                    continue
                 self._tick_cmd_accepted = None
                 if req.message.arrays:
                     self._tick_cmd_accepted = self._accept_command(dict(req.message.arrays), self.clock.now())

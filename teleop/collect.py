@@ -20,8 +20,10 @@ commits it on ``end`` with the task outcome; this orchestrator asks for each res
 Recorded streams (``teleop.dataset`` format), each at its native rate, stamped with the robot's simulation
 time (1 us resolution, as ``teleop.record_expert``): every array of ``state``, ``tactile`` and ``wrench``
 (250 Hz), ``scene_rgb`` / ``wrist_rgb`` (camera rate), ``action`` (7 A,) float32 = each command the teleop
-node sent (its sim time from the node's newest state and the shared monotonic clock), ``clutch`` (A,) u1
-(teleop status), ``robot_held`` u1 (robot status), and at the end ``outcome_score`` (one sample).
+node sent (its sim time from the node's newest state and the shared monotonic clock), ``applied_target``
+(A, 7) float64 = each target the robot's controllers actually took, stamped with the start of the tick that
+took it (what ``teleop.replay`` re-applies), ``clutch`` (A,) u1 (teleop status), ``robot_held`` u1 (robot
+status), and at the end ``outcome_score`` (one sample).
 
 Children die with this process (``PR_SET_PDEATHSIG``) and are stopped in order on exit; their stderr goes to
 ``OUT/logs/``. Progress goes to stderr; the last stdout line is a JSON summary (also ``OUT/collect.json``).
@@ -59,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "configs" / "teleop" / "collect.yaml"
 ANY = "tcp://127.0.0.1:*"
 OPERATORS = ("scripted",)
-ROBOT_STREAM_TOPICS = ("state", "tactile", "wrench", "image")
+ROBOT_STREAM_TOPICS = ("state", "tactile", "wrench", "image", "applied")
 TIME_DECIMALS = 6
 
 

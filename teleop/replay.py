@@ -1,20 +1,28 @@
-"""Replay recorded teleoperation commands open-loop in the lockstep sim and check the outcome is reproduced.
+"""Replay a recording open-loop in the lockstep sim and check the outcome is reproduced.
 
-    python -m teleop.replay DIR [episodes=0,2] [score_tol=0.2]
+    python -m teleop.replay DIR [episodes=0,2] [score_tol=0.2] [source=auto|applied|commands]
 
 For each committed episode: a lockstep robot node (``python -m sim.node mode=lockstep``, no cameras) is reset
-with the episode's task and seed (perturbations on when the episode had one), then advanced one control step
-(1 / control_hz) per tick. A tick carries the newest recorded ``action`` stamped within the step
-(rounded to the nearest step start); a step with no new command carries none, so the node's watchdog and
-hold logic see the same command gaps the live run had. The replay stops when the task ends, or one
-second of sim time after the recorded end. ``match``: same ``success`` and ``|score - recorded| <= score_tol``.
+with the episode's task and seed (perturbations on when the episode had one), then driven with what the live
+robot did. The replay stops when the task ends, or one second of sim time after the recorded end.
+``match``: same ``success`` and ``|score - recorded| <= score_tol``.
 
-Why open-loop in lockstep: the recording was made in realtime, where the robot applied each command at its
-250 Hz tick; lockstep applies them at the 50 Hz control step, up to half a step off. Reproducing the outcome
-despite that says the recorded commands, not luck in timing, carried the demonstration.
+Two sources (``source=auto``, the default, takes the first the recording has):
 
-The last stdout line is JSON: ``episodes`` (one row each: recorded and replayed success/score, match) and
-``all_match``; the exit code is 0 only when every episode matches.
+- ``applied_target`` (``mode: applied``): each target the live robot node's controllers took, stamped with the
+  start of the node tick that took it. The replay advances one node tick (250 Hz) per request and sends, from
+  the tick of the first one on, the newest applied target as that tick's command. The node then sets the same
+  targets at the same ticks as the live run, so physics, sensor noise and the outcome repeat exactly: ``match``
+  also needs the replayed TCP track within 1 um of the recorded one (``tcp_max_dev_m``), and a mismatch
+  means the sim is not deterministic, not that timing was unlucky.
+- ``action`` (``mode: commands``; recordings made before the robot published ``applied``): each command the
+  teleop node sent, stamped with its send time. One control step (1 / control_hz) per request carries the
+  newest command stamped within it (rounded to the nearest step start). Approximate: the live robot applied
+  each command on arrival, after the operator's network latency, at its 250 Hz tick; an outcome near a
+  threshold (a lift squeeze) can flip.
+
+The last stdout line is JSON: ``episodes`` (one row each: mode, recorded and replayed success/score, match)
+and ``all_match``; the exit code is 0 only when every episode matches.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from bus.transport import Client
 from teleop.collect import ANY, Child
 from teleop.dataset import list_episodes, load_stream, read_meta
 
+SOURCES = ("auto", "applied", "commands")
+TCP_TOL_M = 1e-6  # applied replays repeat the recorded TCP track to float precision (it is stored as float64)
+
 
 def recorded_outcome(episode: Path, meta: dict[str, Any]) -> tuple[bool | None, float | None, float]:
     """(success, score, end sim time) as the robot node reported them when the episode was recorded."""
@@ -44,38 +55,69 @@ def recorded_outcome(episode: Path, meta: dict[str, Any]) -> tuple[bool | None, 
     return meta.get("success"), score, float(end)
 
 
-def replay_episode(client: Client, episode: Path, control_hz: float = 50.0, score_tol: float = 0.2) -> dict[str, Any]:
-    """Drive a lockstep robot node (``client`` connected to its tick socket) with one episode's commands."""
+def replay_episode(client: Client, episode: Path, control_hz: float = 50.0, tick_hz: float = 250.0,
+                   score_tol: float = 0.2, source: str = "auto") -> dict[str, Any]:
+    """Drive a lockstep robot node (``client`` connected to its tick socket) with one episode's recording."""
     meta = read_meta(episode)
     success, score, t_end = recorded_outcome(episode, meta)
-    t_act, actions = load_stream(episode, "action", meta)
-    n_arms = actions.shape[1] // 7
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r}: expected one of {SOURCES}")
+    has_applied = "applied_target" in meta["streams"]
+    if source == "applied" and not has_applied:
+        raise ValueError(f"{episode}: no applied_target stream (recorded before the robot node published it); "
+                         "use source=commands")
+    applied = has_applied and source != "commands"
+    if applied:  # one node tick per request; target k is applied from its own tick on
+        dt, ticks = 1.0 / tick_hz, 1
+        t_cmd, targets = load_stream(episode, "applied_target", meta)
+        step_of = np.round(t_cmd / dt).astype(np.int64)
+    else:  # one control step per request; action i goes with the step whose start is nearest to its stamp
+        dt, ticks = 1.0 / control_hz, None
+        t_cmd, targets = load_stream(episode, "action", meta)
+        step_of = np.floor(t_cmd / dt + 0.5).astype(np.int64)
+    n_arms = targets[0].size // 7
+    # The recorded TCP track by node tick, to compare the replayed one with (states are stamped after their tick).
+    t_tcp, tcp = load_stream(episode, "tcp_pos", meta)
+    tcp_at = dict(zip(np.round(t_tcp * tick_hz).astype(np.int64).tolist(), tcp, strict=True))
+    dev, compared = 0.0, 0
     client.request("reset", meta={"seed": int(meta["seed"])}, timeout=30.0)
-    dt = 1.0 / control_hz
-    # Action i goes with the control step whose start is nearest to its stamp.
-    step_of = np.floor(t_act / dt + 0.5).astype(np.int64)
-    k, i, reply = 0, 0, None
+    k, i, current, reply = 0, 0, None, None
     while True:
         newest = None
         while i < len(step_of) and step_of[i] <= k:
             newest = i
             i += 1
-        arrays = None if newest is None else {"target": actions[newest].astype(np.float64).reshape(n_arms, 7)}
-        reply = client.request("tick", arrays, timeout=30.0)
+        if newest is not None:
+            current = targets[newest].astype(np.float64).reshape(n_arms, 7)
+        # Applied targets are re-sent every tick (the node's watchdog must not trip where the live one did not:
+        # a live hold is itself an applied target); commands only on the steps that had one, as recorded.
+        send = current if applied else (None if newest is None else current)
+        reply = client.request("tick", None if send is None else {"target": send},
+                               meta=None if ticks is None else {"node_ticks": ticks}, timeout=30.0)
+        if reply.topic != "tick":
+            raise RuntimeError(f"{episode.name}: the replay node refused a tick: {reply.meta.get('reason')}")
         k += 1
         m = reply.meta
+        recorded_tcp = tcp_at.get(round(m["sim_time"] * tick_hz))
+        if recorded_tcp is not None:
+            compared += 1
+            dev = max(dev, float(np.abs(reply.arrays["tcp_pos"] - recorded_tcp).max()))
         if m["terminated"] or m["truncated"] or k * dt > t_end + 1.0:
             break
     replayed_success, replayed_score = bool(reply.meta["success"]), float(reply.meta["score"])
     match = replayed_success == success and (score is None or abs(replayed_score - score) <= score_tol)
+    if applied:  # the same targets at the same ticks: the track itself must repeat
+        match = match and compared > 0 and dev <= TCP_TOL_M
     return {
-        "episode": episode.name, "seed": meta["seed"], "recorded": {"success": success, "score": score, "t_end": t_end},
+        "episode": episode.name, "seed": meta["seed"], "mode": "applied" if applied else "commands",
+        "recorded": {"success": success, "score": score, "t_end": t_end},
         "replayed": {"success": replayed_success, "score": replayed_score, "t_end": round(k * dt, 4)},
-        "commands": int(len(t_act)), "match": bool(match),
+        "commands": int(len(t_cmd)), "tcp_compared": compared, "tcp_max_dev_m": dev, "match": bool(match),
     }
 
 
-def replay_dataset(root: Path, episodes: Sequence[int] | None = None, score_tol: float = 0.2) -> dict[str, Any]:
+def replay_dataset(root: Path, episodes: Sequence[int] | None = None, score_tol: float = 0.2,
+                   source: str = "auto") -> dict[str, Any]:
     """Replay the chosen (default: all) committed episodes of ``root``; one lockstep node per task."""
     paths = list_episodes(root)
     if episodes is not None:
@@ -99,7 +141,8 @@ def replay_dataset(root: Path, episodes: Sequence[int] | None = None, score_tol:
             ready = node.expect("ready", 60.0)
             client = Client(ready["tick"])
             for p in eps:
-                rows.append(replay_episode(client, p, score_tol=score_tol))
+                rows.append(replay_episode(client, p, tick_hz=float(ready["tick_hz"]), score_tol=score_tol,
+                                           source=source))
         finally:
             if client is not None:
                 client.close()
@@ -113,19 +156,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__doc__)
         return 0 if args else 2
     root, opts = Path(args[0]), dict(a.split("=", 1) for a in args[1:] if "=" in a)
-    unknown = set(opts) - {"episodes", "score_tol"}
+    unknown = set(opts) - {"episodes", "score_tol", "source"}
     if unknown or len(opts) != len(args) - 1:
-        print(f"teleop.replay: expected DIR [episodes=0,1] [score_tol=0.2], got {args[1:]}", file=sys.stderr)
+        print(f"teleop.replay: expected DIR [episodes=0,1] [score_tol=0.2] [source=auto], got {args[1:]}",
+              file=sys.stderr)
         return 2
     episodes = [int(x) for x in opts["episodes"].split(",")] if "episodes" in opts else None
     try:
-        result = replay_dataset(root, episodes, float(opts.get("score_tol", 0.2)))
+        result = replay_dataset(root, episodes, float(opts.get("score_tol", 0.2)), opts.get("source", "auto"))
     except (ValueError, subprocess.SubprocessError, RuntimeError) as exc:
         print(f"teleop.replay: {exc}", file=sys.stderr)
         return 2
     for r in result["episodes"]:
-        print(f"{r['episode']}: recorded {r['recorded']}, replayed {r['replayed']} -> "
-              f"{'match' if r['match'] else 'MISMATCH'}", file=sys.stderr)
+        print(f"{r['episode']} ({r['mode']}): recorded {r['recorded']}, replayed {r['replayed']}, TCP track "
+              f"within {r['tcp_max_dev_m'] * 1e3:.3f} mm -> {'match' if r['match'] else 'MISMATCH'}", file=sys.stderr)
     print(json.dumps(result))
     return 0 if result["all_match"] else 1
 

@@ -358,3 +358,33 @@ def test_force_limit_holds_and_reports(tmp_path):
         reset = client.request("reset", meta={"seed": 5}, timeout=TIMEOUT)
         assert reset.meta == {"episode": 1, "seed": 5}
         assert client.request("tick", timeout=TIMEOUT).meta["reason"] == "no_command"
+
+
+def test_single_node_ticks_and_the_applied_stream(tmp_path):
+    """``node_ticks`` advances single 250 Hz ticks; every target the controllers take is published as ``applied``
+    with its tick, a hold included; a bad ``node_ticks`` is refused without advancing."""
+    with robot_node(tmp_path / "node.log", "mode=lockstep", "cameras=false", "perturb=false") as node, \
+            Subscriber(node.ready["pub"], topics=("applied",)) as applied, Client(node.ready["tick"]) as client:
+        end = time.monotonic() + TIMEOUT
+        while not client.request("ping", meta={"topic": "applied"}, timeout=TIMEOUT).meta["subscribed"]:
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        first = client.request("tick", meta={"node_ticks": 1}, timeout=TIMEOUT)
+        assert first.meta["sim_time"] == pytest.approx(0.004) and first.meta["reason"] == "no_command"
+        for bad in (0, 6, 2.0, "1"):
+            refused = client.request("tick", meta={"node_ticks": bad}, timeout=TIMEOUT)
+            assert refused.topic == "error" and "node_ticks" in refused.meta["reason"]
+        target = _hold_target(first)
+        target[0, 0] += 0.01
+        sent = client.request("tick", {"target": target}, meta={"node_ticks": 3}, timeout=TIMEOUT)
+        assert sent.meta["sim_time"] == pytest.approx(0.016) and sent.meta["held"] is False
+        msg = applied.recv(timeout=TIMEOUT)
+        assert msg.meta["tick"] == 1 and msg.meta["sim_time"] == pytest.approx(0.004) and msg.meta["reason"] is None
+        np.testing.assert_array_equal(msg.arrays["applied_target"], target)
+        # No further command: the watchdog (100 ms) holds, and the hold pose is an applied target too.
+        for _ in range(8):
+            reply = client.request("tick", timeout=TIMEOUT)
+        assert reply.meta["reason"] == "watchdog"
+        hold = applied.recv(timeout=TIMEOUT)
+        assert hold.meta["reason"] == "watchdog" and hold.meta["tick"] > msg.meta["tick"]
+        assert not np.array_equal(hold.arrays["applied_target"], target)
