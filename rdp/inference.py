@@ -251,6 +251,8 @@ class RDPSimPolicy(_ChunkedSimPolicy):
         self.norm = norm
         self.cond_key = run["cond_key"]
 
+    CHUNK_STATE = ("state",)  # what _plan / _decode keep per chunk (ChunkExecutor.save)
+
     def _reset_chunk(self) -> None:
         self.state = None
 
@@ -283,6 +285,8 @@ class RDPSimPolicy(_ChunkedSimPolicy):
 
 class DPSimPolicy(_ChunkedSimPolicy):
     """The baseline: executes the predicted action chunk (T, Da) open-loop until the next replan."""
+
+    CHUNK_STATE = ("chunk",)
 
     def _reset_chunk(self) -> None:
         self.chunk: np.ndarray | None = None
@@ -404,6 +408,18 @@ class ChunkExecutor:
                              f"{self.chunk_shape} / ({self.anchor_dim},)")
         self.policy.start(torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)), anchor)
         self.t = 0
+
+    def save(self) -> dict[str, Any]:
+        """The running chunk's decoding context (references: starting another chunk replaces, never mutates it)."""
+        names = (*self.policy.CHUNK_STATE, "anchor")
+        return {"t": self.t, **{name: getattr(self.policy, name, None) for name in names}}
+
+    def load(self, context: Mapping[str, Any]) -> None:
+        """Continue a chunk exactly where ``save`` left it (the fast node stages the next chunk with these)."""
+        for name, value in context.items():
+            if name != "t":
+                setattr(self.policy, name, value)
+        self.t = int(context["t"])
 
     @torch.inference_mode()
     def step(self, features: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -7,9 +7,12 @@ Per loop iteration (``fast.cmd_hz`` in realtime; one robot control step in locks
 to a newer chunk if one is due (latest wins; actions whose step has passed are skipped, the tokenizer's GRU being
 stepped through them on the tactile readings of those steps), and runs **one** ``AsymmetricTokenizer.step`` on the
 newest reading (dp: indexes the action chunk). Between steps the action is held; every iteration sends it as a
-``cmd`` (meta: step, tactile_stamp, plan). When the slow node is late the current chunk keeps running; when it runs
-out the robot is held: ``fast.hold=pose`` keeps commanding the pose measured at that moment, ``silence`` stops
-sending so that the robot node's watchdog holds.
+``cmd`` (meta: step, tactile_stamp, plan). After the command is out, a pending chunk is *staged*: started in a
+decoding context of its own and stepped through the steps that already passed, so the hand-over step costs one
+decoder step instead of a catch-up burst that would make that command late (stats ``stage_ms``, count ``staged``).
+When the slow node is late the current chunk keeps running; when it runs out the robot is held:
+``fast.hold=pose`` keeps commanding the pose measured at that moment, ``silence`` stops sending so that the robot
+node's watchdog holds.
 
 Modes share all of this; only the link to the robot differs (``RealtimeLink``: a ``RateKeeper`` on the wall clock,
 commands on the robot's cmd socket; ``LockstepLink``: one ``tick`` request per control step carrying the command,
@@ -208,7 +211,7 @@ class FastNode:
         # Statistics.
         self.counts: Counter[str] = Counter()
         self.chunk_rejects: Counter[str] = Counter()
-        self.step_time, self.tac_to_cmd = Window(), Window()
+        self.step_time, self.tac_to_cmd, self.stage_time = Window(), Window(), Window()
         self.trace = Trace(("wall", "sim_time", "step_ms", "holding"))
         self.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
         self.digest = hashlib.sha256()
@@ -246,6 +249,7 @@ class FastNode:
         self.holding = False
         self.slot.clear()
         self.ring.clear()
+        self.staged: tuple[Any, dict[str, Any]] | None = None  # (pending chunk, its decoding context)
         self.tactile_stamp = 0.0
         self.lockstep_slow_absent = False
 
@@ -334,6 +338,35 @@ class FastNode:
         dt = sent - t0
         self.step_time.add(dt)
         self.trace.add(time.monotonic(), self._sim_time(), dt * 1e3, float(self.holding))
+        if self._stage_pending():
+            self.stage_time.add(time.perf_counter() - sent)
+
+    def _stage_pending(self) -> bool:
+        """After the command went out: start the pending chunk in a context of its own and step its decoder
+        through the steps that have passed, so the step it takes over costs one decoder step, not a catch-up
+        burst (which made the command late). Same readings, same order: the actions equal an unstaged hand-over."""
+        pending = self.slot.pending
+        if pending is None or self.step < pending.obs_step:
+            return False
+        target_t = min(self.step - pending.obs_step + 1, pending.start_step - pending.obs_step, self.horizon)
+        if self.staged is not None and self.staged[0] is pending and self.staged[1]["t"] >= target_t:
+            return False
+        running = self.executor.save()
+        fresh = self.staged is None or self.staged[0] is not pending
+        if fresh:
+            self.executor.start(pending.data, pending.anchor)
+        else:
+            self.executor.load(self.staged[1])
+        stepped = 0
+        while self.executor.t < target_t:
+            past = self.ring.get(pending.obs_step + self.executor.t)
+            if past is None:  # a step before the episode's first reading: left to the hand-over's own catch-up
+                break
+            self.executor.step(past)
+            stepped += 1
+        self.staged = (pending, self.executor.save())
+        self.executor.load(running)
+        return fresh or stepped > 0
 
     def _on_step(self, step: int, tactile: Message, obs: dict[str, Message]) -> None:
         try:
@@ -365,7 +398,12 @@ class FastNode:
             self.target = hold_target(obs["state"]) if self.cfg.fast.hold == "pose" else None
 
     def _adopt(self, chunk, step: int) -> None:
-        self.executor.start(chunk.data, chunk.anchor)
+        if self.staged is not None and self.staged[0] is chunk:
+            self.executor.load(self.staged[1])
+            self.counts["staged"] += 1
+        else:
+            self.executor.start(chunk.data, chunk.anchor)
+        self.staged = None
         skipped = step - chunk.obs_step
         self.counts["chunks"] += 1
         self.counts["skipped"] += skipped
@@ -456,7 +494,8 @@ class FastNode:
     def stats(self, event: str) -> dict[str, Any]:
         out: dict[str, Any] = {"event": event, "node": "fast", "mode": self.cfg.mode, "episode": self.episode,
                                "step": self.step, "sim_time": round(self._sim_time(), 4), "holding": self.holding,
-                               "step_ms": self.step_time.summary(1e3), "rejects": self.rejects(),
+                               "step_ms": self.step_time.summary(1e3), "stage_ms": self.stage_time.summary(1e3),
+                               "rejects": self.rejects(),
                                **{k: v for k, v in self.counts.items() if k != "rej_schema"}}
         if self.link.rate is not None:
             rs = self.link.rate.stats()

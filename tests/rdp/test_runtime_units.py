@@ -178,3 +178,64 @@ def test_chunk_executor_decodes_like_the_sim_adapter(tiny_run: Path) -> None:
             want = shift_positions(want[None], anchor, +1.0)[0]
         np.testing.assert_allclose(ex.step(f), policy_to_env_action(want), atol=1e-6)
     assert ex.t == 5
+
+
+def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_run: Path) -> None:
+    """The fast node stages a pending chunk after sending its command (start + catch-up on the readings of steps
+    that passed, in a context of its own) while the running chunk keeps decoding; at the take-over every action,
+    before and after, equals the hand-over that does all of it at once."""
+    from collections import Counter
+
+    from rdp.inference import ChunkExecutor, make_policy
+    from rdp.runtime.chunks import Chunk
+    from rdp.runtime.fast import FastNode
+    from rdp.runtime.timing import Trace
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+
+    def node() -> FastNode:  # the hand-over state of a FastNode, without its sockets
+        n = FastNode.__new__(FastNode)
+        n.executor = ChunkExecutor(make_policy("wipe", checkpoint=tiny_run, replan_every=8))
+        n.horizon, n.lockstep, n.step, n.staged = n.executor.horizon, True, -1, None
+        n.slot, n.ring, n.counts = ChunkSlot(), StepRing(2 * n.horizon), Counter()
+        n.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
+        n._sim_time = lambda: 0.0
+        return n
+
+    def chunk(obs_step: int, start_step: int) -> Chunk:
+        return Chunk(data=rng.normal(size=a.executor.chunk_shape).astype(np.float32),
+                     anchor=rng.normal(size=a.executor.anchor_dim).astype(np.float32), episode=1, obs_step=obs_step,
+                     start_step=start_step, obs_stamp=0.0, plan=0, infer_ms=0.0, received=0.0)
+
+    def reading() -> dict[str, np.ndarray]:
+        return {"proprio": rng.normal(size=10).astype(np.float32), "tactile": rng.normal(size=45).astype(np.float32),
+                "wrench": np.zeros(6, np.float32)}
+
+    def on_step(n: FastNode, step: int, f: dict[str, np.ndarray]) -> np.ndarray:  # FastNode._on_step's decoding
+        n.step = step
+        n.ring.put(step, f)
+        taken = n.slot.take(step)
+        if taken is not None:
+            n._adopt(taken, step)
+        n._catch_up(step - n.slot.current.obs_step, f)
+        return n.executor.step(f)
+
+    a, b = node(), node()
+    first, second = chunk(0, 0), chunk(3, 5)
+    readings = [reading() for _ in range(10)]
+    staged = 0
+    for n, stage in ((a, True), (b, False)):
+        n.slot.offer(first)
+        out = []
+        for step, f in enumerate(readings):
+            if step == 4:
+                n.slot.offer(second)  # arrives during step 4, late: steps 3 and 4 have passed
+            out.append(on_step(n, step, f))
+            if stage:
+                staged += n._stage_pending()
+        n.out = out
+    assert staged == 1 and a.counts["staged"] == 1 and b.counts["staged"] == 0
+    assert a.slot.current is second and b.slot.current is second
+    for x, y in zip(a.out, b.out, strict=True):
+        np.testing.assert_array_equal(x, y)
