@@ -102,9 +102,26 @@ def matrix_to_rotvec(m: np.ndarray) -> np.ndarray:
     return xyz * scale[..., None]
 
 
+SMALL_BATCH = 8  # up to this many rotations, the conversions loop over MuJoCo's C routines (the fast loop's case:
+# one per arm; vectorised numpy on a handful of 3x3 matrices costs tens of microseconds in call overhead)
+
+
+def _small(batch_shape: tuple[int, ...]) -> bool:
+    return math.prod(batch_shape) <= SMALL_BATCH
+
+
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     """(..., 3, 3) -> (..., 4) unit quaternions (w, x, y, z), w >= 0; Shepperd's method (stable at every angle)."""
     m = np.asarray(m, dtype=np.float64)
+    if _small(m.shape[:-2]):
+        import mujoco  # here, not at the top: sim sets MUJOCO_GL before the first import of mujoco
+
+        flat = np.ascontiguousarray(m).reshape(-1, 9)
+        q = np.empty((len(flat), 4))
+        for i in range(len(flat)):
+            mujoco.mju_mat2Quat(q[i], flat[i])
+        q[q[:, 0] < 0] *= -1.0
+        return q.reshape(*m.shape[:-2], 4)
     tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
     cands = np.stack([  # 4 * q * q_k for k = w, x, y, z, each reliable when q_k is the largest component
         np.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
@@ -125,6 +142,14 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     """(..., 4) quaternions (w, x, y, z; MuJoCo's order) -> (..., 3, 3)."""
     q = np.asarray(q, dtype=np.float64)
+    if _small(q.shape[:-1]):
+        import mujoco
+
+        flat = q.reshape(-1, 4) / np.linalg.norm(q.reshape(-1, 4), axis=-1, keepdims=True)
+        m = np.empty((len(flat), 9))
+        for i in range(len(flat)):
+            mujoco.mju_quat2Mat(m[i], flat[i])
+        return m.reshape(*q.shape[:-1], 3, 3)
     w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
     return np.stack([
         np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
@@ -141,6 +166,18 @@ def matrix_to_rot6d(m: np.ndarray) -> np.ndarray:
 def rot6d_to_matrix(r6: np.ndarray) -> np.ndarray:
     """(..., 6) -> (..., 3, 3) by Gram-Schmidt, so any network output maps to a proper rotation."""
     r6 = np.asarray(r6, dtype=np.float64)
+    if _small(r6.shape[:-1]):
+        rows = r6.reshape(-1, 6).tolist()
+        m = np.empty((len(rows), 3, 3))
+        for i, (a0, a1, a2, b0, b1, b2) in enumerate(rows):
+            n = max(math.sqrt(a0 * a0 + a1 * a1 + a2 * a2), 1e-9)
+            x0, x1, x2 = a0 / n, a1 / n, a2 / n
+            d = x0 * b0 + x1 * b1 + x2 * b2
+            b0, b1, b2 = b0 - d * x0, b1 - d * x1, b2 - d * x2
+            n = max(math.sqrt(b0 * b0 + b1 * b1 + b2 * b2), 1e-9)
+            y0, y1, y2 = b0 / n, b1 / n, b2 / n
+            m[i] = ((x0, y0, x1 * y2 - x2 * y1), (x1, y1, x2 * y0 - x0 * y2), (x2, y2, x0 * y1 - x1 * y0))
+        return m.reshape(*r6.shape[:-1], 3, 3)
     a, b = r6[..., :3], r6[..., 3:]
     x = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-9)
     b = b - np.sum(x * b, axis=-1, keepdims=True) * x

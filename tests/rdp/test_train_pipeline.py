@@ -118,6 +118,26 @@ def test_rotation_6d_round_trip_and_continuity_near_pi() -> None:
     assert np.isfinite(policy_to_env_action(noisy)).all()
 
 
+def test_small_batch_rotation_paths_equal_the_vectorised_ones() -> None:
+    """Up to SMALL_BATCH rotations go through MuJoCo's C routines / plain floats (the fast loop's case); the results
+    equal the vectorised numpy path's, degenerate inputs and the w = 0 sign choice included."""
+    from rdp.data import SMALL_BATCH, matrix_to_quat, quat_to_matrix, rot6d_to_matrix
+
+    rng = np.random.default_rng(3)
+    n = 20 * SMALL_BATCH  # vectorised in one call, then one at a time
+    q = rng.normal(size=(n, 4))
+    q[:20, 0] = 0.0  # half-turns
+    q[20:40, 1:] *= 1e-9  # near identity
+    r6 = rng.normal(size=(n, 6))
+    r6[:10, 3:] = 2.0 * r6[:10, :3]  # second column parallel to the first
+    r6[10:20, :3] = 0.0
+    m = quat_to_matrix(q)
+    for batched, one in ((m, lambda i: quat_to_matrix(q[i])), (matrix_to_quat(m), lambda i: matrix_to_quat(m[i])),
+                         (rot6d_to_matrix(r6), lambda i: rot6d_to_matrix(r6[i]))):
+        np.testing.assert_allclose(np.stack([one(i) for i in range(n)]), batched, atol=1e-14)
+    np.testing.assert_allclose(quat_to_matrix(q[:SMALL_BATCH]), m[:SMALL_BATCH], atol=1e-14)  # a small batch
+
+
 def test_bad_datasets_are_refused_with_a_reason(demos: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a dataset"):
         load_episodes(tmp_path, 25.0)
