@@ -450,9 +450,10 @@ class FastNode:
             self.counts["outdated_chunks"] += 1
 
     def _await_due_chunk(self, step: int) -> None:
-        """Lockstep: at a step where a chunk must take over, wait for it (the slow node's "answer")."""
-        s = step - self.cfg.slow.handover_steps
-        if s < 0 or s % self.cfg.slow.replan_every or self.lockstep_slow_absent:
+        """Lockstep: at a step the slow node plans on, wait for that plan (the slow node's "answer") before the robot
+        moves on, so it is planned on exactly this step's observation; it takes over ``handover_steps`` later."""
+        s = step
+        if s % self.cfg.slow.replan_every or self.lockstep_slow_absent:
             return
 
         def have() -> bool:

@@ -189,14 +189,15 @@ class SlowNode:
 
     def _rtc_guide(self, step: int, anchor: np.ndarray) -> dict[str, torch.Tensor]:
         """Inpainting inputs continuing the last chunk sent (the fast node runs it, latency-matched, from its obs
-        step): pinned are the steps until this chunk takes over (``handover_steps``, plus in realtime the typical
-        inference time in steps)."""
+        step): pinned are the steps until this chunk takes over: ``handover_steps``, or in realtime the typical
+        inference time rounded up to whole steps when that is longer (the chunk takes over at the first step it is
+        both allowed and there)."""
         assert self.last is not None
         prev, prev_anchor, prev_step = self.last
         frozen = self.cfg.slow.handover_steps
         p50 = self.infer.summary()["p50"]
         if self.cfg.mode == "realtime" and p50 is not None:
-            frozen += math.ceil(float(p50) * self.rate_hz)
+            frozen = max(frozen, math.ceil(float(p50) * self.rate_hz))
         return self.policy.rtc_prefix(prev, prev_anchor, step - prev_step, anchor, frozen, self.history[-1])
 
     def _alive(self) -> None:
