@@ -111,6 +111,9 @@ class MethodConfig:
     # features). Demonstrations hold the tool at one orientation except when contact twists it, so without it a
     # policy reads its own 0.1-degree tracking error as "in contact" (measured on peel).
     proprio_noise: tuple[float, float] = (0.0, 0.0)
+    # Std of Gaussian noise on the tokenizer decoder's normalised conditioning in training (0: off). A probe for a
+    # decoder that copies the demonstrations' force/squeeze correlation instead of reacting to touch (README, lift).
+    cond_noise: float = 0.0
     image_keys: tuple[str, ...] = ()  # camera streams the slow policy sees (e.g. wrist_rgb), held at the train rate
     image_size: int | None = None  # square side the frames are area-resized to; None = as recorded
     encoder: str = "resnet"  # image encoder: resnet or terminator (rdp.policy._image_encoder)
@@ -122,6 +125,8 @@ class MethodConfig:
             cond_parts(self.cond_key)
         if self.action_frame not in ACTION_FRAMES:
             raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
+        if not self.cond_noise >= 0.0:
+            raise ValueError(f"cond_noise must be >= 0, got {self.cond_noise}")
         if self.name not in ("rdp", "dp"):
             raise ValueError(f"policy name must be 'rdp' or 'dp', got {self.name!r}")
         if self.name == "rdp" and (self.tokenizer is None or self.cond_key is None or self.tokenizer_steps < 1):
@@ -340,7 +345,8 @@ def _run_info(cfg: TrainConfig, episodes: Episodes) -> dict[str, Any]:
         "action_frame": m.action_frame, **_image_info(m, episodes),
         "training": {"tokenizer_steps": m.tokenizer_steps, "policy_steps": m.policy_steps, "lr": m.lr,
                      "batch_size": cfg.batch_size, "seed": cfg.seed, "scene_noise": m.scene_noise,
-                     "obs_min_range": m.obs_min_range, "proprio_noise": list(m.proprio_noise)},
+                     "obs_min_range": m.obs_min_range, "proprio_noise": list(m.proprio_noise),
+                     "cond_noise": m.cond_noise},
     }
 
 
@@ -403,7 +409,10 @@ def _train_tokenizer(
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = _batch(cfg, episodes, windows, step, stage=0, obs_keys=(), cond_key=m.cond_key)
-        losses = tokenizer.loss(norm.normalize("action", batch["action"]), norm.normalize("cond", batch["cond"]))
+        cond = norm.normalize("cond", batch["cond"])
+        if m.cond_noise > 0:
+            cond = cond + m.cond_noise * torch.randn_like(cond)
+        losses = tokenizer.loss(norm.normalize("action", batch["action"]), cond)
         return losses["loss"], {"recon": float(losses["recon"].detach()), "kl": float(losses["kl"].detach())}
 
     result = _loop(cfg, "tokenizer", m.tokenizer_steps, tokenizer, optimizer, None, loss_fn, save, state, log)

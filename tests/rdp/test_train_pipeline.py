@@ -201,6 +201,8 @@ def test_proprio_noise_offsets_each_window_and_keeps_its_motion(demos: Path, tmp
     np.testing.assert_array_equal(offset[..., 9], 0.0)  # the gripper width is left alone
     with pytest.raises(ValueError, match="proprio_noise"):
         dataclasses.replace(cfg.method, proprio_noise=(0.001, -1.0))
+    with pytest.raises(ValueError, match="cond_noise"):
+        dataclasses.replace(cfg.method, cond_noise=-0.1)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero() -> None:
