@@ -145,7 +145,8 @@ def quat_to_matrix(q: np.ndarray) -> np.ndarray:
     if _small(q.shape[:-1]):
         import mujoco
 
-        flat = q.reshape(-1, 4) / np.linalg.norm(q.reshape(-1, 4), axis=-1, keepdims=True)
+        flat = q.reshape(-1, 4)
+        flat = flat / np.linalg.norm(flat, axis=-1, keepdims=True)
         m = np.empty((len(flat), 9))
         for i in range(len(flat)):
             mujoco.mju_quat2Mat(m[i], flat[i])

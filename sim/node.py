@@ -253,7 +253,6 @@ class RobotNode:
         self._force_lp = np.zeros(self.n_arms)
         self._force_active = False
         self._ticks = 0
-        self._episode_ticks = 0
         self._phys_steps = 0
         self._episode = -1
         self._seed = cfg.seed
@@ -369,7 +368,6 @@ class RobotNode:
         self._step_physics()
         self._read_and_publish()
         self._ticks += 1
-        self._episode_ticks += 1
         if self._ticks % self._camera_every == 0 and self.cfg.cameras:
             self._publish_images()
         if self._ticks % self._status_every == 0:
@@ -460,7 +458,7 @@ class RobotNode:
         self.pub.publish(
             "applied",
             {"applied_target": np.asarray(target, np.float64).reshape(self.n_arms, ACTION_DIM_PER_ARM)},
-            {"sim_time": env.time, "tick": self._episode_ticks, "reason": self.hold_reason},
+            {"sim_time": env.time, "tick": self._phys_steps // self.cfg.publish_every, "reason": self.hold_reason},
         )
 
     def _step_physics(self) -> None:
@@ -556,7 +554,6 @@ class RobotNode:
         self._episode += 1
         _, info = self.env.reset(seed=seed)  # resets the controllers to hold the start pose
         self._phys_steps = 0
-        self._episode_ticks = 0
         self._episode_over = False
         self._done = (False, False)
         self._last_cmd = self._last_cmd_t = None

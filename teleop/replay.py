@@ -68,11 +68,11 @@ def replay_episode(client: Client, episode: Path, control_hz: float = 50.0, tick
                          "use source=commands")
     applied = has_applied and source != "commands"
     if applied:  # one node tick per request; target k is applied from its own tick on
-        dt, ticks = 1.0 / tick_hz, 1
+        dt, tick_meta = 1.0 / tick_hz, {"node_ticks": 1}
         t_cmd, targets = load_stream(episode, "applied_target", meta)
         step_of = np.round(t_cmd / dt).astype(np.int64)
     else:  # one control step per request; action i goes with the step whose start is nearest to its stamp
-        dt, ticks = 1.0 / control_hz, None
+        dt, tick_meta = 1.0 / control_hz, None
         t_cmd, targets = load_stream(episode, "action", meta)
         step_of = np.floor(t_cmd / dt + 0.5).astype(np.int64)
     n_arms = targets[0].size // 7
@@ -91,9 +91,9 @@ def replay_episode(client: Client, episode: Path, control_hz: float = 50.0, tick
             current = targets[newest].astype(np.float64).reshape(n_arms, 7)
         # Applied targets are re-sent every tick (the node's watchdog must not trip where the live one did not:
         # a live hold is itself an applied target); commands only on the steps that had one, as recorded.
-        send = current if applied else (None if newest is None else current)
-        reply = client.request("tick", None if send is None else {"target": send},
-                               meta=None if ticks is None else {"node_ticks": ticks}, timeout=30.0)
+        send = applied or newest is not None
+        reply = client.request("tick", {"target": current} if send and current is not None else None,
+                               meta=tick_meta, timeout=30.0)
         if reply.topic != "tick":
             raise RuntimeError(f"{episode.name}: the replay node refused a tick: {reply.meta.get('reason')}")
         k += 1

@@ -349,10 +349,10 @@ class FastNode:
         if pending is None or self.step < pending.obs_step:
             return False
         target_t = min(self.step - pending.obs_step + 1, pending.start_step - pending.obs_step, self.horizon)
-        if self.staged is not None and self.staged[0] is pending and self.staged[1]["t"] >= target_t:
+        fresh = self.staged is None or self.staged[0] is not pending
+        if not fresh and self.staged[1]["t"] >= target_t:
             return False
         running = self.executor.save()
-        fresh = self.staged is None or self.staged[0] is not pending
         if fresh:
             self.executor.start(pending.data, pending.anchor)
         else:
@@ -452,18 +452,17 @@ class FastNode:
     def _await_due_chunk(self, step: int) -> None:
         """Lockstep: at a step the slow node plans on, wait for that plan (the slow node's "answer") before the robot
         moves on, so it is planned on exactly this step's observation; it takes over ``handover_steps`` later."""
-        s = step
-        if s % self.cfg.slow.replan_every or self.lockstep_slow_absent:
+        if step % self.cfg.slow.replan_every or self.lockstep_slow_absent:
             return
 
         def have() -> bool:
             c = self.slot.pending or self.slot.current
-            return c is not None and c.obs_step >= s
+            return c is not None and c.obs_step >= step
 
         if not self._await_slow(have, self.cfg.fast.lockstep_wait_s):
             self.counts["slow_late"] += 1
             self.lockstep_slow_absent = True
-            log.warning("lockstep: no chunk for step %d within %.1f s; going on without the slow node", s,
+            log.warning("lockstep: no chunk for step %d within %.1f s; going on without the slow node", step,
                         self.cfg.fast.lockstep_wait_s)
 
     def _await_slow(self, predicate, timeout: float) -> bool:
