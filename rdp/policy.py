@@ -230,7 +230,8 @@ class DiffusionPolicy(nn.Module):
         if tuple(target.shape) != expected:
             raise ValueError(f"batch[{self.target_key!r}]: expected shape {expected}, got {tuple(target.shape)}")
         x0 = self.normalizer.normalize(self.target_key, target)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        # Drawn on the CPU (where the generator lives) and moved: the same seed gives the same noise on any device.
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         steps = self.noise_scheduler.sample_timesteps(x0.shape[0], generator=generator).to(x0.device)
         x_t = self.noise_scheduler.add_noise(x0, noise, steps)
         loss = F.mse_loss(self.model(x_t, steps, cond), noise)

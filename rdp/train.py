@@ -114,6 +114,10 @@ class MethodConfig:
     # Std of Gaussian noise on the tokenizer decoder's normalised conditioning in training (0: off). A probe for a
     # decoder that copies the demonstrations' force/squeeze correlation instead of reacting to touch (README, lift).
     cond_noise: float = 0.0
+    # How the decoder's conditioning is normalised: "minmax" (DP's choice for low-dim inputs) or "meanstd" (unit
+    # standard deviation: heavy-tailed tactile components keep their typical variation visible instead of being
+    # squeezed into a narrow band by rare spikes).
+    cond_norm: str = "minmax"
     image_keys: tuple[str, ...] = ()  # camera streams the slow policy sees (e.g. wrist_rgb), held at the train rate
     image_size: int | None = None  # square side the frames are area-resized to; None = as recorded
     encoder: str = "resnet"  # image encoder: resnet or terminator (rdp.policy._image_encoder)
@@ -127,6 +131,8 @@ class MethodConfig:
             raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
         if not self.cond_noise >= 0.0:
             raise ValueError(f"cond_noise must be >= 0, got {self.cond_noise}")
+        if self.cond_norm not in ("minmax", "meanstd"):
+            raise ValueError(f"cond_norm must be 'minmax' or 'meanstd', got {self.cond_norm!r}")
         if self.name not in ("rdp", "dp"):
             raise ValueError(f"policy name must be 'rdp' or 'dp', got {self.name!r}")
         if self.name == "rdp" and (self.tokenizer is None or self.cond_key is None or self.tokenizer_steps < 1):
@@ -346,7 +352,7 @@ def _run_info(cfg: TrainConfig, episodes: Episodes) -> dict[str, Any]:
         "training": {"tokenizer_steps": m.tokenizer_steps, "policy_steps": m.policy_steps, "lr": m.lr,
                      "batch_size": cfg.batch_size, "seed": cfg.seed, "scene_noise": m.scene_noise,
                      "obs_min_range": m.obs_min_range, "proprio_noise": list(m.proprio_noise),
-                     "cond_noise": m.cond_noise},
+                     "cond_noise": m.cond_noise, "cond_norm": m.cond_norm},
     }
 
 
@@ -394,7 +400,7 @@ def _train_tokenizer(
     tokenizer = AsymmetricTokenizer(tok_cfg).to(cfg.device)
     norm = Normalizer({"action": tok_cfg.action_dim, "cond": tok_cfg.cond_dim}).to(cfg.device)
     norm.fit("action", _all_actions(episodes, windows, m.action_frame), "minmax")
-    norm.fit("cond", cond, "minmax", m.obs_min_range)
+    norm.fit("cond", cond, m.cond_norm, m.obs_min_range)
     optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=m.lr, weight_decay=m.weight_decay)
     st = state["tokenizer"]
     if st["checkpoint"]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from rdp.checkpoint import load_checkpoint, load_config
 from rdp.data import (
     DataError,
     env_to_policy_action,
@@ -23,6 +24,7 @@ from rdp.data import (
     shift_positions,
 )
 from rdp.inference import make_policy
+from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, train
 from sim.controller import rotvec_to_mat
 from teleop.dataset import build_training_set, ensure_dataset_root
@@ -180,8 +182,23 @@ def test_scene_relative_policy_trains_with_localisation_noise_and_drives_the_sim
     run = tmp_path / "rel"
     cfg = tiny_config("rdp", demos, run, steps=3)
     train(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, obs_keys=("proprio_scene", "tactile"),
-                                                              scene_noise=0.01)))
-    assert json.loads((run / "run.json").read_text())["obs_keys"] == ["proprio_scene", "tactile"]
+                                                              scene_noise=0.01, cond_norm="meanstd",
+                                                              cond_key="tactile+tcp_rel")))
+    info = json.loads((run / "run.json").read_text())
+    assert info["obs_keys"] == ["proprio_scene", "tactile"] and info["training"]["cond_norm"] == "meanstd"
+    # The decoder's conditioning was normalised to zero mean / unit std per dimension (not min-max).
+    episodes = load_episodes(demos, 25.0)
+    cond = gather(episodes, make_windows(episodes, 2, 16), slice(None), (), "tactile+tcp_rel", "relative")["cond"]
+    cond = cond.reshape(-1, cond.shape[-1]).astype(np.float64)
+    stored = load_checkpoint(run / "tokenizer", AsymmetricTokenizer(TokenizerConfig(**load_config(
+        run / "tokenizer")[1]))).normalizer
+    varied = cond.std(0) > 1e-3
+    assert varied.sum() >= 2  # the TCP offsets along the wiping path vary
+    normed = cond * stored["cond.scale"].numpy() + stored["cond.offset"].numpy()
+    np.testing.assert_allclose(normed[:, varied].mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(normed[:, varied].std(0), 1.0, rtol=1e-3)
+    with pytest.raises(ValueError, match="cond_norm"):
+        dataclasses.replace(cfg.method, cond_norm="zscore")
     _drive(make_policy("wipe", checkpoint=run, replan_every=4), ticks=10)
 
 
