@@ -65,7 +65,8 @@ class SecureConfig:
 class RuntimeConfig:
     """One run of the slow-fast stack; see ``configs/runtime/default.yaml`` for what each key means."""
 
-    checkpoint: str | None = None  # None: the shipped checkpoints/<task>/rdp
+    checkpoint: str | None = None  # None: the shipped checkpoints/<task>/<policy>
+    policy: str = "rdp"  # which shipped run a null checkpoint means (rdp, rdp_wrench)
     task: str = "wipe"
     mode: str = "realtime"
     episodes: int = 1
@@ -85,7 +86,7 @@ class RuntimeConfig:
         if self.checkpoint is None:
             from rdp.inference import shipped_run
 
-            self.checkpoint = str(shipped_run(self.task, "rdp"))
+            self.checkpoint = str(shipped_run(self.task, self.policy))
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
         if self.slow.handover not in HANDOVERS:

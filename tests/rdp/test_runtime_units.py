@@ -117,6 +117,14 @@ def test_runtime_config_rejects_bad_values() -> None:
             load_config(["checkpoint=X", override])
 
 
+def test_runtime_config_picks_the_shipped_run_of_the_named_policy() -> None:
+    assert Path(load_config(["task=lift"]).checkpoint).parts[-2:] == ("lift", "rdp")
+    assert Path(load_config(["task=lift", "policy=rdp_wrench"]).checkpoint).parts[-2:] == ("lift", "rdp_wrench")
+    assert load_config(["task=lift", "policy=rdp_wrench", "checkpoint=X"]).checkpoint == "X"  # explicit wins
+    with pytest.raises(FileNotFoundError, match="no shipped 'rdp_wrench' checkpoint for task 'wipe'"):
+        load_config(["task=wipe", "policy=rdp_wrench"])
+
+
 def test_curve_link_delivers_to_the_authorized_key_only(tmp_path: Path) -> None:
     keys = generate_keys(tmp_path / "keys")
     other = generate_keys(tmp_path / "other")  # a valid key pair the server does not know
