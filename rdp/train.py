@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import safetensors.torch
@@ -56,7 +56,7 @@ from rdp.data import (
     make_windows,
 )
 from rdp.inference import RUN_FORMAT
-from rdp.normalizer import Normalizer
+from rdp.normalizer import Normalizer, NormMode
 from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 from teleop.durable import fsync_dir, write_file_durably
@@ -117,7 +117,7 @@ class MethodConfig:
     # How the decoder's conditioning is normalised: "minmax" (DP's choice for low-dim inputs) or "meanstd" (unit
     # standard deviation: heavy-tailed tactile components keep their typical variation visible instead of being
     # squeezed into a narrow band by rare spikes).
-    cond_norm: str = "minmax"
+    cond_norm: NormMode = "minmax"
     image_keys: tuple[str, ...] = ()  # camera streams the slow policy sees (e.g. wrist_rgb), held at the train rate
     image_size: int | None = None  # square side the frames are area-resized to; None = as recorded
     encoder: str = "resnet"  # image encoder: resnet or terminator (rdp.policy._image_encoder)
@@ -131,8 +131,8 @@ class MethodConfig:
             raise ValueError(f"action_frame must be one of {ACTION_FRAMES}, got {self.action_frame!r}")
         if not self.cond_noise >= 0.0:
             raise ValueError(f"cond_noise must be >= 0, got {self.cond_noise}")
-        if self.cond_norm not in ("minmax", "meanstd"):
-            raise ValueError(f"cond_norm must be 'minmax' or 'meanstd', got {self.cond_norm!r}")
+        if self.cond_norm not in get_args(NormMode):
+            raise ValueError(f"cond_norm must be one of {get_args(NormMode)}, got {self.cond_norm!r}")
         if self.name not in ("rdp", "dp"):
             raise ValueError(f"policy name must be 'rdp' or 'dp', got {self.name!r}")
         if self.name == "rdp" and (self.tokenizer is None or self.cond_key is None or self.tokenizer_steps < 1):
