@@ -5,7 +5,8 @@ answers with the monotonic clock and a precise sleep; ``LockstepClock`` answers 
 moves only when a coordinator says so, which makes runs deterministic (tests, evaluation).
 
 ``RateKeeper`` turns either clock into a fixed-rate loop with absolute deadlines ``t0 + k / hz``: a late
-tick does not push later ones back, so the average rate does not drift.
+tick does not push later ones back, so the average rate does not drift. ``PhaseLock`` nudges such a loop until
+its ticks fall just after a same-rate source's messages (a controller reading a sensor).
 """
 
 from __future__ import annotations
@@ -190,6 +191,18 @@ class RateKeeper:
     def next_deadline(self) -> float:
         return self._t0 + (self._k + 1) * self.period
 
+    @property
+    def last_wake(self) -> float:
+        """When the last ``sleep`` returned (clock time)."""
+        return self._last_wake
+
+    def shift(self, dt: float) -> None:
+        """Move every later deadline by ``dt`` seconds (a phase correction; ``PhaseLock``). A shift of ``dt`` changes
+        one period by ``dt``, which the period-error statistics see."""
+        if not math.isfinite(dt):
+            raise ValueError(f"shift dt={dt} must be finite")
+        self._t0 += dt
+
     def sleep(self) -> bool:
         """Wait for the next deadline; returns False when it had already passed (overrun)."""
         self._k += 1
@@ -232,3 +245,53 @@ class RateKeeper:
 
 def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else math.nan
+
+
+class PhaseLock:
+    """Keeps a loop's ticks ``lead_s`` after the messages of a source that publishes at the loop's own rate.
+
+    Two fixed-rate loops on one host (a sensor publishing at 250 Hz, a controller ticking at 250 Hz) keep whatever
+    phase they started with: the controller reads a reading that is anywhere from 0 to one period old, a different
+    age in every run, so the reaction time varies by a period. Told the wake time and the stamp of each *new*
+    reading, this nudges the ``RateKeeper``'s grid until wake - stamp settles at ``lead_s``: the reading is fresh and
+    the wait is short. ``lead_s`` must cover the publication's own jitter, or readings that come late are missed
+    and read one period later.
+
+    Per reading: error = wake - stamp - lead, wrapped into [-period/2, period/2) (a reading that just missed the
+    tick looks a period old: the tick should move *later*, not a period earlier); the grid moves by -gain * error,
+    at most ``max_step_s`` per reading, so the loop's period changes by no more than that. After ``snap()`` (call it
+    when the grid was re-anchored anyway) the next reading moves it by the whole error at once. Readings whose
+    interval is not the loop's period (a slower source, a dropped reading) are not used.
+    """
+
+    def __init__(self, rate: RateKeeper, lead_s: float, gain: float = 0.25, max_step_s: float = 50e-6) -> None:
+        if not 0 <= lead_s < rate.period:
+            raise ValueError(f"lead_s={lead_s} must be in [0, the loop period {rate.period})")
+        if not (0 < gain <= 1 and max_step_s > 0):
+            raise ValueError(f"need 0 < gain <= 1 and max_step_s > 0, got {gain} and {max_step_s}")
+        self.rate = rate
+        self.lead_s = lead_s
+        self.gain = gain
+        self.max_step_s = max_step_s
+        self.last_error = math.nan
+        self._last_stamp = math.nan
+        self._snap = True
+
+    def snap(self) -> None:
+        """Let the next usable reading correct the whole phase error in one move."""
+        self._snap = True
+
+    def update(self, wake: float, stamp: float) -> float:
+        """Feed one new reading (its stamp) as seen at a tick that woke at ``wake``; returns the shift applied."""
+        period = self.rate.period
+        interval, self._last_stamp = stamp - self._last_stamp, stamp
+        if not abs(interval - period) < 0.25 * period:  # NaN (first reading) included
+            return 0.0
+        error = (wake - stamp - self.lead_s + period / 2) % period - period / 2
+        self.last_error = error
+        if self._snap:
+            dt, self._snap = -error, False
+        else:
+            dt = max(-self.max_step_s, min(self.max_step_s, -self.gain * error))
+        self.rate.shift(dt)
+        return dt

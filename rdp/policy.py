@@ -250,8 +250,12 @@ class DiffusionPolicy(nn.Module):
         num_inference_steps: int | None = None,
         prefix: torch.Tensor | None = None,
         prefix_weights: torch.Tensor | None = None,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
         """obs dict of (B, To, ...) -> (B, Ta, Da) unnormalised target chunk, by K-step DDIM from N(0, I) noise.
+
+        ``noise_scale`` multiplies the starting noise (a sampling temperature; DDIM here is deterministic given its
+        start, so this is the only randomness): 1 samples the learned distribution, 0 gives one deterministic plan.
 
         The same generator state gives the same chunk. Call ``eval()`` first (the encoders have no batch-dependent
         layers, but Terminator skips its slow loss only in eval).
@@ -262,11 +266,13 @@ class DiffusionPolicy(nn.Module):
         step continues from that estimate (its noise is re-derived from it), so weight-1 entries come out equal to
         the prefix, weight-0 entries are free, and the model fills the rest consistently with both.
         """
+        if not (math.isfinite(noise_scale) and noise_scale >= 0):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
         cond = self.obs_encoder(obs)  # (B, G), once per chunk
         scheduler = self.noise_scheduler
         scheduler.set_timesteps(num_inference_steps or self.cfg.num_inference_steps)
         x = torch.randn((cond.shape[0], *self.cfg.target_shape), generator=generator, dtype=cond.dtype)
-        x = x.to(cond.device)
+        x = (x * noise_scale).to(cond.device)
         guide = self._guide(prefix, prefix_weights, cond.shape[0], x)
         for t in scheduler.timesteps.tolist():
             eps = self.model(x, t, cond)

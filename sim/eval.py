@@ -36,7 +36,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 def run_episode(env, policy, seed: int, record: bool = False) -> tuple[dict[str, Any], dict[str, list]]:
     obs, info = env.reset(seed=seed)
-    policy.reset(env)
+    policy.reset(env, seed=seed)  # a sampling policy draws this episode's own noise
     trace: dict[str, list] = defaultdict(list)
     frame_every = max(int(round(env.control_hz / 25)), 1)
     while True:

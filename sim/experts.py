@@ -44,7 +44,8 @@ class SurfaceFollowExpert:
         self.speed = speed
         self.gain = gain  # m/s per N of force error
 
-    def reset(self, env: ContactRichEnv) -> None:
+    def reset(self, env: ContactRichEnv, seed: int | None = None) -> None:
+        del seed  # deterministic: nothing to seed
         nom = env.task.nominal
         self.points, self.normals, self.tangents = nom["points"], nom["normals"], nom["tangents"]
         self.x_hint = nom["x_hint"]
@@ -147,7 +148,8 @@ class SqueezeLiftExpert:
         self.max_squeeze = max_squeeze
         self.lift_speed = lift_speed
 
-    def reset(self, env: ContactRichEnv) -> None:
+    def reset(self, env: ContactRichEnv, seed: int | None = None) -> None:
+        del seed  # deterministic: nothing to seed
         from sim.tasks.lift import paddle_rotation
 
         nom = env.task.nominal

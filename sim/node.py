@@ -23,7 +23,8 @@ per-topic ``seq`` of the bus header::
               (comma-separated pad names)                                     every tick
     wrench    wrench (A,6) f8, [F, T] in the TCP frame                        every tick
     image     scene_rgb, wrist_rgb (S,S,3) u1                                 camera_hz
-    status    meta: held, reason, counters (accepted, clipped, rej_<kind>...) status_hz and on every hold change
+    status    meta: held, reason, episode, seed, counters (accepted, clipped, rej_<kind>...)
+                                                   status_hz and on every hold change
     watchdog  meta: engaged, reason (no_command | watchdog | force_limit), cmd_age_ms, force_n   on hold changes
     applied   applied_target (A,7) f8: the target the controllers took this tick (a command, or the hold pose
               when a hold begins); meta sim_time (the tick's start, 0 at reset), tick (node ticks since the
@@ -537,6 +538,7 @@ class RobotNode:
             "sim_time": self.env.time,
             "ticks": self._ticks,
             "episode": self._episode,
+            "seed": self._seed,
             "overruns": stats.overruns,
             "missed": stats.missed,
             "last_hold_latency_ms": self.last_hold_latency_ms,

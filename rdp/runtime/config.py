@@ -24,6 +24,8 @@ class SlowConfig:
     num_inference_steps: int | None = None
     handover_steps: int = 0
     handover: str = "latest"
+    noise_seed: int = 0
+    noise_scale: float = 1.0
     heartbeat_hz: float = 10.0
     torch_threads: int = 1
 
@@ -31,6 +33,7 @@ class SlowConfig:
 @dataclass
 class FastConfig:
     cmd_hz: float = 250.0
+    phase_lead_ms: float | None = 1.0
     hold: str = "pose"
     lockstep_wait_s: float = 30.0
     start_timeout_s: float = 120.0
@@ -102,6 +105,10 @@ class RuntimeConfig:
                             ("slow.heartbeat_hz", self.slow.heartbeat_hz)):
             if not value > 0:
                 raise ValueError(f"{name}={value} must be > 0")
+        lead = self.fast.phase_lead_ms
+        if lead is not None and not 0 <= lead < 1e3 / self.fast.cmd_hz:
+            raise ValueError(f"fast.phase_lead_ms={lead} must be in [0, one command period {1e3 / self.fast.cmd_hz} ms)"
+                             " or null")
         if self.max_episode_s is not None and not self.max_episode_s > 0:
             raise ValueError(f"max_episode_s={self.max_episode_s} must be > 0 or null")
         if self.secure.enabled and not self.secure.keys:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bus.clock import RateKeeper
+from bus.clock import PhaseLock, RateKeeper
 from bus.message import Message
 from bus.transport import Client, Publisher, Subscriber
 from rdp.data import matrix_to_rotvec, quat_to_matrix
@@ -72,6 +72,10 @@ class RealtimeLink:
     def __init__(self, cfg: RuntimeConfig) -> None:
         a = cfg.addresses
         self.rate = RateKeeper(cfg.fast.cmd_hz)
+        lead = cfg.fast.phase_lead_ms
+        self.phase = PhaseLock(self.rate, lead * 1e-3) if lead is not None else None
+        self.tactile_age = Window()  # age of the newest reading at each tick that got a new one
+        self._tactile_seq = -1
         self.obs = Subscriber(a.robot_pub, topics=ROBOT_TOPICS, conflate=True)
         self.events = Subscriber(a.robot_pub, topics=("episode",))
         self.cmd = Publisher(a.robot_cmd, bind=False, copy=True)
@@ -112,12 +116,21 @@ class RealtimeLink:
                 self.obs.drain()
                 self.obs.latest.clear()  # observations of the old episode
                 self.rate.reset()
+                if self.phase is not None:
+                    self.phase.snap()
                 return episode
         return None
 
     def observe(self) -> None:
         self.rate.sleep()
         self.obs.drain()
+        tactile = self.obs.latest.get("tactile")
+        if tactile is not None and tactile.seq != self._tactile_seq:
+            self._tactile_seq = tactile.seq
+            wake = self.rate.last_wake
+            self.tactile_age.add(wake - tactile.stamp)
+            if self.phase is not None:
+                self.phase.update(wake, tactile.stamp)
         msg = self.events.recv(timeout=0)
         if msg is not None and msg.meta.get("event") == "end":
             self.done = dict(msg.meta)
@@ -199,7 +212,7 @@ class FastNode:
         self.cfg = cfg
         self.lockstep = cfg.mode == "lockstep"
         self.policy = make_policy(cfg.task, checkpoint=cfg.checkpoint, replan_every=cfg.slow.replan_every,
-                                  seed=cfg.seed)
+                                  seed=cfg.slow.noise_seed)
         torch.set_num_threads(cfg.fast.torch_threads)
         run = self.policy.run
         self.executor = ChunkExecutor(self.policy)
@@ -503,6 +516,7 @@ class FastNode:
                                "jitter_p99_ms": round(rs.period_err_p99 * 1e3, 4), "overruns": rs.overruns,
                                "missed": rs.missed}
             out["tactile_to_cmd_ms"] = self.tac_to_cmd.summary(1e3)
+            out["tactile_age_ms"] = self.link.tactile_age.summary(1e3)
         out["slow_alive_age_s"] = round(time.monotonic() - self.slow_seen, 3) if self.slow_seen else None
         return out
 

@@ -10,7 +10,8 @@ waits for it); in realtime, when inference is slower than that, it plans on the 
 free. Each chunk goes to the fast node stamped with its observation step, episode and take-over step.
 
 Episodes: the robot node's ``episode`` reset events (and, for a node started mid-episode, the episode counter of its
-``status`` messages) clear the history and re-seed the sampler with ``seed``, so a lockstep run is reproducible.
+``status`` messages) clear the history and give the sampler the episode's own noise (``episode_noise_seed`` of
+``slow.noise_seed`` and the episode's env seed, as sim.eval), so a lockstep run is reproducible and repeats sim.eval.
 The first stdout line is a JSON ready record; then stats lines at ``stats_hz``; an exit record on SIGINT/SIGTERM.
 """
 
@@ -30,7 +31,7 @@ import torch
 
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
-from rdp.inference import make_policy, obs_features
+from rdp.inference import episode_noise_seed, make_policy, obs_features
 from rdp.runtime.chunks import policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import client_context, with_source
@@ -49,8 +50,8 @@ class SlowNode:
         torch.set_num_threads(cfg.slow.torch_threads)
         self.cfg = cfg
         self.policy = make_policy(cfg.task, checkpoint=cfg.checkpoint, replan_every=cfg.slow.replan_every,
-                                  num_inference_steps=cfg.slow.num_inference_steps, seed=cfg.seed,
-                                  handover=cfg.slow.handover)
+                                  num_inference_steps=cfg.slow.num_inference_steps, seed=cfg.slow.noise_seed,
+                                  handover=cfg.slow.handover, noise_scale=cfg.slow.noise_scale)
         torch.set_num_threads(cfg.slow.torch_threads)
         run = self.policy.run
         self.rate_hz = float(run["rate_hz"])
@@ -124,21 +125,27 @@ class SlowNode:
         elif topic == "episode":
             ep = msg.meta.get("episode")
             if msg.meta.get("event") == "reset" and type(ep) is int:
-                self._new_episode(ep)
+                self._new_episode(ep, msg.meta.get("seed"))
         elif topic == "status":
             ep = msg.meta.get("episode")
             if type(ep) is int and ep != self.episode:
-                self._new_episode(ep)
+                self._new_episode(ep, msg.meta.get("seed"))
         else:  # a prefix match such as "statex"
             self.counts["rej_topic"] += 1
 
-    def _new_episode(self, episode: int) -> None:
+    def _new_episode(self, episode: int, seed: object) -> None:
+        """Clear the history and draw this episode's noise as sim.eval does (``episode_noise_seed`` of the sampler
+        seed and the episode's env seed; a robot that sends no seed gets the sampler seed alone, counted)."""
         self.episode = episode
         self.history.clear()
         self.hist_step = None
         self.next_plan = 0
         self.last = None
-        self.generator.manual_seed(self.cfg.seed)
+        if type(seed) is int:
+            self.generator.manual_seed(episode_noise_seed(self.cfg.slow.noise_seed, seed))
+        else:
+            self.counts["episode_without_seed"] += 1
+            self.generator.manual_seed(self.cfg.slow.noise_seed)
         self._alive()
 
     def _on_observation(self, wrench: Message) -> None:
@@ -174,7 +181,8 @@ class SlowNode:
         t0 = time.perf_counter()
         guide = self._rtc_guide(step, anchor) if self.cfg.slow.handover == "rtc" and self.last is not None else {}
         chunk = self.policy.slow.predict(obs, generator=self.generator,
-                                         num_inference_steps=self.cfg.slow.num_inference_steps, **guide)[0]
+                                         num_inference_steps=self.cfg.slow.num_inference_steps,
+                                         noise_scale=self.policy.noise_scale, **guide)[0]
         infer_s = time.perf_counter() - t0
         self.infer.add(infer_s)
         self.counts["inpainted"] += bool(guide)

@@ -7,9 +7,10 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from bus.clock import Clock, LockstepClock, RateKeeper, RealtimeClock, precise_sleep_until
+from bus.clock import Clock, LockstepClock, PhaseLock, RateKeeper, RealtimeClock, precise_sleep_until
 
 
 def node_loop(clock: Clock, hz: float, ticks: int) -> tuple[list[float], RateKeeper]:
@@ -123,3 +124,68 @@ def test_lockstep_sleep_without_coordinator_times_out() -> None:
     clock.sleep_until(0.0)  # already there: returns at once
     with pytest.raises(TimeoutError, match="stuck"):
         clock.sleep_until(0.5)
+
+
+class _JumpClock:
+    """A clock whose sleep lands exactly on the deadline: a loop's ticks at their nominal times, nothing else."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep_until(self, deadline: float) -> None:
+        self.t = max(self.t, deadline)
+
+
+def _locked_ages(source_phase: float, *, lead: float = 1e-3, period: float = 4e-3, source_period: float = 4e-3,
+                 transit: float = 1e-4, ticks: int = 400) -> tuple[np.ndarray, list[float]]:
+    """Run a 250 Hz loop against a source publishing at ``source_phase + k * source_period`` (readings usable
+    ``transit`` after their stamp); the age wake - stamp of the newest reading at every tick, and every shift."""
+    clock = _JumpClock()
+    rate = RateKeeper(1 / period, clock)
+    lock = PhaseLock(rate, lead)
+    ages, shifts, last = [], [], None
+    for _ in range(ticks):
+        rate.sleep()
+        wake = clock.now()
+        k = math.floor((wake - transit - source_phase) / source_period)
+        stamp = source_phase + k * source_period
+        ages.append(wake - stamp)
+        if stamp != last:
+            last = stamp
+            shifts.append(lock.update(wake, stamp))
+    return np.array(ages), shifts
+
+
+@pytest.mark.parametrize("source_phase", [0.3e-3, 1.0e-3, 2.5e-3, 3.95e-3])
+def test_phase_lock_settles_the_reading_age_at_the_lead(source_phase: float) -> None:
+    ages, shifts = _locked_ages(source_phase)
+    assert np.all(np.abs(ages[-100:] - 1e-3) < 1e-5)  # every late tick reads a reading 1 ms old
+    assert shifts[0] == 0.0  # one reading gives no interval yet
+    assert all(abs(s) <= 50e-6 + 1e-12 for s in shifts[2:])  # after the first correction (the snap), small steps
+
+
+def test_phase_lock_without_snap_moves_the_grid_in_small_steps() -> None:
+    clock = _JumpClock()
+    rate = RateKeeper(250.0, clock)
+    lock = PhaseLock(rate, 1e-3, max_step_s=20e-6)
+    lock._snap = False
+    shifts = []
+    for k in range(300):
+        rate.sleep()
+        shifts.append(lock.update(clock.now(), 3.9e-3 + (k - 1) * 4e-3))
+    assert max(abs(s) for s in shifts) <= 20e-6 + 1e-12
+    assert abs(lock.last_error) < 1e-5
+
+
+def test_phase_lock_ignores_a_slower_source() -> None:
+    """A loop at twice the source's rate sees a new reading every other tick: no phase to lock to."""
+    ages, shifts = _locked_ages(1.0e-3, source_period=8e-3)
+    assert all(s == 0.0 for s in shifts)
+
+
+def test_phase_lock_rejects_a_lead_of_a_period() -> None:
+    with pytest.raises(ValueError, match="lead_s"):
+        PhaseLock(RateKeeper(250.0), 4e-3)

@@ -24,7 +24,7 @@ class _CountingSlow:
     def eval(self) -> _CountingSlow:
         return self
 
-    def predict(self, obs, generator=None, num_inference_steps=None) -> torch.Tensor:
+    def predict(self, obs, generator=None, num_inference_steps=None, noise_scale=1.0) -> torch.Tensor:
         base = env_to_policy_action(np.array([0.0, 0.0, 0.0, np.pi, 0.0, 0.0, 0.04]))
         chunk = np.tile(base, (HORIZON, 1)).astype(np.float32)
         chunk[:, 0] = 10.0 * self.plans + np.arange(HORIZON)
@@ -94,3 +94,37 @@ def test_cond_features_tcp_rel_and_unknown_parts() -> None:
     assert cond.shape == (1, 48) and cond[0, -3:].tolist() == [0.5, 1.5, 2.5]
     with pytest.raises(ValueError, match="parts must be"):
         cond_parts("tactile+force")
+
+
+class _NoiseSlow(_CountingSlow):
+    """Entry x of every chunk is the first number the sampler's generator draws: the episode's noise made visible."""
+
+    def predict(self, obs, generator=None, num_inference_steps=None, noise_scale=1.0) -> torch.Tensor:
+        chunk = super().predict(obs)
+        chunk[..., 0] = torch.randn((), generator=generator)
+        return chunk
+
+
+def _first_noise(policy: DPSimPolicy, seed: int | None) -> float:
+    policy.reset(SimpleNamespace(control_hz=25.0, arms=[0], pads=[0, 1, 2]), seed=seed)
+    return float(policy.act(_obs())[0])
+
+
+def test_each_episode_draws_its_own_noise_reproducibly() -> None:
+    p = DPSimPolicy(_run(), _NoiseSlow(), replan_every=4, num_inference_steps=None, seed=3)
+    by_episode = [_first_noise(p, s) for s in (0, 1, 2, 0)]
+    assert by_episode[0] == by_episode[3]  # same episode seed: same noise
+    assert len(set(by_episode[:3])) == 3  # episodes differ (one shared draw made every episode alike)
+    other_sampler = DPSimPolicy(_run(), _NoiseSlow(), replan_every=4, num_inference_steps=None, seed=4)
+    assert _first_noise(other_sampler, 0) != by_episode[0]
+    assert _first_noise(p, None) == _first_noise(p, None)  # no episode seed: the sampler seed alone
+
+
+def test_episode_noise_seed_fits_a_torch_generator() -> None:
+    from rdp.inference import episode_noise_seed
+
+    seeds = {episode_noise_seed(s, e) for s in range(3) for e in range(100)}
+    assert len(seeds) == 300
+    for s in list(seeds)[:20]:
+        torch.Generator().manual_seed(s)  # raises when out of range
+    assert episode_noise_seed(0, 5) == episode_noise_seed(0, 5)

@@ -165,6 +165,20 @@ def test_lowdim_policy_loss_and_predict_shapes() -> None:
     assert policy.predict(obs, num_inference_steps=1).shape == (3, 8, 2)
 
 
+def test_noise_scale_is_a_sampling_temperature() -> None:
+    policy = fitted_policy(lowdim_config()).eval()
+    obs = lowdim_obs(lowdim_config(), 2)
+
+    def plan(seed: int, scale: float) -> torch.Tensor:
+        return policy.predict(obs, generator=torch.Generator().manual_seed(seed), noise_scale=scale)
+
+    assert torch.equal(plan(0, 1.0), policy.predict(obs, generator=torch.Generator().manual_seed(0)))  # the default
+    assert not torch.allclose(plan(0, 1.0), plan(1, 1.0))
+    assert torch.equal(plan(0, 0.0), plan(1, 0.0))  # no noise: one plan whatever the generator
+    with pytest.raises(ValueError, match="noise_scale"):
+        plan(0, -0.5)
+
+
 def test_wrong_observation_shapes_name_key_expected_and_got() -> None:
     cfg = lowdim_config()
     policy = fitted_policy(cfg).eval()

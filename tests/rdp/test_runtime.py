@@ -127,6 +127,7 @@ def test_lockstep_launcher_run_is_deterministic(tiny_run: Path, tmp_path: Path) 
     assert detail["episodes_detail"][0]["ended_by"] == "max_episode_s"
     assert detail["loop"]["slow"]["plans"] >= 3
     assert detail["loop"]["slow"]["inpainted"] == detail["loop"]["slow"]["plans"] - 1  # all but the first
+    assert "episode_without_seed" not in detail["loop"]["slow"]  # the episode's noise came from its env seed
 
 
 # ----------------------------------------------------------------------------------------------- faults
