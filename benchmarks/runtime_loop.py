@@ -10,6 +10,8 @@ rate and jitter; a command's ``tactile_stamp`` (the reading its action was decod
 gives the tactile-to-command latency, robot -> fast node -> robot, one clock. Configurations:
 
 * ``ours``: commands at 250 Hz, one incremental GRU step per 25 Hz policy step, a new chunk every 4 steps.
+* ``ours_no_phase_lock``: the same with ``fast.phase_lead_ms=null``: the fast node's ticks keep whatever phase they
+  started with against the robot's publication (a reading 0-4 ms old), instead of locking 1 ms after it.
 * ``rdp_shape``: RDP's loop (fast 24 Hz, slow ~6 Hz, a new chunk every 16 ticks): commands at 24 Hz,
   ``replan_every=16``; its reaction to touch waits for the next 24 Hz tick.
 
@@ -60,13 +62,14 @@ def _pct(x: np.ndarray, scale: float = 1e3) -> dict:
             "max": round(float(x.max()) * scale, 4)}
 
 
-def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds: float, tmp: Path) -> dict:
+def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds: float, tmp: Path,
+                 extra: tuple[str, ...] = ()) -> dict:
     children: list[Child] = []
     with Publisher("tcp://127.0.0.1:*") as pub, \
             Subscriber("tcp://127.0.0.1:*", topics=("cmd", "reset"), bind=True, hwm=100_000) as cmd:
         try:
             args = [f"checkpoint={run}", f"fast.cmd_hz={cmd_hz}", f"slow.replan_every={replan_every}", "stats_hz=1",
-                    "fast.hold=pose", "perturb=false"]
+                    "fast.hold=pose", "perturb=false", *extra]
             fast = Child("fast", "rdp.runtime.fast", [*args, f"addresses.robot_pub={pub.address}",
                                                       f"addresses.robot_cmd={cmd.address}"], tmp / f"{name}-fast.log")
             children.append(fast)
@@ -114,12 +117,13 @@ def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds
     intervals = np.diff(np.array(arrivals))
     nominal = 1.0 / cmd_hz
     return {
-        "config": {"cmd_hz": cmd_hz, "replan_every": replan_every, "policy_hz": 25.0},
+        "config": {"cmd_hz": cmd_hz, "replan_every": replan_every, "policy_hz": 25.0, "overrides": list(extra)},
         "commands_received": len(arrivals),
         "achieved_rate_hz": round(float(len(intervals) / (arrivals[-1] - arrivals[0])), 2),
         "received_jitter_ms": _pct(np.abs(intervals - nominal)),
         "fast_self": {"step_ms": stats["step_ms"], "cmd_rate": stats.get("cmd_rate"),
                       "tactile_to_cmd_ms": stats.get("tactile_to_cmd_ms"), "chunks": stats.get("chunks"),
+                      "tactile_age_ms": stats.get("tactile_age_ms"),
                       "skipped": stats.get("skipped"), "exhausted": stats.get("exhausted", 0)},
         "tactile_to_command_ms": _pct(np.array(latencies)),
         "slow_self": {"plans": slow_stats["plans"], "infer_ms": slow_stats["infer_ms"]},
@@ -203,6 +207,8 @@ def main() -> None:
         run = make_tiny_run(tmp)
     loops = {
         "ours": measure_loop(run, "ours", 250.0, 4, args.seconds, tmp),
+        "ours_no_phase_lock": measure_loop(run, "ours_nolock", 250.0, 4, args.seconds, tmp,
+                                           ("fast.phase_lead_ms=null",)),
         "rdp_shape": measure_loop(run, "rdp_shape", 24.0, 16, args.seconds, tmp),
     }
     inference = measure_inference()

@@ -224,12 +224,13 @@ def shift_positions(action: np.ndarray, anchor_proprio: np.ndarray, sign: float)
     return a
 
 
-COND_PARTS = ("tactile", "wrench", "tcp_rel")
+COND_PARTS = ("tactile", "tactile_load", "wrench", "tcp_rel")
 
 
 def cond_parts(cond_key: str) -> tuple[str, ...]:
     """``"tactile"`` or ``"tactile+tcp_rel"`` -> its parts, checked: what the fast decoder reads every tick.
-    ``tcp_rel`` is each arm's TCP position relative to the pose the chunk was planned from (3 A,)."""
+    ``tcp_rel`` is each arm's TCP position relative to the pose the chunk was planned from (3 A,); ``tactile_load``
+    each pad's load read off its marker field (3 P,; ``lowdim_features``)."""
     parts = tuple(cond_key.split("+"))
     bad = [p for p in parts if p not in COND_PARTS]
     if bad or len(set(parts)) != len(parts):
@@ -257,11 +258,13 @@ def cond_features(features: Mapping[str, np.ndarray], anchor_proprio: np.ndarray
 # ----------------------------------------------------------------------------------------------- features
 
 
-def lowdim_features(steps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def lowdim_features(steps: Mapping[str, np.ndarray], embedding: Any = None) -> dict[str, np.ndarray]:
     """Per-step arrays with any leading shape (...): ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4),
     ``gripper_width`` (..., A), ``tactile_emb`` (..., P, 15), ``wrench`` (..., A, 6) -> {proprio (..., 10 A),
     tactile (..., 15 P), wrench (..., 6 A)}, float32, plus ``scene`` (..., S) and ``proprio_scene`` (..., 10 A) when
-    ``scene`` is given. Serves recorded episodes and live observations alike."""
+    ``scene`` is given, and ``tactile_load`` (..., 3 P) with the ``sensors.embedding.TactileEmbedding`` that made
+    ``tactile_emb`` (each pad's mean marker shift and field divergence: shear and normal load, ``pad_load``).
+    Serves recorded episodes and live observations alike."""
     pos = np.asarray(steps["tcp_pos"], dtype=np.float64)
     r6 = matrix_to_rot6d(quat_to_matrix(steps["tcp_quat"]))
     grip = np.asarray(steps["gripper_width"], dtype=np.float64)[..., None]
@@ -273,6 +276,9 @@ def lowdim_features(steps: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         "tactile": tactile.reshape(*tactile.shape[:-2], -1).astype(np.float32),
         "wrench": wrench.reshape(*wrench.shape[:-2], -1).astype(np.float32),
     }
+    if embedding is not None:
+        load = embedding.pad_load(tactile)  # (..., P, 3)
+        out["tactile_load"] = load.reshape(*load.shape[:-2], -1).astype(np.float32)
     if "scene" in steps:
         scene = np.asarray(steps["scene"], dtype=np.float32)
         if scene.shape[-1] < 3 or scene.shape[:-1] != proprio.shape[:-2]:
@@ -307,11 +313,12 @@ class Episodes:
 
 
 def load_episodes(
-    path: str | Path, rate_hz: float, image_keys: Sequence[str] = (), image_size: int | None = None
+    path: str | Path, rate_hz: float, image_keys: Sequence[str] = (), image_size: int | None = None,
+    embedding: Any = None,
 ) -> Episodes:
     """Load a built training set (its rate must equal ``rate_hz``) or build a raw recorded dataset at ``rate_hz``.
     ``image_keys``: camera streams to load as held uint8 frames, area-resized to ``image_size`` squared (None: as
-    recorded)."""
+    recorded); ``embedding``: the tactile embedding of the recording, for the ``tactile_load`` feature."""
     path = Path(path)
     image_keys = tuple(image_keys)
     if image_size is not None and image_size < 8:
@@ -325,7 +332,7 @@ def load_episodes(
     info = json.loads(info_file.read_text())
     fmt = info.get("format")
     if fmt == BUILT_FORMAT_NAME:
-        return _load_built(path, info, rate_hz, image_keys=image_keys, image_size=image_size)
+        return _load_built(path, info, rate_hz, image_keys=image_keys, image_size=image_size, embedding=embedding)
     if fmt == FORMAT_NAME:
         _check_raw(path, rate_hz, image_keys)
         with tempfile.TemporaryDirectory(prefix="rdp-build-") as tmp:
@@ -337,7 +344,7 @@ def load_episodes(
             except DatasetError as e:
                 raise DataError(f"{path}: cannot build a training set at {rate_hz:g} Hz: {e}") from e
             return _load_built(built, json.loads((built / DATASET_FILE).read_text()), rate_hz, source=str(path),
-                               image_keys=image_keys, image_size=image_size)
+                               image_keys=image_keys, image_size=image_size, embedding=embedding)
     raise DataError(f"{info_file}: unknown format {fmt!r}; expected {FORMAT_NAME!r} or {BUILT_FORMAT_NAME!r}")
 
 
@@ -402,7 +409,7 @@ def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = None, image_keys: Sequence[str] = (),
-                image_size: int | None = None) -> Episodes:
+                image_size: int | None = None, embedding: Any = None) -> Episodes:
     built_rate = float(info.get("rate_hz", float("nan")))
     if not math.isclose(built_rate, rate_hz, rel_tol=1e-9):
         raise DataError(f"{path}: built at {built_rate:g} Hz, but training was asked for {rate_hz:g} Hz; rebuild "
@@ -432,7 +439,7 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
         arrays = load_training_episode(path / e["file"])
         if arrays["action"].shape[0] < 1:
             raise DataError(f"{path / e['file']}: episode of zero length")
-        for k, v in lowdim_features(arrays).items():
+        for k, v in lowdim_features(arrays, embedding).items():
             feats.setdefault(k, []).append(v)
         for k in image_keys:
             images[k].append(resize_images(arrays[k], image_size))

@@ -39,7 +39,7 @@ def obs_features(obs: Mapping[str, np.ndarray], embedding: Any) -> dict[str, np.
     marker fields embedded with ``embedding`` (a ``sensors.embedding.TactileEmbedding``)."""
     steps = {k: obs[k] for k in ("tcp_pos", "tcp_quat", "gripper_width", "wrench", "scene") if k in obs}
     steps["tactile_emb"] = embedding.encode(obs["marker_offset"])
-    return lowdim_features(steps)
+    return lowdim_features(steps, embedding)
 
 
 def obs_images(obs: Mapping[str, np.ndarray], image_keys: tuple[str, ...], size: int | None) -> dict[str, np.ndarray]:

@@ -59,6 +59,7 @@ from rdp.inference import RUN_FORMAT
 from rdp.normalizer import Normalizer, NormMode
 from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
+from sensors.embedding import TactileEmbedding
 from teleop.durable import fsync_dir, write_file_durably
 
 STAGES = ("tokenizer", "policy")
@@ -309,7 +310,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.num_threads)
     _DIST = Dist.from_env(cfg.device)
     out = Path(cfg.out)
-    episodes = load_episodes(cfg.data, cfg.rate_hz, cfg.method.image_keys, cfg.method.image_size)
+    episodes = load_episodes(cfg.data, cfg.rate_hz, cfg.method.image_keys, cfg.method.image_size,
+                             embedding=TactileEmbedding.load(cfg.tactile_embedding))
     if episodes.task != cfg.task:
         raise DataError(f"{cfg.data}: episodes of task {episodes.task!r}, but training was asked for {cfg.task!r}")
     missing = [k for k in cfg.method.obs_keys if k not in episodes.features]

@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class TactileEmbedding:
     scale: np.ndarray  # (K,) sqrt of explained variance, so embeddings are ~unit variance
     explained_variance_ratio: np.ndarray  # (K,)
     grid: tuple[int, int]
+    _load_cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -49,6 +50,26 @@ class TactileEmbedding:
             raise ValueError(f"offsets must end with shape ({r}, {c}, 2) for this embedding, got {x.shape}")
         flat = x.reshape(*x.shape[:-3], r * c * 2)
         return ((flat - self.mean) @ self.components.T) / self.scale
+
+    def pad_load(self, z: np.ndarray) -> np.ndarray:
+        """(..., K) embedding -> (..., 3) load of the pad read off its marker field: the mean marker displacement
+        (x, y: follows the shear traction) and the mean divergence of the displacement field (index units: the gel
+        bulges outwards under normal pressure, so it grows with the normal force). Both are linear in the offsets,
+        so this is one (K, 3) map of the embedding: a physical summary for a consumer that needs force, not shape."""
+        matrix, bias = self._load_map()
+        return np.asarray(z) @ matrix + bias
+
+    def _load_map(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._load_cache is None:
+            r, c = self.grid
+            basis = np.eye(r * c * 2).reshape(-1, r, c, 2)  # the functional applied to every offset coordinate
+            ux, uy = basis[..., 0], basis[..., 1]
+            div = np.gradient(ux, axis=2) + np.gradient(uy, axis=1)
+            functional = np.stack([ux.mean(axis=(1, 2)), uy.mean(axis=(1, 2)), div.mean(axis=(1, 2))], axis=1)
+            # z -> offsets is flat = (z * scale) @ components + mean; a linear functional F of the offsets is then
+            # z @ (scale[:, None] * components @ F) + mean @ F.
+            self._load_cache = ((self.scale[:, None] * self.components) @ functional, self.mean @ functional)
+        return self._load_cache
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         """(..., K) -> (..., R, C, 2) reconstructed offsets."""

@@ -202,6 +202,20 @@ def test_scene_relative_policy_trains_with_localisation_noise_and_drives_the_sim
     _drive(make_policy("wipe", checkpoint=run, replan_every=4), ticks=10)
 
 
+def test_decoder_reading_pad_load_trains_and_drives_the_sim(demos: Path, tmp_path: Path) -> None:
+    from sensors.embedding import TactileEmbedding
+
+    run = tmp_path / "load"
+    cfg = tiny_config("rdp", demos, run, steps=3)
+    train(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, cond_key="tactile_load")))
+    assert json.loads((run / "run.json").read_text())["cond_key"] == "tactile_load"
+    episodes = load_episodes(demos, 25.0, embedding=TactileEmbedding.load("default"))
+    load = episodes.features["tactile_load"]
+    assert load.shape == (len(episodes.action), 3 * episodes.num_pads) and load.std(0).max() > 0
+    assert "tactile_load" not in load_episodes(demos, 25.0).features  # only with the recording's embedding
+    _drive(make_policy("wipe", checkpoint=run, replan_every=4), ticks=10)
+
+
 def test_proprio_noise_offsets_each_window_and_keeps_its_motion(demos: Path, tmp_path: Path) -> None:
     from rdp.train import _batch
 

@@ -40,3 +40,23 @@ def test_fit_save_load_identity(tmp_path):
     again = TactileEmbedding.load(path)
     np.testing.assert_allclose(again.encode(x.reshape(-1, 7, 9, 2)), emb.encode(x.reshape(-1, 7, 9, 2)))
     assert path.with_suffix(".json").is_file()
+
+
+def test_pad_load_reads_shear_and_normal_load_off_the_embedding():
+    emb = TactileEmbedding.load("default")
+    pad = GelPad()
+
+    def load(xy, force):
+        field = pad.read(np.array([xy], float), np.array([force], float))
+        return emb.pad_load(emb.encode(field.offset)), field.offset
+
+    normals = [load((0.002, -0.001), (0.0, 0.0, f))[0][2] for f in (5.0, 15.0, 30.0)]
+    assert normals[0] < normals[1] < normals[2]  # the field's divergence grows with the normal force
+    (sx, sy, _), offset = load((0.0, 0.0), (3.0, -2.0, 15.0))
+    assert sx > 0 > sy  # the mean marker shift follows the shear traction
+    # It is the same linear functional of the reconstructed field, computed directly.
+    rec = emb.decode(emb.encode(offset))
+    div = (np.gradient(rec[..., 0], axis=1) + np.gradient(rec[..., 1], axis=0)).mean()
+    np.testing.assert_allclose([sx, sy, _], [rec[..., 0].mean(), rec[..., 1].mean(), div], rtol=1e-6, atol=1e-12)
+    batch = emb.pad_load(np.zeros((4, 6, emb.dim)))
+    assert batch.shape == (4, 6, 3)
