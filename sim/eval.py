@@ -68,7 +68,10 @@ def evaluate(
     perturbations: tuple[str, ...] | None = None,
     image_size: int = 96,
     wrench_noise: float = 0.2,
+    policy_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Run ``episodes`` episodes (seeds ``seed`` ...) and write ``results.json`` (with ``policy_config``, the policy's
+    resolved settings, so a result names what made it), a force plot and a video of the first episode."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +102,7 @@ def evaluate(
     result = {
         "task": task,
         "policy": policy_name,
+        "policy_config": policy_config,
         "episodes": episodes,
         "seed": seed,
         "perturb": perturb,
@@ -173,6 +177,7 @@ def main() -> None:
             image_size=int(cfg.sensors.image_size),
             wrench_noise=float(cfg.sensors.wrench_noise),
             perturbations=perturbations,
+            policy_config={k: v for k, v in policy_cfg.items() if k not in ("_target_", "train")},
         )
         summary = {k: v for k, v in result.items() if k != "episodes_detail"}
         print(json.dumps(summary))

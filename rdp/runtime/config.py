@@ -25,15 +25,16 @@ class SlowConfig:
     handover_steps: int = 0
     handover: str = "latest"
     noise_seed: int = 0
-    noise_scale: float = 1.0
+    noise_scale: float = 0.0  # rdp.inference.DEFAULT_NOISE_SCALE (not imported: this module stays torch-free)
     heartbeat_hz: float = 10.0
     torch_threads: int = 1
+    nice: int = 10
 
 
 @dataclass
 class FastConfig:
     cmd_hz: float = 250.0
-    phase_lead_ms: float | None = 1.0
+    phase_lead_ms: float | None = 2.0
     hold: str = "pose"
     lockstep_wait_s: float = 30.0
     start_timeout_s: float = 120.0
@@ -101,6 +102,8 @@ class RuntimeConfig:
         if self.slow.replan_every < 1 or self.slow.handover_steps < 0:
             raise ValueError(f"slow.replan_every={self.slow.replan_every} must be >= 1 and "
                              f"slow.handover_steps={self.slow.handover_steps} >= 0")
+        if not 0 <= self.slow.nice <= 19:
+            raise ValueError(f"slow.nice={self.slow.nice} must be in [0, 19] (0: the launcher's own priority)")
         for name, value in (("fast.cmd_hz", self.fast.cmd_hz), ("stats_hz", self.stats_hz),
                             ("slow.heartbeat_hz", self.slow.heartbeat_hz)):
             if not value > 0:

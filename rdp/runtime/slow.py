@@ -216,6 +216,8 @@ class SlowNode:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    if cfg.slow.nice:
+        os.nice(cfg.slow.nice)  # planning may wait a little; the fast loop and the robot must not
     node = SlowNode(cfg)
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)

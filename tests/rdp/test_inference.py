@@ -128,3 +128,22 @@ def test_episode_noise_seed_fits_a_torch_generator() -> None:
     for s in list(seeds)[:20]:
         torch.Generator().manual_seed(s)  # raises when out of range
     assert episode_noise_seed(0, 5) == episode_noise_seed(0, 5)
+
+
+def test_every_default_sampling_temperature_is_the_one_chosen() -> None:
+    """The RDP policy config, the runtime config and the sim adapter agree (a default must not drift between them);
+    the DP baseline keeps sampling its learned distribution."""
+    from pathlib import Path
+
+    import yaml
+
+    from rdp.inference import DEFAULT_NOISE_SCALE
+    from rdp.runtime.config import SlowConfig, load_config
+
+    root = Path(__file__).resolve().parents[2]
+    policy_configs = root / "configs" / "policy"
+    assert yaml.safe_load((policy_configs / "rdp.yaml").read_text())["noise_scale"] == DEFAULT_NOISE_SCALE
+    assert yaml.safe_load((policy_configs / "dp.yaml").read_text())["noise_scale"] == 1.0
+    assert SlowConfig().noise_scale == load_config(["checkpoint=X"]).slow.noise_scale == DEFAULT_NOISE_SCALE
+    assert DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None).noise_scale == \
+        DEFAULT_NOISE_SCALE

@@ -63,6 +63,11 @@ def _start_stack(children: dict[str, Child], tmp: Path, run: Path, *extra: str) 
     return {"robot": robot, "fast": fast, "slow_args": slow_args}
 
 
+def _niceness(pid: int) -> int:
+    """A process's nice value (field 19 of /proc/PID/stat; the command name before it may hold spaces)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def _fresh_stats(child: Child) -> dict:
     """A stats record printed after this call (older queued lines are skipped)."""
     while not child.lines.empty():
@@ -139,6 +144,9 @@ def test_kill9_slow_node_fast_finishes_chunk_then_holds_and_picks_up_a_restart(t
     with _children(tmp_path) as children:
         stack = _start_stack(children, tmp_path, tiny_run)
         fast = children["fast"]
+        # The slow node yields the CPU (slow.nice, default 10) to the fast node and the robot, which keep theirs.
+        assert _niceness(children["slow"].pid) == _niceness(fast.pid) + 10
+        assert _niceness(fast.pid) == _niceness(children["robot"].pid)
         with Subscriber(stack["robot"]["pub"], topics=("state",), conflate=True) as states, \
                 Subscriber(stack["robot"]["pub"], topics=("status",)) as status:
             _fast_stats_until(fast, lambda s: s.get("chunks", 0) >= 3 and not s["holding"])

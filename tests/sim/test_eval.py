@@ -48,7 +48,8 @@ def test_eval_cli_last_line_is_json_and_writes_artifacts(tmp_path):
     for key in ("task", "policy", "episodes", "success_rate", "ci95", "per_perturbation"):
         assert key in result
     assert result["task"] == "wipe" and result["episodes"] == 1
-    assert (tmp_path / "results.json").is_file()
+    detail = json.loads((tmp_path / "results.json").read_text())
+    assert detail["policy_config"]["force_feedback"] is True  # the resolved settings that made the result
     assert (tmp_path / "force.png").stat().st_size > 10_000
     assert (tmp_path / "episode0.mp4").stat().st_size > 10_000
 

@@ -79,7 +79,10 @@ def test_scripted_collection_through_processes_replays_to_the_same_outcome(tmp_p
     result = replay_dataset(out)
     for r in result["episodes"]:
         assert r["mode"] == "applied" and r["match"], r
-        assert r["tcp_compared"] > 500 and r["tcp_max_dev_m"] <= 1e-6, r
+        # The whole track is compared (the 250 Hz state stream over the episode), however short the episode: on a
+        # loaded machine the operator sometimes breaks the vase within 2 s, which replays just as exactly.
+        assert r["tcp_compared"] >= 0.9 * 250.0 * r["recorded"]["t_end"] > 100, r
+        assert r["tcp_max_dev_m"] <= 1e-6, r
     assert result["all_match"]
     # The operator's commands at their send time (what older recordings have): off by the operator's latency and
     # up to half a control step, so only the track is checked, loosely (about 1-4 mm measured).
