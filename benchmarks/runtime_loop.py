@@ -35,10 +35,19 @@ import torch
 
 from benchmarks.report import RESULTS_DIR, publish
 from bus.message import Message, encode
+from bus.sched import set_fifo, set_normal
 from bus.transport import Publisher, Subscriber
 from rdp.runtime.process import Child
 
 NODE_HZ = 250.0
+RT_PRIORITY = 50
+# name: (command Hz, replan every, fast-node overrides, fast node and fake robot under SCHED_FIFO)
+LOOPS: dict[str, tuple[float, int, tuple[str, ...], bool]] = {
+    "ours": (250.0, 4, (), False),
+    "ours_fifo": (250.0, 4, (), True),
+    "ours_no_phase_lock": (250.0, 4, ("fast.phase_lead_ms=null",), False),
+    "rdp_shape": (24.0, 16, (), False),
+}
 
 
 def _observation(seq: int, sim_time: float, stamp: float) -> list[Message]:
@@ -63,8 +72,23 @@ def _pct(x: np.ndarray, scale: float = 1e3) -> dict:
 
 
 def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds: float, tmp: Path,
-                 extra: tuple[str, ...] = ()) -> dict:
+                 extra: tuple[str, ...] = (), rt_priority: int = 0) -> dict:
+    """One loop configuration; ``rt_priority`` > 0 runs the fast node and this fake robot under SCHED_FIFO."""
     children: list[Child] = []
+    if rt_priority:
+        extra = (*extra, f"fast.rt_priority={rt_priority}")
+        sched = set_fifo(rt_priority)
+        if sched.note:
+            print(f"{name}: {sched.note}")
+    try:
+        return _measure_loop(run, name, cmd_hz, replan_every, seconds, tmp, extra, children)
+    finally:
+        if rt_priority:
+            set_normal()
+
+
+def _measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds: float, tmp: Path,
+                  extra: tuple[str, ...], children: list[Child]) -> dict:
     with Publisher("tcp://127.0.0.1:*") as pub, \
             Subscriber("tcp://127.0.0.1:*", topics=("cmd", "reset"), bind=True, hwm=100_000) as cmd:
         try:
@@ -193,6 +217,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
+    ap.add_argument("--rt-priority", type=int, default=RT_PRIORITY,
+                    help="SCHED_FIFO priority of the *_fifo loops' fast node and fake robot")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
@@ -205,19 +232,22 @@ def main() -> None:
         from test_runtime_units import make_tiny_run
 
         run = make_tiny_run(tmp)
-    loops = {
-        "ours": measure_loop(run, "ours", 250.0, 4, args.seconds, tmp),
-        "ours_no_phase_lock": measure_loop(run, "ours_nolock", 250.0, 4, args.seconds, tmp,
-                                           ("fast.phase_lead_ms=null",)),
-        "rdp_shape": measure_loop(run, "rdp_shape", 24.0, 16, args.seconds, tmp),
-    }
+    chosen = [x.strip() for x in args.loops.split(",") if x.strip()]
+    unknown = sorted(set(chosen) - set(LOOPS))
+    if unknown:
+        raise SystemExit(f"--loops: unknown {unknown}; choose from {list(LOOPS)}")
+    loops = {}
+    for name in chosen:
+        cmd_hz, replan, extra, fifo = LOOPS[name]
+        loops[name] = measure_loop(run, name, cmd_hz, replan, args.seconds, tmp, extra,
+                                   args.rt_priority if fifo else 0)
     inference = measure_inference()
     decode = measure_decode()
-    print(f"{'loop':10} {'cmd Hz':>8} {'target':>7} {'jit p99 ms':>11} {'step p50/p99 ms':>17} "
+    print(f"{'loop':18} {'cmd Hz':>8} {'target':>7} {'jit p99 ms':>11} {'step p50/p99 ms':>17} "
           f"{'tac->cmd p50/p99 ms':>21}")
     for name, r in loops.items():
         s, lat = r["fast_self"]["step_ms"], r["tactile_to_command_ms"]
-        print(f"{name:10} {r['achieved_rate_hz']:8.1f} {r['config']['cmd_hz']:7.0f} "
+        print(f"{name:18} {r['achieved_rate_hz']:8.1f} {r['config']['cmd_hz']:7.0f} "
               f"{r['received_jitter_ms']['p99']:11.3f} {s['p50']:8.3f}/{s['p99']:<8.3f} "
               f"{lat['p50']:10.3f}/{lat['p99']:<10.3f}")
     print("slow inference (latent 8x16, lowdim, 1 thread): " + ", ".join(

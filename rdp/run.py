@@ -54,6 +54,7 @@ class Launcher:
         self.interrupted = False
         self.frames: list[np.ndarray] = []
         self.video_sub: Subscriber | None = None
+        self.fast_sched: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------ processes
     def _start(self, name: str, module: str, args: list[str]) -> dict[str, Any]:
@@ -103,6 +104,10 @@ class Launcher:
             obs = relay["obs"]
         fast = self._start("fast", "rdp.runtime.fast", [*self.overrides, *_kv(addr), f"out={self.out}",
                                                          f"addresses.chunk={self.cfg.addresses.chunk}"])
+        self.fast_sched = {k: fast[k] for k in ("sched", "rt_priority", "sched_note") if k in fast}
+        if cfg.mode == "realtime":
+            print(f"[fast] scheduling {fast.get('sched')} priority {fast.get('rt_priority')}"
+                  + (f" ({fast['sched_note']})" if fast.get("sched_note") else ""), flush=True)
         self._start("slow", "rdp.runtime.slow", [*self.overrides, f"addresses.obs={obs}",
                                                  f"addresses.chunk={fast['chunk']}"])
 
@@ -191,6 +196,7 @@ class Launcher:
             "success_rate": n_ok / len(episodes) if episodes else None,
             "episodes_detail": episodes, "loop": {"fast": last.get("fast"), "slow": last.get("slow"),
                                                   "robot": last.get("robot")},
+            "fast_sched": self.fast_sched,
             "exit_codes": codes, "interrupted": self.interrupted, "error": error, "run_dir": str(self.out),
         }
 

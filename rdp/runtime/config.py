@@ -35,6 +35,7 @@ class SlowConfig:
 class FastConfig:
     cmd_hz: float = 250.0
     phase_lead_ms: float | None = 2.0
+    rt_priority: int = 50
     hold: str = "pose"
     lockstep_wait_s: float = 30.0
     start_timeout_s: float = 120.0
@@ -102,6 +103,8 @@ class RuntimeConfig:
         if self.slow.replan_every < 1 or self.slow.handover_steps < 0:
             raise ValueError(f"slow.replan_every={self.slow.replan_every} must be >= 1 and "
                              f"slow.handover_steps={self.slow.handover_steps} >= 0")
+        if not 0 <= self.fast.rt_priority <= 99:
+            raise ValueError(f"fast.rt_priority={self.fast.rt_priority} must be in [0, 99] (0: ordinary scheduling)")
         if not 0 <= self.slow.nice <= 19:
             raise ValueError(f"slow.nice={self.slow.nice} must be in [0, 19] (0: the launcher's own priority)")
         for name, value in (("fast.cmd_hz", self.fast.cmd_hz), ("stats_hz", self.stats_hz),

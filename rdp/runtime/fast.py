@@ -41,6 +41,7 @@ import torch
 
 from bus.clock import PhaseLock, RateKeeper
 from bus.message import Message
+from bus.sched import set_fifo
 from bus.transport import Client, Publisher, Subscriber
 from rdp.data import matrix_to_rotvec, quat_to_matrix
 from rdp.inference import ChunkExecutor, make_policy, obs_features
@@ -535,12 +536,16 @@ class FastNode:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    # Before any socket exists, so ZeroMQ's I/O thread inherits the policy. Lockstep never sleeps between ticks.
+    sched = set_fifo(cfg.fast.rt_priority if cfg.mode == "realtime" else 0)
+    if cfg.fast.rt_priority and sched.note:
+        log.warning("fast.rt_priority=%d: %s", cfg.fast.rt_priority, sched.note)
     node = FastNode(cfg)
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)
     results: list[dict[str, Any]] = []
     try:
-        emit({"event": "ready", "node": "fast", "pid": os.getpid(), "chunk": node.chunks.address})
+        emit({"event": "ready", "node": "fast", "pid": os.getpid(), "chunk": node.chunks.address, **sched.record()})
         try:
             results = node.run()
         except Stopped:

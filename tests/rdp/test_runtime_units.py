@@ -113,7 +113,8 @@ def test_runtime_config_rejects_bad_values() -> None:
     for override, match in [("mode=fast", "mode"), ("fast.hold=drift", "hold"), ("slow.replan_every=0", "replan"),
                             ("fast.cmd_hz=0", "cmd_hz"), ("nope=1", "bad runtime config"),
                             ("secure.enabled=true", "secure.keys"), ("fast.phase_lead_ms=4.0", "phase_lead_ms"),
-                            ("slow.nice=20", "slow.nice"), ("slow.nice=-1", "slow.nice")]:
+                            ("slow.nice=20", "slow.nice"), ("slow.nice=-1", "slow.nice"),
+                            ("fast.rt_priority=100", "fast.rt_priority"), ("fast.rt_priority=-1", "fast.rt_priority")]:
         with pytest.raises(ValueError, match=match):
             load_config(["checkpoint=X", override])
 
