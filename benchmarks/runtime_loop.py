@@ -10,8 +10,11 @@ rate and jitter; a command's ``tactile_stamp`` (the reading its action was decod
 gives the tactile-to-command latency, robot -> fast node -> robot, one clock. Configurations:
 
 * ``ours``: commands at 250 Hz, one incremental GRU step per 25 Hz policy step, a new chunk every 4 steps.
+* ``ours_no_fifo``: the same with ``fast.rt_priority=0``: the fast node at ordinary priority instead of SCHED_FIFO
+  (where the OS grants FIFO at all; the fast node's ready line says, and the JSON keeps it as ``fast_sched``).
+* ``ours_no_prewarm``: the same with ``fast.prewarm_ms=null``: no rehearsal of a step's decode before its tick.
 * ``ours_no_phase_lock``: the same with ``fast.phase_lead_ms=null``: the fast node's ticks keep whatever phase they
-  started with against the robot's publication (a reading 0-4 ms old), instead of locking 1 ms after it.
+  started with against the robot's publication (a reading 0-4 ms old), instead of locking 2 ms after it.
 * ``rdp_shape``: RDP's loop (fast 24 Hz, slow ~6 Hz, a new chunk every 16 ticks): commands at 24 Hz,
   ``replan_every=16``; its reaction to touch waits for the next 24 Hz tick.
 
@@ -35,18 +38,17 @@ import torch
 
 from benchmarks.report import RESULTS_DIR, publish
 from bus.message import Message, encode
-from bus.sched import set_fifo, set_normal
 from bus.transport import Publisher, Subscriber
 from rdp.runtime.process import Child
 
 NODE_HZ = 250.0
-RT_PRIORITY = 50
-# name: (command Hz, replan every, fast-node overrides, fast node and fake robot under SCHED_FIFO)
-LOOPS: dict[str, tuple[float, int, tuple[str, ...], bool]] = {
-    "ours": (250.0, 4, (), False),
-    "ours_fifo": (250.0, 4, (), True),
-    "ours_no_phase_lock": (250.0, 4, ("fast.phase_lead_ms=null",), False),
-    "rdp_shape": (24.0, 16, (), False),
+# name: (command Hz, replan every, runtime overrides)
+LOOPS: dict[str, tuple[float, int, tuple[str, ...]]] = {
+    "ours": (250.0, 4, ()),
+    "ours_no_fifo": (250.0, 4, ("fast.rt_priority=0",)),
+    "ours_no_prewarm": (250.0, 4, ("fast.prewarm_ms=null",)),
+    "ours_no_phase_lock": (250.0, 4, ("fast.phase_lead_ms=null",)),
+    "rdp_shape": (24.0, 16, ()),
 }
 
 
@@ -72,23 +74,8 @@ def _pct(x: np.ndarray, scale: float = 1e3) -> dict:
 
 
 def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds: float, tmp: Path,
-                 extra: tuple[str, ...] = (), rt_priority: int = 0) -> dict:
-    """One loop configuration; ``rt_priority`` > 0 runs the fast node and this fake robot under SCHED_FIFO."""
+                 extra: tuple[str, ...] = ()) -> dict:
     children: list[Child] = []
-    if rt_priority:
-        extra = (*extra, f"fast.rt_priority={rt_priority}")
-        sched = set_fifo(rt_priority)
-        if sched.note:
-            print(f"{name}: {sched.note}")
-    try:
-        return _measure_loop(run, name, cmd_hz, replan_every, seconds, tmp, extra, children)
-    finally:
-        if rt_priority:
-            set_normal()
-
-
-def _measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds: float, tmp: Path,
-                  extra: tuple[str, ...], children: list[Child]) -> dict:
     with Publisher("tcp://127.0.0.1:*") as pub, \
             Subscriber("tcp://127.0.0.1:*", topics=("cmd", "reset"), bind=True, hwm=100_000) as cmd:
         try:
@@ -98,6 +85,7 @@ def _measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, second
                                                       f"addresses.robot_cmd={cmd.address}"], tmp / f"{name}-fast.log")
             children.append(fast)
             ready = fast.wait_ready()
+            sched = {k: ready[k] for k in ("sched", "rt_priority", "sched_note") if k in ready}
             slow = Child("slow", "rdp.runtime.slow", [*args, f"addresses.obs={pub.address}",
                                                       f"addresses.chunk={ready['chunk']}"], tmp / f"{name}-slow.log")
             children.append(slow)
@@ -142,6 +130,7 @@ def _measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, second
     nominal = 1.0 / cmd_hz
     return {
         "config": {"cmd_hz": cmd_hz, "replan_every": replan_every, "policy_hz": 25.0, "overrides": list(extra)},
+        "fast_sched": sched,
         "commands_received": len(arrivals),
         "achieved_rate_hz": round(float(len(intervals) / (arrivals[-1] - arrivals[0])), 2),
         "received_jitter_ms": _pct(np.abs(intervals - nominal)),
@@ -218,8 +207,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
-    ap.add_argument("--rt-priority", type=int, default=RT_PRIORITY,
-                    help="SCHED_FIFO priority of the *_fifo loops' fast node and fake robot")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
@@ -238,9 +225,8 @@ def main() -> None:
         raise SystemExit(f"--loops: unknown {unknown}; choose from {list(LOOPS)}")
     loops = {}
     for name in chosen:
-        cmd_hz, replan, extra, fifo = LOOPS[name]
-        loops[name] = measure_loop(run, name, cmd_hz, replan, args.seconds, tmp, extra,
-                                   args.rt_priority if fifo else 0)
+        cmd_hz, replan, extra = LOOPS[name]
+        loops[name] = measure_loop(run, name, cmd_hz, replan, args.seconds, tmp, extra)
     inference = measure_inference()
     decode = measure_decode()
     print(f"{'loop':18} {'cmd Hz':>8} {'target':>7} {'jit p99 ms':>11} {'step p50/p99 ms':>17} "

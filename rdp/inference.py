@@ -443,6 +443,17 @@ class ChunkExecutor:
                 setattr(self.policy, name, value)
         self.t = int(context["t"])
 
+    def rehearse(self, features: Mapping[str, np.ndarray]) -> None:
+        """Decode one step on ``features`` and discard it: the context (and so every later action) is unchanged.
+        The fast node runs this just before a step tick, so the tick's own decode finds warm caches."""
+        if self.t >= self.horizon:
+            return
+        running = self.save()
+        try:
+            self.step(features)
+        finally:
+            self.load(running)
+
     @torch.inference_mode()
     def step(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         if self.t >= self.horizon:

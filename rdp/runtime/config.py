@@ -36,6 +36,8 @@ class FastConfig:
     cmd_hz: float = 250.0
     phase_lead_ms: float | None = 2.0
     rt_priority: int = 50
+    spin_ms: float | None = None
+    prewarm_ms: float | None = 2.0
     hold: str = "pose"
     lockstep_wait_s: float = 30.0
     start_timeout_s: float = 120.0
@@ -115,6 +117,10 @@ class RuntimeConfig:
         if lead is not None and not 0 <= lead < 1e3 / self.fast.cmd_hz:
             raise ValueError(f"fast.phase_lead_ms={lead} must be in [0, one command period {1e3 / self.fast.cmd_hz} ms)"
                              " or null")
+        if self.fast.spin_ms is not None and not 0 <= self.fast.spin_ms < 1e3 / self.fast.cmd_hz:
+            raise ValueError(f"fast.spin_ms={self.fast.spin_ms} must be in [0, one command period) or null (auto)")
+        if self.fast.prewarm_ms is not None and not 0 <= self.fast.prewarm_ms < 1e3 / self.fast.cmd_hz:
+            raise ValueError(f"fast.prewarm_ms={self.fast.prewarm_ms} must be in [0, one command period) or null (off)")
         if self.max_episode_s is not None and not self.max_episode_s > 0:
             raise ValueError(f"max_episode_s={self.max_episode_s} must be > 0 or null")
         if self.secure.enabled and not self.secure.keys:

@@ -70,3 +70,54 @@ class Every:
             return False
         self._next = now + self.period
         return True
+
+
+class LoopGc:
+    """Python's cyclic garbage collector kept out of a loop's ticks, and its pauses measured (``gc.callbacks``).
+
+    Left automatic, a collection runs inside whichever allocation crosses the threshold, often mid-tick before the
+    command goes out (lift: ~7 per second, 0.2 ms typical, 1 ms p99). ``manual=True``: everything alive at start-up
+    (torch brings hundreds of thousands of objects) is frozen out of the collector's sight (``gc.freeze``), automatic
+    collection is off, and the loop calls ``idle()`` after each tick's output, which collects the young generations
+    when they are due; ``full()`` collects everything (between episodes). Cycles are still freed, at a time the
+    loop chooses."""
+
+    def __init__(self, manual: bool, young_threshold: int = 700) -> None:
+        import gc
+
+        self._gc = gc
+        self.manual = manual
+        self.young_threshold = young_threshold
+        self.pauses = Window()
+        self.by_generation = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+        if manual:
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.add(time.perf_counter() - self._t0)
+            self.by_generation[min(info.get("generation", 2), 2)] += 1
+
+    def idle(self) -> None:
+        """Collect generations 0 and 1 if enough allocations piled up since the last collection (manual mode)."""
+        if self.manual and self._gc.get_count()[0] >= self.young_threshold:
+            self._gc.collect(1)
+
+    def full(self) -> None:
+        if self.manual:
+            self._gc.collect()
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.pauses.summary(1e3), "by_generation": list(self.by_generation), "manual": self.manual}
+
+    def close(self) -> None:
+        if self._callback in self._gc.callbacks:
+            self._gc.callbacks.remove(self._callback)
+        if self.manual:
+            self._gc.enable()

@@ -114,7 +114,8 @@ def test_runtime_config_rejects_bad_values() -> None:
                             ("fast.cmd_hz=0", "cmd_hz"), ("nope=1", "bad runtime config"),
                             ("secure.enabled=true", "secure.keys"), ("fast.phase_lead_ms=4.0", "phase_lead_ms"),
                             ("slow.nice=20", "slow.nice"), ("slow.nice=-1", "slow.nice"),
-                            ("fast.rt_priority=100", "fast.rt_priority"), ("fast.rt_priority=-1", "fast.rt_priority")]:
+                            ("fast.rt_priority=100", "fast.rt_priority"), ("fast.rt_priority=-1", "fast.rt_priority"),
+                            ("fast.spin_ms=4.0", "fast.spin_ms"), ("fast.prewarm_ms=-1", "fast.prewarm_ms")]:
         with pytest.raises(ValueError, match=match):
             load_config(["checkpoint=X", override])
 
@@ -190,6 +191,30 @@ def test_chunk_executor_decodes_like_the_sim_adapter(tiny_run: Path) -> None:
     assert ex.t == 5
 
 
+def test_rehearsal_leaves_the_decoded_actions_unchanged(tiny_run: Path) -> None:
+    """The fast node rehearses each step's decode just before the tick (fast.prewarm_ms); the actions it then sends
+    are bit for bit those of a node that never rehearses, and a rehearsal past the horizon is a no-op."""
+    from rdp.inference import ChunkExecutor, make_policy
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(2)
+    plain, warm = (ChunkExecutor(make_policy("wipe", checkpoint=tiny_run, replan_every=8)) for _ in range(2))
+    latent = rng.normal(size=plain.chunk_shape).astype(np.float32)
+    anchor = rng.normal(size=plain.anchor_dim).astype(np.float32)
+    for ex in (plain, warm):
+        ex.start(latent, anchor)
+    for _ in range(plain.horizon):
+        f = {"proprio": rng.normal(size=10).astype(np.float32), "tactile": rng.normal(size=45).astype(np.float32),
+             "wrench": np.zeros(6, np.float32)}
+        other = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in f.items()}  # an older reading
+        warm.rehearse(other)
+        warm.rehearse(f)
+        assert warm.t == plain.t
+        np.testing.assert_array_equal(warm.step(f), plain.step(f))
+    warm.rehearse(f)  # exhausted: nothing to rehearse, nothing raised
+    assert warm.t == plain.horizon
+
+
 def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_run: Path) -> None:
     """The fast node stages a pending chunk after sending its command (start + catch-up on the readings of steps
     that passed, in a context of its own) while the running chunk keeps decoding; at the take-over every action,
@@ -249,3 +274,39 @@ def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_
     assert a.slot.current is second and b.slot.current is second
     for x, y in zip(a.out, b.out, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+_GC_CHILD = """
+import gc, json
+from rdp.runtime.timing import LoopGc
+loop = LoopGc(manual=True)
+frozen, auto = gc.get_freeze_count(), gc.isenabled()
+for _ in range(5000):  # cycles: garbage only the cyclic collector frees
+    a = []; a.append(a)
+before = gc.get_count()[0]
+loop.idle()
+after = gc.get_count()[0]
+s = loop.summary()
+loop.close()
+print(json.dumps({"frozen": frozen, "auto": auto, "before": before, "after": after, "summary": s,
+                  "enabled_after_close": gc.isenabled()}))
+"""
+
+
+def test_loop_gc_moves_collections_to_where_the_loop_calls_them() -> None:
+    """Manual mode: start-up objects frozen, automatic collection off, ``idle`` collects the young generations once
+    they are due (the cycles made meanwhile are freed), every pause is measured; ``close`` turns collection back on.
+    In a child process: the test process's own collector stays as it is."""
+    import json
+    import subprocess
+    import sys
+
+    from rdp.runtime.process import ROOT
+
+    out = subprocess.run([sys.executable, "-c", _GC_CHILD], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["frozen"] > 1000 and r["auto"] is False
+    assert r["before"] >= 5000 and r["after"] < 10, r
+    assert r["summary"]["manual"] and r["summary"]["n"] >= 2 and r["summary"]["by_generation"][1] >= 1
+    assert r["enabled_after_close"] is True
