@@ -388,3 +388,42 @@ def test_single_node_ticks_and_the_applied_stream(tmp_path):
         hold = applied.recv(timeout=TIMEOUT)
         assert hold.meta["reason"] == "watchdog" and hold.meta["tick"] > msg.meta["tick"]
         assert not np.array_equal(hold.arrays["applied_target"], target)
+
+
+def test_camera_worker_renders_a_snapshot_off_the_loop_and_never_makes_it_wait() -> None:
+    """The realtime node's render thread: the frames show the state as it was submitted (the same pixels as
+    rendering it in the loop) although the loop stepped on meanwhile; a submit while it renders is refused."""
+    from sim.node import CameraWorker
+    from sim.registry import make_env
+
+    env = make_env("wipe", perturb=False)
+    env.reset(seed=0)
+    try:
+        names = {"scene_rgb": "scene_cam", "wrist_rgb": env.task.arms[0].prefix + "wrist_cam"}
+        for _ in range(5):
+            env.step(env.action_space.sample() * 0)
+        want = {key: env.render_camera(camera, 64) for key, camera in names.items()}
+        worker = CameraWorker(env.model, names, 64)
+        try:
+            assert worker.take() is None
+            assert worker.submit(env.data, "episode-3", env.time)
+            assert not worker.submit(env.data, "episode-3", env.time)  # still rendering: refused, not queued
+            t_submitted = env.time
+            for _ in range(20):  # the loop goes on; the snapshot is the worker's own
+                env.step(env.action_space.sample())
+            end = time.monotonic() + TIMEOUT
+            while (done := worker.take()) is None and time.monotonic() < end:
+                time.sleep(0.005)
+            assert done is not None, worker.error
+            tag, sim_time, frames = done
+            assert tag == "episode-3" and sim_time == t_submitted and set(frames) == set(names)
+            for key in names:
+                assert frames[key].shape == (64, 64, 3) and frames[key].dtype == np.uint8
+                np.testing.assert_array_equal(frames[key], want[key])
+            assert worker.take() is None  # handed over once
+            assert worker.submit(env.data, "episode-3", env.time)  # free again
+        finally:
+            worker.close()
+        assert not worker._thread.is_alive()
+    finally:
+        env.close()
