@@ -427,3 +427,60 @@ def test_camera_worker_renders_a_snapshot_off_the_loop_and_never_makes_it_wait()
         assert not worker._thread.is_alive()
     finally:
         env.close()
+
+
+def test_realtime_node_publishes_finished_frames_of_its_own_episode_only() -> None:
+    """The loop's side of the render thread: finished frames go out with the sim time they show; frames rendered
+    before a reset are dropped; a camera tick while the thread is busy is counted, not waited for."""
+    from sim.node import RobotNode
+
+    class Worker:  # stands in for CameraWorker: a scripted sequence of finished renders, busy or free
+        def __init__(self) -> None:
+            self.results: list = []
+            self.busy = False
+            self.submitted: list = []
+
+        def take(self):
+            return self.results.pop(0) if self.results else None
+
+        def submit(self, data, tag, sim_time) -> bool:
+            if self.busy:
+                return False
+            self.submitted.append((tag, sim_time))
+            return True
+
+        def close(self) -> None:
+            pass
+
+    class Pub:
+        def __init__(self) -> None:
+            self.sent: list = []
+
+        def publish(self, topic, arrays=None, meta=None, **_):
+            self.sent.append((topic, meta))
+
+        def close(self) -> None:
+            pass
+
+    node = RobotNode(load_config([*ANY_PORT, "task=wipe", "mode=realtime", "cameras=true"]))
+    real_pub = node.pub
+    try:
+        node.pub, node.camera_worker = Pub(), Worker()
+        node._episode, node._ticks = 4, node._camera_every  # a camera tick
+        frame = {"scene_rgb": np.zeros((4, 4, 3), np.uint8)}
+        node.camera_worker.results = [(3, 1.25, frame)]  # rendered before the reset into episode 4
+        node._cameras_tick()
+        assert node.pub.sent == [] and node.camera_worker.submitted == [(4, node.env.time)]
+        node.camera_worker.results = [(4, 1.5, frame)]
+        node.camera_worker.busy = True
+        node._cameras_tick()
+        assert node.pub.sent == [("image", {"sim_time": 1.5})]
+        assert node.counts["camera_frames_dropped"] == 1
+        node._ticks += 1  # not a camera tick: nothing submitted, nothing counted
+        node.camera_worker.busy = False
+        node._cameras_tick()
+        assert len(node.camera_worker.submitted) == 1 and node.counts["camera_frames_dropped"] == 1
+    finally:
+        node.pub = real_pub
+        node.camera_worker = None
+        node.close()
