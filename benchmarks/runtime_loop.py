@@ -38,6 +38,7 @@ import torch
 
 from benchmarks.report import RESULTS_DIR, publish
 from bus.message import Message, encode
+from bus.sched import sched_fields
 from bus.transport import Publisher, Subscriber
 from rdp.runtime.process import Child
 
@@ -85,7 +86,7 @@ def measure_loop(run: Path, name: str, cmd_hz: float, replan_every: int, seconds
                                                       f"addresses.robot_cmd={cmd.address}"], tmp / f"{name}-fast.log")
             children.append(fast)
             ready = fast.wait_ready()
-            sched = {k: ready[k] for k in ("sched", "rt_priority", "sched_note") if k in ready}
+            sched = sched_fields(ready)
             slow = Child("slow", "rdp.runtime.slow", [*args, f"addresses.obs={pub.address}",
                                                       f"addresses.chunk={ready['chunk']}"], tmp / f"{name}-slow.log")
             children.append(slow)

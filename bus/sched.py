@@ -31,6 +31,11 @@ class SchedResult:
         return {"sched": self.policy, "rt_priority": self.priority, **({"sched_note": self.note} if self.note else {})}
 
 
+def sched_fields(record: dict[str, object]) -> dict[str, object]:
+    """The scheduling part of a node's record (what :meth:`SchedResult.record` put there), for reports."""
+    return {k: record[k] for k in ("sched", "rt_priority", "sched_note") if k in record}
+
+
 def _threads() -> list[int]:
     try:
         return sorted(int(t) for t in os.listdir("/proc/self/task"))

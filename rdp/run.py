@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.sched import sched_fields
 from bus.transport import Client, Subscriber
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.process import Child, robot_node_args
@@ -104,7 +105,7 @@ class Launcher:
             obs = relay["obs"]
         fast = self._start("fast", "rdp.runtime.fast", [*self.overrides, *_kv(addr), f"out={self.out}",
                                                          f"addresses.chunk={self.cfg.addresses.chunk}"])
-        self.fast_sched = {k: fast[k] for k in ("sched", "rt_priority", "sched_note") if k in fast}
+        self.fast_sched = sched_fields(fast)
         if cfg.mode == "realtime":
             print(f"[fast] scheduling {fast.get('sched')} priority {fast.get('rt_priority')}"
                   + (f" ({fast['sched_note']})" if fast.get("sched_note") else ""), flush=True)

@@ -113,14 +113,12 @@ class RuntimeConfig:
                             ("slow.heartbeat_hz", self.slow.heartbeat_hz)):
             if not value > 0:
                 raise ValueError(f"{name}={value} must be > 0")
-        lead = self.fast.phase_lead_ms
-        if lead is not None and not 0 <= lead < 1e3 / self.fast.cmd_hz:
-            raise ValueError(f"fast.phase_lead_ms={lead} must be in [0, one command period {1e3 / self.fast.cmd_hz} ms)"
-                             " or null")
-        if self.fast.spin_ms is not None and not 0 <= self.fast.spin_ms < 1e3 / self.fast.cmd_hz:
-            raise ValueError(f"fast.spin_ms={self.fast.spin_ms} must be in [0, one command period) or null (auto)")
-        if self.fast.prewarm_ms is not None and not 0 <= self.fast.prewarm_ms < 1e3 / self.fast.cmd_hz:
-            raise ValueError(f"fast.prewarm_ms={self.fast.prewarm_ms} must be in [0, one command period) or null (off)")
+        period_ms = 1e3 / self.fast.cmd_hz
+        for name, value, null in (("phase_lead_ms", self.fast.phase_lead_ms, "off"),
+                                  ("spin_ms", self.fast.spin_ms, "auto"), ("prewarm_ms", self.fast.prewarm_ms, "off")):
+            if value is not None and not 0 <= value < period_ms:
+                raise ValueError(f"fast.{name}={value} must be in [0, one command period {period_ms} ms) or null "
+                                 f"({null})")
         if self.max_episode_s is not None and not self.max_episode_s > 0:
             raise ValueError(f"max_episode_s={self.max_episode_s} must be > 0 or null")
         if self.secure.enabled and not self.secure.keys:

@@ -56,6 +56,7 @@ log = logging.getLogger("rdp.runtime.fast")
 # leaving the cores 0.8 ms per tick more for the slow node and the robot.
 FIFO_SPIN_MS = 0.2
 ROBOT_TOPICS = ("state", "tactile", "wrench")
+UNUSABLE_OBSERVATION = (KeyError, ValueError, IndexError, TypeError)  # what obs_features raises on a bad reading
 START_CONFIRM_S = 1.0  # first wait for the slow node's confirmation of an episode (see FastNode._start_episode)
 
 
@@ -389,12 +390,12 @@ class FastNode:
         sleeps). Rehearsing it just before the tick brings them back, so the tick that commands the robot runs
         warm (0.3 ms). The running chunk's context is saved and restored: the decoded actions are unchanged."""
         obs = self.link.obs.latest
-        tactile, state, wrench = obs.get("tactile"), obs.get("state"), obs.get("wrench")
-        if tactile is None or state is None or wrench is None or self.slot.current is None:
+        tactile = obs.get("tactile")
+        if tactile is None or "state" not in obs or "wrench" not in obs or self.slot.current is None:
             return
         try:
-            features = obs_features({**state.arrays, **tactile.arrays, **wrench.arrays}, self.embedding)
-        except (KeyError, ValueError, IndexError, TypeError):
+            features = self._features(tactile, obs)
+        except UNUSABLE_OBSERVATION:
             return  # the tick itself counts and reports an unusable observation
         self.executor.rehearse(features)
         self.counts["rehearsals"] += 1
@@ -426,11 +427,14 @@ class FastNode:
         self.executor.load(running)
         return fresh or stepped > 0
 
+    def _features(self, tactile: Message, obs: dict[str, Message]) -> dict[str, np.ndarray]:
+        """The policy features of one reading (state, tactile, wrench); raises one of ``UNUSABLE_OBSERVATION``."""
+        return obs_features({**obs["state"].arrays, **tactile.arrays, **obs["wrench"].arrays}, self.embedding)
+
     def _on_step(self, step: int, tactile: Message, obs: dict[str, Message]) -> None:
         try:
-            features = obs_features({**obs["state"].arrays, **tactile.arrays, **obs["wrench"].arrays},
-                                    self.embedding)
-        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            features = self._features(tactile, obs)
+        except UNUSABLE_OBSERVATION as exc:
             self.counts["rej_schema"] += 1
             if self.counts["rej_schema"] == 1:
                 log.warning("observation unusable (%s); further ones are only counted", exc)
