@@ -18,7 +18,8 @@ Wire format of topic ``chunk`` (slow -> fast)::
             plan int              the slow node's plan counter (per process)
             infer_ms float        predict() wall time
 
-Topic ``alive`` (slow -> fast, ``heartbeat_hz`` and at every episode change): meta episode, plans, rejects, pid.
+Topic ``alive`` (slow -> fast, ``heartbeat_hz`` and at every episode change): meta episode, plans, rejects, pid, robot
+(bool: the slow node has received the robot node's stream; the fast node's first reset waits for it in realtime).
 """
 
 from __future__ import annotations

@@ -250,6 +250,7 @@ class FastNode:
         self.digest = hashlib.sha256()
         self.slow_episode = -1
         self.slow_seen = 0.0
+        self.slow_hears_robot = False  # the slow node's heartbeat says it receives the robot's stream
         self._stop = False
         self.server = CurveServer(cfg.secure.keys, cfg.secure.allow) if cfg.secure.enabled else None
         self.chunks: Subscriber | None = None
@@ -338,6 +339,7 @@ class FastNode:
         self.gc.full()  # between episodes, where nothing waits on the loop
         timeout = self.cfg.fast.start_timeout_s
         end = time.monotonic() + timeout
+        self._await_slow_up(end)
         wait = START_CONFIRM_S
         while not self._stop:
             episode = self.link.reset(seed, timeout=max(0.0, end - time.monotonic()))
@@ -353,6 +355,22 @@ class FastNode:
             self.counts["start_resets"] += 1
             wait *= 2
         raise Stopped
+
+    def _await_slow_up(self, end: float) -> None:
+        """Before the first reset: wait until the slow node is up (its first heartbeat) and, in realtime, hears the
+        robot. A realtime robot's clock runs from its reset, so resetting while the slow node still loads would
+        start the episode with the robot idle for however long that takes (0.1-1 s was measured: the first
+        episode was not the one lockstep runs). Lockstep's robot publishes nothing until ticked, so there only
+        the heartbeat is awaited. A slow node that never comes is handled by the confirmation wait after it."""
+        if self.slow_hears_robot or (self.lockstep and self.slow_seen):
+            return
+
+        def up() -> bool:
+            return self.slow_hears_robot or (self.lockstep and self.slow_seen > 0)
+
+        if not self._await_slow(up, max(0.0, end - time.monotonic())):
+            log.warning("the slow node is not up %s; resetting the robot anyway",
+                        "(no heartbeat)" if not self.slow_seen else "(it does not hear the robot yet)")
 
     # ------------------------------------------------------------------------------------ one iteration
     def _iteration(self) -> None:
@@ -493,6 +511,8 @@ class FastNode:
             ep = msg.meta.get("episode")
             if type(ep) is int:
                 self.slow_episode = ep
+            if msg.meta.get("robot") is True:
+                self.slow_hears_robot = True
             return
         if msg.topic != "chunk":
             self.chunk_rejects["topic"] += 1

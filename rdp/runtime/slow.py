@@ -54,6 +54,9 @@ class SlowNode:
                                   handover=cfg.slow.handover, noise_scale=cfg.slow.noise_scale)
         torch.set_num_threads(cfg.slow.torch_threads)
         run = self.policy.run
+        if getattr(self.policy, "image_keys", ()):
+            raise ValueError(f"{cfg.checkpoint}: this run's policy sees cameras {list(self.policy.image_keys)}; the "
+                             "runtime's slow node plans from state, touch and wrench only (train without cameras)")
         self.rate_hz = float(run["rate_hz"])
         self.obs_keys = tuple(run["obs_keys"])
         self.generator = torch.Generator()
@@ -65,6 +68,7 @@ class SlowNode:
         self.next_plan = 0
         self.last: tuple[torch.Tensor, np.ndarray, int] | None = None  # last chunk sent, its anchor, its obs step
         self.plans = 0
+        self.hears_robot = False  # any message from the robot node yet (told to the fast node in "alive")
         self.infer = Window()
         self.counts: Counter[str] = Counter()
         self._stop = False
@@ -78,6 +82,18 @@ class SlowNode:
         except Exception:
             self.close()
             raise
+
+    def warm_up(self) -> float:
+        """One plan on a blank history with a throwaway generator, before the node says it is ready: the first call
+        into torch allocates and builds its kernels, which made a realtime episode's first plan slow. Returns ms."""
+        pcfg = self.policy.slow.cfg
+        dims = dict(zip(pcfg.lowdim_keys, pcfg.lowdim_dims, strict=True))
+        obs = {k: torch.zeros(1, pcfg.obs_steps, dims[k]) for k in self.obs_keys}
+        t0 = time.perf_counter()
+        self.policy.slow.predict(obs, generator=torch.Generator().manual_seed(0),
+                                 num_inference_steps=self.cfg.slow.num_inference_steps,
+                                 noise_scale=self.policy.noise_scale)
+        return (time.perf_counter() - t0) * 1e3
 
     # ------------------------------------------------------------------------------------ lifecycle
     def stop(self, *_: object) -> None:
@@ -117,6 +133,7 @@ class SlowNode:
 
     # ------------------------------------------------------------------------------------ messages
     def _handle(self, msg: Message) -> None:
+        self.hears_robot = True
         topic = msg.topic
         if topic in ("state", "tactile"):
             self.latest[topic] = msg
@@ -210,7 +227,8 @@ class SlowNode:
 
     def _alive(self) -> None:
         self.pub.publish("alive", meta={"episode": -1 if self.episode is None else self.episode, "plans": self.plans,
-                                        "rejects": sum(self.rejects().values()), "pid": os.getpid()})
+                                        "rejects": sum(self.rejects().values()), "pid": os.getpid(),
+                                        "robot": self.hears_robot})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)
     try:
+        warmup_ms = node.warm_up()
         emit({"event": "ready", "node": "slow", "pid": os.getpid(), "chunk": cfg.addresses.chunk,
-              "chunk_shape": list(node.policy.slow.cfg.target_shape)})
+              "chunk_shape": list(node.policy.slow.cfg.target_shape), "warmup_ms": round(warmup_ms, 1)})
         node.run()
     finally:
         node.close()

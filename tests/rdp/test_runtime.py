@@ -222,6 +222,33 @@ def test_kill9_fast_node_robot_watchdog_holds_within_100ms(tiny_run: Path, tmp_p
             assert children["robot"].alive() and children["slow"].alive()
 
 
+@pytest.mark.timeout(240)
+def test_realtime_episode_starts_only_once_the_slow_node_hears_the_robot(tiny_run: Path, tmp_path: Path) -> None:
+    """A realtime robot's clock runs from its reset: the fast node must not reset it while the slow node still
+    loads (the first episode then began with the robot idle for 0.1-1 s, a different episode from lockstep's)."""
+    with _children(tmp_path) as children:
+        robot = _start(children, tmp_path, "robot", "sim.node", robot_node_args(
+            "wipe", "realtime", 0, False, {"watchdog_ms": 50.0, "cameras": False, "limits.force_n": 20.0}))
+        with Subscriber(robot["pub"], topics=("episode",)) as events:
+            time.sleep(0.5)  # the subscription reaches the robot node before anything below can reset it
+            addr = [f"addresses.robot_pub={robot['pub']}", f"addresses.robot_cmd={robot['cmd']}"]
+            args = _runtime_args(tiny_run, "episodes=1", "perturb=false")
+            fast = _start(children, tmp_path, "fast", "rdp.runtime.fast", [*args, *addr])
+            end = time.monotonic() + 3.0
+            while (left := end - time.monotonic()) > 0:  # the robot node's own start-up reset (episode 0) may show
+                early = events.recv(timeout=left)
+                assert early is None or early.meta["episode"] == 0, f"reset before any slow node was up: {early.meta}"
+            slow = _start(children, tmp_path, "slow", "rdp.runtime.slow",
+                          [*args, f"addresses.obs={robot['pub']}", f"addresses.chunk={fast['chunk']}"])
+            assert slow["warmup_ms"] > 0  # it planned once on a blank history before saying it is ready
+            reset = events.recv(timeout=60.0)
+            assert reset is not None and reset.meta["event"] == "reset"
+            stats = _fast_stats_until(children["fast"], lambda s: s.get("chunks", 0) >= 1)
+            assert stats["episode"] == reset.meta["episode"]
+            assert "start_resets" not in stats, stats  # the slow node saw the first reset: no second one needed
+            assert events.recv(timeout=0.2) is None  # no further reset or end
+
+
 def _observation(seq: int, sim_time: float, bad_tactile: bool = False) -> list[Message]:
     """One fake robot-node tick: state, tactile, wrench with the same seq, as sim.node publishes them."""
     meta = {"sim_time": sim_time}
