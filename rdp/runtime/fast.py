@@ -338,39 +338,41 @@ class FastNode:
         self._reset_episode_state()
         self.gc.full()  # between episodes, where nothing waits on the loop
         timeout = self.cfg.fast.start_timeout_s
+        slow_up = self._await_slow_up(timeout)
         end = time.monotonic() + timeout
-        self._await_slow_up(end)
         wait = START_CONFIRM_S
         while not self._stop:
             episode = self.link.reset(seed, timeout=max(0.0, end - time.monotonic()))
             if episode is None:
                 raise TimeoutError(f"the robot node did not start an episode within {timeout:.0f} s of the reset")
             self.episode = episode
-            if self._await_slow(lambda ep=episode: self.slow_episode >= ep, min(wait, end - time.monotonic())):
+            if slow_up and self._await_slow(lambda ep=episode: self.slow_episode >= ep,
+                                            min(wait, end - time.monotonic())):
                 return
-            if time.monotonic() >= end:
-                log.warning("no slow node confirmed episode %s within %.0f s; running without one", episode, timeout)
+            if not slow_up or time.monotonic() >= end:
+                log.warning("no slow node confirmed episode %s within %.0f s; running without one (a slow node that "
+                            "comes later is picked up)", episode, timeout)
                 self.counts["start_without_slow"] += 1
                 return
             self.counts["start_resets"] += 1
             wait *= 2
         raise Stopped
 
-    def _await_slow_up(self, end: float) -> None:
+    def _await_slow_up(self, timeout: float) -> bool:
         """Before the first reset: wait until the slow node is up (its first heartbeat) and, in realtime, hears the
         robot. A realtime robot's clock runs from its reset, so resetting while the slow node still loads would
         start the episode with the robot idle for however long that takes (0.1-1 s was measured: the first
         episode was not the one lockstep runs). Lockstep's robot publishes nothing until ticked, so there only
-        the heartbeat is awaited. A slow node that never comes is handled by the confirmation wait after it."""
-        if self.slow_hears_robot or (self.lockstep and self.slow_seen):
-            return
+        the heartbeat is awaited. False when it is not up within ``timeout`` s: the episode runs without it."""
 
         def up() -> bool:
             return self.slow_hears_robot or (self.lockstep and self.slow_seen > 0)
 
-        if not self._await_slow(up, max(0.0, end - time.monotonic())):
-            log.warning("the slow node is not up %s; resetting the robot anyway",
-                        "(no heartbeat)" if not self.slow_seen else "(it does not hear the robot yet)")
+        if up() or self._await_slow(up, timeout):
+            return True
+        log.warning("the slow node is not up after %.0f s (%s)", timeout,
+                    "no heartbeat" if not self.slow_seen else "its heartbeat says it does not hear the robot")
+        return False
 
     # ------------------------------------------------------------------------------------ one iteration
     def _iteration(self) -> None:

@@ -249,6 +249,19 @@ def test_realtime_episode_starts_only_once_the_slow_node_hears_the_robot(tiny_ru
             assert events.recv(timeout=0.2) is None  # no further reset or end
 
 
+@pytest.mark.timeout(240)
+def test_without_a_slow_node_the_episode_starts_after_the_timeout_and_holds(tiny_run: Path, tmp_path: Path) -> None:
+    with _children(tmp_path) as children:
+        robot = _start(children, tmp_path, "robot", "sim.node", robot_node_args(
+            "wipe", "realtime", 0, False, {"watchdog_ms": 50.0, "cameras": False}))
+        addr = [f"addresses.robot_pub={robot['pub']}", f"addresses.robot_cmd={robot['cmd']}"]
+        _start(children, tmp_path, "fast", "rdp.runtime.fast",
+               [*_runtime_args(tiny_run, "episodes=1", "perturb=false"), "fast.start_timeout_s=1", *addr])
+        stats = _fast_stats_until(children["fast"], lambda s: s.get("start_without_slow", 0) >= 1, timeout=60.0)
+        assert stats["episode"] >= 1 and stats.get("chunks", 0) == 0 and children["fast"].alive()
+        assert "robot node did not start" not in children["fast"].log_path.read_text()
+
+
 def _observation(seq: int, sim_time: float, bad_tactile: bool = False) -> list[Message]:
     """One fake robot-node tick: state, tactile, wrench with the same seq, as sim.node publishes them."""
     meta = {"sim_time": sim_time}
