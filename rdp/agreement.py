@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rdp.compare import kv_config
 from sim.eval import wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,24 +44,7 @@ class AgreementConfig:
 
 
 def parse_args(argv: Sequence[str]) -> AgreementConfig:
-    kw: dict[str, Any] = {}
-    fields = AgreementConfig.__dataclass_fields__
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {sorted(fields)}")
-        try:
-            if key == "tasks":
-                kw[key] = tuple(v for v in value.split(",") if v)
-            elif key in ("episodes", "seed", "realtime_runs"):
-                kw[key] = int(value)
-            elif key == "tolerance":
-                kw[key] = float(value)
-            else:
-                kw[key] = value
-        except ValueError:
-            raise SystemExit(f"{key}={value!r}: expected a number") from None
-    cfg = AgreementConfig(**kw)
+    cfg = kv_config(AgreementConfig, argv)
     if cfg.episodes < 1 or cfg.realtime_runs < 1 or not cfg.tasks:
         raise SystemExit(f"need episodes >= 1, realtime_runs >= 1 and a task, got {cfg.episodes}, "
                          f"{cfg.realtime_runs}, {cfg.tasks}")

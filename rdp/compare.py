@@ -14,6 +14,7 @@ per task and policy); the last stdout line is the summary JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,11 +23,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 # Policy configs that evaluate another config's training run (inference-time ablations).
 RUN_OF = {"rdp_nolm": "rdp", "rdp_rtc": "rdp"}
+T = TypeVar("T")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -42,20 +44,26 @@ class CompareConfig:
     extra: str = ""  # more sim.eval overrides for every cell, space-separated
 
 
-def parse_args(argv: Sequence[str]) -> CompareConfig:
+def kv_config(cls: type[T], argv: Sequence[str]) -> T:
+    """``key=value`` arguments -> the dataclass ``cls`` (fields typed str, int, float or tuple[str, ...], the last
+    given comma-separated); an unknown key or a malformed number exits with a message naming it."""
     kw: dict[str, Any] = {}
-    fields = CompareConfig.__dataclass_fields__
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in fields:
             raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {sorted(fields)}")
-        if key in ("tasks", "policies"):
-            kw[key] = tuple(v for v in value.split(",") if v)
-        elif key in ("episodes", "seed", "jobs"):
-            kw[key] = int(value)
-        else:
-            kw[key] = value
-    cfg = CompareConfig(**kw)
+        kind = fields[key]
+        try:
+            kw[key] = (tuple(v for v in value.split(",") if v) if kind.startswith("tuple") else
+                       int(value) if kind == "int" else float(value) if kind == "float" else value)
+        except ValueError:
+            raise SystemExit(f"{key}={value!r}: expected a number ({kind})") from None
+    return cls(**kw)
+
+
+def parse_args(argv: Sequence[str]) -> CompareConfig:
+    cfg = kv_config(CompareConfig, argv)
     if cfg.episodes < 1 or cfg.jobs < 1:
         raise SystemExit(f"episodes and jobs must be >= 1, got {cfg.episodes}, {cfg.jobs}")
     return cfg
