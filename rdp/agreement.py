@@ -88,6 +88,18 @@ def outcomes(result: dict[str, Any]) -> dict[int, bool]:
     return {int(e["seed"]): bool(e["success"]) for e in result["episodes_detail"]}
 
 
+def loop_stats(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's loop goals as one realtime run measured them (absent numbers stay None)."""
+    loop = result.get("loop") or {}
+    fast, slow = loop.get("fast") or {}, loop.get("slow") or {}
+    rate = fast.get("cmd_rate") or {}
+    return {"step_p99_ms": (fast.get("step_ms") or {}).get("p99"), "cmd_hz": rate.get("mean_hz"),
+            "jitter_p99_ms": rate.get("jitter_p99_ms"), "missed_ticks": rate.get("missed"),
+            "tactile_to_cmd_p99_ms": (fast.get("tactile_to_cmd_ms") or {}).get("p99"),
+            "plan_p50_ms": (slow.get("infer_ms") or {}).get("p50"),
+            "robot_overruns": (loop.get("robot") or {}).get("overruns")}
+
+
 def compare_task(task: str, lockstep: dict[str, Any], realtime: list[dict[str, Any]], tolerance: float
                  ) -> dict[str, Any]:
     """The agreement of one task's lockstep run with its realtime runs (rdp.run results, same seeds)."""
@@ -129,7 +141,12 @@ def compare_task(task: str, lockstep: dict[str, Any], realtime: list[dict[str, A
         "lockstep_minority_seeds": [s for s in seeds if (per_seed[s] > 0.5 and not lock[s])
                                     or (per_seed[s] < 0.5 and lock[s])],
         "realtime_per_seed": {str(s): per_seed[s] for s in seeds},
+        "realtime_loop": [loop_stats(r) for r in realtime],
     }
+
+
+def _num(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -146,6 +163,19 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{' / '.join(f'{r:.2f}' for r in rt['success_rates'])} | {rt['mean']:.3f} | [{lo:.2f}, {hi:.2f}] | "
             f"{c['gap_mean']:+.3f} | {'yes' if c['mean_within_tolerance'] else 'no'} / "
             f"{c['runs_within_tolerance']} of {rt['runs']} |")
+    lines += ["", "Loop, every realtime run (worst / best over the runs):", "",
+              "| task | fast step p99 ms | command Hz | jitter p99 ms | missed ticks | tactile→command p99 ms | "
+              "slow plan p50 ms | robot overruns |", "|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        if "error" in c:
+            continue
+        cells = []
+        for key, worst in (("step_p99_ms", max), ("cmd_hz", min), ("jitter_p99_ms", max), ("missed_ticks", max),
+                           ("tactile_to_cmd_p99_ms", max), ("plan_p50_ms", max), ("robot_overruns", max)):
+            vals = [r[key] for r in c["realtime_loop"] if r.get(key) is not None]
+            best = min if worst is max else max
+            cells.append(f"{_num(worst(vals))} / {_num(best(vals))}" if vals else "—")
+        lines.append(f"| {c['task']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,8 @@ def _result(seeds: range, failed: set[int], **extra: Any) -> dict[str, Any]:
 def test_compare_task_reports_every_run_the_mean_and_the_seeds_that_make_the_gap() -> None:
     seeds = range(20)
     lock = _result(seeds, {0, 8, 18})
-    rt = [_result(seeds, {12}), _result(seeds, {5, 8, 12, 16}), _result(seeds, set())]
+    rt = [_result(seeds, {12}, loop={"fast": {"step_ms": {"p99": 0.5}}}), _result(seeds, {5, 8, 12, 16}),
+          _result(seeds, set())]
     c = compare_task("peel", lock, rt, tolerance=0.05)
     assert c["lockstep"]["success_rate"] == pytest.approx(0.85)
     assert c["lockstep"]["failed_seeds"] == [0, 8, 18]
@@ -35,6 +36,7 @@ def test_compare_task_reports_every_run_the_mean_and_the_seeds_that_make_the_gap
     assert c["realtime_per_seed"]["8"] == pytest.approx(2 / 3)
     lo, hi = c["realtime"]["pooled_ci95"]
     assert lo < c["realtime"]["mean"] < hi
+    assert [r["step_p99_ms"] for r in c["realtime_loop"]] == [0.5, None, None]  # only run 0 reports its loop
     assert c["binomial_sd_one_run"] == pytest.approx((c["realtime"]["mean"] * (1 - c["realtime"]["mean"]) / 20) ** 0.5)
     # The same outcomes everywhere: no gap, every run within any tolerance.
     same = compare_task("wipe", lock, [lock, lock], tolerance=0.0)
