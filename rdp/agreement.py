@@ -111,9 +111,9 @@ def compare_task(task: str, lockstep: dict[str, Any], realtime: list[dict[str, A
             raise ValueError(f"{task}: realtime run {k} ran seeds {sorted(r)}, lockstep {seeds}")
     n = len(seeds)
     lock_rate = sum(lock.values()) / n
-    rates = [sum(r.values()) / n for r in runs]
+    rates = [round(sum(r.values()) / n, 12) for r in runs]
     pooled_ok = sum(sum(r.values()) for r in runs)
-    mean = sum(rates) / len(rates)
+    mean = round(sum(rates) / len(rates), 12)  # 0.94, not 0.9399999999999998
     per_seed = {s: sum(r[s] for r in runs) / len(runs) for s in seeds}
     gap = round(mean - lock_rate, 12)  # no -0.000 for equal rates
     return {
