@@ -17,8 +17,10 @@ node's watchdog holds.
 Modes share all of this; only the link to the robot differs (``RealtimeLink``: a ``RateKeeper`` on the wall clock,
 commands on the robot's cmd socket; ``LockstepLink``: one ``tick`` request per control step carrying the command,
 then the observations of that step; and in lockstep the node waits for each chunk that is due, which makes runs
-reproducible). The fast node also runs the episodes: reset with ``seed + k``, wait until the robot and the slow
-node confirm the new episode, run until the robot reports the end (or ``max_episode_s``), report, repeat.
+reproducible). The fast node also runs the episodes: reset with ``seed + k`` (the first reset only once the slow
+node's heartbeat says it is up and, in realtime, receives the robot: a realtime robot's clock runs from its reset),
+wait until the robot and the slow node confirm the new episode, run until the robot reports the end (or
+``max_episode_s``), report, repeat.
 
 stdout: a JSON ready record, stats lines at ``stats_hz``, one ``episode`` record per episode, an exit record.
 """
