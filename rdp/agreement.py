@@ -76,10 +76,18 @@ def launch(task: str, mode: str, out: Path, cfg: AgreementConfig) -> dict[str, A
            f"seed={cfg.seed}", f"out={out}", "video=false", *cfg.extra.split()]
     log = out / "launcher.log"
     with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # the launcher got the same Ctrl-C: let it stop its nodes and write its results
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     done = finished(out, cfg.episodes, cfg.seed)
-    if proc.returncode != 0 or done is None:
-        return {"error": f"rdp.run exited {proc.returncode}; see {log}"}
+    if code != 0 or done is None:
+        return {"error": f"rdp.run exited {code}; see {log}"}
     return done
 
 
@@ -235,7 +243,8 @@ def main(argv: Sequence[str] | None = None,
             res = finished(path, cfg.episodes, cfg.seed)
             note = "reused"
             if res is None:
-                print(f"{task} {mode} -> {path} ...", file=sys.stderr, flush=True)
+                print(f"{task} {mode} -> {path} (live: tail -f {path / 'launcher.log'}) ...", file=sys.stderr,
+                      flush=True)
                 res, note = run(task, mode, path, cfg), "ran"
             shown = f"error: {res['error']}" if res.get("error") else f"{res['success_rate']:.2f}"
             print(f"{task:5s} {mode:8s} {path.name:12s} {shown} ({note})", file=sys.stderr, flush=True)

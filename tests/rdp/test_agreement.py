@@ -88,3 +88,23 @@ def test_main_runs_lockstep_then_realtime_resumes_and_reports_a_failed_run(tmp_p
     calls.clear()
     main(["tasks=wipe", "episodes=5", "realtime_runs=1", f"out={tmp_path}"], run=fake_run)
     assert calls == [("wipe", "lockstep"), ("wipe", "realtime")]
+
+
+@pytest.mark.timeout(300)
+def test_launch_runs_rdp_run_with_the_configured_seeds(tmp_path: Path) -> None:
+    """The real command line: one lockstep rdp.run of a seconds-long tiny checkpoint; its results are read back."""
+    from test_runtime_units import make_tiny_run
+
+    from rdp.agreement import launch
+
+    run = make_tiny_run(tmp_path / "ckpt")
+    cfg = AgreementConfig(tasks=("wipe",), episodes=2, seed=7, realtime_runs=1, out=str(tmp_path / "agr"),
+                          extra=f"checkpoint={run} slow.replan_every=4 max_episode_s=0.2 robot.cameras=false")
+    res = launch("wipe", "lockstep", tmp_path / "agr" / "wipe" / "lockstep", cfg)
+    assert res.get("error") is None, res
+    assert res["mode"] == "lockstep" and [e["seed"] for e in res["episodes_detail"]] == [7, 8]
+    assert (tmp_path / "agr" / "wipe" / "lockstep" / "launcher.log").is_file()
+    # A run that cannot start reports where to look instead of raising.
+    bad = AgreementConfig(episodes=1, extra="checkpoint=/nonexistent")
+    failed = launch("wipe", "lockstep", tmp_path / "bad", bad)
+    assert "launcher.log" in failed["error"]
