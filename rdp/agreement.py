@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rdp.compare import kv_config
+from rdp.compare import finished, kv_config
 from sim.eval import wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,16 +57,6 @@ def run_dirs(cfg: AgreementConfig, task: str) -> list[tuple[str, Path]]:
     """(mode, run directory) of every run of ``task``: the lockstep one first."""
     base = Path(cfg.out) / task
     return [("lockstep", base / "lockstep"), *(("realtime", base / f"realtime-{r}") for r in range(cfg.realtime_runs))]
-
-
-def finished(path: Path, episodes: int, seed: int) -> dict[str, Any] | None:
-    """The results of a complete, error-free run with these episodes and seed at ``path``, else None."""
-    try:
-        old = json.loads((path / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-    ok = old.get("episodes") == episodes and old.get("seed") == seed and old.get("error") is None
-    return old if ok else None
 
 
 def launch(task: str, mode: str, out: Path, cfg: AgreementConfig) -> dict[str, Any]:

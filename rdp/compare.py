@@ -62,6 +62,17 @@ def kv_config(cls: type[T], argv: Sequence[str]) -> T:
     return cls(**kw)
 
 
+def finished(path: Path, episodes: int, seed: int) -> dict[str, Any] | None:
+    """The ``results.json`` at ``path`` of a complete, error-free run with these episodes and seed, else None (an
+    interrupted comparison re-runs only what is missing)."""
+    try:
+        old = json.loads((path / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = old.get("episodes") == episodes and old.get("seed") == seed and not old.get("error")
+    return old if ok else None
+
+
 def parse_args(argv: Sequence[str]) -> CompareConfig:
     cfg = kv_config(CompareConfig, argv)
     if cfg.episodes < 1 or cfg.jobs < 1:
@@ -76,10 +87,9 @@ def run_dir(cfg: CompareConfig, task: str, policy: str) -> Path:
 def _cell(cfg: CompareConfig, task: str, policy: str) -> dict[str, Any]:
     out = Path(cfg.out) / f"{task}-{policy}"
     done = out / "results.json"
-    if done.is_file():
-        old = json.loads(done.read_text())
-        if old.get("episodes") == cfg.episodes and old.get("seed") == cfg.seed:
-            return old
+    old = finished(out, cfg.episodes, cfg.seed)
+    if old is not None:
+        return old
     run = run_dir(cfg, task, policy)
     if not (run / "run.json").is_file():
         return {"task": task, "policy": policy, "error": f"no training run at {run} (python -m rdp.train "

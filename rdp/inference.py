@@ -36,6 +36,8 @@ HANDOVERS = ("latest", "rtc")  # how a new chunk replaces the running one (see _
 # 1000-1049 with the shipped checkpoints (README, session 6): success averaged over wipe, lift and peel was 0.61 at
 # 1.0, 0.75 at 0.5 and 0.79 at 0.0, so a plan is DDIM from the prior's mean; the test seeds 0-49 were run afterwards.
 DEFAULT_NOISE_SCALE = 0.0
+# What obs_features raises on a malformed reading (a missing or wrongly shaped array): callers count and skip it.
+UNUSABLE_OBSERVATION = (KeyError, ValueError, IndexError, TypeError)
 
 
 def obs_features(obs: Mapping[str, np.ndarray], embedding: Any) -> dict[str, np.ndarray]:

@@ -46,7 +46,7 @@ from bus.message import Message
 from bus.sched import current_policy, set_fifo
 from bus.transport import Client, Publisher, Subscriber
 from rdp.data import matrix_to_rotvec, quat_to_matrix
-from rdp.inference import ChunkExecutor, make_policy, obs_features
+from rdp.inference import UNUSABLE_OBSERVATION, ChunkExecutor, make_policy, obs_features
 from rdp.runtime.chunks import ChunkRejected, ChunkSlot, StepRing, parse_chunk, policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import CurveServer
@@ -58,7 +58,6 @@ log = logging.getLogger("rdp.runtime.fast")
 # leaving the cores 0.8 ms per tick more for the slow node and the robot.
 FIFO_SPIN_MS = 0.2
 ROBOT_TOPICS = ("state", "tactile", "wrench")
-UNUSABLE_OBSERVATION = (KeyError, ValueError, IndexError, TypeError)  # what obs_features raises on a bad reading
 START_CONFIRM_S = 1.0  # first wait for the slow node's confirmation of an episode (see FastNode._start_episode)
 
 

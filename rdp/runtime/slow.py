@@ -31,7 +31,7 @@ import torch
 
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
-from rdp.inference import episode_noise_seed, make_policy, obs_features
+from rdp.inference import UNUSABLE_OBSERVATION, episode_noise_seed, make_policy, obs_features
 from rdp.runtime.chunks import policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import client_context, with_source
@@ -179,7 +179,7 @@ class SlowNode:
             return
         try:
             features = obs_features({**state.arrays, **tactile.arrays, **wrench.arrays}, self.policy.embedding)
-        except (KeyError, ValueError, IndexError, TypeError) as exc:
+        except UNUSABLE_OBSERVATION as exc:
             self.counts["rej_schema"] += 1
             if self.counts["rej_schema"] == 1:
                 log.warning("observation unusable (%s); further ones are only counted", exc)
