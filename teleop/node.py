@@ -3,8 +3,8 @@
     python -m teleop.node 'robot.pub=tcp://127.0.0.1:5560' 'robot.cmd=tcp://127.0.0.1:5561' [web.port=0] ...
 
 Config: ``configs/teleop/node.yaml`` -> :class:`TeleopConfig`; ``key=value`` arguments override it. The first
-stdout line is a JSON "ready" record with the bound addresses and the browser URL; the last one, on
-SIGINT/SIGTERM, an "exit" record with the counters.
+stdout line is a JSON "ready" record with the bound addresses and the browser URL (with the per-run token the
+page needs, see ``teleop.web.server``); the last one, on SIGINT/SIGTERM, an "exit" record with the counters.
 
 Operator protocol (``bus`` messages on the SUB socket that binds ``addresses.operator``; the browser page's
 WebSocket JSON is turned into the same messages inside this process)::
@@ -111,11 +111,15 @@ class TeleopAddresses:
 
 @dataclass
 class WebConfig:
+    """The browser operator server; what each key means is in ``configs/teleop/node.yaml`` and what the server
+    checks (Host, Origin, per-run token) in ``teleop.web.server``."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8765
     feedback_hz: float = 30.0
     allow_remote: bool = False
+    allowed_hosts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -383,6 +387,7 @@ class TeleopNode:
             "latency_ms_p50": None if lat is None else round(float(np.percentile(lat, 50)), 3),
             "latency_ms_p99": None if lat is None else round(float(np.percentile(lat, 99)), 3),
             "loop_hz": None if periods is None else round(float(1.0 / periods.mean()), 2),
+            "web_rejects": dict(self.web.rejects) if self.web else {},
         }
 
     def rejects(self) -> Counter[str]:

@@ -7,8 +7,11 @@ const LIN_SPEED = 0.15;   // m/s while a move key is held
 const ROT_SPEED = 0.8;    // rad/s while a rotate key is held
 const XR_ARM_HANDS = ["right", "left"];  // arm 0 <- right controller, arm 1 <- left controller
 
+// The server refuses a WebSocket without this run's token; the node prints the page address that carries it.
+const TOKEN = new URLSearchParams(location.search).get("token");
+
 const state = {
-  connected: false, mode: "fallback", xr: { supported: false, active: false, error: null },
+  connected: false, refused: 0, mode: "fallback", xr: { supported: false, active: false, error: null },
   arms: 0, arm: 0, hands: [], sent: 0, received: 0, images: 0, resets: 0,
   feedback: null, hello: null, lastFeedbackAt: 0,
   drawn: { markerArrows: 0, forceArrows: 0, frames: 0 },
@@ -65,10 +68,17 @@ function send(obj) {
   return false;
 }
 function connect() {
-  ws = new WebSocket(`ws://${location.host}/ws`);
+  if (!TOKEN) return;  // nothing to present: updateHeader says which address to open
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  ws = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(TOKEN)}`);
   ws.binaryType = "arraybuffer";
-  ws.onopen = () => { state.connected = true; };
-  ws.onclose = () => { state.connected = false; setTimeout(connect, 1000); };
+  let opened = false;
+  ws.onopen = () => { opened = true; state.connected = true; state.refused = 0; };
+  ws.onclose = () => {  // a refused handshake closes without opening: most likely a token from an earlier run
+    state.connected = false;
+    if (!opened) state.refused += 1;
+    setTimeout(connect, Math.min(5000, 1000 * (1 + state.refused)));
+  };
   ws.onerror = () => { state.errors.push("websocket error"); };
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") {
@@ -202,7 +212,10 @@ function draw3d(fb) {
 function updateHeader() {
   const fb = state.feedback || {};
   const set = (id, text, cls) => { const el = document.getElementById(id); el.textContent = text; el.className = `pill ${cls || ""}`; };
-  set("conn", state.connected ? "connected" : "disconnected", state.connected ? "ok" : "bad");
+  let conn = state.connected ? "connected" : "disconnected";
+  if (!TOKEN) conn = "no token: open the address the teleop node printed (.../?token=...)";
+  else if (!state.connected && state.refused >= 2) conn = "refused: open the address the teleop node printed (new token each run)";
+  set("conn", conn, state.connected ? "ok" : "bad");
   set("mode", state.mode + (state.xr.supported ? " (AR available)" : ""));
   const engaged = fb.engaged && fb.engaged[state.arm];
   set("clutch", engaged ? "clutch on" : "clutch off", engaged ? "ok" : "");

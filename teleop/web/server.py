@@ -1,7 +1,7 @@
 """HTTP + WebSocket server for the browser operator, run by the teleop node in a background thread.
 
-    GET /         the page (``index.html``)         GET /app.js   its script
-    WS  /ws       browser -> node: JSON {"type": "pose", "frame": "robot"|"xr", "arms": [{"pos": [x, y, z],
+    GET /         the page (``index.html``), opened as /?token=T       GET /app.js   its script
+    WS  /ws?token=T  browser -> node: JSON {"type": "pose", "frame": "robot"|"xr", "arms": [{"pos": [x, y, z],
                   "quat": [w, x, y, z], "grip": 0..1, "clutch": bool}, ...]} or {"type": "reset"}
                   node -> browser: JSON {"type": "hello" | "feedback", ...} and binary camera frames
                   [u8 camera index][u16 height][u16 width][height * width * 3 RGB bytes] (big-endian sizes)
@@ -11,19 +11,50 @@ asyncio. Browser poses become ordinary bus ``operator`` messages published to th
 so they pass the same validation, counting and mapping as poses from operator processes, and the node's loop
 never waits on a browser. Feedback goes the other way through ``call_soon_threadsafe``; a browser that
 cannot keep up skips frames instead of queueing them.
+
+Who may drive the robot. Listening on loopback keeps other machines out, but not other web pages: every page
+open in the operator's browser can open a WebSocket to ``127.0.0.1`` (the same-origin policy does not cover
+WebSockets), so without checks any site could move the robot (cross-site WebSocket hijacking). A page can
+also make its own domain resolve to 127.0.0.1 after it has loaded (DNS rebinding) and then talks to us as
+"same-origin" under its own name. Three checks stop both; a failed one answers HTTP 403 with the reason,
+counts it in ``rejects`` (logged once per reason) and never reaches the node:
+
+* Host (every request, page and WebSocket): must name this server: ``<web.host>:<port>``, ``localhost:<port>``
+  when bound to loopback (browsers resolve ``localhost`` to loopback themselves, so no DNS answer can
+  redirect it), and ``web.allowed_hosts``. A rebinding page sends its own domain as Host and is refused.
+* Origin (WebSocket): required, and must be the origin of the page the socket was opened from, i.e. the same
+  host:port as the Host of that request (http, or https behind a TLS proxy). A page at ``127.0.0.1`` and one
+  at ``localhost`` both work, each on its own name; an origin on another port, another name, ``null``
+  (sandboxed frames, files) or none is refused. Browsers always send Origin and pages cannot forge it; a
+  tool that is not a browser must send the page's origin and the token itself, or better, publish to the bus
+  operator socket (``addresses.operator``), which is meant for programs.
+* Token (WebSocket): ``secrets.token_urlsafe`` drawn once per server, i.e. per node run, in the query string
+  of ``/ws`` (a browser WebSocket cannot carry headers, and the query lets the handshake itself be refused);
+  compared in constant time. The node's ready record reports ``url`` (``http://127.0.0.1:PORT/?token=...``)
+  as "web"; the page reads the token from its own address. Another page cannot learn it: it cannot read our
+  page or its address. The page and script are served without the token: they hold no secret and cannot
+  act, and a page opened without it says how to get the right address. They are sent with
+  ``Referrer-Policy: no-referrer`` so the token in the address never leaves in a Referer header.
+
+The Host and Origin checks stop hostile pages, and so would the token alone (no other page can learn it); both
+are kept so that one mistake (a leaked address, a browser bug, a new rebinding trick) is not enough.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import re
+import secrets
 import struct
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -40,17 +71,59 @@ STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", 
 CAMERAS = ("scene_rgb", "wrist_rgb")
 MAX_ARMS = 8
 IMAGE_HEADER = struct.Struct(">BHH")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+HOST_ENTRY = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
+# What a refused request is told (HTTP 403 body) and the log says, by the reason counted in ``rejects``.
+REFUSALS = {
+    "bad_host": "the Host header does not name this server; open the address the teleop node printed",
+    "no_origin": "a WebSocket without an Origin header (browsers always send one; a tool must send the page's)",
+    "bad_origin": "the Origin is not this server's page: a WebSocket opened by another site",
+    "no_token": "no token; open the address the teleop node printed (it ends in ?token=...)",
+    "bad_token": "wrong token; it is new every run: open the address the teleop node printed",
+}
+# websockets logs every refused handshake at INFO; a hostile page retrying would flood the node's log, and
+# _refuse() already logs the first refusal of each reason.
+HANDSHAKE_LOG = logging.getLogger("teleop.web.handshake")
+HANDSHAKE_LOG.setLevel(logging.WARNING)
+
+
+def host_authority(host: str, port: int) -> str:
+    """``host:port`` as a Host header writes it (an IPv6 literal in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def allowed_hosts(entry: str, port: int) -> list[str]:
+    """One ``web.allowed_hosts`` entry (``name`` or ``name:port``, IPv6 in brackets) as lower-case Host values.
+    A name without a port is accepted on the served port and without one (a TLS proxy on the default port in
+    front, which forwards the browser's Host)."""
+    match = HOST_ENTRY.fullmatch(entry.lower())
+    if match is None:
+        raise ValueError(f"web.allowed_hosts entry {entry!r} is not a host or host:port "
+                         "(e.g. 'robot-pc.local', 'robot-pc.local:8765' or '[fd00::5]')")
+    return [match.group(0)] if match.group(2) else [f"{match.group(1)}:{port}", match.group(1)]
 
 
 class WebOperatorServer:
     """Serves the page and bridges WebSocket clients to the node's inproc operator socket."""
 
     def __init__(self, cfg: WebConfig, operator_address: str) -> None:
-        if not cfg.allow_remote and not is_local_address(f"tcp://{cfg.host}:0"):
-            raise ValueError(f"refusing to serve the operator page on {cfg.host!r}: not loopback; set "
-                             "web.allow_remote=true (and put it behind TLS) to expose it")
+        self._loopback = is_local_address(f"tcp://{cfg.host}:0")
+        if not cfg.allow_remote and not self._loopback:
+            raise ValueError(f"web.host={cfg.host!r} is not a loopback address: the operator page, which moves the "
+                             "robot, would be open to other machines. Use 127.0.0.1, or set web.allow_remote=true "
+                             "(behind TLS and a firewall) and list the names operators open it at in "
+                             "web.allowed_hosts")
+        if cfg.host in WILDCARD_HOSTS and not cfg.allowed_hosts:
+            raise ValueError(f"web.host={cfg.host!r} listens on every interface, so the Host check has no name for "
+                             "this server: list the names operators open the page at in web.allowed_hosts "
+                             "(e.g. ['robot-pc.local'])")
+        for entry in cfg.allowed_hosts:
+            allowed_hosts(entry, 0)  # a bad entry fails here, not at the first request
         self.cfg = cfg
         self.operator_address = operator_address
+        self.token = secrets.token_urlsafe(32)  # per run: an address from an earlier run no longer works
+        self._token = self.token.encode()
+        self._hosts: frozenset[str] = frozenset()
         self.url: str | None = None
         self.clients = 0
         self.rejects: Counter[str] = Counter()
@@ -112,27 +185,68 @@ class WebOperatorServer:
         self._pub = Publisher(self.operator_address, bind=False)
         try:
             async with serve(self._handle, self.cfg.host, self.cfg.port, process_request=self._http,
-                             max_size=65536, compression=None) as server:
+                             max_size=65536, compression=None, logger=HANDSHAKE_LOG) as server:
                 port = server.sockets[0].getsockname()[1]
-                self.url = f"http://{self.cfg.host}:{port}/"
+                hosts = self.own_hosts(port)
+                self._hosts = frozenset(hosts)
+                self.url = f"http://{hosts[0]}/?token={self.token}"
                 self._ready.set()
                 await self._stop_event.wait()
         finally:
             self._pub.close()
 
+    def own_hosts(self, port: int) -> list[str]:
+        """The Host values that name this server, lower case; the first is the one the node reports."""
+        names = [] if self.cfg.host in WILDCARD_HOSTS else [host_authority(self.cfg.host.lower(), port)]
+        if self._loopback:
+            names.append(host_authority("localhost", port))
+        names += [host for entry in self.cfg.allowed_hosts for host in allowed_hosts(entry, port)]
+        return list(dict.fromkeys(names))
+
     def _http(self, connection: Any, request: Any) -> Any:
         from websockets.datastructures import Headers
         from websockets.http11 import Response
 
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
+        hosts = request.headers.get_all("Host")
+        if len(hosts) != 1 or hosts[0].lower() not in self._hosts:
+            return self._refuse(connection, "bad_host", ", ".join(hosts))
         if path == "/ws":
-            return None  # go on with the WebSocket handshake
+            reason, shown = self._ws_refusal(hosts[0], request.headers.get_all("Origin"), query)
+            return None if reason is None else self._refuse(connection, reason, shown)
         if path not in self._static:
             return connection.respond(404, f"not found: {path}\n")
         body, ctype = self._static[path]
         headers = Headers([("Content-Type", f"{ctype}; charset=utf-8"), ("Content-Length", str(len(body))),
-                           ("Cache-Control", "no-store")])
+                           ("Cache-Control", "no-store"), ("Referrer-Policy", "no-referrer")])
         return Response(200, "OK", headers, body)
+
+    def _ws_refusal(self, host: str, origins: list[str], query: str) -> tuple[str | None, str]:
+        """Why a WebSocket handshake to ``host`` may not go on (a ``REFUSALS`` key and what to log), or None."""
+        if not origins:
+            return "no_origin", ""
+        try:
+            origin = urlsplit(origins[0])
+            same = (len(origins) == 1 and origin.scheme in ("http", "https") and origin.netloc.lower() == host.lower()
+                    and not (origin.path or origin.query or origin.fragment))
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            same = False
+        if not same:
+            return "bad_origin", f"Origin {', '.join(origins)} for Host {host}"
+        tokens = parse_qs(query, keep_blank_values=True).get("token", [])
+        if not tokens:
+            return "no_token", ""
+        if len(tokens) != 1 or not hmac.compare_digest(tokens[0].encode(), self._token):
+            return "bad_token", ""  # what was sent is not logged: it may be a real token of an earlier run
+        return None, ""
+
+    def _refuse(self, connection: Any, reason: str, shown: str) -> Any:
+        """HTTP 403, counted by reason; the first of each reason is logged (a page may retry forever)."""
+        if self.rejects[reason] == 0:
+            log.warning("refused a browser request: %s%s; further %s refusals are only counted", REFUSALS[reason],
+                        f" ({shown[:200]!r})" if shown else "", reason)
+        self.rejects[reason] += 1
+        return connection.respond(403, f"forbidden: {REFUSALS[reason]}\n")
 
     async def _handle(self, ws: Any) -> None:
         self._conns.add(ws)

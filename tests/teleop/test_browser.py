@@ -1,154 +1,57 @@
 """The browser operator page in a real headless Chromium, driven over the Chrome DevTools protocol: it loads,
 connects, its key presses move the robot through the clutch, and it renders touch feedback (page state and a
-screenshot). Needs Debian's ``chromium`` (``make`` installs it when run as root)."""
+screenshot); and a page of another origin cannot drive the robot through it, token or not. Needs Debian's
+``chromium`` (``make`` installs it when run as root)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import queue
-import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-ANY = "tcp://127.0.0.1:*"
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium, or make as root)"
+from browser_helpers import (
+    CHROMIUM,
+    NO_CHROMIUM,
+    DevTools,
+    chromium_args,
+    devtools_url,
+    operator_server,
+    process,
+    wait_for,
 )
 
+ANY = "tcp://127.0.0.1:*"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 
-@contextmanager
-def process(args: list[str], log: Path, ready: bool = True):
-    """A child process in its own process group (the group is killed in finally: Chromium's helper processes
-    too); yields (proc, ready record or None)."""
-    with open(log, "w") as err:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                                start_new_session=True)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-        try:
-            record = None
-            if ready:
-                try:
-                    record = json.loads(lines.get(timeout=60))
-                except queue.Empty:
-                    raise AssertionError(f"{args[:3]} gave no ready line: {log.read_text()[-2000:]}") from None
-            yield proc, record
-        finally:
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(proc, signal.SIGKILL)  # whatever is left of the group
-            proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-class DevTools:
-    """A minimal Chrome DevTools protocol client over the page's WebSocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=64 * 1024 * 1024)
-        self._id = 0
-
-    def call(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=20))
-            if msg.get("id") == self._id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]
-
-    def eval(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def key(self, key: str, down: bool) -> None:
-        params = {"type": "keyDown" if down else "keyUp", "key": key, "code": f"Key{key.upper()}"}
-        if down:
-            params["text"] = key
-        self.call("Input.dispatchKeyEvent", **params)
-
-    def hold(self, key: str, seconds: float) -> None:
-        self.key(key, True)
-        time.sleep(seconds)
-        self.key(key, False)
-
-    def hold_until(self, key: str, expression: str, timeout: float = 30.0) -> None:
-        """Hold ``key`` until ``expression`` is true on the page. The page moves the hand on a 50 Hz timer (by the
-        time since its last tick, capped at 0.1 s), which a loaded machine runs late and seldom, so how far a
-        key moves the hand is decided by the page state, not by how long the key was held."""
-        self.key(key, True)
-        try:
-            wait_for(self, expression, timeout)
-        finally:
-            self.key(key, False)
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-def wait_for(dt: DevTools, expression: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = dt.eval(f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()")
-        if value:
-            return value
-        time.sleep(0.05)
-    state = dt.eval("typeof teleop === 'undefined' ? 'no teleop' : JSON.stringify(teleop)")
-    raise AssertionError(f"timed out waiting for {expression}; page state: {str(state)[:2000]}")
+# A page script that opens a WebSocket to ``url`` and, if it opens, sends clutch-held poses and a reset, the way
+# a hostile page would; resolves to "open" or "refused <close code>". The same code runs from a hostile origin
+# (refused) and from the operator page's own origin (opens), so the refusal is the origin's doing.
+ATTEMPT_JS = """(url) => new Promise((resolve) => {
+  const ws = new WebSocket(url);
+  let outcome = null;
+  ws.onopen = () => {
+    outcome = "open";
+    const pose = {type: "pose", frame: "robot",
+                  arms: [{pos: [0.5, 0.0, 0.3], quat: [1, 0, 0, 0], grip: 1, clutch: true}]};
+    const timer = setInterval(() => ws.send(JSON.stringify(pose)), 20);
+    ws.send(JSON.stringify({type: "reset"}));
+    setTimeout(() => { clearInterval(timer); ws.close(); }, 500);
+  };
+  ws.onclose = (ev) => resolve(outcome || `refused ${ev.code}`);
+})"""
 
 
 def feedback(dt: DevTools) -> dict:
     return json.loads(dt.eval("JSON.stringify(teleop.feedback)"))
-
-
-def devtools_url(profile: Path, timeout: float = 60.0) -> str:
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + timeout
-    while not port_file.exists() or not port_file.read_text().strip():
-        if time.monotonic() > deadline:
-            raise AssertionError("chromium wrote no DevToolsActivePort")
-        time.sleep(0.05)
-    port = int(port_file.read_text().split()[0])
-    while True:
-        pages = []
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-                pages = [t for t in json.load(r) if t.get("type") == "page"]
-        except OSError:  # the DevTools server is not answering yet
-            pass
-        if pages:
-            return pages[0]["webSocketDebuggerUrl"]
-        if time.monotonic() > deadline:
-            raise AssertionError("chromium has no page target")
-        time.sleep(0.05)
 
 
 @pytest.mark.heavy
@@ -161,16 +64,14 @@ def test_browser_page_drives_the_robot_and_shows_touch(tmp_path):
         _, teleop = stack.enter_context(process(
             [sys.executable, "-m", "teleop.node", f"robot.pub={robot['pub']}", f"robot.cmd={robot['cmd']}",
              f"addresses.operator={ANY}", f"addresses.feedback={ANY}", "web.port=0"], tmp_path / "teleop.log"))
-        url = teleop["web"]
-        assert url.startswith("http://127.0.0.1:")
+        url = teleop["web"]  # the page with this run's token, which its WebSocket must present
+        parts = urlsplit(url)
+        assert parts.scheme == "http" and parts.hostname == "127.0.0.1" and parts.path == "/", url
+        assert parts.query.startswith("token=") and len(parts.query) > 40, url
         with urllib.request.urlopen(url, timeout=5) as r:
             assert b"slowfast teleop" in r.read()
         profile = tmp_path / "chromium-profile"
-        stack.enter_context(process(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0",
-             "--remote-allow-origins=*", f"--user-data-dir={profile}", "--window-size=1200,900", url],
-            tmp_path / "chromium.log", ready=False))
+        stack.enter_context(process(chromium_args(profile, url), tmp_path / "chromium.log", ready=False))
         dt = DevTools(devtools_url(profile))
         stack.callback(dt.close)
 
@@ -220,3 +121,75 @@ def test_browser_page_drives_the_robot_and_shows_touch(tmp_path):
         assert marker_px > 30, f"no marker arrows in the screenshot ({marker_px} px)"
         assert force_px > 20, f"no force arrow in the screenshot ({force_px} px)"
         assert camera.std() > 5, "the camera view is blank"
+
+
+class _AttackerPage(BaseHTTPRequestHandler):
+    """Serves ``page`` at every path: the hostile site, on its own port and so its own origin."""
+
+    page = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_a_page_of_another_origin_cannot_drive_the_robot(tmp_path):
+    """A page served from another local port (another origin) opens WebSockets to the operator server with the
+    right token (as if it had learnt it) and without: Chromium sends its true Origin and both are refused before
+    any message. The server runs in this process, publishing to the inproc socket the node turns into robot
+    commands; nothing reaches it. The same script from the operator page's own origin gets through, so the
+    refusal is the Origin check's doing and not a test that could never see a connection."""
+    with ExitStack() as stack:
+        server, sub = stack.enter_context(operator_server())
+        port = urlsplit(server.url).port
+        target = f"ws://127.0.0.1:{port}/ws"
+        attack = (f"const attempt = {ATTEMPT_JS};\n(async () => {{ const results = {{}};\n"
+                  f"  results.with_token = await attempt({json.dumps(f'{target}?token={server.token}')});\n"
+                  f"  results.without_token = await attempt({json.dumps(target)});\n"
+                  "  document.title = 'done ' + JSON.stringify(results); })();")
+        handler = type("Attacker", (_AttackerPage,), {"page": f"<!doctype html><title>attacking</title>"
+                                                              f"<script>{attack}</script>".encode()})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        stack.callback(httpd.server_close)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        stack.callback(httpd.shutdown)
+        attacker_url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        assert urlsplit(attacker_url).port != port
+
+        profile = tmp_path / "chromium-profile"
+        stack.enter_context(process(chromium_args(profile, attacker_url), tmp_path / "chromium.log", ready=False))
+        dt = DevTools(devtools_url(profile))
+        stack.callback(dt.close)
+
+        title = wait_for(dt, "document.title.startsWith('done ') && document.title")
+        results = json.loads(title.removeprefix("done "))
+        assert results == {"with_token": "refused 1006", "without_token": "refused 1006"}, results
+        assert dict(server.rejects) == {"bad_origin": 2}
+        assert server.received == 0 and server.clients == 0
+        assert sub.recv(timeout=0.5) is None, "a hostile page's message reached the operator socket"
+
+        # Control: the operator page itself (its origin, its token) connects, and the same script from there
+        # opens and its poses arrive; without the token it is refused there too.
+        dt.call("Page.navigate", url=server.url)
+        wait_for(dt, "teleop.connected")
+        assert dt.eval(f"({ATTEMPT_JS})({json.dumps(f'{target}?token={server.token}')})") == "open"
+        topics = set()
+        deadline = time.monotonic() + 10
+        while "operator" not in topics and time.monotonic() < deadline:
+            msg = sub.recv(timeout=0.5)
+            topics |= {msg.topic} if msg is not None else set()
+        assert "operator" in topics, "the operator page's own poses did not arrive: the check above proves nothing"
+        assert dt.eval(f"({ATTEMPT_JS})({json.dumps(target)})") == "refused 1006"
+        assert dict(server.rejects) == {"bad_origin": 2, "no_token": 1}
+
+        # The page opened without its token does not try, and says which address to open.
+        dt.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+        wait_for(dt, "document.getElementById('conn').textContent.startsWith('no token')")
+        assert dict(server.rejects) == {"bad_origin": 2, "no_token": 1}

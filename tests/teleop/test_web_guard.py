@@ -1,0 +1,190 @@
+"""Who may reach the browser operator server: the Host, Origin and per-run token checks of
+``teleop.web.server``, each refused case answered with HTTP 403 and counted, the page's own origin with the token
+accepted and its pose arriving at the node's operator socket. A ``websockets`` client stands in for browsers and
+for hostile pages (which cannot forge Origin in a real browser: ``test_browser.py`` shows that part)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from browser_helpers import operator_server
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from teleop.node import WebConfig
+from teleop.web.server import WebOperatorServer
+
+POSE = {"type": "pose", "frame": "robot",
+        "arms": [{"pos": [0.5, 0.0, 0.3], "quat": [1.0, 0.0, 0.0, 0.0], "grip": 0.25, "clutch": True}]}
+
+
+def port_of(server: WebOperatorServer) -> int:
+    return urlsplit(server.url).port
+
+
+def open_ws(server: WebOperatorServer, name: str, origin: str | None, query: str,
+            port: int | None = None) -> ClientConnection:
+    """A WebSocket to the server whose Host names ``name:port`` whatever that name resolves to (so a rebinding
+    page's Host can be sent to 127.0.0.1)."""
+    port = port_of(server) if port is None else port
+    sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
+    try:
+        return connect(f"ws://{name}:{port}/ws{query}", sock=sock, origin=origin, open_timeout=5)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def refused_status(server: WebOperatorServer, name: str, origin: str | None, query: str) -> int:
+    with pytest.raises(InvalidStatus) as info:
+        open_ws(server, name, origin, query).close()
+    return info.value.response.status_code
+
+
+def other_token(token: str) -> str:
+    return ("A" if token[0] != "A" else "B") + token[1:]
+
+
+@pytest.mark.parametrize(("name", "origin", "query", "reason"), [
+    pytest.param("127.0.0.1", None, "?token={token}", "no_origin", id="no Origin (not a browser)"),
+    pytest.param("127.0.0.1", "http://evil.example", "?token={token}", "bad_origin", id="another site"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{other}", "?token={token}", "bad_origin", id="another local port"),
+    pytest.param("127.0.0.1", "https://127.0.0.1:{other}", "?token={token}", "bad_origin", id="another https port"),
+    pytest.param("127.0.0.1", "null", "?token={token}", "bad_origin", id="null (sandboxed frame, file)"),
+    pytest.param("127.0.0.1", "http://[::1", "?token={token}", "bad_origin", id="unparsable"),
+    pytest.param("127.0.0.1", "http://localhost:{port}", "?token={token}", "bad_origin", id="other loopback name"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}/x", "?token={token}", "bad_origin", id="with a path"),
+    pytest.param("evil.example", "http://evil.example:{port}", "?token={token}", "bad_host", id="DNS rebinding"),
+    pytest.param("127.0.0.2", "http://127.0.0.2:{port}", "?token={token}", "bad_host", id="unlisted loopback"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}", "", "no_token", id="no token"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}", "?tok={token}", "no_token", id="misnamed token"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}", "?token=", "bad_token", id="empty token"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}", "?token={wrong}", "bad_token", id="wrong token"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}", "?token={token}x", "bad_token", id="token plus a char"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}", "?token=%C3%A9", "bad_token", id="non-ascii token"),
+    pytest.param("127.0.0.1", "http://127.0.0.1:{port}", "?token={token}&token={token}", "bad_token",
+                 id="two tokens"),
+])
+def test_handshake_refused(name, origin, query, reason):
+    with operator_server() as (server, sub):
+        port = port_of(server)
+        fill = {"port": port, "other": port + 1 if port < 65535 else port - 1, "token": server.token,
+                "wrong": other_token(server.token)}
+        origin = None if origin is None else origin.format(**fill)
+        assert refused_status(server, name, origin, query.format(**fill)) == 403
+        assert dict(server.rejects) == {reason: 1}
+        assert server.clients == 0 and server.received == 0
+        assert sub.recv(timeout=0.1) is None
+
+
+def test_the_page_origin_with_the_token_reaches_the_operator_socket():
+    with operator_server() as (server, sub):
+        port = port_of(server)
+        assert server.url == f"http://127.0.0.1:{port}/?token={server.token}"
+        with open_ws(server, "127.0.0.1", f"http://127.0.0.1:{port}", f"?token={server.token}") as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+            msg = None
+            for _ in range(50):  # the inproc PUB may still be joining the SUB: resend until one arrives
+                ws.send(json.dumps(POSE))
+                msg = sub.recv(timeout=0.1)
+                if msg is not None:
+                    break
+        assert msg is not None, "no pose reached the operator socket"
+        assert msg.topic == "operator" and msg.meta["source"] == "web"
+        np.testing.assert_allclose(msg.arrays["pose"], [[0.5, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0]])
+        assert msg.arrays["clutch"].tolist() == [1] and server.rejects == {}
+
+
+@pytest.mark.parametrize(("cfg", "name", "origin", "port"), [
+    pytest.param(WebConfig(port=0), "localhost", "http://localhost:{port}", None, id="localhost on loopback"),
+    pytest.param(WebConfig(port=0, allowed_hosts=["Robot-PC.local"]), "robot-pc.local",
+                 "http://robot-pc.local:{port}", None, id="an allowed name"),
+    pytest.param(WebConfig(port=0, allowed_hosts=["robot-pc.local"]), "robot-pc.local", "https://robot-pc.local",
+                 80, id="an allowed name behind a TLS proxy"),
+])
+def test_other_names_of_this_server_are_accepted(cfg, name, origin, port):
+    with operator_server(cfg) as (server, _):
+        origin = origin.format(port=port_of(server))
+        with open_ws(server, name, origin, f"?token={server.token}", port=port) as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+        assert server.rejects == {}
+
+
+def test_the_page_needs_its_host_but_no_token():
+    with operator_server() as (server, _):
+        base = f"http://127.0.0.1:{port_of(server)}"
+        with urllib.request.urlopen(f"{base}/", timeout=5) as r:  # the page holds no secret: no token needed
+            assert b"slowfast teleop" in r.read() and r.headers["Referrer-Policy"] == "no-referrer"
+        with urllib.request.urlopen(f"{base}/app.js", timeout=5) as r:
+            assert b"token" in r.read()
+        rebound = urllib.request.Request(f"{base}/", headers={"Host": f"evil.example:{port_of(server)}"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(rebound, timeout=5)
+        assert info.value.code == 403 and dict(server.rejects) == {"bad_host": 1}
+
+
+def test_refusals_are_logged_once_per_reason_and_the_server_keeps_serving(caplog):
+    caplog.set_level(logging.WARNING, logger="teleop.web")
+    with operator_server() as (server, _):
+        port = port_of(server)
+        for _ in range(3):
+            refused_status(server, "127.0.0.1", "http://evil.example", f"?token={server.token}")
+        wrong = other_token(server.token)
+        for _ in range(2):
+            refused_status(server, "127.0.0.1", f"http://127.0.0.1:{port}", f"?token={wrong}")
+        assert dict(server.rejects) == {"bad_origin": 3, "bad_token": 2}
+        with open_ws(server, "127.0.0.1", f"http://127.0.0.1:{port}", f"?token={server.token}") as ws:
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "teleop.web"]
+    assert len(warnings) == 2, warnings
+    assert "evil.example" in warnings[0] and "bad_origin" in warnings[0]
+    assert "bad_token" in warnings[1] and wrong not in warnings[1] and server.token not in warnings[1]
+
+
+def test_each_run_draws_its_own_token():
+    with operator_server() as (first, _), operator_server() as (second, _):
+        assert first.token != second.token and len(first.token) >= 40
+        stale = urlsplit(first.url).query  # an address from an earlier run
+        assert refused_status(second, "127.0.0.1", f"http://127.0.0.1:{port_of(second)}", f"?{stale}") == 403
+        assert dict(second.rejects) == {"bad_token": 1}
+
+
+@pytest.mark.parametrize(("cfg", "match"), [
+    (WebConfig(host="0.0.0.0"), "not a loopback address.*web.allow_remote=true"),
+    (WebConfig(host="192.168.1.5"), "'192.168.1.5' is not a loopback address"),
+    (WebConfig(host="0.0.0.0", allow_remote=True), "every interface.*web.allowed_hosts"),
+    (WebConfig(allowed_hosts=["http://robot-pc.local/"]), "entry 'http://robot-pc.local/' is not a host"),
+])
+def test_unsafe_or_unusable_configs_are_refused(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        WebOperatorServer(cfg, "inproc://unused")
+
+
+def test_wildcard_with_allowed_hosts_reports_the_first_name():
+    server = WebOperatorServer(WebConfig(host="0.0.0.0", allow_remote=True, allowed_hosts=["robot-pc.local"]),
+                               "inproc://unused")
+    assert server.own_hosts(8765) == ["robot-pc.local:8765", "robot-pc.local"]
+    ipv6 = WebOperatorServer(WebConfig(host="::1"), "inproc://unused")
+    assert ipv6.own_hosts(8765) == ["[::1]:8765", "localhost:8765"]
+
+
+def test_the_node_reports_the_page_address_with_its_token_and_the_refusals():
+    from teleop.node import TeleopNode, load_config
+
+    any_port = "tcp://127.0.0.1:*"  # no robot: its sockets are inproc names nobody binds
+    node = TeleopNode(load_config(["robot.pub=inproc://no-robot-state", "robot.cmd=inproc://no-robot-cmd",
+                                   f"addresses.operator={any_port}", f"addresses.feedback={any_port}", "web.port=0"]))
+    try:
+        url = node.ready_record()["web"]
+        assert url == node.web.url and url.endswith(f"/?token={node.web.token}")
+        assert refused_status(node.web, "127.0.0.1", "http://evil.example", f"?{urlsplit(url).query}") == 403
+    finally:
+        node.close()
+    assert node.summary()["web_rejects"] == {"bad_origin": 1}
