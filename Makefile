@@ -43,3 +43,33 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs runs
+
+# make check-lerobot -- NOT part of `make test` (benchmarks/check_lerobot.py says what it checks): our LeRobot v3 export
+# loaded by the real lerobot 0.6.1 (indexing, delta_timestamps, a DataLoader batch, its stats and split/delete tools),
+# a dataset written by lerobot's own writer imported and loaded into rdp training windows, and export -> import round
+# trips; writes benchmarks/results/check_lerobot.json. lerobot needs Python >= 3.12, so it gets its own venv. PyPI
+# has no CPU-only torch for Linux: where the CPU wheel index (LEROBOT_TORCH_INDEX) is unreachable, pip takes PyPI's
+# CUDA build, about 5 GB installed with its nvidia-* wheels (it runs on the CPU all the same). Debian's ffmpeg gives
+# torchcodec, lerobot's default video decoder, its shared libraries (without them lerobot falls back to pyav).
+LEROBOT_VENV ?= outputs/check-lerobot/venv
+LEROBOT_PY := $(LEROBOT_VENV)/bin/python
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null || echo /root/.pyenv/versions/3.12.1/bin/python3.12)
+LEROBOT_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: check-lerobot
+
+$(LEROBOT_STAMP):
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && ! command -v ffmpeg >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg; \
+	fi
+	@test -x $(LEROBOT_PY) || $(PYTHON312) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_PY) -m pip install --quiet --upgrade pip
+	@$(LEROBOT_PY) -m pip install --quiet --retries 1 --timeout 20 --index-url $(LEROBOT_TORCH_INDEX) \
+	  'torch>=2.7,<2.12' 'torchvision>=0.22,<0.27' \
+	  2>/dev/null || echo "CPU torch index unreachable: pip installs PyPI's (CUDA) torch build"
+	$(LEROBOT_PY) -m pip install --quiet 'lerobot[dataset]==0.6.1'
+	@touch $@
+
+check-lerobot: $(STAMP) $(LEROBOT_STAMP)
+	$(PY) -m benchmarks.check_lerobot --lerobot-python $(LEROBOT_PY)

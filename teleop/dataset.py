@@ -1,6 +1,6 @@
 """Episode dataset format (schema 1) and its command-line tools: ``info``, ``verify``, ``recover``, ``build``,
-``viz`` (a video of one episode, ``teleop.viz``) and ``export --format lerobot`` (LeRobotDataset v3.0,
-``teleop.lerobot``).
+``viz`` (a video of one episode, ``teleop.viz``), ``export --format lerobot`` (LeRobotDataset v3.0,
+``teleop.lerobot``) and ``import --format lerobot`` (``teleop.lerobot_import``).
 
 On disk (one directory per dataset)::
 
@@ -601,7 +601,7 @@ def load_training_episode(path: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m teleop.dataset {info,verify,recover,build,viz,export} DIR``; exit 1 on refusal or damage."""
+    """``python -m teleop.dataset {info,verify,recover,build,viz,export,import} DIR``; exit 1 on refusal or damage."""
     parser = argparse.ArgumentParser(prog="python -m teleop.dataset", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd, text in (("info", "summary; last line is JSON"), ("verify", "recompute checksums"),
@@ -622,11 +622,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("dir", type=Path)
     e.add_argument("--format", required=True, choices=["lerobot"], help="lerobot: LeRobotDataset v3.0")
     e.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
-    e.add_argument("--fps", type=int, default=None, help="one rate for every column (default: the action rate)")
+    e.add_argument("--fps", type=int, default=None,
+                   help="one rate for every column (default: the rate rdp.train resamples to, 25)")
+    e.add_argument("--streams", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help="recorded streams to export besides state and action (default: every stream with at least"
+                        " two samples per episode)")
     e.add_argument("--state", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="streams concatenated into observation.state (default: tcp_pos,tcp_quat,gripper_width"
-                        " where present)")
+                        " where exported)")
     e.add_argument("--action", default="action", help="stream exported as `action` (default action)")
+    m = sub.add_parser("import", help="convert from another dataset format into this one; last line JSON")
+    m.add_argument("src", type=Path, help="the dataset to convert")
+    m.add_argument("out", type=Path, help="output directory (must not exist)")
+    m.add_argument("--format", required=True, choices=["lerobot"], help="lerobot: LeRobotDataset v3.0")
+    m.add_argument("--require", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help="streams the result must have (default: the ones rdp.train needs; '' for none)")
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.cmd](args)
@@ -698,18 +708,33 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from teleop.lerobot import export_lerobot
 
-    summary = export_lerobot(args.dir, args.out, fps=args.fps, state=args.state, action=args.action)
+    rate = {} if args.fps is None else {"fps": args.fps}  # unset: export_lerobot's default, the training rate
+    summary = export_lerobot(args.dir, args.out, streams=args.streams, state=args.state, action=args.action, **rate)
     for name, rate in summary["held_streams"].items():
         print(f"note: {name} is recorded at {rate:.3g} Hz, below {summary['fps']} fps: each sample is held"
               " (zero-order hold) over several frames")
+    for name, why in summary["skipped_streams"].items():
+        print(f"note: {name} left out ({why})")
     print(f"exported {summary['total_episodes']} episodes, {summary['total_frames']} frames at {summary['fps']} fps"
           f" -> {args.out} (LeRobotDataset {summary['codebase_version']})")
     print(json.dumps(summary))
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from teleop.lerobot_import import import_lerobot
+
+    summary = import_lerobot(args.src, args.out, require=args.require)
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(f"imported {summary['episodes']} episodes, {summary['frames']} frames at {summary['fps']} fps,"
+          f" streams {sorted(summary['streams'])} -> {args.out}")
+    print(json.dumps(summary))
+    return 0
+
+
 _COMMANDS = {"info": _cmd_info, "verify": _cmd_verify, "recover": _cmd_recover, "build": _cmd_build,
-             "viz": _cmd_viz, "export": _cmd_export}
+             "viz": _cmd_viz, "export": _cmd_export, "import": _cmd_import}
 
 
 # ----------------------------------------------------------------------------------------------- json

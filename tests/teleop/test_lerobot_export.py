@@ -1,16 +1,18 @@
-"""``export --format lerobot``: the LeRobotDataset v3.0 layout, read back with pyarrow and imageio only."""
+"""``export --format lerobot``: the LeRobotDataset v3.0 layout, read back by our schema reader (``lerobot_schema``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from lerobot_schema import check_delta_timestamps, read_lerobot
 
 from teleop.dataset import main
+from teleop.lerobot import TRAINING_RATE_HZ
 from teleop.recorder import EpisodeRecorder
 
 CONTROL_HZ, CAMERA_HZ = 50, 10
@@ -22,8 +24,11 @@ def brightness(i: int) -> int:
     return 20 + 17 * (i % 12)
 
 
-def record(root: Path, seconds: float, task: str = "wipe", cameras: bool = True, pads: int = 2) -> None:
-    """One episode: ramps at 50 Hz (value = sample index), flat grey images at 10 Hz."""
+def record(root: Path, seconds: float, task: str = "wipe", cameras: bool = True, pads: int = 2,
+           rdp_streams: bool = False, outcome: bool = False, depth: bool = False) -> None:
+    """One episode: ramps at 50 Hz (value = sample index), flat grey images at 10 Hz; ``robot_held`` a uint8
+    scalar stream; with ``rdp_streams`` also ``tcp_quat`` and ``tactile_emb``; with ``outcome`` a one-sample
+    ``outcome_score`` at the end (as ``teleop.collect`` wrote it); with ``depth`` a one-channel image stream."""
     rec = EpisodeRecorder(root, flush_interval_s=0.25)
     rec.begin({"task": task, "seed": 3})
     n = int(round(seconds * CONTROL_HZ)) + 1
@@ -33,9 +38,17 @@ def record(root: Path, seconds: float, task: str = "wipe", cameras: bool = True,
         rec.append("gripper_width", t, np.full(1, 0.01 * i, np.float32))
         rec.append("wrench", t, np.full((1, 6), -i, np.float32))
         rec.append("marker_offset", t, np.full((pads, 7, 9, 2), 1e-5 * i, np.float32))
+        rec.append("robot_held", t, np.uint8(i % 3 == 0))
         rec.append("action", t, np.full(7, i, np.float32))
+        if rdp_streams:
+            rec.append("tcp_quat", t, np.array([[0.0, 1.0, 0.0, 0.0]], np.float32))
+            rec.append("tactile_emb", t, np.full((pads, 15), 0.1 * i, np.float32))
         if cameras and i % (CONTROL_HZ // CAMERA_HZ) == 0:
             rec.append("scene_rgb", t, np.full((*IMAGE_HW, 3), brightness(i // 5), np.uint8))
+            if depth:
+                rec.append("depth", t, np.zeros((*IMAGE_HW, 1), np.uint8))
+    if outcome:
+        rec.append("outcome_score", round(n / CONTROL_HZ, 6), np.float64(0.75))
     rec.commit(success=True)
 
 
@@ -46,6 +59,11 @@ def export(capsys: pytest.CaptureFixture[str], src: Path, out: Path, *extra: str
     return json.loads(captured.out.strip().splitlines()[-1])
 
 
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(list(argv)) != 0
+    return capsys.readouterr().err
+
+
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     root = tmp_path / "demo"
@@ -54,90 +72,125 @@ def dataset(tmp_path: Path) -> Path:
     return root
 
 
-def read_video(path: Path) -> np.ndarray:
-    with imageio.get_reader(path) as reader:
-        return np.stack([frame for frame in reader.iter_data()])
-
-
 @pytest.mark.parametrize("fps", [None, 10])
-def test_export_is_self_consistent(dataset: Path, tmp_path: Path, capsys, fps: int | None) -> None:
+def test_export_follows_the_v3_schema(dataset: Path, tmp_path: Path, capsys, fps: int | None) -> None:
     out = tmp_path / f"lerobot{fps}"
     summary = export(capsys, dataset, out, *(["--fps", str(fps)] if fps else []))
-    fps = fps or CONTROL_HZ
-    info = json.loads((out / "meta" / "info.json").read_text())
-    assert info["codebase_version"] == "v3.0" and info["fps"] == fps == summary["fps"]
-    assert (info["total_episodes"], info["total_tasks"]) == (2, 1)
-
-    data = pq.read_table(out / info["data_path"].format(chunk_index=0, file_index=0)).to_pydict()
-    episodes = pq.read_table(out / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pylist()
-    tasks = pq.read_table(out / "meta" / "tasks.parquet")
-    n = info["total_frames"]
-    assert len(data["index"]) == n == sum(e["length"] for e in episodes) == summary["total_frames"]
-    assert data["index"] == list(range(n))
-    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
-    assert tasks.to_pylist() == [{"task_index": 0, "task": "wipe"}]
-
-    expected_lengths = [int(1.0 * fps) + 1, int(1.4 * fps) + 1]
-    assert [e["length"] for e in episodes] == expected_lengths
-    for k, ep in enumerate(episodes):
-        rows = slice(ep["dataset_from_index"], ep["dataset_to_index"])
-        assert ep["episode_index"] == k and ep["tasks"] == ["wipe"] and ep["slowfast/source"] == f"episode_{k:06d}"
-        assert set(data["episode_index"][rows]) == {k} and data["frame_index"][rows] == list(range(ep["length"]))
-        np.testing.assert_allclose(data["timestamp"][rows], np.arange(ep["length"]) / fps, atol=1e-6)
-        held = np.arange(ep["length"]) * (CONTROL_HZ // fps)  # source sample held at each frame
-        np.testing.assert_array_equal(np.asarray(data["action"][rows])[:, 0], held)
-        state = np.asarray(data["observation.state"][rows])
-        np.testing.assert_array_equal(state[:, :3], np.repeat(held[:, None], 3, axis=1))
-        if k:
-            assert ep["dataset_from_index"] == episodes[k - 1]["dataset_to_index"]
-
-    for name, feature in info["features"].items():
-        if feature["dtype"] == "video":
-            continue
-        column = np.asarray(data[name])
-        assert column.shape[1:] == (tuple(feature["shape"]) if feature["shape"] != [1] else ()), name
-    assert info["features"]["observation.state"]["shape"] == [4]  # tcp_pos (3) + gripper_width (1)
-    assert info["features"]["observation.marker_offset"]["names"] == {"shape": [2, 7, 9, 2]}
-
-    key = "observation.images.scene_rgb"
-    feature = info["features"][key]
-    assert feature["dtype"] == "video" and feature["shape"] == [*IMAGE_HW, 3] and feature["info"]["video.fps"] == fps
-    frames = read_video(out / info["video_path"].format(video_key=key, chunk_index=0, file_index=0))
-    assert frames.shape == (n, *IMAGE_HW, 3)
-    for ep in episodes:
-        first = round(ep[f"videos/{key}/from_timestamp"] * fps)
-        last = round(ep[f"videos/{key}/to_timestamp"] * fps)
-        assert (first, last) == (ep["dataset_from_index"], ep["dataset_to_index"])
+    fps = fps or TRAINING_RATE_HZ
+    view = read_lerobot(out)  # every schema rule, see lerobot_schema
+    assert view.fps == fps == summary["fps"] and view.tasks == {"wipe": 0}
+    assert [e["length"] for e in view.episodes] == [int(1.0 * fps) + 1, int(1.4 * fps) + 1]
+    step = CONTROL_HZ // fps  # source samples per frame
+    for k, ep in enumerate(view.episodes):
+        rows = view.rows(k)
+        assert ep["tasks"] == ["wipe"] and ep["slowfast/source"] == f"episode_{k:06d}"
+        held = np.arange(ep["length"]) * step  # source sample held at each frame
+        np.testing.assert_array_equal(view.data["action"][rows][:, 0], held)
+        np.testing.assert_array_equal(view.data["observation.state"][rows][:, :3], np.repeat(held[:, None], 3, 1))
+        np.testing.assert_array_equal(view.data["observation.robot_held"][rows], (held % 3 == 0).astype(np.float32))
+        frames = view.episode_frames("observation.images.scene_rgb", k)
         for j in range(ep["length"]):
-            sample = (j * (CONTROL_HZ // fps)) // (CONTROL_HZ // CAMERA_HZ)  # camera sample held at frame j
-            assert abs(frames[first + j].mean() - brightness(sample)) < 4, (ep["episode_index"], j)
+            sample = (j * step) // (CONTROL_HZ // CAMERA_HZ)  # camera sample held at frame j
+            assert abs(frames[j].mean() - brightness(sample)) < 4, (k, j)
 
-    stats = json.loads((out / "meta" / "stats.json").read_text())
-    assert set(stats) == set(info["features"])
-    assert all(s["count"] == [n] for k, s in stats.items() if k != key)
-    assert np.asarray(stats[key]["mean"]).shape == (3, 1, 1)
+    features = view.info["features"]
+    assert features["observation.state"]["shape"] == [4]  # tcp_pos (3) + gripper_width (1)
+    assert features["observation.marker_offset"]["names"] == {"shape": [2, 7, 9, 2]}
+    assert features["observation.robot_held"]["shape"] == [1]
+    assert features["observation.images.scene_rgb"]["shape"] == [*IMAGE_HW, 3]
     assert summary["held_streams"] == ({"scene_rgb": 10.0} if fps > CAMERA_HZ else {})
+
+
+def test_one_wide_streams_are_scalar_columns(dataset: Path, tmp_path: Path, capsys) -> None:
+    """LeRobot reads a shape-[1] feature as ``datasets.Value``: a list column of one value fails to load."""
+    export(capsys, dataset, tmp_path / "out", "--state", "tcp_pos")
+    schema = pq.read_schema(tmp_path / "out" / "data" / "chunk-000" / "file-000.parquet")
+    for name in ("observation.gripper_width", "observation.robot_held", "timestamp", "index"):
+        assert pa.types.is_primitive(schema.field(name).type), (name, schema.field(name).type)
+    assert schema.field("observation.state").type == pa.list_(pa.float32(), 3)
+    view = read_lerobot(tmp_path / "out")
+    assert view.data["observation.gripper_width"].shape == (view.info["total_frames"],)
+    np.testing.assert_allclose(view.data["observation.gripper_width"][view.rows(1)],
+                               0.01 * np.arange(view.episodes[1]["length"]) * 2, rtol=1e-6)
+
+
+def test_episode_and_dataset_stats(dataset: Path, tmp_path: Path, capsys) -> None:
+    export(capsys, dataset, tmp_path / "out")
+    view = read_lerobot(tmp_path / "out")
+    quantiles = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+    for k, stats in enumerate(view.episode_stats):
+        for name, values in view.data.items():
+            v = values[view.rows(k)].reshape(view.episodes[k]["length"], -1).astype(np.float64)
+            for stat, expected in {"min": v.min(0), "max": v.max(0), "mean": v.mean(0), "std": v.std(0),
+                                   **{q: np.quantile(v, p, axis=0) for q, p in quantiles.items()}}.items():
+                np.testing.assert_allclose(stats[name][stat], expected, rtol=1e-6, atol=1e-9, err_msg=f"{name}/{stat}")
+        frames = view.episode_frames("observation.images.scene_rgb", k) / 255.0
+        np.testing.assert_allclose(stats["observation.images.scene_rgb"]["mean"][:, 0, 0], frames.mean((0, 1, 2)),
+                                   atol=2 / 255)
+    for name, values in view.data.items():  # pooled mean and std are exact; quantiles are count-weighted means
+        v = values.reshape(len(values), -1).astype(np.float64)
+        counts = np.array([s[name]["count"][0] for s in view.episode_stats], np.float64)
+        np.testing.assert_allclose(view.stats[name]["mean"], v.mean(0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(view.stats[name]["std"], v.std(0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(view.stats[name]["min"], v.min(0))
+        assert view.stats[name]["count"][0] == len(v)
+        pooled = sum(c * s[name]["q50"] for c, s in zip(counts, view.episode_stats, strict=True)) / counts.sum()
+        np.testing.assert_allclose(view.stats[name]["q50"], pooled, rtol=1e-9)
+
+
+def test_default_fps_is_the_training_rate_so_training_deltas_pass(dataset: Path, tmp_path: Path, capsys) -> None:
+    import dataclasses
+
+    import yaml
+
+    from rdp.train import TrainConfig
+
+    train_yaml = yaml.safe_load((Path(__file__).parents[2] / "configs" / "train.yaml").read_text())
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}["rate_hz"]
+    assert TRAINING_RATE_HZ == default == train_yaml["rate_hz"]
+    summary = export(capsys, dataset, tmp_path / "out")
+    assert summary["fps"] == TRAINING_RATE_HZ
+    horizon, obs_steps = train_yaml["horizon"], train_yaml["obs_steps"]
+    deltas = {"action": [k / TRAINING_RATE_HZ for k in range(horizon)],
+              "observation.state": [-k / TRAINING_RATE_HZ for k in reversed(range(obs_steps))]}
+    assert check_delta_timestamps(deltas, summary["fps"])["action"] == list(range(horizon))
+    with pytest.raises(ValueError, match="not multiples"):  # what a measured 101 Hz rate made of the same deltas
+        check_delta_timestamps(deltas, 101)
+
+
+def test_streams_option_and_one_sample_streams(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "demo"
+    record(root, 0.6, outcome=True, depth=True)
+    summary = export(capsys, root, tmp_path / "all")
+    assert set(summary["skipped_streams"]) == {"outcome_score", "depth"}
+    assert "observation.outcome_score" not in summary["features"] and "observation.depth" not in summary["features"]
+    summary = export(capsys, root, tmp_path / "some", "--streams", "wrench,scene_rgb")
+    assert set(summary["features"]) == {"observation.state", "action", "observation.wrench",
+                                        "observation.images.scene_rgb", "timestamp", "frame_index",
+                                        "episode_index", "index", "task_index"}
+    read_lerobot(tmp_path / "some")
+    base = ["export", str(root), "--format", "lerobot"]
+    assert "1 sample(s)" in refused(capsys, *base, "--out", str(tmp_path / "o1"), "--streams", "outcome_score")
+    assert "only RGB" in refused(capsys, *base, "--out", str(tmp_path / "o4"), "--streams", "depth")
+    assert "not recorded" in refused(capsys, *base, "--out", str(tmp_path / "o2"), "--streams", "joystick")
+    assert "not recorded" in refused(capsys, *base, "--out", str(tmp_path / "o3"), "--state", "tcp_quat")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all", "demo", "some"]
 
 
 def test_export_without_cameras_has_no_videos(tmp_path: Path, capsys) -> None:
     record(tmp_path / "d", 0.5, cameras=False)
     summary = export(capsys, tmp_path / "d", tmp_path / "out")
-    info = json.loads((tmp_path / "out" / "meta" / "info.json").read_text())
+    info = read_lerobot(tmp_path / "out").info
     assert info["video_path"] is None and not (tmp_path / "out" / "videos").exists()
-    assert summary["total_frames"] == 26 and "observation.images.scene_rgb" not in info["features"]
+    assert summary["total_frames"] == 13 and "observation.images.scene_rgb" not in info["features"]
 
 
 def test_export_refusals_leave_nothing_behind(dataset: Path, tmp_path: Path, capsys) -> None:
-    def refused(*argv: str) -> str:
-        assert main(["export", *argv]) == 1
-        return capsys.readouterr().err
-
+    base = ["export", str(dataset), "--format", "lerobot", "--out"]
     (tmp_path / "taken").mkdir()
-    assert "already exists" in refused(str(dataset), "--format", "lerobot", "--out", str(tmp_path / "taken"))
-    assert "not recorded" in refused(str(dataset), "--format", "lerobot", "--out", str(tmp_path / "o1"),
-                                     "--action", "joystick")
-    assert "positive integer" in refused(str(dataset), "--format", "lerobot", "--out", str(tmp_path / "o2"),
-                                         "--fps", "0")
+    assert "already exists" in refused(capsys, *base, str(tmp_path / "taken"))
+    assert "not recorded" in refused(capsys, *base, str(tmp_path / "o1"), "--action", "joystick")
+    assert "positive integer" in refused(capsys, *base, str(tmp_path / "o2"), "--fps", "0")
     record(dataset, 0.5, pads=3)  # a third episode with another tactile shape
-    assert "first episode's" in refused(str(dataset), "--format", "lerobot", "--out", str(tmp_path / "o3"))
+    assert "first episode's" in refused(capsys, *base, str(tmp_path / "o3"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "taken"]  # no partial exports
