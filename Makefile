@@ -5,6 +5,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test-only npm packages (the iwer WebXR emulator for tests/teleop/test_webxr.py); never loaded by the product.
+WEBXR := tests/teleop/webxr
+WEBXR_STAMP := $(WEBXR)/node_modules/.installed
 # Offscreen rendering on the CPU (Mesa llvmpipe through EGL).
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -31,10 +34,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# Without npm (or when the install fails) make test still runs; test_webxr.py then skips and says why.
+$(WEBXR_STAMP): $(WEBXR)/package.json $(WEBXR)/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+	  echo "npm not found: tests/teleop/test_webxr.py will skip (install Node.js with npm to run it)"; \
+	elif npm ci --prefix $(WEBXR) --no-audit --no-fund --loglevel=error; then \
+	  touch $@; \
+	else \
+	  echo "npm ci in $(WEBXR) failed: tests/teleop/test_webxr.py will skip"; \
+	fi
+
 demo: $(STAMP)
 	$(PY) -m rdp.run task=wipe episodes=3 seed=100 out=outputs/demo
 
-test: $(STAMP)
+test: $(STAMP) $(WEBXR_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -42,7 +55,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) outputs runs
+	rm -rf $(VENV) outputs runs $(WEBXR)/node_modules
 
 # make check-lerobot -- NOT part of `make test` (benchmarks/check_lerobot.py says what it checks): our LeRobot v3 export
 # loaded by the real lerobot 0.6.1 (indexing, delta_timestamps, a DataLoader batch, its stats and split/delete tools),

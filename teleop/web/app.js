@@ -11,7 +11,8 @@ const XR_ARM_HANDS = ["right", "left"];  // arm 0 <- right controller, arm 1 <- 
 const TOKEN = new URLSearchParams(location.search).get("token");
 
 const state = {
-  connected: false, refused: 0, mode: "fallback", xr: { supported: false, active: false, error: null },
+  connected: false, refused: 0, mode: "fallback",
+  xr: { supported: false, active: false, error: null, frames: 0, drawn: { frame: 0, views: 0, markerArrows: 0, force: [] } },
   arms: 0, arm: 0, hands: [], sent: 0, received: 0, images: 0, resets: 0,
   feedback: null, hello: null, lastFeedbackAt: 0,
   drawn: { markerArrows: 0, forceArrows: 0, frames: 0 },
@@ -216,7 +217,7 @@ function updateHeader() {
   if (!TOKEN) conn = "no token: open the address the teleop node printed (.../?token=...)";
   else if (!state.connected && state.refused >= 2) conn = "refused: open the address the teleop node printed (new token each run)";
   set("conn", conn, state.connected ? "ok" : "bad");
-  set("mode", state.mode + (state.xr.supported ? " (AR available)" : ""));
+  set("mode", state.mode + (state.xr.supported ? " (AR available)" : state.xr.error ? ` (${state.xr.error})` : ""));
   const engaged = fb.engaged && fb.engaged[state.arm];
   set("clutch", engaged ? "clutch on" : "clutch off", engaged ? "ok" : "");
   set("arm", `arm ${state.arm} / ${state.arms}` + (fb.lost_sync && fb.lost_sync[state.arm] ? ` lost sync x${fb.lost_sync[state.arm]}` : ""));
@@ -234,12 +235,13 @@ function render() {
 
 // ------------------------------------------------------------------------------------------- fallback loop
 let lastStep = performance.now();
-function fallbackTick() {
-  if (state.mode !== "fallback") return;
+function fallbackTick() {  // in XR the XR frames send the poses; the 2-D views (a dom-overlay shows them) still update
   const now = performance.now();
-  stepKeys(Math.min(0.1, (now - lastStep) / 1000));
+  if (state.mode === "fallback") {
+    stepKeys(Math.min(0.1, (now - lastStep) / 1000));
+    sendPoses("robot");
+  }
   lastStep = now;
-  sendPoses("robot");
   render();
 }
 
@@ -268,104 +270,187 @@ view.addEventListener("wheel", (ev) => { state.nudge(0, 0, -Math.sign(ev.deltaY)
 document.getElementById("reset-button").addEventListener("click", () => state.reset());
 
 // ------------------------------------------------------------------------------------------- WebXR
+// Immersive AR, TactAR-style: each controller's grip pose drives its arm (XR_ARM_HANDS), the squeeze holds the
+// clutch and the trigger closes the gripper. In the XR frame each arm's wrist force is an arrow from its controller
+// (XR_FORCE_M_PER_N) and its first pad's marker offsets are arrows on a panel above it. teleop.xr.drawn records what
+// the last XR frame drew, made from the very arrow list given to WebGL, so a test (or an operator's console) can see
+// it without reading pixels back.
+const XR_TO_ROBOT = (v) => [-v[2], -v[0], v[1]];  // same frame map as teleop.node FRAMES["xr"]
+const ROBOT_TO_XR = (v) => [-v[1], v[2], -v[0]];
+const XR_FORCE_M_PER_N = 0.01;     // force arrow: 1 cm per N
+const XR_MARKER_M_PER_MM = 0.01;   // marker arrow: 1 cm per mm of marker offset ...
+const XR_MARKER_MAX_M = 0.015;     // ... clipped to 1.5 marker spacings, as the 2-D view clips its arrows
+const XR_MARKER_PITCH_M = 0.01;    // marker spacing on the panel
+const XR_PANEL_ABOVE_M = 0.08;     // panel's lowest row above the controller
+const FORCE_COLOR = [1.0, 0.44, 0.26, 1.0], MARKER_COLOR = [0.31, 0.76, 0.97, 1.0];  // #ff7043, #4fc3f7 as in 2-D
+let gl = null, lines = null, xrRef = null;
+let immersive = null;  // the WebXR presentation while the page is in AR, else null
+
 async function checkXR() {
+  if (!window.isSecureContext) {  // browsers offer navigator.xr only to https and localhost pages
+    state.xr.error = "AR needs https (a TLS proxy) or localhost";
+  }
   try {
     state.xr.supported = !!(navigator.xr && await navigator.xr.isSessionSupported("immersive-ar"));
   } catch (err) { state.xr.supported = false; state.xr.error = String(err); }
   const button = document.getElementById("xr-button");
   button.hidden = !state.xr.supported;
-  button.onclick = enterXR;
+  button.onclick = () => (immersive ? immersive.end() : enterXR());
 }
 
-const XR_TO_ROBOT = (v) => [-v[2], -v[0], v[1]];  // same frame map as teleop.node FRAMES["xr"]
-const ROBOT_TO_XR = (v) => [-v[1], v[2], -v[0]];
-let gl = null, lineProgram = null, lineBuffer = null;
-
-function initLines(glc) {
+function initLines(glc) {  // one flat-colour line program; a shader that does not build is an error, not a blank view
   const vs = "attribute vec3 p; uniform mat4 proj, view; void main(){ gl_Position = proj * view * vec4(p, 1.0); }";
   const fs = "precision mediump float; uniform vec4 color; void main(){ gl_FragColor = color; }";
-  const sh = (type, src) => { const s = glc.createShader(type); glc.shaderSource(s, src); glc.compileShader(s); return s; };
-  lineProgram = glc.createProgram();
-  glc.attachShader(lineProgram, sh(glc.VERTEX_SHADER, vs));
-  glc.attachShader(lineProgram, sh(glc.FRAGMENT_SHADER, fs));
-  glc.linkProgram(lineProgram);
-  lineBuffer = glc.createBuffer();
+  const shader = (type, src) => {
+    const sh = glc.createShader(type);
+    glc.shaderSource(sh, src); glc.compileShader(sh);
+    if (!glc.getShaderParameter(sh, glc.COMPILE_STATUS)) throw new Error(`XR line shader: ${glc.getShaderInfoLog(sh)}`);
+    return sh;
+  };
+  const prog = glc.createProgram();
+  glc.attachShader(prog, shader(glc.VERTEX_SHADER, vs));
+  glc.attachShader(prog, shader(glc.FRAGMENT_SHADER, fs));
+  glc.linkProgram(prog);
+  if (!glc.getProgramParameter(prog, glc.LINK_STATUS)) throw new Error(`XR line program: ${glc.getProgramInfoLog(prog)}`);
+  lines = {
+    prog, buffer: glc.createBuffer(), p: glc.getAttribLocation(prog, "p"), proj: glc.getUniformLocation(prog, "proj"),
+    view: glc.getUniformLocation(prog, "view"), color: glc.getUniformLocation(prog, "color"),
+  };
 }
 
-function drawLines(view, points, color) {
+function drawLines(view, points, color) {  // points: Float32Array of segment end points, xyz xyz ...
   if (!points.length) return;
-  gl.useProgram(lineProgram);
-  gl.bindBuffer(gl.ARRAY_BUFFER, lineBuffer);
-  gl.bufferData(gl.ARRAY_BUFFER, new Float32Array(points), gl.DYNAMIC_DRAW);
-  const loc = gl.getAttribLocation(lineProgram, "p");
-  gl.enableVertexAttribArray(loc);
-  gl.vertexAttribPointer(loc, 3, gl.FLOAT, false, 0, 0);
-  gl.uniformMatrix4fv(gl.getUniformLocation(lineProgram, "proj"), false, view.projectionMatrix);
-  gl.uniformMatrix4fv(gl.getUniformLocation(lineProgram, "view"), false, view.transform.inverse.matrix);
-  gl.uniform4fv(gl.getUniformLocation(lineProgram, "color"), color);
+  gl.useProgram(lines.prog);
+  gl.bindBuffer(gl.ARRAY_BUFFER, lines.buffer);
+  gl.bufferData(gl.ARRAY_BUFFER, points, gl.DYNAMIC_DRAW);
+  gl.enableVertexAttribArray(lines.p);
+  gl.vertexAttribPointer(lines.p, 3, gl.FLOAT, false, 0, 0);
+  gl.uniformMatrix4fv(lines.proj, false, view.projectionMatrix);
+  gl.uniformMatrix4fv(lines.view, false, view.transform.inverse.matrix);
+  gl.uniform4fv(lines.color, color);
   gl.drawArrays(gl.LINES, 0, points.length / 3);
 }
 
-function xrFeedbackLines(fb, anchors) {  // force arrows from each controller, marker arrows on a panel above it
-  const force = [], markers = [];
-  anchors.forEach(([arm, origin]) => {
-    if (fb.wrench && fb.wrench[arm] && fb.tcp_quat) {
-      const f = ROBOT_TO_XR(qrot(fb.tcp_quat[arm], fb.wrench[arm].slice(0, 3)));
-      force.push(...origin, origin[0] + 0.01 * f[0], origin[1] + 0.01 * f[1], origin[2] + 0.01 * f[2]);
+const cross = (a, b) => [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+
+function arrowLines(arrows, eye) {  // [{from, to}] -> segments: the shaft and two head strokes facing the eye
+  const out = [];
+  for (const { from, to } of arrows) {
+    const d = [to[0] - from[0], to[1] - from[1], to[2] - from[2]], len = Math.hypot(...d);
+    if (len < 1e-6) continue;
+    const u = d.map((v) => v / len);
+    let side = cross(u, [to[0] - eye[0], to[1] - eye[1], to[2] - eye[2]]), sn = Math.hypot(...side);
+    if (sn < 1e-6) { side = cross(u, Math.abs(u[1]) > 0.9 ? [1, 0, 0] : [0, 1, 0]); sn = Math.hypot(...side); }
+    side = side.map((v) => v / sn);
+    const head = Math.min(0.02, 0.3 * len);
+    out.push(...from, ...to);
+    for (const s of [1, -1]) {
+      out.push(...to, ...[0, 1, 2].map((k) => to[k] - head * u[k] + s * 0.5 * head * side[k]));
     }
-    const grid = fb.marker_offset && fb.marker_offset[arm * (fb.marker_offset.length / Math.max(1, fb.arms))];
-    if (grid) grid.forEach((row, r) => row.forEach((d, c) => {
-      const x = origin[0] - 0.04 + c * 0.01, y = origin[1] + 0.08 + r * 0.01, z = origin[2];
-      markers.push(x, y, z, x + d[0] * 0.01, y + d[1] * 0.01, z);
+  }
+  return new Float32Array(out);
+}
+
+function xrArrows(fb, anchors) {  // [[arm, controller position]] -> force and marker arrows in the XR reference space
+  const force = [], markers = [];
+  const padsPerArm = fb.marker_offset ? fb.marker_offset.length / Math.max(1, fb.arms) : 0;
+  for (const [arm, origin] of anchors) {
+    if (fb.wrench && fb.wrench[arm] && fb.tcp_quat && fb.tcp_quat[arm]) {  // wrench is in the TCP frame
+      const world = qrot(fb.tcp_quat[arm], fb.wrench[arm].slice(0, 3)), f = ROBOT_TO_XR(world);
+      const to = origin.map((v, k) => v + XR_FORCE_M_PER_N * f[k]);
+      force.push({ arm, from: origin, to, newtons: Math.hypot(...world) });
+    }
+    const grid = padsPerArm >= 1 ? fb.marker_offset[arm * padsPerArm] : null;  // the arm's first pad
+    if (!grid) continue;
+    const top = origin[1] + XR_PANEL_ABOVE_M + (grid.length - 1) * XR_MARKER_PITCH_M, left = (grid[0].length - 1) / 2;
+    grid.forEach((row, r) => row.forEach((d, c) => {  // row 0 on top and +d[1] up, as the 2-D view draws them
+      const mag = Math.hypot(d[0], d[1]);
+      if (mag <= 0.005) return;
+      const k = Math.min(XR_MARKER_MAX_M / mag, XR_MARKER_M_PER_MM);
+      const from = [origin[0] + (c - left) * XR_MARKER_PITCH_M, top - r * XR_MARKER_PITCH_M, origin[2]];
+      markers.push({ arm, from, to: [from[0] + d[0] * k, from[1] + d[1] * k, from[2]] });
     }));
-  });
-  return [force, markers];
+  }
+  return { force, markers };
+}
+
+function readControllers(frame) {  // hands from the controllers; [[arm, position]] of those tracked in this frame
+  for (const h of state.hands) h.clutch = false;  // an untracked controller lets go of its clutch
+  const anchors = [];
+  for (const src of frame.session.inputSources) {
+    const arm = XR_ARM_HANDS.indexOf(src.handedness);
+    if (arm < 0 || arm >= state.arms || !src.gripSpace) continue;
+    const pose = frame.getPose(src.gripSpace, xrRef);
+    if (!pose) continue;
+    const p = pose.transform.position, o = pose.transform.orientation, h = state.hands[arm];
+    h.pos = [p.x, p.y, p.z]; h.quat = [o.w, o.x, o.y, o.z];
+    const buttons = src.gamepad ? src.gamepad.buttons : [];
+    h.grip = buttons[0] ? buttons[0].value : h.grip;       // trigger closes the gripper
+    h.clutch = buttons[1] ? buttons[1].pressed : false;    // squeeze holds the clutch
+    anchors.push([arm, h.pos]);
+  }
+  return anchors;
+}
+
+function drawXR(frame, anchors) {
+  const layer = frame.session.renderState.baseLayer, viewer = frame.getViewerPose(xrRef);
+  gl.bindFramebuffer(gl.FRAMEBUFFER, layer.framebuffer);
+  gl.clearColor(0, 0, 0, 0); gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
+  const arrows = viewer && state.feedback ? xrArrows(state.feedback, anchors) : { force: [], markers: [] };
+  const eye = viewer ? [viewer.transform.position.x, viewer.transform.position.y, viewer.transform.position.z] : [0, 0, 0];
+  const force = arrowLines(arrows.force, eye), markers = arrowLines(arrows.markers, eye);
+  const views = viewer && state.feedback ? viewer.views : [];
+  for (const v of views) {
+    const vp = layer.getViewport(v);
+    gl.viewport(vp.x, vp.y, vp.width, vp.height);
+    drawLines(v, force, FORCE_COLOR);
+    drawLines(v, markers, MARKER_COLOR);
+  }
+  state.xr.drawn = {
+    frame: state.xr.frames, views: views.length, markerArrows: arrows.markers.length,
+    force: arrows.force.map(({ arm, from, to, newtons }) => ({
+      arm, from, to, newtons, length_m: Math.hypot(to[0] - from[0], to[1] - from[1], to[2] - from[2]),
+    })),
+  };
+}
+
+function onXRFrame(t, frame) {
+  frame.session.requestAnimationFrame(onXRFrame);
+  state.xr.frames += 1;
+  try {
+    const anchors = readControllers(frame);
+    sendPoses("xr");
+    drawXR(frame, anchors);
+  } catch (err) { state.errors.push(String(err)); }
+}
+
+function onXREnd() {
+  immersive = null; state.mode = "fallback"; state.xr.active = false;
+  document.getElementById("xr-button").textContent = "Enter AR";
 }
 
 async function enterXR() {
+  let ar = null;
   try {
-    const session = await navigator.xr.requestSession("immersive-ar", {
+    ar = await navigator.xr.requestSession("immersive-ar", {
       optionalFeatures: ["local-floor", "dom-overlay"], domOverlay: { root: document.body },
     });
+    immersive = ar;
+    ar.addEventListener("end", onXREnd);
     const canvas = document.getElementById("xr-canvas");
     gl = canvas.getContext("webgl", { xrCompatible: true, alpha: true });
+    if (!gl) throw new Error("no WebGL context for the XR layer");
     await gl.makeXRCompatible();
     initLines(gl);
-    session.updateRenderState({ baseLayer: new XRWebGLLayer(session, gl) });
-    const ref = await session.requestReferenceSpace("local-floor").catch(() => session.requestReferenceSpace("local"));
+    ar.updateRenderState({ baseLayer: new XRWebGLLayer(ar, gl) });
+    xrRef = await ar.requestReferenceSpace("local-floor").catch(() => ar.requestReferenceSpace("local"));
     state.mode = "xr"; state.xr.active = true;
-    session.addEventListener("end", () => { state.mode = "fallback"; state.xr.active = false; });
-    const onFrame = (t, frame) => {
-      session.requestAnimationFrame(onFrame);
-      const anchors = [];
-      for (const src of session.inputSources) {
-        const arm = XR_ARM_HANDS.indexOf(src.handedness);
-        if (arm < 0 || arm >= state.arms || !src.gripSpace) continue;
-        const pose = frame.getPose(src.gripSpace, ref);
-        if (!pose) continue;
-        const p = pose.transform.position, o = pose.transform.orientation, h = state.hands[arm];
-        h.pos = [p.x, p.y, p.z]; h.quat = [o.w, o.x, o.y, o.z];
-        const buttons = src.gamepad ? src.gamepad.buttons : [];
-        h.grip = buttons[0] ? buttons[0].value : h.grip;       // trigger closes the gripper
-        h.clutch = buttons[1] ? buttons[1].pressed : false;    // squeeze holds the clutch
-        anchors.push([arm, h.pos]);
-      }
-      sendPoses("xr");
-      const layer = session.renderState.baseLayer, viewer = frame.getViewerPose(ref);
-      gl.bindFramebuffer(gl.FRAMEBUFFER, layer.framebuffer);
-      gl.clearColor(0, 0, 0, 0); gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
-      if (!viewer || !state.feedback) return;
-      const [force, markers] = xrFeedbackLines(state.feedback, anchors);
-      for (const v of viewer.views) {
-        const vp = layer.getViewport(v);
-        gl.viewport(vp.x, vp.y, vp.width, vp.height);
-        drawLines(v, force, [1.0, 0.44, 0.26, 1.0]);
-        drawLines(v, markers, [0.31, 0.76, 0.97, 1.0]);
-      }
-      updateHeader();
-    };
-    session.requestAnimationFrame(onFrame);
-  } catch (err) { state.xr.error = String(err); state.errors.push(String(err)); }
+    document.getElementById("xr-button").textContent = "Exit AR";
+    ar.requestAnimationFrame(onXRFrame);
+  } catch (err) {
+    state.xr.error = String(err); state.errors.push(String(err));
+    if (ar) ar.end().catch(() => {});  // never leave the operator in an immersive view that draws nothing
+  }
 }
 
 // ------------------------------------------------------------------------------------------- start

@@ -1,6 +1,7 @@
 """Shared by the browser tests: child processes killed with their whole group, Debian's headless Chromium, a
-minimal Chrome DevTools protocol client (over the ``websockets`` library) to read and drive its page, and the
-web operator server run in this process with the inproc socket the node would read."""
+minimal Chrome DevTools protocol client (over the ``websockets`` library) to read and drive its page, the
+web operator server run in this process with the inproc socket the node would read, a robot node with a teleop
+node wired to it, and the iwer WebXR emulator (a test-only npm package, see ``tests/teleop/webxr``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,11 @@ from teleop.web.server import WebOperatorServer
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 NO_CHROMIUM = "Debian's chromium is not installed (apt-get install chromium, or make as root)"
+# iwer's UMD build: a plain script that defines the global IWER, so DevTools can inject it before the page runs.
+IWER_BUNDLE = ROOT / "tests" / "teleop" / "webxr" / "node_modules" / "iwer" / "build" / "iwer.js"
+NO_IWER = ("the iwer WebXR emulator (test-only npm package) is not installed in tests/teleop/webxr/node_modules: "
+           "`make test` installs it when npm is present, or run `npm ci --prefix tests/teleop/webxr`")
+ANY = "tcp://127.0.0.1:*"
 
 
 @contextmanager
@@ -61,14 +68,15 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def chromium_args(profile: Path, url: str) -> list[str]:
+def chromium_args(profile: Path, url: str, extra: Sequence[str] = ()) -> list[str]:
     """Headless Chromium opening ``url`` with a fresh profile, a DevTools port of the OS's choosing (written to
-    ``profile / "DevToolsActivePort"``) and nothing that reaches the network on its own."""
+    ``profile / "DevToolsActivePort"``) and nothing that reaches the network on its own; ``extra`` switches
+    before the address."""
     assert CHROMIUM is not None, NO_CHROMIUM
     return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
             "--remote-debugging-port=0", "--remote-allow-origins=*", f"--user-data-dir={profile}",
-            "--window-size=1200,900", url]
+            "--window-size=1200,900", *extra, url]
 
 
 class DevTools:
@@ -117,6 +125,20 @@ class DevTools:
         finally:
             self.key(key, False)
 
+    def open_with_script(self, url: str, source: str) -> None:
+        """Navigate to ``url`` with ``source`` run in every new document before the page's own scripts."""
+        self.call("Page.enable")  # without it the script is registered but never runs
+        self.call("Page.addScriptToEvaluateOnNewDocument", source=source)
+        self.call("Page.navigate", url=url)
+
+    def click(self, selector: str) -> None:
+        """A real left click (mouse press and release through the input pipeline) at the middle of the element:
+        the page gets a trusted event with user activation, which e.g. entering WebXR requires."""
+        box = self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+                        " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
     def close(self) -> None:
         self.ws.close()
 
@@ -153,6 +175,18 @@ def devtools_url(profile: Path, timeout: float = 60.0) -> str:
         if time.monotonic() > deadline:
             raise AssertionError("chromium has no page target")
         time.sleep(0.05)
+
+
+@contextmanager
+def robot_and_teleop(tmp_path: Path, *robot_args: str) -> Iterator[dict]:
+    """A sim robot node (``robot_args`` are its key=value overrides) and a teleop node wired to it, every socket on
+    an OS-picked port; yields the teleop node's ready record (its "web" address carries the page's token)."""
+    with process([sys.executable, "-m", "sim.node", *robot_args, f"addresses.pub={ANY}", f"addresses.cmd={ANY}",
+                  f"addresses.tick={ANY}"], tmp_path / "robot.log") as (_, robot), \
+         process([sys.executable, "-m", "teleop.node", f"robot.pub={robot['pub']}", f"robot.cmd={robot['cmd']}",
+                  f"addresses.operator={ANY}", f"addresses.feedback={ANY}", "web.port=0"],
+                 tmp_path / "teleop.log") as (_, teleop):
+        yield teleop
 
 
 @contextmanager
