@@ -51,9 +51,10 @@ from typing import Any
 
 import numpy as np
 
+from bus.cli import CommandError, UsageError, command
 from bus.config import load_node_config
 from bus.message import Message
-from bus.transport import Publisher, Subscriber
+from bus.transport import Client, Publisher, Subscriber
 
 log = logging.getLogger("teleop.collect")
 
@@ -63,6 +64,14 @@ ANY = "tcp://127.0.0.1:*"
 OPERATORS = ("scripted",)
 ROBOT_STREAM_TOPICS = ("state", "tactile", "wrench", "image", "applied")
 TIME_DECIMALS = 6
+CONTROL_HZ = 50.0  # the robot node's control step (configs/robot_node control_hz): one lockstep tick request
+MODES = ("realtime", "lockstep")
+PRESS_ASSIST = ("auto", "on", "off")
+STALE_MARGIN_S = 0.01  # s: a teleop stamp this close to the robot's last time before a reset is the last episode's
+
+
+class ChildFailed(CommandError, RuntimeError):
+    """A child process of the graph died or did not answer in time (exit 1; the message names its log)."""
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -79,6 +88,12 @@ class CollectConfig:
     cameras: bool = True
     latency_ms: list[float] = field(default_factory=lambda: [50.0, 150.0])
     operator_overrides: list[str] = field(default_factory=list)
+    mode: str = "realtime"
+    feedback: bool = True
+    press_assist: str = "auto"
+    press_limit_n: dict[str, float] = field(default_factory=lambda: {"wipe": 20.0, "peel": 15.0, "lift": 45.0})
+    lockstep_teleop: list[str] = field(default_factory=lambda: ["loop_hz=250", "forward_hz=250"])
+    step_timeout_s: float = 5.0
     episode_timeout_s: float = 40.0
     start_timeout_s: float = 60.0
     progress: bool = True
@@ -86,6 +101,14 @@ class CollectConfig:
     def __post_init__(self) -> None:
         from sim.registry import TASKS
 
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        if self.press_assist not in PRESS_ASSIST:
+            raise ValueError(f"press_assist={self.press_assist!r}, expected one of {PRESS_ASSIST}")
+        if self.press_assist_on and not self.press_limit_n.get(self.task, 0.0) > 0:
+            raise ValueError(f"press_limit_n has no positive limit for task {self.task!r}: {self.press_limit_n}")
+        if not self.step_timeout_s > 0:
+            raise ValueError(f"step_timeout_s={self.step_timeout_s} must be > 0")
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}, expected one of {sorted(TASKS)}")
         if self.operator not in OPERATORS:
@@ -95,6 +118,11 @@ class CollectConfig:
             raise ValueError("out=DIR is required: the dataset directory to record into")
         if self.episodes < 1:
             raise ValueError(f"episodes={self.episodes} must be >= 1")
+
+    @property
+    def press_assist_on(self) -> bool:
+        """The teleop node's force-limited press: part of the force feedback unless set on or off explicitly."""
+        return self.press_assist == "on" or self.press_assist == "auto" and self.feedback
 
 
 def load_config(overrides: Sequence[str]) -> CollectConfig:
@@ -117,7 +145,13 @@ class RecorderNode:
         self.teleop = Subscriber(teleop_feedback, topics=("command", "teleop"), hwm=20000)
         self.episode: int | None = None  # robot episode index being recorded
         self.pending: list[Message] = []  # commands for an episode whose reset we have not seen yet
-        self.last_t: dict[str, float] = {}
+        self.last_t: dict[str, float] = {}  # per stream, the last stamp recorded (moved on 1 us past a repeat)
+        self.given_t: dict[str, float] = {}  # ... and the last stamp it came with
+        self.robot_t = 0.0  # newest robot sim time of the episode being recorded
+        self.robot_clock = 0.0  # newest robot stream sim time, recording or not
+        self.old_clock: float | None = None  # after a reset, robot_clock before it, until the node's stamps restart
+        self.robot_seq: dict[str, int] = {}  # per robot topic, the last bus sequence number (gaps = dropped)
+        self.episode_counts: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self._stop = False
 
@@ -162,12 +196,20 @@ class RecorderNode:
     # ------------------------------------------------------------------------------ robot streams
     def _on_robot(self, msg: Message) -> None:
         topic = msg.topic
+        last = self.robot_seq.get(topic)
+        if last is not None and msg.seq > last + 1:
+            self.episode_counts["dropped"] += msg.seq - last - 1  # the publisher's queue overflowed: we fell behind
+        self.robot_seq[topic] = msg.seq
+        if topic in ROBOT_STREAM_TOPICS:
+            self.robot_clock = _sim_t(msg)
         if topic == "episode":
             self._on_episode(msg)
         elif self.episode is None:
             return
         elif topic in ROBOT_STREAM_TOPICS:
             t = _sim_t(msg)
+            if t > self.robot_t:
+                self.robot_t = t
             for name, arr in msg.arrays.items():
                 self._append(name, t, arr)
         elif topic == "status":
@@ -182,6 +224,10 @@ class RecorderNode:
                 self._emit("abort", episode=self.episode)
             self.episode = int(meta.get("episode", 0))
             self.last_t.clear()
+            self.given_t.clear()
+            self.robot_t = 0.0
+            self.old_clock = self.robot_clock
+            self.episode_counts.clear()
             seed = meta.get("seed")
             user = {k: meta.get(k) for k in ("perturbation", "perturbation_time")}
             user.update(source="teleop", operator=self.operator, clock="sim", robot_episode=self.episode)
@@ -193,13 +239,15 @@ class RecorderNode:
         elif meta.get("event") == "end" and self.recorder.recording and meta.get("episode") == self.episode:
             score = float(meta.get("score") or 0.0)
             t_end = meta.get("time")
-            t_end = round(float(t_end), TIME_DECIMALS) if isinstance(t_end, (int, float)) else max(self.last_t.values())
-            self._append("outcome_score", t_end, np.float64(score))
-            path = self.recorder.commit(success=bool(meta.get("success")))
+            t_end = round(float(t_end), TIME_DECIMALS) if isinstance(t_end, (int, float)) else self.robot_t
+            outcome = {"score": score, "failure": meta.get("failure"), "sim_time": t_end,
+                       "terminated": meta.get("terminated"), "truncated": meta.get("truncated"),
+                       **{k: v for k, v in self.episode_counts.items()}}
+            path = self.recorder.commit(success=bool(meta.get("success")), outcome=outcome)
             self.counts["committed"] += 1
             self._emit("commit", episode=self.episode, path=str(path), seed=meta.get("seed"),
                        success=bool(meta.get("success")), score=score, perturbation=meta.get("perturbation"),
-                       failure=meta.get("failure"), sim_time=meta.get("time"))
+                       failure=meta.get("failure"), sim_time=meta.get("time"), **self.episode_counts)
             self.episode = None
 
     # ------------------------------------------------------------------------------ teleop streams
@@ -212,15 +260,39 @@ class RecorderNode:
                 self.pending.append(msg)  # sent in an episode whose reset has not reached us yet
                 del self.pending[:-1000]
         elif msg.topic == "teleop" and self.episode is not None and episode == self.episode and "engaged" in msg.arrays:
-            self._append("clutch", _sim_t(msg), msg.arrays["engaged"])
+            if msg.meta.get("event") == "reset":  # sent as the node hears the reset: stamped on the last episode's
+                self.episode_counts["stale_clutch"] += 1  # clock (it has no state of the new one yet)
+                return
+            self._append_teleop("clutch", _sim_t(msg), msg.arrays["engaged"])
 
     def _on_command(self, msg: Message) -> None:
-        self._append("action", _sim_t(msg), msg.arrays["target"].reshape(-1).astype(np.float32))
+        self._append_teleop("action", _sim_t(msg), msg.arrays["target"].reshape(-1).astype(np.float32))
+
+    def _append_teleop(self, name: str, t: float, value: Any) -> None:
+        """A sample stamped by the teleop node: it belongs to this episode only once its stamps are on this episode's
+        clock. The node stamps with the newest robot state it has (a command: plus up to one tick); between the
+        robot's reset and its first state of the new episode (its "reset" status among them) that is the robot's
+        last state before the reset, which this process saw last too (both read the robot's stream in order). The
+        first stamp off that instant shows the node on the new clock."""
+        if self.old_clock is not None:
+            if self.old_clock - STALE_MARGIN_S <= t <= self.old_clock + STALE_MARGIN_S:
+                self.episode_counts[f"stale_{name}"] += 1
+                return
+            self.old_clock = None
+        self._append(name, t, value)
 
     def _append(self, name: str, t: float, value: Any) -> None:
         if not self.recorder.recording or not math.isfinite(t) or t < 0:
             return
-        t = max(t, self.last_t.get(name, -1.0) + 10 ** -TIME_DECIMALS)  # two samples in one microsecond
+        last = self.last_t.get(name, -1.0)
+        if t < self.given_t.get(name, -1.0):  # earlier than the stream's last sample: a stamp from another clock
+            if self.episode_counts[f"out_of_order_{name}"] < 3:
+                log.warning("episode %s: %s sample at %.6f s after one at %.6f s; dropped", self.episode, name, t,
+                            self.given_t[name])
+            self.episode_counts[f"out_of_order_{name}"] += 1
+            return
+        self.given_t[name] = t
+        t = max(t, last + 10 ** -TIME_DECIMALS)  # two samples in one microsecond
         self.last_t[name] = t
         try:
             self.recorder.append(name, t, value)
@@ -243,9 +315,7 @@ def run_recorder(argv: Sequence[str]) -> int:
     args = dict(a.split("=", 1) for a in argv if "=" in a)
     missing = [k for k in ("robot", "teleop", "out") if k not in args]
     if missing or len(args) != len(argv):
-        print(f"recorder: need robot=ADDR teleop=ADDR out=DIR [task=NAME operator=NAME], missing {missing}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"recorder needs robot=ADDR teleop=ADDR out=DIR [task=NAME operator=NAME], missing {missing}")
     node = RecorderNode(args["robot"], args["teleop"], args["out"], args.get("task", ""), args.get("operator", ""))
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)
@@ -294,12 +364,23 @@ class Child:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.proc.poll() is not None and self.lines.empty():
-                raise RuntimeError(f"{self.name} gave no {event!r} record (exit code {self.proc.poll()}); log "
-                                   f"{self.log_path}:\n{self.log_tail()}")
+                tail = [line for line in self.log_tail().splitlines() if line.strip()]
+                raise ChildFailed(f"{self.name} gave no {event!r} record (exit code {self.proc.poll()}); its log "
+                                  f"{self.log_path} ends: {tail[-1].strip() if tail else '(empty)'}")
             with contextlib.suppress(queue.Empty):
                 record = self.lines.get(timeout=min(remaining, 0.2))
                 if record.get("event") == event:
                     return record
+
+    def take(self, event: str) -> dict | None:
+        """The next stdout record whose ``event`` is ``event`` if it has arrived (others are skipped), else None."""
+        while True:
+            try:
+                record = self.lines.get_nowait()
+            except queue.Empty:
+                return None
+            if record.get("event") == event:
+                return record
 
     def log_tail(self, n: int = 2000) -> str:
         with contextlib.suppress(OSError):
@@ -320,6 +401,114 @@ class Child:
         return self.proc.returncode
 
 
+# ------------------------------------------------------------------------------------------ lockstep
+class LockstepDriver:
+    """Advances a lockstep robot node one control step at a time, each only once the operator has answered.
+
+    Per step: tick the robot (it publishes that control step's streams and replies), wait for the operator's
+    ``step`` record for the observation at the reply's sim time (it has seen it and sent whatever pose was due),
+    and when that pose should move the robot (``expect_command``) wait for the teleop node's ``command`` echo of
+    it; its target rides on the next tick, so the robot applies it at that step whatever the socket timing (the
+    node's own copy on the command socket carries the same target). The recorder is not waited for: it only
+    reads, and the commit record says whether it fell behind (``dropped``).
+    """
+
+    def __init__(self, tick: str, operator_sync: str, teleop_feedback: str, robot_pub: str, step_timeout_s: float,
+                 ticks_per_control: int = 5, tick_dt: float = 0.004) -> None:
+        self.step_timeout_s = step_timeout_s
+        self.ticks_per_control, self.tick_dt = ticks_per_control, tick_dt
+        self.counts: Counter[str] = Counter()
+        self.last: Message | None = None  # the newest tick reply
+        self.client = Client(tick)
+        self.acks = Subscriber(operator_sync, topics=("step",))
+        self.echoes = Subscriber(teleop_feedback, topics=("command",), hwm=20000)
+        self.events = Subscriber(robot_pub, topics=("episode",))
+
+    def close(self) -> None:
+        for sock in (self.client, self.acks, self.echoes, self.events):
+            sock.close()
+
+    def tick(self, target: np.ndarray | None = None, node_ticks: int | None = None) -> Message:
+        reply = self.client.request("tick", None if target is None else {"target": target},
+                                    None if node_ticks is None else {"node_ticks": node_ticks},
+                                    timeout=self.step_timeout_s)
+        if reply.topic != "tick":
+            raise ChildFailed(f"the robot node refused a tick: {reply.meta}")
+        self.counts["ticks"] += 1
+        return reply
+
+    def start(self, children: Sequence[Child], timeout: float) -> None:
+        """Tick until every child has printed its ready line and the operator's step records reach us (the
+        recorder and the operator need robot streams to get ready; in lockstep nothing flows without ticks)."""
+        deadline = time.monotonic() + timeout
+        waiting = list(children)
+        heard = False
+        while waiting or not heard:
+            if time.monotonic() > deadline:
+                raise ChildFailed(f"lockstep start: still waiting for {[c.name for c in waiting]} (operator step "
+                                  f"records heard: {heard}) after {timeout:.0f} s")
+            self.tick()
+            waiting = [c for c in waiting if not c.take("ready")]
+            heard = heard or self.acks.recv(timeout=0.02) is not None
+        self.acks.drain()
+
+    def reset(self, control: Publisher, seed: int) -> int:
+        """Ask for a new episode through the teleop node (it stops commanding first) and tick until the robot
+        takes it; then complete the control step so the episode's steps line up with the robot's. Returns the
+        robot's episode index."""
+        control.publish("reset", meta={"seed": seed})
+        deadline = time.monotonic() + self.step_timeout_s * 10
+        while time.monotonic() < deadline:
+            reply = self.tick()
+            msg = self.events.recv(timeout=0.005)
+            while msg is not None:
+                if msg.meta.get("event") == "reset" and msg.meta.get("seed") == seed:
+                    phase = round(float(reply.meta["sim_time"]) / self.tick_dt) % self.ticks_per_control
+                    self.last = self.tick(node_ticks=self.ticks_per_control - phase) if phase else reply
+                    return int(msg.meta["episode"])
+                msg = self.events.recv(timeout=0)
+        raise ChildFailed(f"the robot node did not start the episode with seed {seed}")
+
+    def run_episode(self, episode: int) -> dict[str, Any]:
+        """Step until the robot reports the episode terminated or truncated; returns the step counters."""
+        reply = self.last
+        steps = 0
+        while not (reply.meta.get("terminated") or reply.meta.get("truncated")):
+            target = self._await_operator(episode, float(reply.meta["sim_time"]))
+            reply = self.tick(target)
+            steps += 1
+        return {"steps": steps, "sim_time": reply.meta.get("sim_time")}
+
+    def _timed_out(self, kind: str, what: str) -> None:
+        if self.counts[kind] < 5:
+            log.warning("%s", what)
+        self.counts[kind] += 1
+
+    def _await_operator(self, episode: int, sim_time: float) -> np.ndarray | None:
+        """The operator's answer to the observation at ``sim_time``, and the target it produced (if any)."""
+        deadline = time.monotonic() + self.step_timeout_s
+        while True:
+            ack = self.acks.recv(timeout=max(0.0, deadline - time.monotonic()))
+            if ack is None:
+                self._timed_out("operator_timeouts", f"no operator answer to the observation at {sim_time:.3f} s "
+                                f"of episode {episode} within {self.step_timeout_s} s; stepping on")
+                return None
+            if ack.meta.get("episode") == episode and abs(float(ack.meta.get("sim_time", -1.0)) - sim_time) < 1e-9:
+                break
+        seq = ack.meta.get("op_seq")
+        if not ack.meta.get("expect_command") or not isinstance(seq, int):
+            return None
+        while True:
+            echo = self.echoes.recv(timeout=max(0.0, deadline - time.monotonic()))
+            if echo is None:
+                self._timed_out("command_timeouts", f"no teleop command for operator sample {seq} at {sim_time:.3f} s "
+                                f"of episode {episode} within {self.step_timeout_s} s; stepping on")
+                return None
+            op_seq = echo.meta.get("op_seq")
+            if echo.meta.get("episode") == episode and isinstance(op_seq, int) and op_seq >= seq:
+                return echo.arrays["target"]
+
+
 def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Run the process graph until ``cfg.episodes`` episodes are committed; return the summary."""
     from tqdm import tqdm
@@ -332,16 +521,20 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     timeouts = 0
     control: Publisher | None = None
+    driver: LockstepDriver | None = None
+    lockstep = cfg.mode == "lockstep"
     try:
         robot = Child("robot_node", [
-            "sim.node", f"task={cfg.task}", f"seed={cfg.seed}", "mode=realtime", f"perturb={str(cfg.perturb).lower()}",
-            f"cameras={str(cfg.cameras).lower()}", "auto_reset=false",
+            "sim.node", f"task={cfg.task}", f"seed={cfg.seed}", f"mode={cfg.mode}",
+            f"perturb={str(cfg.perturb).lower()}", f"cameras={str(cfg.cameras).lower()}", "auto_reset=false",
             f"addresses.pub={ANY}", f"addresses.cmd={ANY}", f"addresses.tick={ANY}"], log_dir)
         children.append(robot)
         r = robot.expect("ready", cfg.start_timeout_s)
+        limit = cfg.press_limit_n.get(cfg.task, 0.0) if cfg.press_assist_on else 0.0
         teleop = Child("teleop_node", [
             "teleop.node", f"robot.pub={r['pub']}", f"robot.cmd={r['cmd']}", f"addresses.operator={ANY}",
-            f"addresses.feedback={ANY}", "web.enabled=false"], log_dir)
+            f"addresses.feedback={ANY}", "web.enabled=false", f"assist.press_force_n={limit}",
+            *(cfg.lockstep_teleop if lockstep else [])], log_dir)
         children.append(teleop)
         tl = teleop.expect("ready", cfg.start_timeout_s)
         recorder = Child("recorder", [
@@ -352,19 +545,30 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
         operator = Child("operator", [
             "teleop.operators", "scripted", f"task={cfg.task}", f"perturb={str(cfg.perturb).lower()}",
             f"seed={cfg.seed}", f"latency_ms=[{lo},{hi}]", f"teleop.operator={tl['operator']}",
-            f"teleop.feedback={tl['feedback']}", *cfg.operator_overrides], log_dir)
+            f"teleop.feedback={tl['feedback']}", f"feedback={str(cfg.feedback).lower()}",
+            f"lockstep={str(lockstep).lower()}", f"sync={ANY}", *cfg.operator_overrides], log_dir)
         children.append(operator)
-        recorder.expect("ready", cfg.start_timeout_s)
-        operator.expect("ready", cfg.start_timeout_s)
+        if lockstep:
+            sync = operator.expect("listening", cfg.start_timeout_s)["sync"]
+            driver = LockstepDriver(r["tick"], sync, tl["feedback"], r["pub"], cfg.step_timeout_s,
+                                    ticks_per_control=round(float(r["tick_hz"]) / CONTROL_HZ),
+                                    tick_dt=1.0 / float(r["tick_hz"]))
+            driver.start([recorder, operator], cfg.start_timeout_s)
+        else:
+            recorder.expect("ready", cfg.start_timeout_s)
+            operator.expect("ready", cfg.start_timeout_s)
         control = Publisher(tl["operator"], bind=False)
         if not control.wait_for_subscriber("reset", timeout=10):
-            raise RuntimeError("the teleop node did not subscribe to the control socket")
+            raise ChildFailed("the teleop node did not subscribe to the control socket")
         bar = tqdm(total=cfg.episodes, desc=f"collect {cfg.task}", unit="ep", file=sys.stderr, disable=not cfg.progress)
         for k in range(cfg.episodes):
             seed = cfg.seed + k
-            control.publish("reset", meta={"seed": seed})
-            recorder.expect("begin", cfg.start_timeout_s)
             t0 = time.monotonic()
+            if driver is not None:
+                driver.run_episode(driver.reset(control, seed))
+            else:
+                control.publish("reset", meta={"seed": seed})
+            recorder.expect("begin", cfg.start_timeout_s)
             try:
                 row = recorder.expect("commit", cfg.episode_timeout_s)
             except RuntimeError:
@@ -382,6 +586,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     finally:
         if control is not None:
             control.close()
+        if driver is not None:
+            driver.close()
         exits = {}
         for child in reversed(children):  # operator, recorder, teleop, robot: producers outlive their readers
             code = child.stop()
@@ -390,7 +596,10 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     scores = [r["score"] for r in rows if r.get("score") is not None]
     teleop_exit = exits.get("teleop_node", {})
     summary = {
-        "task": cfg.task, "operator": cfg.operator, "out": str(out), "episodes": len(rows),
+        "task": cfg.task, "operator": cfg.operator, "mode": cfg.mode, "feedback": cfg.feedback,
+        "press_assist_n": cfg.press_limit_n.get(cfg.task) if cfg.press_assist_on else None,
+        "latency_ms": list(cfg.latency_ms), "perturb": cfg.perturb, "seed": cfg.seed,
+        "out": str(out), "episodes": len(rows),
         "success_rate": round(len(ok) / len(rows), 4) if rows else 0.0,
         "mean_score": round(float(np.mean(scores)), 4) if scores else None,
         "timed_out": timeouts, "wall_s": round(time.monotonic() - t_start, 2),
@@ -398,6 +607,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                                                    "latency_ms_p99", "loop_hz", "rejects")},
         "robot": {k: exits.get("robot_node", {}).get(k) for k in ("mean_hz", "overruns", "watchdog_trips", "rejects")},
         "exit_codes": {name: e.get("code") for name, e in exits.items()},
+        "lockstep": dict(driver.counts) if driver is not None else None,
         "rows": rows,
     }
     (out / "collect.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -408,23 +618,25 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+@command("teleop.collect")
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     if args and args[0] == "recorder":
+        _log_to_stderr()
         return run_recorder(args[1:])
-    try:
-        cfg = load_config(args)
-    except ValueError as exc:
-        print(f"teleop.collect: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args)  # before logging is on: a bad argument is the only line printed
+    _log_to_stderr()
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the children like Ctrl-C does
     summary = collect(cfg)
     print(json.dumps(summary), flush=True)
     return 0 if summary["episodes"] == cfg.episodes and not summary["timed_out"] else 1
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ On disk (one directory per dataset)::
 Every stream keeps its native rate: each chunk carries its own float64 timestamps (seconds, the recording
 clock, strictly increasing within a stream) next to the values, and nothing is resampled until ``build``.
 ``meta.json`` holds ``schema_version``, ``task``, ``seed``, ``success`` (``null`` when unknown),
-``salvaged``, any extra user keys under ``user``, ``duration_s``, per stream ``{dtype, shape, rate_hz
+``salvaged``, any extra user keys under ``user``, ``outcome`` (episode-level values known at the end: score,
+failure, end time; older recordings kept the score as a one-sample ``outcome_score`` stream), ``duration_s``,
+per stream ``{dtype, shape, rate_hz
 (1 / median sample interval), num_samples, t_first, t_last, chunks}``, and ``files``: sha256 of every chunk.
 
 Why ``.npz`` chunk files and not zarr: crash safety comes from the write protocol, not the container, and
@@ -62,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.cli import ArgumentParser, UsageError, command
 from teleop.durable import (
     TMP_SUFFIX,
     RecorderError,
@@ -86,8 +89,9 @@ _EPISODE_RE = re.compile(r"^episode_(\d{6,})$")
 _CHUNK_RE = re.compile(r"^([a-z][a-z0-9_]{0,63})\.(\d{6})\.npz$")
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be read or converted as asked; the message says which file or stream and why."""
+class DatasetError(UsageError):
+    """A dataset that cannot be read or converted as asked; the message says which file or stream and why (a bad
+    input: exit 2 on the command line, ``bus.cli``)."""
 
 
 # ----------------------------------------------------------------------------------------------- naming
@@ -282,7 +286,32 @@ def read_meta(episode: Path) -> dict:
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise DatasetError(f"{episode / META_FILE}: schema_version {version!r}, this code reads {SCHEMA_VERSION}")
+    _check_meta(episode / META_FILE, meta)
     return meta
+
+
+# meta.json fields every reader indexes (what ``episode_meta`` / ``describe_stream`` write), and their types.
+_META_FIELDS = {"task": (str, type(None)), "streams": (dict,), "files": (dict,)}
+_STREAM_FIELDS = {"dtype": (str,), "shape": (list,), "num_samples": (int,), "chunks": (list,),
+                  "rate_hz": (int, float, type(None)), "t_first": (int, float, type(None)),
+                  "t_last": (int, float, type(None))}
+
+
+def _check_meta(path: Path, meta: dict) -> None:
+    """A damaged or hand-edited ``meta.json`` fails here, naming the file and the field, not later as a KeyError."""
+    for name, types in _META_FIELDS.items():
+        if not isinstance(meta.get(name, ...), types):
+            got = "missing" if name not in meta else f"a {type(meta[name]).__name__}"
+            raise DatasetError(f"{path}: field {name!r} is {got}, expected {' or '.join(t.__name__ for t in types)}"
+                               "; the file is damaged (run `verify`)")
+    for stream, spec in meta["streams"].items():
+        if not isinstance(spec, dict):
+            raise DatasetError(f"{path}: streams.{stream} is a {type(spec).__name__}, expected a mapping")
+        for name, types in _STREAM_FIELDS.items():
+            if not isinstance(spec.get(name, ...), types) or isinstance(spec.get(name), bool):
+                got = "missing" if name not in spec else f"a {type(spec[name]).__name__}"
+                raise DatasetError(f"{path}: streams.{stream}.{name} is {got}, expected "
+                                   f"{' or '.join(t.__name__ for t in types)}; the file is damaged (run `verify`)")
 
 
 def load_stream(episode: Path, name: str, meta: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -486,6 +515,13 @@ def is_image_stream(stream: Mapping[str, Any]) -> bool:
     return uint8 and len(shape) == 3 and shape[-1] in (1, 3, 4)
 
 
+def series_streams(meta: Mapping[str, Any]) -> list[str]:
+    """The streams of an episode that are time series (at least two samples), sorted. A one-sample stream is an
+    episode-level value (``outcome_score`` of older teleop recordings): it has no span to resample, and on a
+    common clock it would leave none."""
+    return sorted(n for n, s in meta["streams"].items() if int(s.get("num_samples") or 0) >= 2)
+
+
 def common_clock(
     times: Mapping[str, np.ndarray], rate_hz: float, where: str
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -534,7 +570,7 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
         extra = f" ({pending} in progress: run `recover` first)" if pending else ""
         raise DatasetError(f"{root}: empty dataset, no committed episodes{extra}")
     metas = [read_meta(ep) for ep in episodes]
-    names = sorted(streams) if streams else sorted(metas[0]["streams"])
+    names = sorted(streams) if streams else series_streams(metas[0])
     if not names:
         raise DatasetError(f"{episodes[0]}: episode of zero length (no streams)")
     plans = []
@@ -543,9 +579,9 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
         missing = [n for n in names if n not in meta["streams"]]
         if missing:
             raise DatasetError(f"{ep.name}: lacks streams {missing}; pass --streams to choose a common set")
-        if not streams and sorted(meta["streams"]) != names:
+        if not streams and series_streams(meta) != names:
             raise DatasetError(
-                f"{ep.name}: streams {sorted(meta['streams'])} differ from {episodes[0].name}'s {names};"
+                f"{ep.name}: streams {series_streams(meta)} differ from {episodes[0].name}'s {names};"
                 " pass --streams to choose a common set"
             )
         times = {n: load_times(ep, n, meta) for n in names}
@@ -600,9 +636,11 @@ def load_training_episode(path: Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
+@command("teleop.dataset")
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m teleop.dataset {info,verify,recover,build,viz,export,import} DIR``; exit 1 on refusal or damage."""
-    parser = argparse.ArgumentParser(prog="python -m teleop.dataset", description=__doc__.split("\n")[0])
+    """``python -m teleop.dataset {info,verify,recover,build,viz,export,import} DIR``; exit 1 on damage found by
+    ``verify`` or a storage failure, 2 on a refused input (one line, ``bus.cli``)."""
+    parser = ArgumentParser(prog="python -m teleop.dataset", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd, text in (("info", "summary; last line is JSON"), ("verify", "recompute checksums"),
                       ("recover", "salvage crashed in-progress episodes")):
@@ -638,11 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--require", type=lambda s: [x for x in s.split(",") if x], default=None,
                    help="streams the result must have (default: the ones rdp.train needs; '' for none)")
     args = parser.parse_args(argv)
-    try:
-        return _COMMANDS[args.cmd](args)
-    except (DatasetError, RecorderError) as e:
-        print(f"{args.cmd} refused: {e}", file=sys.stderr)
-        return 1
+    return _COMMANDS[args.cmd](args)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -13,8 +13,9 @@ WebSocket JSON is turned into the same messages inside this process)::
               fixed origin); grip (A,) f4|f8 in [0, 1] (1 = closed); clutch (A,) u1|b1 (1 = held).
               meta frame: "robot" (x forward, y left, z up: keyboard, scripted) or "xr" (WebXR: x right,
               y up, -z forward); sent: the operator's time.monotonic() when the pose was taken.
-    reset     meta seed (optional int): end the episode and start a new one (forwarded to the robot node
-              after this node stops commanding, so no stale target reaches the new episode).
+    reset     meta seed (optional int, 0 .. 2**32 - 1 as the robot node takes; anything else is refused and
+              counted): end the episode and start a new one (forwarded to the robot node after this node stops
+              commanding, so no stale target reaches the new episode).
 
 Per arm: pressing the clutch (a rising edge) anchors the hand pose H0 and the robot target R0; while held,
 target = R0 + pos_scale * F (h - h0) and rotation dR_world * R0 with dR_world = F (H H0^T)^rot_scale F^T (F:
@@ -62,6 +63,7 @@ from bus.config import load_node_config
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
 from sim.controller import mat_to_rotvec, rotvec_to_mat
+from sim.node import SEED_LIMIT
 
 log = logging.getLogger("teleop.node")
 
@@ -98,6 +100,21 @@ class MappingConfig:
 
 
 @dataclass
+class AssistConfig:
+    """Force-limited press (off while ``press_force_n`` is 0); ``PressLimiter`` says how it acts."""
+
+    press_force_n: float = 0.0
+    gain: float = 0.004
+    p_gain: float = 0.0
+    stiffness: float = 1200.0
+    max_retract_m: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.press_force_n < 0 or min(self.gain, self.p_gain, self.max_retract_m) < 0 or not self.stiffness > 0:
+            raise ValueError(f"assist {self}: press_force_n, gain, p_gain, max_retract_m must be >= 0, stiffness > 0")
+
+
+@dataclass
 class RobotEndpoints:
     pub: str = "tcp://127.0.0.1:5560"
     cmd: str = "tcp://127.0.0.1:5561"
@@ -131,6 +148,7 @@ class TeleopConfig:
     status_hz: float = 10.0
     forward_hz: float = 100.0
     mapping: MappingConfig = field(default_factory=MappingConfig)
+    assist: AssistConfig = field(default_factory=AssistConfig)
     robot: RobotEndpoints = field(default_factory=RobotEndpoints)
     addresses: TeleopAddresses = field(default_factory=TeleopAddresses)
     web: WebConfig = field(default_factory=WebConfig)
@@ -223,7 +241,7 @@ def parse_operator(msg: Message, n_arms: int) -> OperatorSample:
         grip=np.clip(grip.astype(np.float64), 0.0, 1.0),
         clutch=clutch.astype(bool),
         frame=str(frame),
-        sent=float(sent) if isinstance(sent, (int, float)) and not isinstance(sent, bool) else None,
+        sent=float(sent) if type(sent) in (int, float) and math.isfinite(sent) else None,  # inf: no latency
         seq=msg.seq,
     )
 
@@ -312,6 +330,63 @@ class ArmTeleop:
         return np.concatenate((self.hand_pos, self.hand_quat))
 
 
+# ------------------------------------------------------------------------------------ press assist
+class PressLimiter:
+    """Backs each arm's target off along its tool axis while the wrist feels more than ``press_force_n``.
+
+    An operator who sees the force arrow reacts in 50-150 ms; a stiff contact that a moving surface pushes
+    into builds 40 N in less. This node hears the wrench at the robot's rate, so it caps the press where the
+    operator cannot: per arm a retraction r >= 0 along the tool z axis (the pad normal, the axis the wrench's
+    -F_z is measured on) grows at ``gain`` m/s per newton over the limit and relaxes at the same rate below
+    it, plus ``p_gain * (F - limit) / stiffness`` while over (0 by default: on the stiff contact a proportional
+    retraction turned each impact spike into a bounce). It only ever presses less than the operator commands,
+    never more. Off (``press_force_n`` = 0) it is the identity.
+    """
+
+    def __init__(self, cfg: AssistConfig) -> None:
+        self.cfg = cfg
+        self.retract = np.zeros(0)  # (A,) integral part, m
+        self.extra = np.zeros(0)  # (A,) proportional part, m
+        self.axis = np.zeros((0, 3))  # (A, 3) tool z axes in the world, from the newest state
+        self._t = math.nan
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.press_force_n > 0
+
+    def reset(self, n_arms: int) -> None:
+        self.retract, self.extra = np.zeros(n_arms), np.zeros(n_arms)
+        self.axis = np.tile([0.0, 0.0, 1.0], (n_arms, 1))
+        self._t = math.nan
+
+    def on_state(self, tcp_quat: np.ndarray) -> None:
+        self.axis = np.stack([quat_to_mat(q)[:, 2] for q in tcp_quat])
+
+    def on_wrench(self, wrench: np.ndarray, sim_time: float) -> None:
+        """One wrench sample (A, 6) [F, T] in the TCP frame at ``sim_time``."""
+        if not self.enabled or wrench.shape[0] != self.retract.shape[0]:
+            return
+        dt = sim_time - self._t if 0.0 < sim_time - self._t < 0.1 else 0.0
+        self._t = sim_time
+        over = np.maximum(-wrench[:, 2], 0.0) - self.cfg.press_force_n
+        cap = self.cfg.max_retract_m
+        self.retract = np.clip(self.retract + self.cfg.gain * over * dt, 0.0, cap)
+        self.extra = np.minimum(self.cfg.p_gain * np.maximum(over, 0.0) / self.cfg.stiffness, cap)
+
+    def retraction(self) -> float:
+        """The largest retraction over the arms now (m); 0 when off."""
+        return float(np.minimum(self.retract + self.extra, self.cfg.max_retract_m).max(initial=0.0))
+
+    def apply(self, target: np.ndarray) -> np.ndarray:
+        """(A, 7) commands -> the same with each position backed off by its arm's retraction."""
+        if not self.enabled or target.shape[0] != self.retract.shape[0]:
+            return target
+        r = np.minimum(self.retract + self.extra, self.cfg.max_retract_m)
+        out = target.copy()
+        out[:, :3] -= self.axis * r[:, None]
+        return out
+
+
 # ------------------------------------------------------------------------------------------- node
 class TeleopNode:
     """Owns the sockets, the per-arm mappings and the web server; ``run()`` until ``stop()``."""
@@ -319,6 +394,7 @@ class TeleopNode:
     def __init__(self, cfg: TeleopConfig) -> None:
         self.cfg = cfg
         self.arms: list[ArmTeleop] = []
+        self.press = PressLimiter(cfg.assist)
         self.counts: Counter[str] = Counter()
         self.op_rejects: Counter[str] = Counter()
         self.episode = -1
@@ -439,6 +515,8 @@ class TeleopNode:
                 self._on_state(msg)
             elif topic == "episode":
                 self._on_episode(msg)
+            elif topic == "wrench" and self.press.enabled:
+                self.press.on_wrench(msg.arrays["wrench"], float(msg.meta.get("sim_time", math.nan)))
             elif topic == "status" and self.episode < 0 and isinstance(msg.meta.get("episode"), int):
                 self.episode = msg.meta["episode"]  # joined after the robot's first reset
             if topic in FORWARDED_LATEST:
@@ -458,7 +536,10 @@ class TeleopNode:
         n = msg.arrays["tcp_pos"].shape[0]
         if len(self.arms) != n:
             self.arms = [ArmTeleop(self.cfg.mapping) for _ in range(n)]
+            self.press.reset(n)
             self._need_hold = True
+        if self.press.enabled:
+            self.press.on_state(msg.arrays["tcp_quat"])
         if self._need_hold:
             self._need_hold = False
             for i, arm in enumerate(self.arms):
@@ -474,6 +555,7 @@ class TeleopNode:
         self._active = False
         for arm in self.arms:
             arm.engaged = False
+        self.press.reset(len(self.arms))
         self._publish_status(event="reset")
 
     # ---------------------------------------------------------------------------- operator side
@@ -522,18 +604,22 @@ class TeleopNode:
             self._send_command(now, sample, keepalive=False)
 
     def _request_reset(self, msg: Message) -> None:
-        """Stop commanding, then ask the robot for a new episode (same socket: it sees no stale command after)."""
+        """Stop commanding, then ask the robot for a new episode (same socket: it sees no stale command after).
+        A seed the robot node would refuse is refused here (counted as ``seed``): nothing stops, nothing resets."""
+        seed = msg.meta.get("seed")
+        if seed is not None and not (type(seed) is int and 0 <= seed < SEED_LIMIT):
+            self._reject_op("seed", f"reset seed {seed!r:.40}, expected an int in 0..{SEED_LIMIT - 1} or none")
+            return
         self._active = False
         for arm in self.arms:
             arm.engaged = False
-        seed = msg.meta.get("seed")
-        meta = {"seed": seed} if type(seed) is int and seed >= 0 else {}
+        meta = {"seed": seed} if seed is not None else {}
         self.cmd_pub.publish("reset", meta=meta)
         self.counts["resets"] += 1
 
     # ---------------------------------------------------------------------------- output
     def _send_command(self, now: float, sample: OperatorSample | None, keepalive: bool) -> None:
-        target = np.stack([arm.command() for arm in self.arms])
+        target = self.press.apply(np.stack([arm.command() for arm in self.arms]))
         self.cmd_pub.publish("cmd", {"target": target}, stamp=now)
         self._last_cmd_t = now
         self.counts["commands"] += 1
@@ -553,7 +639,8 @@ class TeleopNode:
             "command", {"target": target},
             {"episode": self.episode, "sim_time": round(sim_time, 6), "keepalive": keepalive,
              "op_seq": None if sample is None else sample.seq,
-             "latency_ms": None if latency is None else round(latency, 4)},
+             "latency_ms": None if latency is None else round(latency, 4),
+             "press_retract_m": round(self.press.retraction(), 5)},
             stamp=now,
         )
 

@@ -4,15 +4,28 @@
     python -m teleop.operators keyboard teleop.operator=ADDR teleop.feedback=ADDR
 
 **scripted** (``configs/teleop/scripted.yaml``): a virtual operator that watches the forwarded feedback and
-drives the task's force-aware expert (``sim.experts``) through a virtual hand, the way a person drives the
-robot through a controller: it releases and presses the clutch after every episode reset, reads the anchors
-the node reports, and from then on holds its hand where the node's relative mapping puts the expert's target
-(it inverts the mapping the node announces: scale, rotation mode). Like a person it reacts late and shakes:
-each pose leaves ``latency`` after the observation it was computed from (drawn per episode from
-``latency_ms``, plus ``jitter_ms``; never out of order), with AR(1) tremor on position and rotation. The
-expert is stepped once per control period of *simulated* time (from the forwarded ``state`` stamps), so its
-internal timing matches the robot's. It plans from ``task.nominal`` of a local copy of the task reset with
-the episode's seed (what the robot node announces), exactly what the expert sees in evaluation.
+drives a task plan (``sim.experts``) through a virtual hand, the way a person drives the robot through a
+controller: it releases and presses the clutch after every episode reset, reads the anchors the node reports,
+and from then on holds its hand where the node's relative mapping puts the plan's target (it inverts the
+mapping the node announces: scale, rotation mode). Like a person it reacts late and shakes: each pose leaves
+``latency`` after the observation it was computed from (drawn per episode from ``latency_ms``, plus
+``jitter_ms``; never out of order), with AR(1) tremor on position and rotation. The plan is stepped once per
+control period of *simulated* time (from the forwarded ``state`` stamps). It plans from ``task.nominal`` of a
+local copy of the task reset with the episode's seed (what a person sees of the scene at the start: where
+the vase, cucumber or box is), never from the running simulation.
+
+Contact is regulated only from the touch and force the teleop node forwards (what the browser page draws
+as arrows), per task (``contact``): ``press`` (wipe, peel) follows the position-only plan and adds
+``PressShaping``'s offset along the tool axis, driven by the displayed wrist force; ``expert`` (lift) lets
+the task expert's own force law read the forwarded wrench and tactile streams. With ``feedback=false`` the
+operator subscribes to neither stream, follows the position-only plan (the expert's calibrated nominal
+press or squeeze) and shapes nothing: the same person without the force display.
+
+``lockstep=true``: the graph's clock is the simulation (``teleop.collect mode=lockstep``). Latency, jitter,
+tremor and the clutch timing then run on the sim time of the forwarded ``state``; after answering each new
+observation (state, plus wrench and tactile at the same time when feedback is on) the operator publishes a
+``step`` record on its ``sync`` socket (``episode``, ``sim_time``, ``op_seq`` of the pose it sent, if any,
+``expect_command``) so the coordinator advances the robot only once the operator has reacted.
 
 **keyboard** (``configs/teleop/keyboard.yaml``): a terminal operator for a desktop. Terminals report key
 presses but not releases, so each press moves the hand one step; the pose streams at ``rate_hz``.
@@ -37,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.cli import UsageError, choose, command
 from bus.config import load_node_config
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
@@ -57,6 +71,30 @@ class TeleopEndpoints:
 
 
 @dataclass
+class PressConfig:
+    """``PressShaping`` gains; ``configs/teleop/scripted.yaml`` says what each key means."""
+
+    gain_p: float = 0.2
+    gain_i: float = 2.0
+    search_speed: float = 0.02
+    filter_s: float = 0.1
+    contact_fraction: float = 0.3
+    max_offset_m: float = 0.05
+    target_n: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if min(self.gain_p, self.gain_i, self.search_speed, self.filter_s, self.contact_fraction) < 0 \
+                or not self.max_offset_m > 0:
+            raise ValueError(f"press {self}: gains, search_speed, filter_s, contact_fraction >= 0, max_offset_m > 0")
+
+
+CONTACT_MODES = ("press", "expert")
+# Phases of the plans (sim.experts) in which the operator holds its press offset, and in which it only backs off.
+PLAN_LIFT_OFF = ("return", "retract")
+PLAN_APPROACH = ("descend", "approach")
+
+
+@dataclass
 class ScriptedConfig:
     """Typed scripted-operator settings; ``configs/teleop/scripted.yaml`` says what each key means."""
 
@@ -69,9 +107,17 @@ class ScriptedConfig:
     noise_rot_rad: float = 0.003
     noise_tau_s: float = 0.1
     hand_home: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    feedback: bool = True
+    contact: dict[str, str] = field(default_factory=lambda: {"wipe": "press", "peel": "press", "lift": "press"})
+    expert_args: dict[str, dict[str, float]] = field(default_factory=dict)
+    press: PressConfig = field(default_factory=PressConfig)
+    lockstep: bool = False
+    sync: str = "tcp://127.0.0.1:*"
     teleop: TeleopEndpoints = field(default_factory=TeleopEndpoints)
 
     def __post_init__(self) -> None:
+        if self.contact.get(self.task, "press") not in CONTACT_MODES:
+            raise ValueError(f"contact.{self.task}={self.contact[self.task]!r}, expected one of {CONTACT_MODES}")
         lo, hi = self.latency_ms
         if not 0 <= lo <= hi:
             raise ValueError(f"latency_ms={self.latency_ms} must be [low, high] with 0 <= low <= high")
@@ -97,10 +143,12 @@ def load_config(cls: type, name: str, overrides: Sequence[str]) -> Any:
 class OperatorLink:
     """The two sockets every operator process holds: poses out, feedback in."""
 
-    def __init__(self, endpoints: TeleopEndpoints) -> None:
+    def __init__(self, endpoints: TeleopEndpoints, feedback: bool = True) -> None:
+        """``feedback=False``: no touch or force reaches this operator (no wrench / tactile subscription)."""
         self.pub = Publisher(endpoints.operator, bind=False)
+        topics = ("state", "teleop", "episode", *(("wrench", "tactile") if feedback else ()))
         try:
-            self.sub = Subscriber(endpoints.feedback, topics=("state", "wrench", "tactile", "teleop", "episode"))
+            self.sub = Subscriber(endpoints.feedback, topics=topics)
         except Exception:
             self.pub.close()
             raise
@@ -116,9 +164,11 @@ class OperatorLink:
                 return msg.meta
         raise TimeoutError(f"no teleop status with a robot on {self.sub.address} within {timeout} s")
 
-    def send(self, pose: np.ndarray, grip: np.ndarray, clutch: np.ndarray, frame: str = "robot") -> None:
-        self.pub.publish("operator", {"pose": pose, "grip": grip, "clutch": clutch.astype(np.uint8)},
-                         {"frame": frame, "sent": time.monotonic()})
+    def send(self, pose: np.ndarray, grip: np.ndarray, clutch: np.ndarray, frame: str = "robot") -> int:
+        """Publish one hand sample; returns its sequence number (the node's ``op_seq`` for it)."""
+        msg = self.pub.publish("operator", {"pose": pose, "grip": grip, "clutch": clutch.astype(np.uint8)},
+                               {"frame": frame, "sent": time.monotonic()})
+        return msg.seq
 
     def reset(self, seed: int | None = None) -> None:
         self.pub.publish("reset", meta={} if seed is None else {"seed": int(seed)})
@@ -159,19 +209,80 @@ class Tremor:
 
 
 # -------------------------------------------------------------------------------------- scripted
-class ScriptedOperator:
-    """Drives the task expert through the operator protocol; see the module docstring."""
+class PressShaping:
+    """How the operator regulates a tool's press from the force the page displays (TactAR's force arrow).
 
-    def __init__(self, cfg: ScriptedConfig, link: OperatorLink) -> None:
+    Returns an offset along the tool axis (m, > 0 = deeper than the plan) from the displayed normal force F:
+
+        offset = I - gain_p * (F_seen - F*) / K,     dI/dt = gain_i * (F* - F_seen) / K
+
+    ``F_seen`` is F low-passed over ``filter_s`` (0.1 s: a person reads a moving arrow, not its 4 ms impact
+    spikes), F* the task's target force, K the arm's stiffness (N/m, so a force error maps to the depth that would
+    cancel it). The loop runs through the operator's latency (50-150 ms) and the arm's lag; the expert's own
+    law (8 mm/s per N, integral only) oscillates there against the stiff contact and breaks the vase, so the
+    integral is slower (``gain_i`` 2 /s, about 2.4 mm/s per N) and the proportional back-off small (``gain_p``
+    0.2: a larger one turned contact bounces into a chatter of 0-70 N). Without contact (F_seen below ``contact_fraction`` F*) the press deepens at most ``search_speed``
+    m/s, and only once the plan has reached its own depth (``searching``): a person feels for a surface
+    that moved away slowly and does not push into one the plan has not reached yet.
+    """
+
+    def __init__(self, cfg: PressConfig, target_n: float, stiffness: float, dt: float) -> None:
+        if not (target_n > 0 and stiffness > 0 and dt > 0):
+            raise ValueError(f"target_n={target_n}, stiffness={stiffness}, dt={dt} must be > 0")
+        self.cfg, self.target, self.stiffness, self.dt = cfg, float(target_n), float(stiffness), float(dt)
+        self.alpha = 1.0 - math.exp(-dt / cfg.filter_s) if cfg.filter_s > 0 else 1.0
+        self.integral = 0.0
+        self.seen = 0.0
+
+    def reset(self) -> None:
+        self.integral = 0.0
+        self.seen = 0.0
+
+    def update(self, force_n: float, searching: bool) -> float:
+        """One control period with the displayed normal force ``force_n`` (N); returns the press offset (m)."""
+        cfg = self.cfg
+        self.seen += self.alpha * (float(force_n) - self.seen)
+        step = cfg.gain_i * (self.target - self.seen) / self.stiffness * self.dt
+        if self.seen < cfg.contact_fraction * self.target:  # no contact shown: feel for the surface, slowly
+            step = min(step, cfg.search_speed * self.dt if searching else 0.0)
+        lim = cfg.max_offset_m
+        self.integral = float(np.clip(self.integral + step, -lim, lim))
+        offset = self.integral - cfg.gain_p * (self.seen - self.target) / self.stiffness
+        return float(np.clip(offset, -lim, lim))
+
+
+def displayed_normal_force(wrench: np.ndarray) -> float:
+    """The press the page's force arrow shows for one arm's wrench (6,) [F, T] (TCP frame): the force along the
+    tool axis, or 0.75 of the whole force on a slanted contact when that reads higher (``sim.experts`` rule)."""
+    f = np.asarray(wrench[:3], dtype=np.float64)
+    return max(-float(f[2]), 0.75 * float(np.linalg.norm(f)))
+
+
+class ScriptedOperator:
+    """Drives the task plan through the operator protocol; see the module docstring."""
+
+    def __init__(self, cfg: ScriptedConfig, link: OperatorLink, sync: Publisher | None = None) -> None:
         from sim.experts import make_expert
         from sim.registry import make_env
 
         self.cfg = cfg
         self.link = link
+        self.sync = sync
         self.env = make_env(cfg.task, perturb=cfg.perturb, cameras=False)
-        self.expert = make_expert(cfg.task, force_feedback=True)
+        self.contact = cfg.contact.get(cfg.task, "press")
+        # The plan reads force itself only where the operator regulates contact through the expert's law.
+        expert_feedback = cfg.feedback and self.contact == "expert"
+        self.expert = make_expert(cfg.task, force_feedback=expert_feedback, **cfg.expert_args.get(cfg.task, {}))
         self.n_arms = len(self.env.arms)
         self.dt = 1.0 / self.env.control_hz
+        self.shaping: list[PressShaping] = []  # one per arm, when the operator shapes the press from feedback
+        if cfg.feedback and self.contact == "press":
+            task = self.env.task
+            target = cfg.press.target_n.get(cfg.task, getattr(task, "force_target", getattr(task, "squeeze_target", 0)))
+            self.shaping = [PressShaping(cfg.press, float(target), float(c.gains.kp_pos), self.dt)
+                            for c in self.env.controllers]
+        space = self.env.observation_space
+        self._blind = {k: np.zeros(space[k].shape, np.float32) for k in ("wrench", "marker_offset", "marker_slip")}
         self.rng = np.random.default_rng(cfg.seed)
         self.home = np.array([*cfg.hand_home, 1.0, 0.0, 0.0, 0.0])
         self.pos_noise = Tremor(self.rng, (self.n_arms, 3), cfg.noise_pos_m, cfg.noise_tau_s)
@@ -186,9 +297,16 @@ class ScriptedOperator:
         self.next_step = 0.0
         self.pose = np.tile(self.home, (self.n_arms, 1))
         self.grip = np.ones(self.n_arms)
-        self.counts = {"episodes": 0, "sent": 0, "steps": 0, "reclutch": 0}
+        self.counts = {"episodes": 0, "sent": 0, "steps": 0, "reclutch": 0, "answered": 0}
+        self.press_offset = np.zeros(self.n_arms)
+        self.teleop_active = False
         self._phase_t = 0.0
         self._last_enqueue = -math.inf
+        self._answered: tuple[int, float] | None = None
+        self._sent: list[tuple[int, bool]] = []  # (op_seq, clutch held) sent while answering this observation
+        self._released = False  # a released clutch was sent in this episode (so a press can engage)
+        self._last_obs_t: float | None = None  # sim time of the newest observation
+        self._old_clock: float | None = None  # after a reset: that time, until the new episode's clock shows
         self._stop = False
 
     def stop(self, *_: object) -> None:
@@ -200,13 +318,18 @@ class ScriptedOperator:
             while msg is not None:
                 self._on_feedback(msg)
                 msg = self.link.sub.recv(timeout=0)
-            self._act()
-            self._flush_outbox()
+            if self.cfg.lockstep:
+                self._answer_observation()
+            else:
+                now = time.monotonic()
+                self._act(now)
+                self._flush_outbox(now)
 
     # ------------------------------------------------------------------------------ feedback
     def _on_feedback(self, msg: Message) -> None:
         if msg.topic in OBS_TOPICS:
-            self.obs[msg.topic] = msg
+            if self._is_current(msg):
+                self.obs[msg.topic] = msg
         elif msg.topic == "episode":
             event = msg.meta.get("event")
             if event == "reset":
@@ -218,18 +341,40 @@ class ScriptedOperator:
         elif msg.topic == "teleop":
             self._on_status(msg)
 
+    def _is_current(self, msg: Message) -> bool:
+        """Whether an observation belongs to the episode the last reset started. The node forwards events at once
+        but streams at its next tick, so states of the ended episode can follow the reset: until one stamped
+        earlier than the newest state before the reset arrives (a new clock), later stamps are the old episode's."""
+        t = msg.meta.get("sim_time")
+        if not isinstance(t, (int, float)):
+            return False
+        if self._old_clock is not None:
+            if t >= self._old_clock and t > self.dt:
+                return False
+            self._old_clock = None
+        self._last_obs_t = float(t)
+        return True
+
     def _start_episode(self, msg: Message) -> None:
+        self._old_clock = self._last_obs_t
         seed = msg.meta.get("seed")
         self.env.reset(seed=int(seed) if isinstance(seed, int) else None)
         self.expert.reset(self.env)
+        for shaping in self.shaping:
+            shaping.reset()
+        self.press_offset[:] = 0.0
         self.episode = msg.meta.get("episode", self.episode + 1)
         lo, hi = self.cfg.latency_ms
         self.latency = float(self.rng.uniform(lo, hi)) * 1e-3
         self.anchors = None
+        self.teleop_active = False
         self.obs.clear()
+        self.outbox.clear()  # poses of the last episode never reach the new one
+        self._last_enqueue = -math.inf  # the clutch is released at once, whatever clock the last episode left
+        self._released = False
         self.pose = np.tile(self.home, (self.n_arms, 1))
         self.grip = np.ones(self.n_arms)
-        self._enter("release")
+        self._enter("release", self._phase_clock())
         self.counts["episodes"] += 1
 
     def _on_status(self, msg: Message) -> None:
@@ -238,6 +383,7 @@ class ScriptedOperator:
                 self.mapping[key] = msg.meta[key]
         if msg.meta.get("episode") != self.episode or "engaged" not in msg.arrays:
             return
+        self.teleop_active = bool(msg.meta.get("active"))
         engaged = msg.arrays["engaged"].astype(bool)
         if self.phase == "press" and engaged.all():
             self.anchors = (msg.arrays["anchor_target"].copy(), msg.arrays["anchor_hand"].copy())
@@ -247,45 +393,103 @@ class ScriptedOperator:
         elif self.phase == "drive" and not engaged.all() and msg.meta.get("event") in (None, "lost_sync", "release"):
             # The node dropped the clutch (lost-sync guard): release and press again, as a person would.
             self.counts["reclutch"] += 1
-            self._enter("release")
+            self._enter("release", self._phase_clock())
 
-    def _enter(self, phase: str) -> None:
+    def _phase_clock(self) -> float:
+        """The operator's clock: sim time of the newest state in lockstep, the wall clock otherwise."""
+        if not self.cfg.lockstep:
+            return time.monotonic()
+        state = self.obs.get("state")
+        return float(state.meta["sim_time"]) if state is not None else 0.0
+
+    def _enter(self, phase: str, now: float) -> None:
+        log.info("episode %s: %s at %.3f", self.episode, phase, now)
         self.phase = phase
-        self._phase_t = time.monotonic()
+        self._phase_t = now
+
+    # ------------------------------------------------------------------------------ lockstep
+    def _observation_time(self) -> float | None:
+        """Sim time of the newest observation once every subscribed stream has delivered it, else None."""
+        state = self.obs.get("state")
+        if state is None:
+            return None
+        t = state.meta.get("sim_time")
+        if self.cfg.feedback and any(self.obs.get(k) is None or self.obs[k].meta.get("sim_time") != t
+                                     for k in ("wrench", "tactile")):
+            return None
+        return float(t) if isinstance(t, (int, float)) else None
+
+    def _answer_observation(self) -> None:
+        """Lockstep: react to each new observation once, then tell the coordinator (``step`` on ``sync``)."""
+        t = self._observation_time()
+        if t is None or (self.episode, t) == self._answered:
+            return
+        self._answered = (self.episode, t)
+        self._sent.clear()
+        self._act(t)
+        self._flush_outbox(t)
+        self.counts["answered"] += 1
+        if self.sync is not None:
+            # The node commands the robot for this pose if it was active already, or if the pose presses a clutch
+            # it saw released (the rising edge engages the arm).
+            last = self._sent[-1] if self._sent else None
+            expect = last is not None and (self.teleop_active or last[1] and self._released)
+            self.sync.publish("step", meta={"episode": self.episode, "sim_time": t,
+                                            "op_seq": None if last is None else last[0], "expect_command": expect})
 
     # ------------------------------------------------------------------------------ acting
-    def _act(self) -> None:
-        now = time.monotonic()
+    def _act(self, now: float) -> None:
         if self.phase in ("release", "press"):
             if self.phase == "release" and now - self._phase_t > 0.05:
-                self._enter("press")
+                self._enter("press", now)
             elif self.phase == "press" and now - self._phase_t > 1.0:
-                self._enter("release")  # the press went unnoticed (e.g. sent before the node saw the reset)
-            if now - self._last_enqueue >= self.dt:
+                self._enter("release", now)  # the press went unnoticed (e.g. sent before the node saw the reset)
+            if now - self._last_enqueue >= self.dt - 1e-9:
                 self._last_enqueue = now
                 self._enqueue(now, self.pose, self.grip, np.full(self.n_arms, self.phase == "press"))
         elif self.phase == "drive":
-            state, wrench, tactile = (self.obs.get(t) for t in OBS_TOPICS)
-            if state is None or wrench is None or tactile is None:
+            state = self.obs.get("state")
+            if state is None or self.cfg.feedback and not all(k in self.obs for k in ("wrench", "tactile")):
                 return
             sim_time = float(state.meta["sim_time"])
-            stepped = False
+            targets = None
             while sim_time + 1e-9 >= self.next_step:
-                action = self.expert.act(self._expert_obs(state, wrench, tactile))
+                targets = np.asarray(self.expert.act(self._expert_obs(state)), dtype=np.float64).reshape(self.n_arms, 7)
                 self.next_step += self.dt
                 self.counts["steps"] += 1
-                stepped = True
-            if stepped:
-                self._set_hand(np.asarray(action).reshape(self.n_arms, 7))
+                self._shape_press(state)
+            if targets is not None:
+                self._set_hand(self._pressed(targets, state))
                 self._enqueue(now, self.pose, self.grip, np.ones(self.n_arms, bool))
 
-    def _expert_obs(self, state: Message, wrench: Message, tactile: Message) -> dict[str, np.ndarray]:
-        return {
-            "tcp_pos": state.arrays["tcp_pos"], "tcp_quat": state.arrays["tcp_quat"],
-            "joint_pos": state.arrays["joint_pos"], "gripper_width": state.arrays["gripper_width"],
-            "wrench": wrench.arrays["wrench"], "marker_offset": tactile.arrays["marker_offset"],
-            "marker_slip": tactile.arrays["marker_slip"],
-        }
+    def _expert_obs(self, state: Message) -> dict[str, np.ndarray]:
+        obs = {k: state.arrays[k] for k in ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width")}
+        wrench, tactile = self.obs.get("wrench"), self.obs.get("tactile")
+        obs["wrench"] = wrench.arrays["wrench"] if wrench is not None else self._blind["wrench"]
+        for k in ("marker_offset", "marker_slip"):
+            obs[k] = tactile.arrays[k] if tactile is not None else self._blind[k]
+        return obs
+
+    def _shape_press(self, state: Message) -> None:
+        """One control period of press shaping from each arm's displayed force (``contact=press`` with feedback)."""
+        if not self.shaping:
+            return
+        phase = getattr(self.expert, "phase", "")
+        if phase in PLAN_LIFT_OFF:
+            return  # lifting off or flying back: the press the operator settled on is kept for the next contact
+        wrench = self.obs["wrench"].arrays["wrench"]
+        for i, shaping in enumerate(self.shaping):
+            self.press_offset[i] = shaping.update(displayed_normal_force(wrench[i]),
+                                                  searching=phase not in PLAN_APPROACH)
+
+    def _pressed(self, targets: np.ndarray, state: Message) -> np.ndarray:
+        """The plan's targets (A, 7) moved ``press_offset`` along each tool's axis as the operator sees it."""
+        if not self.press_offset.any():
+            return targets
+        out = targets.copy()
+        for i in range(self.n_arms):
+            out[i, :3] += quat_to_mat(state.arrays["tcp_quat"][i])[:, 2] * self.press_offset[i]
+        return out
 
     def _set_hand(self, targets: np.ndarray) -> None:
         anchor_target, anchor_hand = self.anchors
@@ -304,11 +508,12 @@ class ScriptedOperator:
             due = max(due, self.outbox[-1][0])  # a person's hand does not overtake itself
         self.outbox.append((due, pose.copy(), grip.copy(), clutch.copy()))
 
-    def _flush_outbox(self) -> None:
-        now = time.monotonic()
-        while self.outbox and self.outbox[0][0] <= now:
+    def _flush_outbox(self, now: float) -> None:
+        while self.outbox and self.outbox[0][0] <= now + 1e-9:
             _, pose, grip, clutch = self.outbox.popleft()
-            self.link.send(pose, grip, clutch)
+            seq = self.link.send(pose, grip, clutch)
+            self._sent.append((seq, bool(clutch.any())))
+            self._released = self._released or not clutch.all()
             self.counts["sent"] += 1
 
 
@@ -389,38 +594,47 @@ def run_keyboard(cfg: KeyboardConfig) -> int:
 
 
 def run_scripted(cfg: ScriptedConfig) -> int:
-    link = OperatorLink(cfg.teleop)
-    op = None
+    link = OperatorLink(cfg.teleop, feedback=cfg.feedback)
+    sync = op = None
     try:
-        op = ScriptedOperator(cfg, link)
+        sync = Publisher(cfg.sync) if cfg.lockstep else None
+        if sync is not None:  # the coordinator subscribes before it ticks the robot the rest of us wait for
+            print(json.dumps({"event": "listening", "sync": sync.address}), flush=True)
+        op = ScriptedOperator(cfg, link, sync)
         signal.signal(signal.SIGINT, op.stop)
         signal.signal(signal.SIGTERM, op.stop)
         status = link.wait_connected()
         if int(status["arms"]) != op.n_arms:
             raise ValueError(f"the robot has {status['arms']} arm(s), task {cfg.task!r} has {op.n_arms}")
-        print(json.dumps({"event": "ready", "pid": os.getpid(), "operator": "scripted", "task": cfg.task}), flush=True)
+        print(json.dumps({"event": "ready", "pid": os.getpid(), "operator": "scripted", "task": cfg.task,
+                          "feedback": cfg.feedback, "contact": op.contact if cfg.feedback else "none",
+                          "sync": sync.address if sync is not None else None}), flush=True)
         op.run()
     finally:
         link.close()
+        if sync is not None:
+            sync.close()
         if op is not None:
             op.env.close()
             print(json.dumps({"event": "exit", **op.counts}), flush=True)
     return 0
 
 
+@command("teleop.operators")
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in ("scripted", "keyboard"):
+    if args and args[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if args and args[0] in ("-h", "--help") else 2
-    kind, overrides = args[0], args[1:]
-    try:
-        cfg = load_config(ScriptedConfig if kind == "scripted" else KeyboardConfig, kind, overrides)
-    except ValueError as exc:
-        print(f"teleop.operators: {exc}", file=sys.stderr)
-        return 2
+        return 0
+    if not args:
+        raise UsageError("name an operator: python -m teleop.operators {keyboard,scripted} [key=value ...]")
+    kind, overrides = choose("operator", args[0], KINDS, "operator"), args[1:]
+    cfg = load_config(KINDS[kind], kind, overrides)  # before logging is on: a bad argument is the only line printed
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     return run_scripted(cfg) if kind == "scripted" else run_keyboard(cfg)
+
+
+KINDS = {"scripted": ScriptedConfig, "keyboard": KeyboardConfig}
 
 
 if __name__ == "__main__":

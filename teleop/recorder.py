@@ -17,7 +17,7 @@ Usage::
     rec.begin(EpisodeMeta(task="wipe", seed=3))
     rec.append("wrench", t, wrench)          # (6,) float64 at 200 Hz, its own timestamps
     rec.append("scene_rgb", t_cam, rgb)      # (96, 96, 3) uint8 at 10 Hz
-    path = rec.commit(success=True)          # -> data/wipe/episode_000000
+    path = rec.commit(success=True, outcome={"score": 0.9})   # -> data/wipe/episode_000000
 """
 
 from __future__ import annotations
@@ -234,8 +234,12 @@ class EpisodeRecorder:
             except OSError as e:
                 raise RecorderError("fsync episode directory", self._work, e, hint_for(e)) from e
 
-    def commit(self, success: bool | None = None) -> Path:
+    def commit(self, success: bool | None = None, outcome: Mapping[str, Any] | None = None) -> Path:
         """Finish the episode: flush, write ``meta.json`` with checksums, rename to ``episode_XXXXXX``.
+
+        ``outcome``: episode-level values known only at the end (score, failure, end time, ...), kept as
+        ``meta["outcome"]``. They are not streams: a one-sample stream has no time span, and a reader that
+        resamples every stream onto their common span would find it empty.
 
         On ``RecorderError`` the episode stays in progress (nothing is lost); retry ``commit`` once the
         cause is fixed, or ``abort``.
@@ -244,9 +248,16 @@ class EpisodeRecorder:
             raise RuntimeError("commit before begin")
         if success is not None and not isinstance(success, bool):
             raise ValueError(f"success must be True, False or None, got {success!r}")
+        outcome = dict(outcome or {})
+        try:
+            _json(outcome)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"episode outcome is not JSON-serialisable: {e}") from e
         self.flush()
         streams = {n: describe_stream(b.dtype, b.shape, b.t_chunks, b.chunks) for n, b in self._streams.items()}
         meta = episode_meta(self._begin, streams, self._files, success=success, salvaged=False)
+        if outcome:
+            meta["outcome"] = outcome
         final = finalize_episode(self.root, self._work, meta)
         self._reset()
         return final

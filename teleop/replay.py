@@ -31,11 +31,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bus.cli import CommandError, UsageError, choose, command, parse_key_values
 from bus.transport import Client
 from teleop.collect import ANY, Child
 from teleop.dataset import list_episodes, load_stream, read_meta
@@ -47,7 +49,11 @@ TCP_TOL_M = 1e-6  # applied replays repeat the recorded TCP track to float preci
 def recorded_outcome(episode: Path, meta: dict[str, Any]) -> tuple[bool | None, float | None, float]:
     """(success, score, end sim time) as the robot node reported them when the episode was recorded."""
     score = end = None
-    if "outcome_score" in meta["streams"]:
+    outcome = meta.get("outcome") or {}
+    if isinstance(outcome.get("score"), (int, float)):
+        score = float(outcome["score"])
+        end = float(outcome["sim_time"]) if isinstance(outcome.get("sim_time"), (int, float)) else None
+    elif "outcome_score" in meta["streams"]:  # recordings made before the outcome moved to the metadata
         t, v = load_stream(episode, "outcome_score", meta)
         score, end = float(v[-1]), float(t[-1])
     if end is None:
@@ -60,8 +66,7 @@ def replay_episode(client: Client, episode: Path, control_hz: float = 50.0, tick
     """Drive a lockstep robot node (``client`` connected to its tick socket) with one episode's recording."""
     meta = read_meta(episode)
     success, score, t_end = recorded_outcome(episode, meta)
-    if source not in SOURCES:
-        raise ValueError(f"source={source!r}: expected one of {SOURCES}")
+    choose("source", source, SOURCES, "replay source")
     has_applied = "applied_target" in meta["streams"]
     if source == "applied" and not has_applied:
         raise ValueError(f"{episode}: no applied_target stream (recorded before the robot node published it); "
@@ -123,7 +128,7 @@ def replay_dataset(root: Path, episodes: Sequence[int] | None = None, score_tol:
     if episodes is not None:
         paths = [p for j, p in enumerate(paths) if j in set(episodes)]
     if not paths:
-        raise ValueError(f"{root}: no committed episodes to replay (selected {episodes})")
+        raise UsageError(f"{root}: no committed episodes to replay (selected {episodes})")
     rows = []
     log_dir = Path(root) / "logs"
     log_dir.mkdir(exist_ok=True)
@@ -150,23 +155,32 @@ def replay_dataset(root: Path, episodes: Sequence[int] | None = None, score_tol:
     return {"dataset": str(root), "episodes": rows, "all_match": all(r["match"] for r in rows)}
 
 
+@dataclass(frozen=True)
+class ReplayOptions:
+    """The ``key=value`` options after ``DIR``."""
+
+    episodes: tuple[str, ...] = ()  # positions among the committed episodes; () = all
+    score_tol: float = 0.2
+    source: str = "auto"
+
+
+@command("teleop.replay")
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if args else 2
-    root, opts = Path(args[0]), dict(a.split("=", 1) for a in args[1:] if "=" in a)
-    unknown = set(opts) - {"episodes", "score_tol", "source"}
-    if unknown or len(opts) != len(args) - 1:
-        print(f"teleop.replay: expected DIR [episodes=0,1] [score_tol=0.2] [source=auto], got {args[1:]}",
-              file=sys.stderr)
-        return 2
-    episodes = [int(x) for x in opts["episodes"].split(",")] if "episodes" in opts else None
+    root, opts = Path(args[0]), parse_key_values(ReplayOptions, args[1:])
     try:
-        result = replay_dataset(root, episodes, float(opts.get("score_tol", 0.2)), opts.get("source", "auto"))
-    except (ValueError, subprocess.SubprocessError, RuntimeError) as exc:
-        print(f"teleop.replay: {exc}", file=sys.stderr)
-        return 2
+        episodes = [int(x) for x in opts.episodes] if opts.episodes else None
+    except ValueError:
+        raise UsageError(f"episodes={','.join(opts.episodes)}: expected comma-separated episode positions, "
+                         "e.g. episodes=0,2") from None
+    choose("source", opts.source, SOURCES, "replay source")
+    try:
+        result = replay_dataset(root, episodes, opts.score_tol, opts.source)
+    except (subprocess.SubprocessError, RuntimeError) as exc:  # the lockstep robot node failed
+        raise CommandError(str(exc)) from exc
     for r in result["episodes"]:
         print(f"{r['episode']} ({r['mode']}): recorded {r['recorded']}, replayed {r['replayed']}, TCP track "
               f"within {r['tcp_max_dev_m'] * 1e3:.3f} mm -> {'match' if r['match'] else 'MISMATCH'}", file=sys.stderr)
