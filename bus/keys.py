@@ -13,7 +13,6 @@ pickled. The last stdout line of ``generate`` is JSON with both paths.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,21 +23,26 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
+from bus.cli import ArgumentParser, CommandError, UsageError, command, one_line
+
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _Z85_RE = re.compile(rb"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 
-class KeyFileError(ValueError):
+class KeyFileError(UsageError):
     """A key file that is missing, unreadable or does not hold what it should; the message names the file."""
 
 
 def generate_keypair(directory: str | os.PathLike, name: str = "server") -> tuple[Path, Path]:
     """Create ``NAME.key`` and ``NAME.key_secret`` in ``directory`` (created, mode 0700); refuses to overwrite."""
     if not _NAME_RE.match(name):
-        raise ValueError(f"key name {name!r}: expected 1-64 characters of [A-Za-z0-9_.-]")
+        raise UsageError(f"key name {name!r}: expected 1-64 characters of [A-Za-z0-9_.-]")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{directory}: not a directory; DIR is the directory the key files go into (created if "
+                         "missing)")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     public, secret = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
     for path in (public, secret):
@@ -100,8 +104,9 @@ def _load(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
     return public, secret
 
 
+@command("bus.keys")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bus.keys", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m bus.keys", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     gen = sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (0600) into DIR")
     gen.add_argument("dir", type=Path)
@@ -109,9 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         public, secret = generate_keypair(args.dir, args.name)
-    except (OSError, ValueError) as e:
-        print(f"generate refused: {e}", file=sys.stderr)
-        return 1
+    except (FileExistsError, UsageError):
+        raise
+    except OSError as e:  # permissions, a full disk: not the arguments' fault
+        raise CommandError(f"could not write keys into {args.dir}: {one_line(e)}") from e
     print(f"wrote {public} (share it) and {secret} (keep it here, mode 0600)")
     print(json.dumps({"public": str(public), "secret": str(secret), "public_key": load_public_key(public).decode()}))
     return 0

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rdp.compare import finished, kv_config
+from bus.cli import UsageError, command
+from rdp.compare import check_names, finished, kv_config
 from sim.eval import wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,11 +46,11 @@ class AgreementConfig:
 
 def parse_args(argv: Sequence[str]) -> AgreementConfig:
     cfg = kv_config(AgreementConfig, argv)
-    if cfg.episodes < 1 or cfg.realtime_runs < 1 or not cfg.tasks:
-        raise SystemExit(f"need episodes >= 1, realtime_runs >= 1 and a task, got {cfg.episodes}, "
-                         f"{cfg.realtime_runs}, {cfg.tasks}")
+    if cfg.episodes < 1 or cfg.realtime_runs < 1:
+        raise UsageError(f"need episodes >= 1 and realtime_runs >= 1, got {cfg.episodes}, {cfg.realtime_runs}")
     if not 0 <= cfg.tolerance <= 1:
-        raise SystemExit(f"tolerance is a success-rate difference in [0, 1], got {cfg.tolerance}")
+        raise UsageError(f"tolerance={cfg.tolerance:g}: expected a success-rate difference in [0, 1]")
+    check_names("tasks", cfg.tasks, "task")
     return cfg
 
 
@@ -215,6 +216,7 @@ def plot(rows: list[dict[str, Any]], lockstep: dict[str, dict[int, bool]], realt
     plt.close(fig)
 
 
+@command("rdp.agreement")
 def main(argv: Sequence[str] | None = None,
          run: Callable[[str, str, Path, AgreementConfig], dict[str, Any]] = launch) -> int:
     args = list(sys.argv[1:] if argv is None else argv)

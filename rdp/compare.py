@@ -9,12 +9,12 @@ its own name, except inference-time ablations of another run (``rdp_nolm`` evalu
 ``jobs`` cells run at once (one torch thread each). A cell whose ``OUT/T-P/results.json`` already exists with the
 same episodes and seed is not re-run, so an interrupted comparison resumes. Writes ``OUT/summary.json`` (every
 cell: success rate, Wilson 95 % interval, mean score, per perturbation) and ``OUT/table.md`` (success and interval
-per task and policy); the last stdout line is the summary JSON.
+per task and policy); the last stdout line is the summary JSON. A bad argument (unknown key, task or policy, a
+malformed number) ends in one line and exit code 2 (``bus.cli``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bus.cli import UsageError, choose, command, parse_key_values
 
 ROOT = Path(__file__).resolve().parent.parent
 # Policy configs that evaluate another config's training run (inference-time ablations).
@@ -45,21 +47,19 @@ class CompareConfig:
 
 
 def kv_config(cls: type[T], argv: Sequence[str]) -> T:
-    """``key=value`` arguments -> the dataclass ``cls`` (fields typed str, int, float or tuple[str, ...], the last
-    given comma-separated); an unknown key or a malformed number exits with a message naming it."""
-    kw: dict[str, Any] = {}
-    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in fields:
-            raise SystemExit(f"unknown argument {arg!r}; expected key=value with key in {sorted(fields)}")
-        kind = fields[key]
-        try:
-            kw[key] = (tuple(v for v in value.split(",") if v) if kind.startswith("tuple") else
-                       int(value) if kind == "int" else float(value) if kind == "float" else value)
-        except ValueError:
-            raise SystemExit(f"{key}={value!r}: expected a number ({kind})") from None
-    return cls(**kw)
+    """``key=value`` arguments -> the dataclass ``cls`` (``bus.cli.parse_key_values``: fields typed str, int, float
+    or tuple[str, ...], the last given comma-separated); an unknown key or a malformed number raises a
+    ``UsageError`` naming it."""
+    return parse_key_values(cls, argv)
+
+
+def check_names(key: str, names: Sequence[str], group: str) -> None:
+    """Every name in ``names`` must be a config in ``configs/<group>/`` (a task, a policy)."""
+    options = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")}
+    if not names:
+        raise UsageError(f"{key}= is empty; choose from {', '.join(sorted(options))}")
+    for name in names:
+        choose(key, name, options, group)
 
 
 def finished(path: Path, episodes: int, seed: int) -> dict[str, Any] | None:
@@ -76,7 +76,9 @@ def finished(path: Path, episodes: int, seed: int) -> dict[str, Any] | None:
 def parse_args(argv: Sequence[str]) -> CompareConfig:
     cfg = kv_config(CompareConfig, argv)
     if cfg.episodes < 1 or cfg.jobs < 1:
-        raise SystemExit(f"episodes and jobs must be >= 1, got {cfg.episodes}, {cfg.jobs}")
+        raise UsageError(f"episodes and jobs must be >= 1, got {cfg.episodes}, {cfg.jobs}")
+    check_names("tasks", cfg.tasks, "task")
+    check_names("policies", cfg.policies, "policy")
     return cfg
 
 
@@ -120,8 +122,13 @@ def table(cells: list[dict[str, Any]], cfg: CompareConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+@command("rdp.compare")
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    cfg = parse_args(args)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(t, p) for t in cfg.tasks for p in cfg.policies]

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.cli import UsageError, one_line
 from teleop.dataset import (
     BUILT_FORMAT_NAME,
     DATASET_FILE,
@@ -72,8 +73,9 @@ OPTIONAL_STREAMS = ("scene",)  # loaded when recorded: the one-shot object local
 REQUIRED_STREAMS = ("action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat", "wrench")
 
 
-class DataError(ValueError):
-    """A dataset cannot be used for training; the message names the input and what was expected."""
+class DataError(UsageError):
+    """A dataset cannot be used for training; the message names the input and what was expected (a bad input:
+    exit 2 on the command line, ``bus.cli``)."""
 
 
 # ----------------------------------------------------------------------------------------------- rotations
@@ -329,8 +331,11 @@ def load_episodes(
     if not info_file.is_file():
         raise DataError(f"{path}: not a dataset (no {DATASET_FILE}); expected a recorded dataset "
                         f"(python -m teleop.record_expert) or a built one (python -m teleop.dataset build)")
-    info = json.loads(info_file.read_text())
-    fmt = info.get("format")
+    try:
+        info = json.loads(info_file.read_text())
+    except (ValueError, OSError) as e:
+        raise DataError(f"{info_file}: unreadable ({one_line(e)})") from e
+    fmt = info.get("format") if isinstance(info, dict) else None
     if fmt == BUILT_FORMAT_NAME:
         return _load_built(path, info, rate_hz, image_keys=image_keys, image_size=image_size, embedding=embedding)
     if fmt == FORMAT_NAME:

@@ -13,7 +13,6 @@ until the next one, at the camera rate it was trained with (run.json ``image_hz`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import deque
@@ -24,13 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rdp.checkpoint import CheckpointError, load_checkpoint
-from rdp.data import cond_features, lowdim_features, policy_to_env_action, resize_images, shift_positions
+from bus.cli import UsageError, choose
+from rdp.checkpoint import RUN_FORMAT, CheckpointError, check_run_against_weights, load_checkpoint, load_run_info
+from rdp.data import ACTION_DIM, cond_features, lowdim_features, policy_to_env_action, resize_images, shift_positions
 from rdp.normalizer import Normalizer
 from rdp.policy import DiffusionPolicy, rtc_weights
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 
-RUN_FORMAT = "slowfast-rdp-run-v1"
+__all__ = ["RUN_FORMAT", "load_run", "make_policy", "shipped_run"]
 HANDOVERS = ("latest", "rtc")  # how a new chunk replaces the running one (see _ChunkedSimPolicy)
 # Sampling temperature of a deployed policy (DiffusionPolicy.predict's noise_scale). Chosen on validation seeds
 # 1000-1049 with the shipped checkpoints (README, session 6): success averaged over wipe, lift and peel was 0.61 at
@@ -83,9 +83,9 @@ class _ChunkedSimPolicy:
 
         horizon = int(run["horizon"])
         if not 1 <= replan_every <= horizon:
-            raise ValueError(f"replan_every must be in [1, horizon={horizon}], got {replan_every}")
+            raise UsageError(f"replan_every must be in [1, horizon={horizon}], got {replan_every}")
         if latency_steps < 0 or replan_every + latency_steps > horizon:
-            raise ValueError(f"need 0 <= latency_steps and replan_every + latency_steps <= horizon={horizon} (a "
+            raise UsageError(f"need 0 <= latency_steps and replan_every + latency_steps <= horizon={horizon} (a "
                              f"chunk must last until the next one arrives), got {replan_every} + {latency_steps}")
         self.run = dict(run)
         self.slow = slow.eval()
@@ -93,11 +93,10 @@ class _ChunkedSimPolicy:
         self.num_inference_steps = num_inference_steps
         self.latency_steps = int(latency_steps)
         self.latency_matching = bool(latency_matching)
-        if handover not in HANDOVERS:
-            raise ValueError(f"handover must be one of {HANDOVERS}, got {handover!r}")
+        choose("handover", handover, HANDOVERS, "hand-over")
         self.handover = handover
         if not (math.isfinite(noise_scale) and noise_scale >= 0):
-            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
+            raise UsageError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
         self.noise_scale = float(noise_scale)
         self.embedding = TactileEmbedding.load(run["tactile_embedding"])
         self.relative = self.run.get("action_frame", "absolute") == "relative"
@@ -114,10 +113,10 @@ class _ChunkedSimPolicy:
         ``episode_noise_seed(self.seed, seed)``; None re-seeds with ``self.seed`` alone."""
         ratio = env.control_hz / float(self.run["rate_hz"])
         if ratio < 1 or abs(ratio - round(ratio)) > 1e-6:
-            raise ValueError(f"env control rate {env.control_hz} Hz is not a multiple of the policy's training "
+            raise UsageError(f"env control rate {env.control_hz} Hz is not a multiple of the policy's training "
                              f"rate {self.run['rate_hz']} Hz")
         if len(env.arms) != self.run["num_arms"] or len(env.pads) != self.run["num_pads"]:
-            raise ValueError(f"policy trained for {self.run['num_arms']} arm(s) / {self.run['num_pads']} pads, env has "
+            raise UsageError(f"policy trained for {self.run['num_arms']} arm(s) / {self.run['num_pads']} pads, env has "
                              f"{len(env.arms)} / {len(env.pads)} (task {self.run['task']!r})")
         self.ticks_per_step = int(round(ratio))
         if self.image_keys:
@@ -137,17 +136,17 @@ class _ChunkedSimPolicy:
         """Refuse an env without cameras or with another image size; return control ticks per camera frame."""
         keys = list(self.image_keys)
         if not getattr(env, "cameras", False):
-            raise ValueError(f"this policy reads camera images {keys}, but the env renders none: evaluate with "
+            raise UsageError(f"this policy reads camera images {keys}, but the env renders none: evaluate with "
                              f"sensors=vision (python -m sim.eval task={self.run['task']} policy=... sensors=vision) "
                              f"or make the env with cameras=True")
         for key, (h, w) in self.run["camera_size"].items():
             if (env.image_size, env.image_size) != (h, w):
-                raise ValueError(f"policy was trained on {key} frames of {h}x{w} pixels, env renders "
+                raise UsageError(f"policy was trained on {key} frames of {h}x{w} pixels, env renders "
                                  f"{env.image_size}x{env.image_size}: set sensors.image_size={h}")
         rates = set(self.run["image_hz"].values())
         ratios = [env.control_hz / r for r in rates]
         if len(rates) != 1 or ratios[0] < 1 or abs(ratios[0] - round(ratios[0])) > 1e-3:
-            raise ValueError(f"camera rates {self.run['image_hz']} Hz: need one rate dividing the env's control rate "
+            raise UsageError(f"camera rates {self.run['image_hz']} Hz: need one rate dividing the env's control rate "
                              f"{env.control_hz} Hz to hold frames as in training")
         return int(round(ratios[0]))
 
@@ -339,11 +338,15 @@ SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 def shipped_run(task: str, name: str) -> Path:
     """The run directory shipped in the repository for ``task`` and policy ``name``; a clear error if absent."""
+    from sim.registry import TASKS
+
+    choose("task", task, TASKS, "task")
     path = SHIPPED_DIR / task / name
     if not (path / "run.json").is_file():
         have = sorted(str(p.parent.relative_to(SHIPPED_DIR)) for p in SHIPPED_DIR.glob("*/*/run.json"))
-        raise FileNotFoundError(f"no shipped {name!r} checkpoint for task {task!r} at {path}; shipped: {have}. "
-                                f"Train one (python -m rdp.train task={task} ...) and pass policy.checkpoint=RUN_DIR")
+        raise FileNotFoundError(f"no shipped {name!r} checkpoint for task {task!r} at {path}; shipped: "
+                                f"{', '.join(have)}; train one (python -m rdp.train task={task} ... out=RUN) and "
+                                "pass its directory (sim.eval: policy.checkpoint=RUN, rdp.run: checkpoint=RUN)")
     return path
 
 
@@ -381,29 +384,48 @@ def make_policy(
     torch.set_num_threads(1)
     if checkpoint is None:
         if default_run is None:
-            raise ValueError("make_policy needs checkpoint=RUN_DIR (a `python -m rdp.train` out directory); "
+            raise UsageError("make_policy needs checkpoint=RUN_DIR (a `python -m rdp.train` out directory); "
                              "on the command line: policy.checkpoint=RUN_DIR")
         checkpoint = shipped_run(task, default_run)
+    run, slow, tokenizer = load_run(checkpoint)
     root = Path(checkpoint)
-    run_file = root / "run.json"
-    if not run_file.is_file() or not (root / "policy").is_dir():
-        raise FileNotFoundError(f"{root}: not a finished training run (needs run.json and policy/)")
-    run = json.loads(run_file.read_text())
-    if run.get("format") != RUN_FORMAT:
-        raise CheckpointError(f"{run_file}: unknown format {run.get('format')!r}, expected {RUN_FORMAT!r}")
     if run["task"] != task:
-        raise ValueError(f"{root} was trained on task {run['task']!r}, not {task!r}")
+        raise UsageError(f"{root} was trained on task {run['task']!r}, not {task!r}: pass a {task} run or "
+                         f"task={run['task']}")
     if method is not None and method != run["method"]:
-        raise ValueError(f"{root} holds a {run['method']!r} run, not {method!r}")
-    slow = DiffusionPolicy.from_checkpoint(root / "policy")
+        raise UsageError(f"{root} holds a {run['method']!r} run, not {method!r}")
     if not (latency_s >= 0 and math.isfinite(latency_s)):
-        raise ValueError(f"latency_s must be a finite number >= 0, got {latency_s}")
+        raise UsageError(f"latency_s must be a finite number >= 0, got {latency_s}")
     latency = {"latency_steps": int(round(latency_s * float(run["rate_hz"]))), "latency_matching": latency_matching,
                "handover": handover, "noise_scale": noise_scale}
-    if run["method"] == "rdp":
-        tokenizer, norm = load_tokenizer(root / "tokenizer")
-        return RDPSimPolicy(run, slow, tokenizer, norm, replan_every, num_inference_steps, seed, **latency)
+    if tokenizer is not None:
+        return RDPSimPolicy(run, slow, *tokenizer, replan_every, num_inference_steps, seed, **latency)
     return DPSimPolicy(run, slow, replan_every, num_inference_steps, seed, **latency)
+
+
+def load_run(checkpoint: str | os.PathLike[str]) -> tuple[dict[str, Any], DiffusionPolicy,
+                                                          tuple[AsymmetricTokenizer, Normalizer] | None]:
+    """A training run directory -> (run.json, slow policy, (tokenizer, its normaliser) for rdp else None).
+
+    ``run.json`` is checked against its schema, each checkpoint against its weights, and ``run.json`` against the
+    weights' sizes (``rdp.checkpoint``); every error names the file and the field."""
+    root = Path(checkpoint)
+    run = load_run_info(root)
+    slow = DiffusionPolicy.from_checkpoint(_part(root, "policy"))
+    tokenizer = load_tokenizer(_part(root, "tokenizer")) if run["method"] == "rdp" else None
+    check_run_against_weights(root, run, slow.cfg, tokenizer[0].cfg if tokenizer else None)
+    if run["action_dim"] != ACTION_DIM * run["num_arms"]:
+        raise CheckpointError(f"{root / 'run.json'}: num_arms is {run['num_arms']} but the weights' action_dim "
+                              f"{run['action_dim']} holds {run['action_dim'] / ACTION_DIM:g} arm(s) ({ACTION_DIM} "
+                              "per arm)")
+    return run, slow, tokenizer
+
+
+def _part(root: Path, name: str) -> Path:
+    if not (root / name).is_dir():
+        raise FileNotFoundError(f"{root / name}: no such directory; a training run holds the {name} checkpoint there "
+                                "(config.json + model.safetensors)")
+    return root / name
 
 
 class ChunkExecutor:

@@ -19,6 +19,7 @@ Run directory::
     RUN/policy/          final EMA diffusion policy (``DiffusionPolicy.from_checkpoint``)
 
 ``rdp.inference.make_policy`` runs a trained RUN in ``sim`` (``sim.eval policy=rdp policy.checkpoint=RUN``).
+A bad override, dataset or run directory ends in one line and exit code 2 (``bus.cli``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rdp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bus.cli import UsageError, command, run_hydra
+from rdp.checkpoint import CheckpointError, load_checkpoint, read_json, save_checkpoint
 from rdp.data import (
     ACTION_DIM,
     ACTION_FRAMES,
@@ -172,7 +174,17 @@ class TrainConfig:
 
     @classmethod
     def from_hydra(cls, cfg: Mapping[str, Any]) -> TrainConfig:
-        """The resolved hydra config (a plain dict) -> TrainConfig; unknown keys raise."""
+        """The resolved hydra config (a plain dict) -> TrainConfig; an unknown key or a value the checks refuse
+        raises a ``UsageError`` (a ValueError) naming it."""
+        try:
+            return cls._from_hydra(cfg)
+        except UsageError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"bad training config: {exc}") from exc
+
+    @classmethod
+    def _from_hydra(cls, cfg: Mapping[str, Any]) -> TrainConfig:
         d = dict(cfg)
         task = d.pop("task")["name"]
         policy = dict(d.pop("policy"))
@@ -383,14 +395,15 @@ def _open_run(out: Path, cfg: TrainConfig, run: dict[str, Any]) -> dict[str, Any
     state_file = out / "state.json"
     if cfg.resume:
         if not state_file.is_file():
-            raise FileNotFoundError(f"resume=true but {state_file} does not exist; start without resume")
-        old = json.loads((out / "run.json").read_text())
+            raise UsageError(f"resume=true, but {state_file} does not exist (no run to resume there); start "
+                             "without resume=true")
+        old = read_json(out / "run.json", "the run being resumed")
         diff = [f"{k}: run {old.get(k)!r}, now {run.get(k)!r}" for k in _RESUME_FIELDS if old.get(k) != run.get(k)]
         if diff:
-            raise ValueError(f"cannot resume {out}: the configuration changed ({'; '.join(diff)})")
-        return json.loads(state_file.read_text())
+            raise UsageError(f"cannot resume {out}: the configuration changed ({'; '.join(diff)})")
+        return read_json(state_file, "the run's training state")
     if (out / "run.json").exists() or state_file.exists():
-        raise FileExistsError(f"{out} already holds a training run; pass resume=true or choose a new out")
+        raise FileExistsError(f"out={out} already holds a training run; pass resume=true or choose a new out")
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     _write_json(out / "run.json", run)
     state = {stage: {"step": 0, "checkpoint": None, "seconds": 0.0, "done": False} for stage in STAGES}
@@ -682,20 +695,24 @@ def _write_json(path: Path, obj: Any) -> None:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def main() -> None:
-    import hydra
-    from omegaconf import DictConfig, OmegaConf
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-    @hydra.main(config_path="../configs", config_name="train", version_base=None)
-    def _run(cfg: DictConfig) -> None:
-        container = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(container, dict)
-        summary = train(TrainConfig.from_hydra(container))
-        if _DIST.main:  # one summary line for the run (ranks > 0 would interleave theirs with it)
-            print(json.dumps(summary))
 
-    _run()
+@command("rdp.train")
+def main(argv: list[str] | None = None) -> int:
+    return run_hydra(CONFIG_DIR, "train", sys.argv[1:] if argv is None else argv, _run)
+
+
+def _run(cfg: Any) -> None:
+    """The hydra application: ``cfg`` is configs/train.yaml composed with the command line's overrides."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    summary = train(TrainConfig.from_hydra(container))
+    if _DIST.main:  # one summary line for the run (ranks > 0 would interleave theirs with it)
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,6 @@ loaded by name from ``sensors/embeddings/``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bus.cli import ArgumentParser, UsageError, command
 from sensors.tactile import GelPad, GelPadSpec
 from sensors.types import MarkerField
 
@@ -103,12 +103,12 @@ class TactileEmbedding:
             known = sorted(x.stem for x in EMBEDDING_DIR.glob("*.npz"))
             raise FileNotFoundError(f"tactile embedding {str(name_or_path)!r} not found at {p}; known names: {known}")
         if p.read_bytes()[:4] != b"PK\x03\x04":  # an .npz is a zip archive
-            raise ValueError(f"{p} is not a valid tactile embedding file (not an .npz archive)")
+            raise UsageError(f"{p} is not a valid tactile embedding file (not an .npz archive)")
         try:
             with np.load(p, allow_pickle=False) as z:
                 version = int(z["format_version"])
                 if version != FORMAT_VERSION:
-                    raise ValueError(f"{p}: format version {version}, this code reads {FORMAT_VERSION}")
+                    raise UsageError(f"{p}: format version {version}, this code reads {FORMAT_VERSION}")
                 return cls(
                     mean=z["mean"],
                     components=z["components"],
@@ -117,7 +117,7 @@ class TactileEmbedding:
                     grid=tuple(int(v) for v in z["grid"]),
                 )
         except (KeyError, OSError, EOFError) as exc:
-            raise ValueError(f"{p} is not a valid tactile embedding file ({exc})") from exc
+            raise UsageError(f"{p} is not a valid tactile embedding file ({exc})") from exc
 
 
 def fit_pca(x: np.ndarray, dim: int = DEFAULT_DIM, grid: tuple[int, int] = (7, 9)) -> TactileEmbedding:
@@ -222,8 +222,9 @@ def generate_press_dataset(
     return np.array(out)
 
 
+@command("sensors.embedding")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sensors.embedding", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m sensors.embedding", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fit", help="generate the press dataset and fit the PCA embedding")
     f.add_argument("--name", default="default")
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", type=Path, default=None, help="file path (default: sensors/embeddings/<name>.npz)")
     args = ap.parse_args(argv)
+    if args.episodes < 1 or args.dim < 1:
+        raise UsageError(f"--episodes {args.episodes} and --dim {args.dim} must be >= 1")
     x = generate_press_dataset(args.episodes, args.seed)
     emb = fit_pca(x, args.dim)
     path = args.out or EMBEDDING_DIR / f"{args.name}.npz"

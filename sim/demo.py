@@ -3,18 +3,46 @@
 Until the learned slow-fast stack lands, the demo shows what the rest of the project builds on:
 a perturbation (the vase is raised or lowered mid-wipe) that only touch can handle. It writes a
 video and a force plot per policy under ``outputs/demo/`` and prints a summary table.
+
+    python -m sim.demo [episodes=4] [seed=0] [out=outputs/demo]
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from bus.cli import UsageError, command, parse_key_values
 from sim.eval import evaluate
 from sim.experts import make_expert
 
 
-def main(episodes: int = 4, seed: int = 0, out: Path = Path("outputs/demo")) -> None:
+@dataclass(frozen=True)
+class DemoConfig:
+    episodes: int = 4
+    seed: int = 0
+    out: str = "outputs/demo"
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.seed < 0:
+            raise UsageError(f"episodes={self.episodes} must be >= 1 and seed={self.seed} >= 0")
+
+
+@command("sim.demo")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    cfg = parse_key_values(DemoConfig, args)
+    demo(cfg.episodes, cfg.seed, Path(cfg.out))
+    return 0
+
+
+def demo(episodes: int = 4, seed: int = 0, out: Path = Path("outputs/demo")) -> None:
     rows = []
     for policy, feedback in (("expert", True), ("expert_noforce", False)):
         res = evaluate(
@@ -36,4 +64,4 @@ def main(episodes: int = 4, seed: int = 0, out: Path = Path("outputs/demo")) -> 
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,7 +4,8 @@
 
 Policies are resolved from config (``_target_``), so this module never imports a policy package.
 Prints a progress bar, then as its last stdout line one JSON object; writes the same JSON, a video
-of the first episode and a force-over-time plot into the run directory.
+of the first episode and a force-over-time plot into the run directory. A bad override (``task=nosuch``,
+``episodes=abc``, an unknown key) or a bad checkpoint ends in one line and exit code 2 (``bus.cli``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bus.cli import UsageError, command, exit_code, run_hydra
 from sim.registry import make_env
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -73,7 +77,7 @@ def evaluate(
     """Run ``episodes`` episodes (seeds ``seed`` ...) and write ``results.json`` (with ``policy_config``, the policy's
     resolved settings, so a result names what made it), a force plot and a video of the first episode."""
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+        raise UsageError(f"episodes={episodes}: expected an integer >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(
         task,
@@ -152,38 +156,53 @@ def _write_video(frames: list[np.ndarray], path: Path, fps: int = 25) -> None:
             w.append_data(f)
 
 
-def main() -> None:
-    import hydra
+@command("sim.eval")
+def main(argv: list[str] | None = None) -> int:
+    return run_hydra(CONFIG_DIR, "eval", sys.argv[1:] if argv is None else argv, _run)
+
+
+def _run(cfg: Any) -> None:
+    """The hydra application: ``cfg`` is configs/eval.yaml composed with the command line's overrides."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
+    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+    name = policy_cfg.pop("name")
+    perturbations = tuple(cfg.task.perturbations) if cfg.task.perturbations is not None else None
+    result = evaluate(
+        task=cfg.task.name,
+        make_policy=lambda: _instantiate(policy_cfg, cfg.task.name),
+        policy_name=name,
+        episodes=int(cfg.episodes),
+        seed=int(cfg.seed),
+        out_dir=out,
+        perturb=bool(cfg.perturb),
+        video=bool(cfg.video),
+        cameras=bool(cfg.sensors.cameras),
+        image_size=int(cfg.sensors.image_size),
+        wrench_noise=float(cfg.sensors.wrench_noise),
+        perturbations=perturbations,
+        policy_config={k: v for k, v in policy_cfg.items() if k not in ("_target_", "train")},
+    )
+    summary = {k: v for k, v in result.items() if k != "episodes_detail"}
+    print(json.dumps(summary))
+
+
+def _instantiate(policy_cfg: dict[str, Any], task: str) -> Any:
+    """The configured policy; an expected error of its factory (a bad checkpoint, a bad setting) is raised as
+    itself, not inside hydra's InstantiationException, so it reaches the command line as one line."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    from omegaconf import DictConfig, OmegaConf
 
-    @hydra.main(config_path="../configs", config_name="eval", version_base=None)
-    def _run(cfg: DictConfig) -> None:
-        out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
-        policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
-        name = policy_cfg.pop("name")
-        perturbations = tuple(cfg.task.perturbations) if cfg.task.perturbations is not None else None
-        result = evaluate(
-            task=cfg.task.name,
-            make_policy=lambda: instantiate(policy_cfg, task=cfg.task.name),
-            policy_name=name,
-            episodes=int(cfg.episodes),
-            seed=int(cfg.seed),
-            out_dir=out,
-            perturb=bool(cfg.perturb),
-            video=bool(cfg.video),
-            cameras=bool(cfg.sensors.cameras),
-            image_size=int(cfg.sensors.image_size),
-            wrench_noise=float(cfg.sensors.wrench_noise),
-            perturbations=perturbations,
-            policy_config={k: v for k, v in policy_cfg.items() if k not in ("_target_", "train")},
-        )
-        summary = {k: v for k, v in result.items() if k != "episodes_detail"}
-        print(json.dumps(summary))
-
-    _run()
+    try:
+        return instantiate(policy_cfg, task=task)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if cause is not None and exit_code(cause) is not None:
+            raise cause from None
+        raise
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

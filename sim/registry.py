@@ -6,6 +6,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from bus.cli import choose
 from sim.tasks.base import Task
 
 
@@ -33,9 +34,9 @@ ENV_IDS = {name: f"slowfast/{name.capitalize()}-v0" for name in TASKS}
 
 
 def make_env(task: str, perturbations: tuple[str, ...] | None = None, **kwargs: Any):
-    """Build the environment of ``task``; unknown names raise a ValueError listing the valid ones."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(TASKS)}")
+    """Build the environment of ``task``; an unknown name raises a ``bus.cli.UsageError`` (a ValueError) listing the
+    valid ones."""
+    choose("task", task, TASKS, "task")
     from sim.env import ContactRichEnv
 
     return ContactRichEnv(TASKS[task](perturbations=perturbations), **kwargs)

@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bus.cli import CommandError
+
 TMP_SUFFIX = ".tmp"
 
 
-class RecorderError(Exception):
-    """A storage failure (disk full, permission denied, I/O error) while recording or converting a dataset.
+class RecorderError(CommandError):
+    """A storage failure (disk full, permission denied, I/O error) while recording or converting a dataset (exit 1
+    on the command line, ``bus.cli``).
 
     Attributes:
         path: the file or directory that could not be written.

@@ -20,7 +20,6 @@ teleoperation over the bus is a separate, later piece (issue #3).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bus.cli import command, parse_key_values
 from teleop.recorder import EpisodeMeta, EpisodeRecorder
 
 LOWDIM_STREAMS = ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width", "wrench", "marker_offset", "scene")
@@ -115,38 +115,18 @@ def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
 
 
 def parse_overrides(argv: Sequence[str], cls: type = RecordConfig) -> Any:
-    """``key=value`` arguments (hydra style) -> a ``cls`` instance; unknown keys and bad values name themselves."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, raw = arg.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"expected key=value with key in {sorted(fields)}, got {arg!r}")
-        values[key] = _parse_value(key, raw, str(fields[key].type))
-    return cls(**values)
+    """``key=value`` arguments (hydra style) -> a ``cls`` instance; unknown keys and bad values raise a
+    ``bus.cli.UsageError`` (a ValueError) naming them."""
+    return parse_key_values(cls, argv)
 
 
-def _parse_value(key: str, raw: str, type_name: str) -> Any:
-    if raw.lower() in ("null", "none") and "None" in type_name:
-        return None
-    if type_name.startswith("bool"):
-        if raw.lower() not in ("true", "false"):
-            raise ValueError(f"{key}: expected true or false, got {raw!r}")
-        return raw.lower() == "true"
-    if type_name.startswith("int"):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{key}: expected an integer, got {raw!r}") from None
-    return raw
-
-
+@command("teleop.record_expert")
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        cfg = parse_overrides(sys.argv[1:] if argv is None else argv)
-    except ValueError as e:
-        print(f"record_expert: {e}", file=sys.stderr)
-        return 2
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    cfg = parse_overrides(args)
     rows = record_expert_episodes(cfg)
     ok = sum(r["success"] for r in rows)
     print(f"recorded {len(rows)} episodes ({ok} successful) -> {cfg.out}", file=sys.stderr)

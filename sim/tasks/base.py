@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import mujoco
 import numpy as np
 
+from bus.cli import UsageError
+
 if TYPE_CHECKING:
     from sim.env import ContactRichEnv
 
@@ -87,9 +89,8 @@ class Task:
         kinds = self.perturbation_kinds if perturbations is None else tuple(perturbations)
         unknown = [k for k in kinds if k not in self.perturbation_kinds]
         if unknown:
-            raise ValueError(
-                f"unknown perturbation(s) {unknown} for task {self.name!r}; valid: {list(self.perturbation_kinds)}"
-            )
+            raise UsageError(f"perturbations={list(kinds)}: no such {self.name} perturbation {', '.join(unknown)}; "
+                             f"choose from {', '.join(self.perturbation_kinds)}")
         self.enabled_perturbations = kinds
         self.perturbation: Perturbation | None = None
         self.failure: str | None = None

@@ -58,7 +58,7 @@ def test_generate_writes_a_private_secret_and_refuses_to_overwrite(tmp_path: Pat
     public, secret = Path(out["public"]), Path(out["secret"])
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert load_public_key(public) == out["public_key"].encode() == load_keypair(secret)[0]
-    assert main(["generate", str(tmp_path / "k"), "--name", "robot"]) == 1  # never overwrites a key
+    assert main(["generate", str(tmp_path / "k"), "--name", "robot"]) == 2  # never overwrites a key (exit 2)
     with pytest.raises(KeyFileError, match="no secret key"):
         load_keypair(public)
     with pytest.raises(KeyFileError, match="not a readable"):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bus.cli import UsageError
 from rdp.agreement import AgreementConfig, compare_task, main, parse_args
 
 
@@ -51,9 +52,10 @@ def test_compare_task_refuses_runs_over_different_seeds() -> None:
 
 def test_parse_args_names_what_is_wrong() -> None:
     assert parse_args(["tasks=peel", "realtime_runs=5"]) == AgreementConfig(tasks=("peel",), realtime_runs=5)
-    for bad, says in ((["runs=3"], "unknown argument"), (["episodes=x"], "expected a number"),
-                      (["realtime_runs=0"], "realtime_runs >= 1"), (["tolerance=5"], "tolerance")):
-        with pytest.raises(SystemExit, match=says):
+    for bad, says in ((["runs=3"], "runs=3: no such key"), (["episodes=x"], "episodes=x: expected an integer"),
+                      (["realtime_runs=0"], "realtime_runs >= 1"), (["tolerance=5"], "tolerance=5"),
+                      (["tasks=juggle"], "tasks=juggle: no such task; choose one of lift, peel, wipe")):
+        with pytest.raises(UsageError, match=says):
             parse_args(bad)
 
 

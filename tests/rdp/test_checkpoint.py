@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from rdp.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_config,
+    load_run_info,
+    main,
     save_checkpoint,
 )
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
@@ -108,6 +111,14 @@ def test_corrupt_config(saved: tuple[Path, AsymmetricTokenizer]) -> None:
         load_checkpoint(path, AsymmetricTokenizer(CFG))
 
 
+def test_truncated_config_names_line_and_column(saved: tuple[Path, AsymmetricTokenizer]) -> None:
+    path, _ = saved
+    config = path / CONFIG_FILE
+    config.write_text('{\n  "format": "slowfast-checkpoint-v1",\n  "model": ')
+    with pytest.raises(CheckpointError, match=f"{config}: not valid JSON at line 3 column 12"):
+        load_config(path)
+
+
 def test_shape_mismatch_names_both_shapes(saved: tuple[Path, AsymmetricTokenizer]) -> None:
     path, _ = saved
     other = AsymmetricTokenizer(TokenizerConfig(action_dim=7, cond_dim=15, encoder_hidden=16, decoder_hidden=32))
@@ -130,3 +141,74 @@ def test_a_failed_save_leaves_the_old_checkpoint(saved: tuple[Path, AsymmetricTo
         save_checkpoint(path, model, {"bad": object()})  # not JSON-serialisable: fails before any rename
     assert (path / WEIGHTS_FILE).read_bytes() == before
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+# --------------------------------------------------------------------------------------------------- training runs
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "wipe" / "rdp"
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(SHIPPED, tmp_path / "rdp"))
+
+
+def _edit(run: Path, **changes: object) -> Path:
+    info = json.loads((run / "run.json").read_text())
+    info.update(changes)
+    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if v is not None}, indent=1))
+    return run
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("rdp.checkpoint: error: ") and "Traceback" not in err, err
+    return err
+
+
+def test_the_shipped_runs_pass_every_check(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = sorted(str(p.parent) for p in SHIPPED.parent.parent.glob("*/*/run.json"))
+    assert main(runs) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(runs) and all(r["ok"] for r in rows)
+
+
+def test_run_json_that_disagrees_with_the_weights_is_refused(run_dir: Path, capsys) -> None:
+    _edit(run_dir, horizon=64, action_dim=7)
+    err = _refused([str(run_dir)], capsys)
+    assert err.endswith(f"{run_dir / 'run.json'}: horizon is 64 but the tokenizer's weights (tokenizer/) were "
+                        "trained for 32")
+    _edit(run_dir, horizon=32, action_dim=10, obs_dims=[10, 30])
+    assert "obs_dims is [10, 30] but the policy's weights (policy/) were trained for [10, 45]" in _refused(
+        [str(run_dir)], capsys)
+    _edit(run_dir, obs_dims=[10, 45], tokenizer={**json.loads((SHIPPED / "run.json").read_text())["tokenizer"],
+                                                 "latent_channels": 8})
+    assert "tokenizer.latent_channels is 8 but the tokenizer's weights" in _refused([str(run_dir)], capsys)
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("horizon", None, "missing field 'horizon' (an integer >= 1: action steps per chunk T)"),
+    ("horizon", "32", 'horizon is "32", expected an integer >= 1: action steps per chunk T'),
+    ("method", "ddpm", "method is \"ddpm\", expected 'rdp' or 'dp'"),
+    ("obs_dims", [10], "obs_dims [10] and obs_keys ['proprio', 'tactile'] differ in length"),
+    ("format", "v0", "format is \"v0\", expected 'slowfast-rdp-run-v1'"),
+])
+def test_run_json_schema_names_the_file_and_the_field(run_dir: Path, field: str, value: object, says: str) -> None:
+    _edit(run_dir, **{field: value})
+    with pytest.raises(CheckpointError) as err:
+        load_run_info(run_dir)
+    assert str(err.value) == f"{run_dir / 'run.json'}: {says}"
+
+
+def test_truncated_missing_and_absent_runs_name_the_path(run_dir: Path, tmp_path: Path, capsys) -> None:
+    text = (run_dir / "run.json").read_text()
+    (run_dir / "run.json").write_text(text[: len(text) // 2])
+    err = _refused([str(run_dir)], capsys)
+    assert re.search(rf"{run_dir / 'run.json'}: not valid JSON at line \d+ column \d+ ", err)
+    (run_dir / "run.json").unlink()
+    assert f"{run_dir / 'run.json'}: no such file; a training run" in _refused([str(run_dir)], capsys)
+    assert f"{tmp_path / 'nope'}: no such directory; a training run" in _refused([str(tmp_path / "nope")], capsys)
+    (run_dir / "run.json").write_text(text)
+    shutil.rmtree(run_dir / "tokenizer")
+    assert f"{run_dir / 'tokenizer'}: no such directory" in _refused([str(run_dir)], capsys)

@@ -380,3 +380,23 @@ def test_torchrun_two_gloo_ranks_train_in_sync(demos: Path, tmp_path: Path) -> N
     assert (out / "policy" / "model.safetensors").is_file() and (out / "tokenizer" / "model.safetensors").is_file()
     logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum(1 for r in logged if r.get("event") == "start") == 1  # rank 0 alone writes the run directory
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["task=wipe", "policy=rdp"], "data=... is required"),
+    (["task=nosuch", "data=d"], "task=nosuch: no such task; choose one of lift, peel, wipe"),
+    (["data=d", "batch_size=abc"], "batch_size=abc: expected an integer (the default is 64)"),
+    (["data=d", "policy.train.action_frame=x"], "bad training config: action_frame must be one of"),
+    (["data=DEMOS", "resume=true"], "resume=true, but"),
+])
+def test_bad_training_command_lines_fail_in_one_line(argv: list[str], says: str, demos: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from rdp.train import main
+
+    monkeypatch.delenv("SLOWFAST_DEBUG", raising=False)
+    args = [a.replace("DEMOS", str(demos)) for a in argv]
+    assert main([*args, f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("rdp.train: error: ") and says in err

@@ -15,7 +15,7 @@ def test_check_env(task):
 
 
 def test_unknown_task_lists_valid_names():
-    with pytest.raises(ValueError, match="valid tasks"):
+    with pytest.raises(ValueError, match="no such task; choose one of lift, peel, wipe"):
         sim.make_env("juggle")
 
 

@@ -1,11 +1,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from sim.eval import evaluate, wilson_interval
+from sim.eval import evaluate, main, wilson_interval
 from sim.experts import make_expert
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wilson_interval_known_values():
@@ -22,7 +25,7 @@ def test_unknown_policy_name_lists_valid_ones(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "expert" in proc.stderr and "expert_noforce" in proc.stderr
 
 
@@ -33,7 +36,27 @@ def test_unknown_task_name_lists_valid_ones(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0 and "wipe" in proc.stderr and "peel" in proc.stderr
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.strip() == "sim.eval: error: task=juggle: no such task; choose one of lift, peel, wipe"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["episodes=abc"], "episodes=abc: expected an integer (the default is 50)"),
+    (["episodes=0"], "episodes=0: expected an integer >= 1"),
+    (["perturb=maybe"], "perturb=maybe: expected true or false (the default is true)"),
+    (["nosuchkey=1"], "nosuchkey=1: no such key; the keys are episodes, out, perturb, policy, seed, sensors, task"),
+    (["task.perturbations=[nosuch]"], "no such wipe perturbation nosuch; choose from raise, lower"),
+    (["policy=rdp", "policy.handover=x"], "handover=x: no such hand-over; choose one of latest, rtc"),
+    (["policy=rdp", "policy.checkpoint=/nonexistent/run"], "/nonexistent/run: no such directory; a training run"),
+    (["task=peel", "policy=rdp", "policy.checkpoint=checkpoints/wipe/rdp"], "trained on task 'wipe', not 'peel'"),
+])
+def test_bad_command_lines_fail_in_one_line(argv: list[str], says: str, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("SLOWFAST_DEBUG", raising=False)
+    monkeypatch.chdir(ROOT)
+    assert main([*argv, f"out={tmp_path}", "video=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("sim.eval: error: ") and says in err
 
 
 def test_eval_cli_last_line_is_json_and_writes_artifacts(tmp_path):

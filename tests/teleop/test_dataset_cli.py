@@ -94,13 +94,13 @@ def test_build_refuses_empty_dataset(tmp_path: Path, capsys) -> None:
     rec.begin({"task": "ramp"})
     rec.abort()
     code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o"))
-    assert code == 1 and "empty dataset" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "empty dataset" in err and not (tmp_path / "o").exists()
 
 
 def test_build_refuses_mis_rated_stream(tmp_path: Path, capsys) -> None:
     _record(tmp_path / "src", {"wrench": _ramp(200, 400, width=6), "slow_cam": _ramp(8, 16)})
     code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o"))
-    assert code == 1 and "'slow_cam' is mis-rated" in err and "8 Hz" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "'slow_cam' is mis-rated" in err and "8 Hz" in err and not (tmp_path / "o").exists()
     assert not list(tmp_path.glob(".o.building-*"))
     # 12 Hz is within 2x of 24 Hz; dropping the slow stream also works
     code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "16", "--out", str(tmp_path / "o16"))
@@ -115,5 +115,32 @@ def test_build_refuses_zero_length_episode(tmp_path: Path, capsys) -> None:
     _record(src, {"wrench": _ramp(200, 400, width=6)})
     _record(src, {"wrench": _ramp(200, 1, width=6)})  # a single sample: no time span
     code, _, err = _run(capsys, "build", str(src), "--rate", "24", "--out", str(tmp_path / "o"))
-    assert code == 1 and "episode_000001: episode of zero length" in err and not (tmp_path / "o").exists()
+    assert code == 2 and "episode_000001: episode of zero length" in err and not (tmp_path / "o").exists()
     assert len(list_episodes(src)) == 2
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda meta: meta.pop("streams"), "field 'streams' is missing, expected dict"),
+    (lambda meta: meta["streams"]["wrench"].pop("chunks"), "streams.wrench.chunks is missing, expected list"),
+    (lambda meta: meta["streams"]["wrench"].update(shape="6"), "streams.wrench.shape is a str, expected list"),
+])
+def test_a_damaged_meta_json_is_refused_in_one_line(damage, says: str, tmp_path: Path, capsys) -> None:
+    episode = _record(tmp_path, {"wrench": _ramp(200, 40, width=6)})
+    meta = json.loads((episode / "meta.json").read_text())
+    damage(meta)
+    (episode / "meta.json").write_text(json.dumps(meta))
+    for argv in (("info", str(tmp_path)), ("build", str(tmp_path), "--rate", "50", "--out", str(tmp_path / "o"))):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        damaged = f"{episode / 'meta.json'}: {says}; the file is damaged (run `verify`)"
+        assert err.strip() == f"teleop.dataset: error: {damaged}"
+    code, lines, _ = _run(capsys, "verify", str(tmp_path))
+    assert code == 1 and says in json.loads(lines[-1])["problems"][0]
+
+
+def test_bad_arguments_are_one_line(tmp_path: Path, capsys) -> None:
+    code, _, err = _run(capsys, "build", str(tmp_path), "--rate", "abc", "--out", str(tmp_path / "o"))
+    assert code == 2 and err.strip() == ("teleop.dataset: error: argument --rate: invalid float value: 'abc' (see "
+                                         "python -m teleop.dataset build --help)")
+    code, _, err = _run(capsys, "info", str(tmp_path / "missing"))
+    assert code == 2 and err.strip() == f"teleop.dataset: error: {tmp_path / 'missing'}: not a directory"

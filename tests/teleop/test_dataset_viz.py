@@ -52,5 +52,5 @@ def test_viz_writes_a_video_of_the_episode(tmp_path: Path, capsys, cameras: bool
 
 def test_viz_refuses_a_missing_episode(tmp_path: Path, capsys) -> None:
     record(tmp_path / "d", 0.2, cameras=False)
-    assert main(["viz", str(tmp_path / "d"), "--episode", "3"]) == 1
+    assert main(["viz", str(tmp_path / "d"), "--episode", "3"]) == 2
     assert "episodes 0..0" in capsys.readouterr().err
