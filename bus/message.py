@@ -7,15 +7,23 @@ Wire layout (one ZeroMQ multipart message)::
                    v      int    schema version (SCHEMA_VERSION)
                    topic  str    same text as frame 0
                    t      float  sender's monotonic stamp, seconds (``time.monotonic()`` or a lockstep clock)
-                   seq    int    per-topic sequence number, >= 0
+                   seq    int    per-topic sequence number, 0 .. 2**63 - 1
                    bufs   list   one {"name": str, "dtype": str, "shape": [int, ...]} per array frame
-                   meta   map    str -> None | bool | int | float | str
+                   meta   map    str -> None | bool | int (int64) | float | str
     frame 2..    one C-contiguous little-endian buffer per entry of ``bufs``, in order
 
 Why this shape: the header is tiny and language-neutral, the arrays travel as raw bytes (no per-element
 encoding, zero-copy on both ends for large buffers) and nothing on the wire can run code (no pickle).
 ``decode`` trusts nothing: every field is checked and anything malformed raises ``MessageError`` whose
 ``kind`` is one of ``REJECT_KINDS``, so a subscriber can count and drop bad input without crashing.
+
+Bounds that keep hostile headers harmless (``encode`` refuses the same, so bad data fails at the sender): every
+dimension is at most ``MAX_DIM``; an array's bytes must fit ``max_frame_bytes`` (kind "size"), and so must its
+*extent*, the bytes it would hold with every zero dimension counted as 1 (kind "shape"). The extent bound is what
+refuses ``[2**63, 0]``: zero bytes, but numpy cannot build it (the product of its dims overflows). Meta ints and
+``seq`` must fit int64, the widest type every reader (numpy, torch, msgpack in other languages) stores them in:
+nodes copy them into meta of their own (the teleop node publishes an operator message's ``seq`` as ``op_seq``),
+and one beyond int64 would then make the node's own ``encode`` refuse.
 
 Speed without trusting less: a stream repeats its array layout (names, dtypes, shapes) and meta in every
 message, so ``encode`` packs that part once per layout and ``decode_header`` reads the per-message fields
@@ -49,6 +57,8 @@ MAX_TOPIC_BYTES = 255
 MAX_BUFFERS = 64
 MAX_NDIM = 32  # numpy's own limit
 MAX_META_ITEMS = 64
+MAX_DIM = 2**32 - 1  # per dimension: longer axes are no sensor's data, and their products overflow numpy's intp
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # meta ints must fit (see the module docstring)
 
 # Stable categories of rejection, used as keys of the subscribers' ``rejects`` counters.
 REJECT_KINDS = ("frames", "size", "header", "version", "topic", "dtype", "shape", "layout", "meta")
@@ -123,9 +133,12 @@ def encode(msg: Message, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> l
     if bufs_packed is None:
         bufs_packed = _pack_layout(arrays, max_frame_bytes)
         _remember(_ENCODED_LAYOUTS, key, bufs_packed)
-    stamp, seq = float(msg.stamp), int(msg.seq)
-    if not math.isfinite(stamp) or seq < 0:
-        raise MessageError("header", f"stamp {msg.stamp!r} must be finite and seq {msg.seq!r} >= 0")
+    try:
+        stamp, seq = float(msg.stamp), int(msg.seq)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageError("header", f"stamp {msg.stamp!r:.40} / seq {msg.seq!r:.40} are not numbers: {exc}") from exc
+    if not math.isfinite(stamp) or not 0 <= seq <= INT64_MAX:
+        raise MessageError("header", f"stamp {msg.stamp!r} must be finite and seq {msg.seq!r} in 0..2**63 - 1")
     meta = _clean_meta(msg.meta) if msg.meta else None
     try:
         meta_packed = _packb(meta) if meta else _EMPTY_MAP
@@ -151,7 +164,7 @@ def decode(frames: Sequence[Frame], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_
     for i, view in enumerate(views):
         if view.nbytes > max_frame_bytes:
             raise MessageError("size", f"frame {i} is {view.nbytes} bytes, limit {max_frame_bytes}")
-    return decode_header(views[0], views[1]).message(views[2:])
+    return decode_header(views[0], views[1], max_frame_bytes=max_frame_bytes).message(views[2:])
 
 
 class BufferSpec(NamedTuple):
@@ -191,21 +204,29 @@ class Header(NamedTuple):
                     "shape", f"array {spec.name!r}: {nbytes} bytes do not fit shape {spec.shape} of"
                     f" {spec.dtype.str} ({spec.nbytes} bytes)"
                 )
-            arr = np.ndarray(spec.shape, spec.dtype, buf)
+            try:
+                arr = np.ndarray(spec.shape, spec.dtype, buf)
+            except (ValueError, TypeError, OverflowError) as exc:  # bounds checked already; numpy has the last word
+                raise MessageError(
+                    "shape", f"array {spec.name!r}: shape {spec.shape} of {spec.dtype.str} is not constructible: {exc}"
+                ) from exc
             if type(buf) is not bytes and not buf.readonly:  # e.g. a zmq.Frame
                 arr.flags.writeable = False
             arrays[spec.name] = arr
         return Message(self.topic, self.stamp, self.seq, arrays, dict(self.meta) if self.meta else {})
 
 
-def decode_header(topic_frame: Frame, header_frame: Frame) -> Header:
-    """Validate the topic and header frames of a message.
+def decode_header(
+    topic_frame: Frame, header_frame: Frame, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Header:
+    """Validate the topic and header frames of a message; arrays must fit ``max_frame_bytes`` (extent included).
 
     Fast path: a header laid out as ``encode`` writes it (keys in wire order) is split into its per-message
     fields, read directly, and its ``bufs``/``meta`` bytes, which repeat from message to message, are
     looked up among layouts already validated in full. Anything else, and every layout seen for the first
     time, goes through the complete msgpack parse and validation. Same bytes give the same parse, so the
-    cache never accepts what the full check would refuse.
+    cache never accepts what the full check would refuse; a cached layout also records its largest extent,
+    so a receiver with a smaller ``max_frame_bytes`` than the one that cached it takes the full check.
     """
     topic_view = topic_frame if type(topic_frame) is bytes else _view(topic_frame)
     raw = header_frame if type(header_frame) is bytes else _view(header_frame)
@@ -217,7 +238,7 @@ def decode_header(topic_frame: Frame, header_frame: Frame) -> Header:
     if fields is not None:
         topic_bytes, stamp, seq, tail = fields
         cached = _DECODED_LAYOUTS.get(tail)
-        if cached is not None and math.isfinite(stamp):
+        if cached is not None and math.isfinite(stamp) and seq <= INT64_MAX and cached[2] <= max_frame_bytes:
             topic = _TOPICS.get(topic_bytes)
             if topic is not None:
                 if topic_view != topic_bytes:
@@ -233,15 +254,18 @@ def decode_header(topic_frame: Frame, header_frame: Frame) -> Header:
     if len(specs) > MAX_BUFFERS:
         raise MessageError("frames", f"header lists {len(specs)} buffers, at most {MAX_BUFFERS} allowed")
     buffers = []
+    widest = 0
     for spec in specs:
         name, dtype, shape = _check_buf_spec(spec)
         if any(b.name == name for b in buffers):
             raise MessageError("header", f"array name {name!r} repeated")
-        buffers.append(BufferSpec(name, dtype, shape, math.prod(shape) * dtype.itemsize))
+        nbytes, extent = _check_extent(name, shape, dtype.itemsize, max_frame_bytes)
+        widest = max(widest, extent)
+        buffers.append(BufferSpec(name, dtype, shape, nbytes))
     meta = _check_meta(header["meta"])
     result = Header(topic, header["t"], header["seq"], tuple(buffers), MappingProxyType(dict(meta)))
     if fields is not None:  # a well-formed header in wire order: remember its layout and topic
-        _remember(_DECODED_LAYOUTS, fields[3], (result.buffers, result.meta))
+        _remember(_DECODED_LAYOUTS, fields[3], (result.buffers, result.meta, widest))
         _remember(_TOPICS, fields[0], topic)
     return result
 
@@ -259,7 +283,7 @@ _F64 = struct.Struct(">d")
 _UINTS = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"), 0xCE: struct.Struct(">I"), 0xCF: struct.Struct(">Q")}
 _CACHE_LIMIT = 512  # distinct layouts / topics remembered; a flood of new ones only costs the slow path
 _ENCODED_LAYOUTS: dict[tuple, bytes] = {}
-_DECODED_LAYOUTS: dict[bytes, tuple[tuple[BufferSpec, ...], Mapping[str, MetaValue]]] = {}
+_DECODED_LAYOUTS: dict[bytes, tuple[tuple[BufferSpec, ...], Mapping[str, MetaValue], int]] = {}  # + widest extent
 _TOPICS: dict[bytes, str] = {}
 _TOPIC_PREFIXES: dict[str, tuple[bytes, bytes]] = {}
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -291,8 +315,7 @@ def _pack_layout(arrays: Mapping[str, np.ndarray], max_frame_bytes: int) -> byte
         dtype = arr.dtype.str
         if dtype not in ALLOWED_DTYPES:
             raise MessageError("dtype", f"array {name!r} has dtype {dtype}, expected one of {_allowed()}")
-        if arr.nbytes > max_frame_bytes:
-            raise MessageError("size", f"array {name!r} is {arr.nbytes} bytes, limit {max_frame_bytes}")
+        _check_extent(name, arr.shape, arr.itemsize, max_frame_bytes)
         bufs.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
     return _BUFS_KEY + _packb(bufs)
 
@@ -338,7 +361,7 @@ def _allowed() -> str:
 def _view(frame: Frame) -> memoryview:
     try:
         view = memoryview(frame)
-    except TypeError as exc:
+    except (TypeError, ValueError, BufferError) as exc:
         raise MessageError("frames", f"frame of type {type(frame).__name__} exposes no buffer") from exc
     if view.ndim == 1 and view.itemsize == 1:
         return view
@@ -346,7 +369,11 @@ def _view(frame: Frame) -> memoryview:
         return memoryview(b"")
     if not view.c_contiguous:
         raise MessageError("layout", f"frame of type {type(frame).__name__} is not contiguous")
-    return view.cast("B")
+    try:
+        return view.cast("B")
+    except (TypeError, ValueError) as exc:  # e.g. a structured or non-native format
+        raise MessageError("layout", f"frame of type {type(frame).__name__} ({view.format!r:.40}) is not plain "
+                           f"bytes: {exc}") from exc
 
 
 def _check_topic(topic: object) -> bytes:
@@ -398,8 +425,8 @@ def _check_header_fields(header: dict) -> str:
     if not isinstance(stamp, float) or not math.isfinite(stamp):
         raise MessageError("header", f"stamp t={stamp!r:.40} must be a finite float")
     seq = header["seq"]
-    if not _is_int(seq) or seq < 0:
-        raise MessageError("header", f"seq={seq!r:.40} must be an int >= 0")
+    if not _is_int(seq) or not 0 <= seq <= INT64_MAX:
+        raise MessageError("header", f"seq={seq!r:.40} must be an int in 0..2**63 - 1")
     if not isinstance(header["bufs"], list):
         raise MessageError("header", f"bufs is {type(header['bufs']).__name__}, expected a list")
     if not isinstance(header["meta"], dict):
@@ -421,9 +448,27 @@ def _check_buf_spec(spec: object) -> tuple[str, np.dtype, tuple[int, ...]]:
             "shape", f"array {name!r}: shape {shape!r:.80} must be a list of <= {MAX_NDIM} ints"
         )
     for n in shape:
-        if type(n) is not int or n < 0:
-            raise MessageError("shape", f"array {name!r}: shape {shape!r:.80} must hold non-negative ints")
+        if type(n) is not int or not 0 <= n <= MAX_DIM:
+            raise MessageError("shape", f"array {name!r}: shape {shape!r:.80} must hold ints in 0..{MAX_DIM}")
     return name, np_dtype, tuple(shape)
+
+
+def _check_extent(name: str, shape: tuple[int, ...], itemsize: int, max_frame_bytes: int) -> tuple[int, int]:
+    """(bytes, extent) of an array layout, both within ``max_frame_bytes``: extent counts zero dims as 1, so a
+    shape numpy cannot build (its dims' product overflows) is refused even when the array would be empty."""
+    for n in shape:
+        if not 0 <= n <= MAX_DIM:
+            raise MessageError("shape", f"array {name!r}: dimension {n} outside 0..{MAX_DIM} in shape {shape}")
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > max_frame_bytes:
+        raise MessageError("size", f"array {name!r} is {nbytes} bytes (shape {shape}), limit {max_frame_bytes}")
+    extent = math.prod(n or 1 for n in shape) * itemsize
+    if extent > max_frame_bytes:
+        raise MessageError(
+            "shape", f"array {name!r}: shape {shape} spans {extent} bytes counting zero dims as 1, limit"
+            f" {max_frame_bytes}; numpy may not build it"
+        )
+    return nbytes, extent
 
 
 def _check_meta(meta: dict) -> dict[str, MetaValue]:
@@ -432,6 +477,8 @@ def _check_meta(meta: dict) -> dict[str, MetaValue]:
             raise MessageError("meta", f"meta key {key!r:.40} must be a str")
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise MessageError("meta", f"meta[{key!r}] is {type(value).__name__}, expected a scalar or str")
+        if type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+            raise MessageError("meta", f"meta[{key!r}]={value} does not fit int64 (-2**63 .. 2**63 - 1)")
     return meta
 
 
@@ -447,5 +494,8 @@ def _clean_meta(meta: Mapping[str, Any]) -> dict[str, MetaValue]:
             raise MessageError("meta", f"meta key {key!r} must be a str")
         if value is not None and not isinstance(value, (bool, int, float, str)):
             raise MessageError("meta", f"meta[{key!r}] is {type(value).__name__}, expected a scalar or str")
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            raise MessageError("meta", f"meta[{key!r}]={value} does not fit int64 (-2**63 .. 2**63 - 1); receivers "
+                               "refuse it")
         clean[key] = value
     return clean

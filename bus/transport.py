@@ -10,6 +10,21 @@ when a queue is full (a reader would get the stale ones). So a latest-only ``Sub
 bounded queue (``hwm``) and, on each ``recv``, drains everything queued without blocking, validates it and
 returns the newest valid message. The cost is decoding messages it then drops (a few microseconds each).
 
+Hostile bytes: decoding raises nothing but ``MessageError`` (``bus.message``), which every receive path here
+counts and drops. Before that, on every socket that binds (the ones any peer can reach: command and operator
+sockets, tick servers, chunk sockets, a recorder's subscriber), libzmq itself refuses absurd frames:
+``ZMQ_MAXMSGSIZE`` is set (``recv_frame_limit``), so a 10 MB frame sent to a 64 KiB command socket is never
+buffered. libzmq applies that option to each frame of a multipart message on its own (its decoder checks each
+frame's announced size before reading it; the total is not limited: a message may hold 2 + ``MAX_BUFFERS``
+frames of that size, and at most ``hwm`` messages queue), and answers an oversized frame by dropping that
+peer's connection: nothing of the message is delivered or counted, the peer (the connecting side) reconnects by
+itself, other peers never notice. The limit leaves ``MAX_HEADER_BYTES`` of room above ``max_frame_bytes``, so a
+sender a little over the limit is still heard, counted as a "size" reject and logged instead of cut off.
+Connecting sockets do not set it: libzmq treats an oversized frame as a protocol error and a *connecting*
+socket that sees one ends that connection for good, without reconnecting (libzmq 4.3.5, measured), so one bad
+frame from the endpoint it was configured to read would silence it for the rest of the run. Those sockets
+receive such a frame whole and count it as a "size" reject instead.
+
 Security: binding to anything but loopback, IPC or in-process addresses needs ``allow_remote=True``. For
 cross-host links pass ``curve=`` (``bus.curve.CurveServer`` on the binding side, ``CurveClient`` on the
 connecting side, keys from ``python -m bus.keys generate``): traffic is then encrypted and only allowed client
@@ -36,7 +51,15 @@ import zmq.backend
 
 from bus.clock import Clock
 from bus.curve import Curve, apply
-from bus.message import DEFAULT_MAX_FRAME_BYTES, Message, MessageError, MetaValue, decode_header, encode
+from bus.message import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
+    Message,
+    MessageError,
+    MetaValue,
+    decode_header,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +82,13 @@ _POLLIN = int(zmq.POLLIN)
 # Array frames at least this large are received zero-copy (a zmq.Frame, ~0.5 us whatever the size); smaller ones
 # are copied into bytes, which is cheaper up to a few KiB (measured: 0.4 us at 1 KiB, 2.5 us at 54 KiB).
 ZERO_COPY_RECV_BYTES = 4096
+
+
+def recv_frame_limit(max_frame_bytes: int) -> int:
+    """``ZMQ_MAXMSGSIZE`` for a binding socket that accepts frames of ``max_frame_bytes``: libzmq drops the
+    connection of a peer sending any one frame larger than this (per frame, not per multipart message; see the
+    module docstring). ``MAX_HEADER_BYTES`` of room: a frame a little over the limit still arrives and is counted."""
+    return max(max_frame_bytes, 0) + MAX_HEADER_BYTES
 
 
 def loopback_address(port: int | None = None) -> str:
@@ -113,7 +143,7 @@ def is_local_address(address: str) -> bool:
 
 
 class _Endpoint:
-    """One socket with LINGER 0, reject bookkeeping and context-manager close."""
+    """One socket with LINGER 0, ``ZMQ_MAXMSGSIZE`` when it binds, reject bookkeeping and context-manager close."""
 
     def __init__(
         self,
@@ -126,6 +156,7 @@ class _Endpoint:
         ctx: zmq.Context | None,
         options: Mapping[int, int] | None = None,
         curve: Curve | None = None,
+        recv_limit: int | None = None,
     ) -> None:
         if bind and not allow_remote and not is_local_address(address):
             raise ValueError(
@@ -140,6 +171,9 @@ class _Endpoint:
         self._curve = None
         try:
             self._sock.setsockopt(zmq.LINGER, 0)
+            if bind:  # before bind: libzmq copies options into each connection as it is made (module docstring)
+                limit = recv_frame_limit(max_frame_bytes) if recv_limit is None else recv_limit
+                self._sock.setsockopt(zmq.MAXMSGSIZE, limit)
             for opt, value in (options or {}).items():
                 self._sock.setsockopt(opt, value)
             self._curve = apply(self._sock, curve)
@@ -234,7 +268,7 @@ class _Endpoint:
             for i, frame in enumerate(head):
                 if len(frame) > limit:
                     raise MessageError("size", f"frame {i} is {len(frame)} bytes, limit {limit}")
-            header = decode_header(head[0], head[1])
+            header = decode_header(head[0], head[1], max_frame_bytes=limit)
             buffers = []
             for spec in header.buffers:
                 if not more:
@@ -332,6 +366,7 @@ class Publisher(_Endpoint):
         super().__init__(
             zmq.XPUB, address, bind=bind, allow_remote=allow_remote, max_frame_bytes=max_frame_bytes,
             ctx=ctx, options={zmq.SNDHWM: hwm, zmq.XPUB_VERBOSE: 1}, curve=curve,
+            recv_limit=MAX_HEADER_BYTES,  # it only ever receives subscriptions (a topic prefix of <= 255 bytes)
         )
         self.topic_prefix = topic_prefix
         self.copy = copy
@@ -635,4 +670,5 @@ __all__ = [
     "ipc_address",
     "is_local_address",
     "loopback_address",
+    "recv_frame_limit",
 ]

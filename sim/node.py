@@ -37,7 +37,9 @@ Commands (``Subscriber`` that binds ``addresses.cmd``; many senders may connect)
               orientation as an axis-angle vector (rad, world, norm <= 2 pi), gripper width (m); the env's
               action contract. Positions and width are clipped to the task workspace (counted as
               ``clipped``); anything else malformed is rejected, counted per kind and never reaches physics.
-    reset     meta {"seed": int} (optional): start a new episode.
+    reset     meta {"seed": int} (optional): start a new episode. A seed is an int in 0 .. 2**32 - 1 (what every
+              numpy seeding API takes); without one the last seed + 1 (wrapping to 0), anything else is refused
+              (counted as ``rej_seed``) and resets nothing.
 
 Safety: speed is bounded by the controller (its reference moves at <= 0.25 m/s). The robot holds where it
 is (``ContactRichEnv.hold_action``) until the first command, whenever the newest valid command is older
@@ -52,7 +54,7 @@ Lockstep (``Server`` on ``addresses.tick``; requests from a ``bus.transport.Clie
               tick: ``teleop.replay`` re-applies recorded ``applied`` targets at the tick they took effect),
               then the reply "tick" carries the state arrays and meta tick, sim_time, state_seq, held,
               reason, cmd_accepted, terminated, truncated, success.
-    reset     meta {"seed"}: new episode; reply "reset".
+    reset     meta {"seed"}: new episode; reply "reset" (or "error", meta reason, for a seed out of range).
     ping      meta {"topic"} (default "state"); reply "pong", meta subscribed (a subscriber to that topic is
               connected): the start-up handshake that keeps a lockstep run from losing its first messages.
 
@@ -94,6 +96,7 @@ MODES = ("realtime", "lockstep")
 COMMAND_DTYPES = frozenset({np.dtype("<f4"), np.dtype("<f8")})
 MAX_ROTVEC_NORM = 2.0 * math.pi
 MAX_DRAIN = 1000  # command messages read per tick at most: a flooding sender cannot stall the loop
+SEED_LIMIT = 2**32  # episode seeds are 0 .. SEED_LIMIT - 1: numpy's legacy seeding takes no more, and seed + 1 wraps
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -136,6 +139,8 @@ class RobotNodeConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed={self.seed}, expected an int in 0..{SEED_LIMIT - 1}")
         substeps = self.physics_hz / self.control_hz
         if substeps < 1 or abs(substeps - round(substeps)) > 1e-9:
             raise ValueError(f"physics_hz={self.physics_hz} must be a multiple of control_hz={self.control_hz}")
@@ -468,7 +473,9 @@ class RobotNode:
             if msg.topic == "cmd":
                 self._accept_command(msg.arrays, now)
             elif msg.topic == "reset":
-                self._reset_pending = self._seed_from(msg)
+                seed = self._seed_from(msg)
+                if seed is not None:
+                    self._reset_pending = seed
             else:  # "cmdX..." passes the prefix filter
                 self._reject("topic", f"topic {msg.topic!r}, expected 'cmd' or 'reset'")
 
@@ -579,7 +586,7 @@ class RobotNode:
                       "truncated": bool(truncated), **_scalars(info)},
             )
             if self.cfg.auto_reset:
-                self._reset_pending = self._seed + 1
+                self._reset_pending = (self._seed + 1) % SEED_LIMIT
 
     def _read_and_publish(self) -> None:
         env, d = self.env, self.env.data
@@ -663,11 +670,16 @@ class RobotNode:
             "episode", meta={"event": "reset", "episode": self._episode, "seed": seed, **_scalars(info)}
         )
 
-    def _seed_from(self, msg: Message) -> int:
+    def _seed_from(self, msg: Message) -> int | None:
+        """A reset's seed: meta "seed" if in range, the last seed + 1 (wrapping) without one; None, counted as
+        ``rej_seed``, for anything else: an unbounded seed would overflow the episode header at seed + 1."""
         seed = msg.meta.get("seed")
-        if type(seed) is int and seed >= 0:
+        if seed is None:
+            return (self._seed + 1) % SEED_LIMIT
+        if type(seed) is int and 0 <= seed < SEED_LIMIT:
             return seed
-        return self._seed + 1
+        self._reject("seed", f"reset seed {seed!r:.40}, expected an int in 0..{SEED_LIMIT - 1} or none")
+        return None
 
     # ------------------------------------------------------------------------------- lockstep
     def _await_tick(self) -> None:
@@ -702,7 +714,12 @@ class RobotNode:
                     self._tick_cmd_accepted = self._accept_command(dict(req.message.arrays), self.clock.now())
                 return req
             if topic == "reset":
-                self._reset_episode(self._seed_from(req.message))
+                seed = self._seed_from(req.message)
+                if seed is None:
+                    reason = f"reset seed must be an int in 0..{SEED_LIMIT - 1}"
+                    self.server.reply(req, "error", meta={"reason": reason})
+                    continue
+                self._reset_episode(seed)
                 self.server.reply(req, "reset", meta={"episode": self._episode, "seed": self._seed})
             elif topic == "ping":
                 topic = req.message.meta.get("topic", "state")

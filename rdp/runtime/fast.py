@@ -50,6 +50,7 @@ from rdp.inference import UNUSABLE_OBSERVATION, ChunkExecutor, make_policy, obs_
 from rdp.runtime.chunks import ChunkRejected, ChunkSlot, StepRing, parse_chunk, policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import CurveServer
+from rdp.runtime.slow import MAX_SIM_TIME_S
 from rdp.runtime.timing import Every, LoopGc, Trace, Window, emit
 
 log = logging.getLogger("rdp.runtime.fast")
@@ -385,10 +386,11 @@ class FastNode:
         self._step_next_tick = False
         if tactile is not None and "state" in obs and "wrench" in obs:
             sim_time = tactile.meta.get("sim_time")
-            step = policy_step(sim_time, self.rate_hz) if isinstance(sim_time, float) else -1
+            usable = isinstance(sim_time, float) and 0.0 <= sim_time < MAX_SIM_TIME_S
+            step = policy_step(sim_time, self.rate_hz) if usable else -1
             if step > self.step:
                 self._on_step(step, tactile, obs)
-            if isinstance(sim_time, float):  # the robot's next reading (one sim period on) starts a policy step
+            if usable:  # the robot's next reading (one sim period on) starts a policy step
                 self._step_next_tick = policy_step(sim_time + self.sim_period, self.rate_hz) > self.step
         meta = {"step": self.step, "tactile_stamp": self.tactile_stamp,
                 "plan": self.slot.current.plan if self.slot.current else -1}

@@ -40,6 +40,9 @@ from rdp.runtime.timing import Every, Window, emit
 log = logging.getLogger("rdp.runtime.slow")
 OBS_TOPICS = ("state", "tactile", "wrench", "episode", "status")
 MAX_BATCH = 5000  # messages handled between two planning checks at most
+# A robot's sim_time (s since its reset) at or past this, negative or not finite is corrupt: policy steps computed
+# from it would overflow (inf) or leave int64 in the chunk's meta.
+MAX_SIM_TIME_S = 1e9
 
 
 class SlowNode:
@@ -158,7 +161,7 @@ class SlowNode:
         self.hist_step = None
         self.next_plan = 0
         self.last = None
-        if type(seed) is int:
+        if type(seed) is int and seed >= 0:  # SeedSequence refuses negative seeds
             self.generator.manual_seed(episode_noise_seed(self.cfg.slow.noise_seed, seed))
         else:
             self.counts["episode_without_seed"] += 1
@@ -171,8 +174,9 @@ class SlowNode:
             self.counts["unpaired"] += 1  # joined mid-tick, or a dropped message
             return
         sim_time = wrench.meta.get("sim_time")
-        if not isinstance(sim_time, float) or self.episode is None:
-            self.counts["rej_meta" if not isinstance(sim_time, float) else "before_episode"] += 1
+        usable = isinstance(sim_time, float) and 0.0 <= sim_time < MAX_SIM_TIME_S
+        if not usable or self.episode is None:
+            self.counts["rej_meta" if not usable else "before_episode"] += 1
             return
         step = policy_step(sim_time, self.rate_hz)
         if self.hist_step is not None and step <= self.hist_step:

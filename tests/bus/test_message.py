@@ -108,7 +108,14 @@ def test_encode_sends_arrays_without_copy() -> None:
         (Message("t", 1.0, meta={1: "x"}), "meta"),  # type: ignore[dict-item]
         (Message("t", math.nan), "header"),
         (Message("t", 1.0, seq=-1), "header"),
-        (Message("t", 1.0, meta={"big": 2**70}), "header"),
+        (Message("t", 1.0, meta={"big": 2**70}), "meta"),
+        (Message("t", 1.0, meta={"big": 2**63}), "meta"),  # msgpack could carry it as uint64; int64 readers cannot
+        (Message("t", 1.0, meta={"big": np.uint64(2**64 - 1)}), "meta"),
+        (Message("t", 1.0, meta={"small": -(2**63) - 1}), "meta"),
+        (Message("t", 1.0, arrays={"a": np.empty((2**40, 0), np.uint8)}), "shape"),  # empty, but its extent is not
+        (Message("t", 1.0, seq=2**64), "header"),
+        (Message("t", 1.0, seq=2**63), "header"),  # seq must fit int64, like meta ints: nodes copy it into meta
+        (Message("t", "now"), "header"),  # type: ignore[arg-type]
         (Message("t", 1.0, meta={"s": "x" * (MAX_HEADER_BYTES + 1)}), "size"),
     ],
 )
@@ -155,6 +162,8 @@ def test_valid_raw_frames_decode() -> None:
         (raw_frames(seq=-1), "header"),
         (raw_frames(seq=True), "header"),
         (raw_frames(seq=1.0), "header"),
+        (raw_frames(seq=2**63), "header"),
+        (raw_frames(seq=2**64 - 1), "header"),
         (raw_frames(bufs={"name": "offset"}), "header"),
         (raw_frames(bufs=[{"name": "offset", "dtype": "<f4"}]), "header"),
         (raw_frames(bufs=[{"name": "", "dtype": "<f4", "shape": [6]}]), "header"),
@@ -189,14 +198,41 @@ def test_valid_raw_frames_decode() -> None:
         (raw_frames(bufs=[{"name": "offset", "dtype": "<f4", "shape": [1] * 33}]), "shape"),
         (raw_frames(bufs=[{"name": "offset", "dtype": "<f4", "shape": [2**40, 2**40]}]), "shape"),
         (raw_frames(bufs=[{"name": "offset", "dtype": "<f4", "shape": []}]), "shape"),
+        # shapes numpy cannot build although they hold zero bytes: refused by their extent, never by numpy
+        (raw_frames(bufs=[{"name": "offset", "dtype": "<f4", "shape": [2**63, 0]}], buffers=[b""]), "shape"),
+        (raw_frames(bufs=[{"name": "offset", "dtype": "<f4", "shape": [2**32, 0]}], buffers=[b""]), "shape"),
+        (raw_frames(bufs=[{"name": "offset", "dtype": "|u1", "shape": [2**31, 2**31, 0]}], buffers=[b""]), "shape"),
+        (raw_frames(bufs=[{"name": "offset", "dtype": "|u1", "shape": [0] + [2**20] * 5}], buffers=[b""]), "shape"),
+        (raw_frames(bufs=[{"name": "offset", "dtype": "|u1", "shape": [2**64 - 1, 0]}], buffers=[b""]), "shape"),
         # meta
         (raw_frames(meta=[1]), "meta"),
         (raw_frames(meta={"a": [1]}), "meta"),
         (raw_frames(meta={"a": {"b": 1}}), "meta"),
+        (raw_frames(meta={"seed": 2**64 - 1}), "meta"),  # valid msgpack (uint64), beyond int64
+        (raw_frames(meta={"seed": 2**63}), "meta"),
     ],
 )
 def test_decode_rejects_with_stable_kind(frames: list, kind: str) -> None:
     assert reject_kind(frames) == kind
+
+
+@pytest.mark.parametrize("value", [-(2**63), 2**63 - 1])
+def test_meta_ints_at_the_edges_of_int64_pass_both_ways(value: int) -> None:
+    assert decode(raw_frames(meta={"seed": value})).meta == {"seed": value}
+    assert decode(wire(encode(Message("t", 1.0, meta={"seed": value})))).meta == {"seed": value}
+
+
+def test_a_layout_cached_under_a_large_frame_limit_is_checked_again_under_a_small_one() -> None:
+    frames = wire(encode(Message("robot/x", 1.0, arrays={"a": np.zeros(4096, np.uint8)})))
+    assert decode(frames).arrays["a"].size == 4096  # cached under the default 32 MiB limit
+    with pytest.raises(MessageError) as info:
+        decode_header(frames[0], frames[1], max_frame_bytes=1024)
+    assert info.value.kind == "size"
+    empty = wire(encode(Message("robot/y", 1.0, arrays={"a": np.zeros((0, 4096), np.uint8)})))
+    assert decode(empty).arrays["a"].shape == (0, 4096)
+    with pytest.raises(MessageError) as info:
+        decode_header(empty[0], empty[1], max_frame_bytes=1024)
+    assert info.value.kind == "shape"
 
 
 def test_decode_rejects_oversized_frames() -> None:
@@ -239,7 +275,7 @@ def test_decode_survives_corrupted_valid_messages() -> None:
 
 
 @pytest.mark.parametrize("topic", ["t", "robot/tactile", "x" * 31, "x" * 32, "é" * 127])
-@pytest.mark.parametrize("seq", [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+@pytest.mark.parametrize("seq", [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1])
 def test_header_bytes_are_plain_msgpack(topic: str, seq: int) -> None:
     """The precompiled header equals msgpack of the documented map, so any msgpack reader can parse it."""
     arrays = {"offset": np.zeros((2, 63, 2), np.float32), "n": np.zeros((), "<i8")}
