@@ -2,17 +2,33 @@
 
     python -m rdp.run task=wipe checkpoint=RUN_DIR [mode=realtime|lockstep] [episodes=N seed=S] [out=DIR]
     python -m rdp.run ... secure.enabled=true secure.keys=KEYS secure.slow_source=127.0.0.2   # "remote" slow node
+    python -m rdp.run ... restart.slow.max_restarts=0          # a dead slow node stops the run instead
 
 Config: ``configs/runtime/default.yaml`` (``rdp.runtime.config.RuntimeConfig``); every node gets the same
 ``key=value`` overrides plus the addresses read from the ready lines of the nodes started before it (all ports are
-picked by the OS). Start order: robot node, (relay), fast node (it binds the chunk socket), slow node. The fast node
-runs the episodes; the launcher prints one live line per fast-node stats record, and stops every child (fast, slow,
-relay, robot, in that order: SIGTERM, then SIGKILL) when the fast node finishes, on Ctrl-C / SIGTERM, or as soon
-as any child dies. Children also die with the launcher (PR_SET_PDEATHSIG).
+picked by the OS). Start order: robot node, (relay), fast node (it binds the chunk socket), slow node, then the slow
+node's warm standby. The fast node runs the episodes; the launcher prints one live line per fast-node stats record
+and supervises the children until the fast node finishes, Ctrl-C / SIGTERM, or a child dies that may not:
 
-Writes into the run directory: ``results.json`` (per-episode success, loop statistics of every node),
-``episode0.mp4`` (the robot node's scene camera during the first episode), ``timing.png`` (fast-node iteration
-time, command intervals, chunk hand-overs) and each child's log. The last stdout line is the results summary JSON.
+* A child with a ``restart.<name>`` policy (the slow node: it connects to addresses that outlive it) is restarted
+  with the same arguments after an exponential back-off (``rdp.runtime.process.Backoff``); more than
+  ``max_restarts`` deaths within ``window_s`` stop the run. With ``standby`` a warm spare (``rdp.runtime.standby``)
+  takes over instead of a cold start. The fast node runs out its chunk and holds the robot meanwhile; in lockstep
+  it stops waiting for a plan the dead node owed once a new slow node is up. One live line per death and restart.
+* Any other death (fast node, robot node, relay) stops the run.
+
+Stopping: once a stop is decided no command reaches the robot. The fast node is frozen (SIGSTOP) so it sends
+nothing more, then the robot node latches a hold (its ``hold`` request: hold, refuse every command until it exits)
+and acknowledges it; only then is the fast node resumed and told to stop (SIGTERM), so it still writes its trace and
+statistics, and its late commands are refused. Without the robot's acknowledgement the fast node is killed instead.
+Then the slow node (and standby), relay, robot: SIGTERM, then SIGKILL. Children also die with the launcher
+(PR_SET_PDEATHSIG).
+
+Writes into the run directory: ``results.json`` (per-episode success, loop statistics of every node, every restart
+with its back-off and the times to a new slow node and to its first chunk driving the robot, the fast node's holds,
+how the stop went), ``episode0.mp4`` (the robot node's scene camera during the first episode), ``timing.png``
+(fast-node iteration time, command intervals, chunk hand-overs) and each child's log (``slow.2.log``... for
+restarts). The last stdout line is the results summary JSON.
 """
 
 from __future__ import annotations
@@ -22,26 +38,66 @@ import json
 import math
 import queue
 import signal
+import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bus.sched import sched_fields
-from bus.transport import Client, Subscriber
-from rdp.runtime.config import RuntimeConfig, load_config
-from rdp.runtime.process import Child, robot_node_args
+from bus.transport import Client, Publisher, Subscriber
+from rdp.runtime.config import RestartPolicy, RuntimeConfig, load_config
+from rdp.runtime.process import Backoff, Child, robot_node_args
 
 STOP_GRACE_S = 30.0  # a finished fast node's own shutdown (interpreter, torch) on a loaded machine
 STOP_TIMEOUT_S = 30.0  # SIGTERM -> exit before SIGKILL
+READY_TIMEOUT_S = 180.0  # a starting child's ready line (torch import and checkpoint load on a loaded machine)
+LATCH_TIMEOUT_S = 2.0  # the robot node's acknowledgement of a latched hold (it answers within one tick)
 
 
 class ChildDied(RuntimeError):
     pass
+
+
+@dataclass
+class ChildSpec:
+    """How to start one child; a restart starts it the same way (same module, same arguments)."""
+
+    name: str
+    module: str
+    args: list[str]
+    standby_module: str | None = None  # its warm spare: loads, follows its inputs, waits silently for SIGUSR1
+
+
+@dataclass
+class Supervised:
+    """One restartable child: the process that is it now, its warm spare, its back-off and its history."""
+
+    spec: ChildSpec
+    policy: RestartPolicy
+    primary: str | None = None  # key of the process that is the child (None: dead, a restart is due)
+    starting: bool = False  # the primary is a cold start that has not said it is ready
+    spare: str | None = None  # key of the warm spare
+    spare_ready: bool = False
+    spare_due: float | None = None  # when to start a spare (None: none wanted)
+    due: float | None = None  # when the pending restart may happen
+    pending: dict[str, Any] | None = None  # the death the pending restart answers
+    restarts: list[dict[str, Any]] = field(default_factory=list)
+    spare_deaths: list[dict[str, Any]] = field(default_factory=list)
+    backoff: Backoff = field(init=False)
+    spare_backoff: Backoff = field(init=False)  # a spare that keeps dying only ends the spares, not the run
+    wants_spare: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.policy
+        self.backoff = Backoff(p.max_restarts, p.window_s, p.initial_delay_s, p.max_delay_s)
+        self.spare_backoff = Backoff(p.max_restarts, p.window_s, p.initial_delay_s, p.max_delay_s)
+        self.wants_spare = p.standby and p.max_restarts > 0 and self.spec.standby_module is not None
 
 
 class Launcher:
@@ -49,49 +105,182 @@ class Launcher:
         self.cfg = cfg
         self.overrides = [o for o in overrides if not o.startswith(("addresses.", "out="))]
         self.out = out
+        self.t0 = time.monotonic()
         self.lines: queue.Queue = queue.Queue()
-        self.children: dict[str, Child] = {}
+        self.children: dict[str, Child] = {}  # by process key: the child's name, "slow.2" for its second process...
+        self.roles: dict[str, str] = {}  # process key -> child name
+        self.incarnations: Counter[str] = Counter()
+        self.supervised: dict[str, Supervised] = {}
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.interrupted = False
         self.frames: list[np.ndarray] = []
         self.video_sub: Subscriber | None = None
         self.fast_sched: dict[str, Any] = {}
+        self.robot: dict[str, Any] = {}  # the robot node's ready record
+        self.hold_pub: Publisher | None = None  # realtime: the robot's command socket, for the latch
+        self.status_sub: Subscriber | None = None  # realtime: the robot's status, which acknowledges the latch
+        self.stop_record: dict[str, Any] = {}
+        self.specs: dict[str, ChildSpec] = {}
 
     # ------------------------------------------------------------------------------------ processes
-    def _start(self, name: str, module: str, args: list[str]) -> dict[str, Any]:
-        child = Child(name, module, args, self.out / f"{name}.log", self.lines)
-        self.children[name] = child
-        self.records[name] = []
-        end = time.monotonic() + 180.0
+    def _spawn(self, spec: ChildSpec, standby: bool = False) -> str:
+        self.incarnations[spec.name] += 1
+        n = self.incarnations[spec.name]
+        key = spec.name if n == 1 else f"{spec.name}.{n}"
+        module = spec.standby_module if standby and spec.standby_module else spec.module
+        self.children[key] = Child(key, module, spec.args, self.out / f"{key}.log", self.lines)
+        self.roles[key] = spec.name
+        self.records.setdefault(spec.name, [])
+        return key
+
+    def _start(self, spec: ChildSpec) -> dict[str, Any]:
+        """Start a child and wait for its ready record (start-up: any death here stops the run)."""
+        key = self._spawn(spec)
+        end = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < end:
             record = self._next(timeout=0.5)
-            if record is not None and record[0] == name and record[1].get("event") == "ready":
+            if record is not None and record[0] == spec.name and record[1].get("event") == "ready":
                 return record[1]
-        raise ChildDied(f"{name} gave no ready line; log {child.log_path}:\n{child.tail()}")
+        child = self.children[key]
+        raise ChildDied(f"{spec.name} gave no ready line; log {child.log_path}:\n{child.tail()}")
 
     def _next(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
-        """Next stdout record of any child; raises ChildDied when a child other than a finished fast node ends."""
+        """Next stdout record of a child (by child name; a spare's records are handled here, None). A child's end:
+        ChildDied unless the fast node finished or the child is supervised (then its restart is scheduled)."""
         if self.interrupted:
             raise KeyboardInterrupt
         try:
-            name, record = self.lines.get(timeout=timeout)
+            key, record = self.lines.get(timeout=timeout)
         except queue.Empty:
             return None
+        name = self.roles.get(key, key)
         if record is None:
-            child = self.children[name]
-            child.proc.wait(timeout=10)
-            finished = name == "fast" and any(r.get("event") == "exit" for r in self.records["fast"])
-            if not finished:
-                raise ChildDied(f"{name} (pid {child.pid}) exited with code {child.proc.returncode}; log "
-                                f"{child.log_path}:\n{child.tail()}")
-            return (name, {"event": "ended"})
+            return self._ended(key)
+        sup = self.supervised.get(name)
+        if sup is not None and key != sup.primary:
+            if key == sup.spare and record.get("event") == "ready":
+                sup.spare_ready = True
+                print(f"[supervisor] {name} standby pid {self.children[key].pid} ready", flush=True)
+            return None
         self.records[name].append(record)
+        if sup is not None and record.get("event") == "ready" and sup.starting:
+            self._took_over(sup, key, "cold", self.children[key].ready_at or time.monotonic())
+        elif sup is not None and record.get("event") == "active" and sup.restarts:
+            restart = sup.restarts[-1]
+            if restart["pid"] == record.get("pid") and isinstance(record.get("first_plan_wall"), float):
+                restart["first_plan_s"] = round(record["first_plan_wall"] - restart["died_at"], 3)
         return name, record
 
+    def _ended(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        child = self.children[key]
+        name = self.roles[key]
+        try:
+            child.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # closed its stdout but runs on: treat it as dead
+            child.kill9()
+        finished = name == "fast" and any(r.get("event") == "exit" for r in self.records["fast"])
+        if finished:
+            return (name, {"event": "ended"})
+        sup = self.supervised.get(name)
+        if sup is None:
+            raise ChildDied(f"{name} (pid {child.pid}) exited with code {child.proc.returncode}; log "
+                            f"{child.log_path}:\n{child.tail()}")
+        if key in (sup.primary, sup.spare):
+            self._on_death(sup, key)
+        return None
+
+    # ------------------------------------------------------------------------------------ supervision
+    def _begin_supervision(self) -> None:
+        """Children with a restart policy are supervised from here on (a death during start-up stops the run)."""
+        for key, name in self.roles.items():
+            policy = self.cfg.restart.get(name)
+            spec = self.specs.get(name)
+            if policy is None or spec is None:
+                continue
+            sup = Supervised(spec, policy, primary=key)
+            sup.spare_due = time.monotonic() if sup.wants_spare else None
+            self.supervised[name] = sup
+
+    def _on_death(self, sup: Supervised, key: str) -> None:
+        noticed = time.monotonic()
+        child = self.children.pop(key)
+        child.stop(timeout=5.0)  # reaped already: closes its pipes and log
+        now = child.ended_at or noticed
+        name, code = sup.spec.name, child.proc.returncode
+        death = {"died_pid": child.pid, "exit_code": code, "died_s": round(now - self.t0, 3),
+                 "noticed_s": round(noticed - now, 3), "robot_episode": self._fast_episode(), "died_at": now}
+        if key == sup.spare:
+            sup.spare, sup.spare_ready = None, False
+            delay = sup.spare_backoff.on_death(now)
+            sup.spare_deaths.append({**death, "backoff_s": delay})
+            sup.spare_due = None if delay is None else now + delay
+            print(f"[supervisor] {name} standby pid {child.pid} died (exit {code}); "
+                  + ("no more standbys (too many deaths)" if delay is None else f"a new one in {delay:.2f} s"),
+                  flush=True)
+            return
+        restarts = sup.backoff.in_window(now)
+        delay = sup.backoff.on_death(now)
+        if delay is None:
+            raise ChildDied(f"{name} died {restarts + 1} times within {sup.policy.window_s:g} s, more than "
+                            f"restart.{name}.max_restarts={sup.policy.max_restarts} allows: giving up (pid {child.pid} "
+                            f"exited with code {code}); log {child.log_path}:\n{child.tail()}")
+        sup.primary, sup.starting = None, False
+        sup.due, sup.pending = now + delay, {**death, "backoff_s": round(delay, 3)}
+        print(f"[supervisor] {name} pid {child.pid} died (exit {code}) at {death['died_s']:.1f} s; restart "
+              f"{restarts + 1} of {sup.policy.max_restarts} within {sup.policy.window_s:g} s after {delay:.2f} s"
+              + (" (warm standby)" if sup.spare is not None else " (cold start)"), flush=True)
+
+    def _supervise(self) -> None:
+        """Due restarts and spares; a child that never gets ready is killed (and counts as a death)."""
+        now = time.monotonic()
+        for sup in self.supervised.values():
+            if sup.primary is None and sup.due is not None and now >= sup.due:
+                if sup.spare is not None:
+                    if sup.spare_ready:  # a spare still loading is ahead of a cold start: it is waited for
+                        self._promote(sup)
+                else:
+                    sup.primary, sup.starting = self._spawn(sup.spec), True
+            for key, waiting in ((sup.primary, sup.starting), (sup.spare, not sup.spare_ready)):
+                child = self.children.get(key) if key is not None else None
+                if child is not None and waiting and now - child.started_at > READY_TIMEOUT_S and child.alive():
+                    print(f"[supervisor] {sup.spec.name} pid {child.pid} not ready after {READY_TIMEOUT_S:.0f} s; "
+                          "killing it", flush=True)
+                    child.signal(signal.SIGKILL)
+            if (sup.spare is None and sup.spare_due is not None and now >= sup.spare_due
+                    and sup.primary is not None and not sup.starting):
+                sup.spare, sup.spare_ready, sup.spare_due = self._spawn(sup.spec, standby=True), False, None
+
+    def _promote(self, sup: Supervised) -> None:
+        key = sup.spare
+        assert key is not None
+        t = time.monotonic()
+        if not self.children[key].signal(signal.SIGUSR1):
+            return  # it died just now; its end of output is on the way and makes the next decision
+        sup.primary, sup.spare, sup.spare_ready = key, None, False
+        self._took_over(sup, key, "standby", t)
+
+    def _took_over(self, sup: Supervised, key: str, how: str, at: float) -> None:
+        """The restart is done: ``key`` is ready (a cold start's ready line, a spare's promotion) at ``at``."""
+        restart = {**(sup.pending or {}), "pid": self.children[key].pid, "via": how, "ready_at": at}
+        restart["ready_s"] = round(at - restart["died_at"], 3) if "died_at" in restart else None
+        sup.restarts.append(restart)
+        sup.pending, sup.due, sup.starting = None, None, False
+        if sup.wants_spare and sup.spare is None and sup.spare_due is None:
+            sup.spare_due = at
+        print(f"[{sup.spec.name}] pid {restart['pid']} ready ({'warm standby' if how == 'standby' else 'cold start'}, "
+              f"{restart['ready_s']:.2f} s after the death)", flush=True)
+
+    def _fast_episode(self) -> int | None:
+        return next((r["episode"] for r in reversed(self.records.get("fast", [])) if r.get("event") == "stats"), None)
+
+    # ------------------------------------------------------------------------------------ start
     def start_all(self) -> None:
         cfg = self.cfg
-        robot = self._start("robot", "sim.node", robot_node_args(cfg.task, cfg.mode, cfg.seed, cfg.perturb,
-                                                                  asdict(cfg.robot)))
+        robot_spec = ChildSpec("robot", "sim.node", robot_node_args(cfg.task, cfg.mode, cfg.seed, cfg.perturb,
+                                                                     asdict(cfg.robot)))
+        robot = self._start_spec(robot_spec)
+        self.robot = robot
+        self._open_latch(robot)
         if cfg.video and cfg.robot.cameras:
             self._subscribe_video(robot)
         addr = {"addresses.robot_pub": robot["pub"], "addresses.robot_cmd": robot["cmd"]}
@@ -100,17 +289,35 @@ class Launcher:
         obs = robot["pub"]
         if cfg.secure.enabled:
             host = cfg.addresses.chunk.split("://")[1].rsplit(":", 1)[0]
-            relay = self._start("relay", "rdp.runtime.relay", [*self.overrides, *_kv(addr),
-                                                               f"addresses.obs=tcp://{host}:*"])
+            relay = self._start_spec(ChildSpec("relay", "rdp.runtime.relay", [*self.overrides, *_kv(addr),
+                                                                              f"addresses.obs=tcp://{host}:*"]))
             obs = relay["obs"]
-        fast = self._start("fast", "rdp.runtime.fast", [*self.overrides, *_kv(addr), f"out={self.out}",
-                                                         f"addresses.chunk={self.cfg.addresses.chunk}"])
+        fast = self._start_spec(ChildSpec("fast", "rdp.runtime.fast", [
+            *self.overrides, *_kv(addr), f"out={self.out}", f"addresses.chunk={self.cfg.addresses.chunk}"]))
         self.fast_sched = sched_fields(fast)
         if cfg.mode == "realtime":
             print(f"[fast] scheduling {fast.get('sched')} priority {fast.get('rt_priority')}"
                   + (f" ({fast['sched_note']})" if fast.get("sched_note") else ""), flush=True)
-        self._start("slow", "rdp.runtime.slow", [*self.overrides, f"addresses.obs={obs}",
-                                                 f"addresses.chunk={fast['chunk']}"])
+        self._start_spec(ChildSpec("slow", "rdp.runtime.slow", [
+            *self.overrides, f"addresses.obs={obs}", f"addresses.chunk={fast['chunk']}"],
+            standby_module="rdp.runtime.standby"))
+        self._begin_supervision()
+
+    def _start_spec(self, spec: ChildSpec) -> dict[str, Any]:
+        self.specs[spec.name] = spec
+        ready = self._start(spec)
+        where = ", ".join(f"{k} {ready[k]}" for k in ("pub", "cmd", "tick", "obs") if ready.get(k))
+        print(f"[{spec.name}] pid {self.children[spec.name].pid} ready" + (f" ({where})" if where else ""), flush=True)
+        return ready
+
+    def _open_latch(self, robot: dict[str, Any]) -> None:
+        """Realtime: connect to the robot's command socket and status now, so a stop can latch it at once."""
+        if robot.get("tick"):
+            return  # lockstep: the hold is a request on the tick socket
+        self.status_sub = Subscriber(robot["pub"], topics=("status",), conflate=True)
+        self.hold_pub = Publisher(robot["cmd"], bind=False)
+        if not self.hold_pub.wait_for_subscriber("hold", timeout=30.0):
+            raise ChildDied("the robot node does not subscribe to 'hold' requests on its command socket")
 
     def _subscribe_video(self, robot: dict[str, Any], timeout: float = 60.0) -> None:
         """Subscribe to the robot's images and episode events before the fast node can reset it: a subscription
@@ -126,28 +333,78 @@ class Launcher:
         elif self.video_sub.recv(timeout=timeout) is None:  # realtime: images flow at camera_hz once subscribed
             raise ChildDied(f"no image from the robot node within {timeout:.0f} s")
 
+    # ------------------------------------------------------------------------------------ stop
     def stop_all(self) -> dict[str, int]:
-        codes = {}
+        """Freeze the fast node, latch the robot's hold, then stop every child: fast, slow (and its standby), relay,
+        robot. From the freeze on nothing the fast node sends reaches the robot (see the module docstring)."""
+        decided = time.monotonic()
+        fast, robot = self.children.get("fast"), self.children.get("robot")
         finished = any(r.get("event") == "exit" for r in self.records.get("fast", []))
-        for name in ("fast", "slow", "relay", "robot"):
-            if name in self.children:
-                # A fast node that printed its exit record is shutting down by itself: let it, not SIGTERM it.
-                grace = STOP_GRACE_S if name == "fast" and finished else 0.0
-                codes[name] = self.children[name].stop(timeout=STOP_TIMEOUT_S, grace=grace)
+        robot_up = robot is not None and robot.alive()
+        frozen = fast is not None and not finished and robot_up and fast.freeze()
+        latch = self._latch_robot() if robot_up else None
+        self.stop_record = {"decided_s": round(decided - self.t0, 3), "fast_frozen": frozen, "robot_latch": latch}
+        if frozen and latch is None:
+            print("[launcher] the robot node did not acknowledge the hold; killing the fast node", flush=True)
+            fast.kill9()
+        codes: dict[str, int] = {}
+        for key in self._stop_order():
+            name = self.roles[key]
+            grace = STOP_GRACE_S if name == "fast" and finished else 0.0
+            code = self.children[key].stop(timeout=STOP_TIMEOUT_S, grace=grace)
+            sup = self.supervised.get(name)
+            if sup is None or key == sup.primary or name not in codes:
+                codes[name] = code
         while True:  # exit records printed while stopping
             try:
-                name, record = self.lines.get_nowait()
+                key, record = self.lines.get_nowait()
             except queue.Empty:
                 break
-            if record is not None:
+            name = self.roles.get(key, key)
+            sup = self.supervised.get(name)
+            if record is not None and (sup is None or key == sup.primary):
                 self.records[name].append(record)
-        if self.video_sub is not None:
-            self.video_sub.close()
+        for sock in (self.video_sub, self.status_sub, self.hold_pub):
+            if sock is not None:
+                sock.close()
         return codes
+
+    def _stop_order(self) -> list[str]:
+        """Fast node first (it commands the robot), then the planners (a spare after the one it backs up), the
+        relay, the robot node last (it holds until then)."""
+        rank = {"fast": 0, "relay": 2, "robot": 3}
+        return sorted(self.children, key=lambda k: (rank.get(self.roles[k], 1), self._is_spare(k)))
+
+    def _is_spare(self, key: str) -> bool:
+        sup = self.supervised.get(self.roles[key])
+        return sup is not None and key != sup.primary
+
+    def _latch_robot(self) -> dict[str, Any] | None:
+        """Ask the robot node to hold and refuse every later command; its acknowledgement (how long it took, the
+        commands it had accepted), None if none came within LATCH_TIMEOUT_S."""
+        t = time.monotonic()
+        accepted = None
+        if self.robot.get("tick"):
+            try:
+                with Client(self.robot["tick"]) as client:
+                    accepted = client.request("hold", timeout=LATCH_TIMEOUT_S).meta.get("accepted", 0)
+            except TimeoutError:
+                return None
+        elif self.hold_pub is not None and self.status_sub is not None:
+            self.status_sub.drain()  # a full queue (a long run's status) would drop the acknowledgement
+            self.hold_pub.publish("hold")
+            end = t + LATCH_TIMEOUT_S
+            while accepted is None and (left := end - time.monotonic()) > 0:
+                msg = self.status_sub.recv(timeout=left)
+                if msg is not None and msg.meta.get("reason") == "latched":
+                    accepted = msg.meta.get("accepted", 0)
+        if accepted is None:
+            return None
+        return {"ack_ms": round((time.monotonic() - t) * 1e3, 2), "accepted": accepted}
 
     # ------------------------------------------------------------------------------------ monitoring
     def monitor(self) -> None:
-        """Until the fast node has run every episode: live lines, episode records, video frames."""
+        """Until the fast node has run every episode: live lines, episode records, video frames, restarts."""
         video = self.video_sub is not None
         with contextlib.nullcontext(self.video_sub) as sub:
             capturing = None  # None: waiting for episode 0; True: recording; False: done
@@ -160,6 +417,7 @@ class Launcher:
                     self._print_live(name, record)
                     if name == "fast" and record.get("event") == "episode" and record["index"] == 0:
                         capturing = False
+                self._supervise()
                 while video and (msg := sub.recv(timeout=0)) is not None:
                     if msg.topic == "episode" and msg.meta.get("event") == "reset" and capturing is not False:
                         capturing = msg.meta.get("seed") == self.cfg.seed
@@ -191,6 +449,7 @@ class Launcher:
         last = {name: next((r for r in reversed(recs) if r.get("event") == "exit"), None)
                 for name, recs in self.records.items()}
         n_ok = sum(e["success"] for e in episodes)
+        trace = _load_trace(self.out / "fast_timing.npz")
         return {
             "task": self.cfg.task, "mode": self.cfg.mode, "checkpoint": self.cfg.checkpoint,
             "episodes": len(episodes), "episodes_requested": self.cfg.episodes, "seed": self.cfg.seed,
@@ -198,10 +457,46 @@ class Launcher:
             "episodes_detail": episodes, "loop": {"fast": last.get("fast"), "slow": last.get("slow"),
                                                   "robot": last.get("robot")},
             "fast_sched": self.fast_sched,
+            "supervision": {name: self._supervision_result(sup, trace) for name, sup in self.supervised.items()},
+            "fast_holds": _fast_holds(last.get("fast"), trace),
+            "stop": self._stop_result(last.get("robot")),
             "exit_codes": codes, "interrupted": self.interrupted, "error": error, "run_dir": str(self.out),
         }
 
+    def _supervision_result(self, sup: Supervised, trace: dict[str, np.ndarray] | None) -> dict[str, Any]:
+        """Every restart: its death, back-off, how it came back, and (from the fast node's trace) when the first
+        chunk of the new process drove the robot and how long the fast node held in between. ``*_s``: seconds
+        after the death (``died_s``: after the launcher started); ``died_at`` / ``ready_at``: the monotonic clock
+        (the robot node's stamps in realtime), to line them up with other records."""
+        restarts = [*sup.restarts, *([{**sup.pending, "via": None, "ready_s": None}] if sup.pending else [])]
+        out = []
+        for r in restarts:
+            died, ready = r["died_at"], r.get("ready_at")
+            row = dict(r)
+            if trace is not None:
+                adopted = trace["adopt_wall"]
+                first = adopted[adopted >= ready] if ready is not None else adopted[:0]
+                row["first_chunk_s"] = round(float(first[0]) - died, 3) if first.size else None
+                row["fast_held_s"] = round(_held_s(trace, died, float(first[0]) if first.size else math.inf), 3)
+            out.append(row)
+        return {"policy": asdict(sup.policy), "restarts": len(sup.restarts), "detail": out,
+                "standby_deaths": sup.spare_deaths}
+
+    def _stop_result(self, robot_exit: dict[str, Any] | None) -> dict[str, Any]:
+        out = dict(self.stop_record)
+        latch = out.get("robot_latch")
+        if latch is not None and robot_exit is not None:
+            out["accepted_after_latch"] = robot_exit.get("accepted", 0) - latch["accepted"]
+            out["refused_after_latch"] = (robot_exit.get("rejects") or {}).get("latched", 0)
+        return out
+
     def write_outputs(self, result: dict[str, Any]) -> None:
+        for name, sup in result["supervision"].items():
+            for i, r in enumerate(sup["detail"]):
+                print(f"[supervisor] {name} restart {i + 1}: died at {r['died_s']:.1f} s (exit {r['exit_code']}), "
+                      f"back-off {r['backoff_s']:.2f} s, {r['via'] or 'not'} ready after {_s(r['ready_s'])}, first "
+                      f"new chunk after {_s(r.get('first_chunk_s'))}, fast node held {_s(r.get('fast_held_s'))}",
+                      flush=True)
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(result, indent=2))
         tmp.replace(self.out / "results.json")
@@ -217,6 +512,33 @@ class Launcher:
         if trace.is_file():
             plot_timing(trace, self.out / "timing.png", f"{self.cfg.task} / {self.cfg.mode}",
                         None if self.cfg.mode == "lockstep" else self.cfg.fast.cmd_hz)
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def _load_trace(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _held_s(trace: dict[str, np.ndarray], start: float, end: float) -> float:
+    """Wall time the fast node held (its chunk had run out) between ``start`` and ``end`` (monotonic s)."""
+    wall, holding = trace["tick_wall"], trace["tick_holding"]
+    if wall.size < 2:
+        return 0.0
+    dt = np.diff(wall)
+    inside = (wall[:-1] >= start) & (wall[:-1] < end) & (holding[:-1] > 0)
+    return float(dt[inside].sum())
+
+
+def _fast_holds(fast_exit: dict[str, Any] | None, trace: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """How often the fast node's chunk ran out (it then holds the robot) and for how long in all."""
+    held = _held_s(trace, -math.inf, math.inf) if trace is not None else None
+    return {"count": (fast_exit or {}).get("exhausted", 0), "held_s": None if held is None else round(held, 3)}
 
 
 def plot_timing(trace: Path, path: Path, title: str, cmd_hz: float | None) -> None:

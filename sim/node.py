@@ -25,7 +25,8 @@ per-topic ``seq`` of the bus header::
     image     scene_rgb, wrist_rgb (S,S,3) u1                                 camera_hz
     status    meta: held, reason, episode, seed, counters (accepted, clipped, rej_<kind>...)
                                                    status_hz and on every hold change
-    watchdog  meta: engaged, reason (no_command | watchdog | force_limit), cmd_age_ms, force_n   on hold changes
+    watchdog  meta: engaged, reason (no_command | watchdog | force_limit | latched), cmd_age_ms, force_n
+                                                   on hold changes
     applied   applied_target (A,7) f8: the target the controllers took this tick (a command, or the hold pose
               when a hold begins); meta sim_time (the tick's start, 0 at reset), tick (node ticks since the
               reset), reason (None when following commands)       on every change of target
@@ -40,12 +41,15 @@ Commands (``Subscriber`` that binds ``addresses.cmd``; many senders may connect)
     reset     meta {"seed": int} (optional): start a new episode. A seed is an int in 0 .. 2**32 - 1 (what every
               numpy seeding API takes); without one the last seed + 1 (wrapping to 0), anything else is refused
               (counted as ``rej_seed``) and resets nothing.
+    hold      latch a hold: from the next tick on the robot holds where it is and every command is refused
+              (counted as ``rej_latched``) until the node exits, resets included. A launcher that has decided to
+              stop a run sends it, so no late command of a node it is stopping can move the robot again.
 
 Safety: speed is bounded by the controller (its reference moves at <= 0.25 m/s). The robot holds where it
 is (``ContactRichEnv.hold_action``) until the first command, whenever the newest valid command is older
 than ``watchdog_ms`` on the node clock (arrival time, so sender clocks need not agree), and while the
 low-passed wrist force exceeds ``limits.force_n`` (released below ``force_release`` of it). A fresh
-command ends a watchdog hold at once.
+command ends a watchdog hold at once; nothing ends a latched hold.
 
 Lockstep (``Server`` on ``addresses.tick``; requests from a ``bus.transport.Client``)::
 
@@ -55,6 +59,7 @@ Lockstep (``Server`` on ``addresses.tick``; requests from a ``bus.transport.Clie
               then the reply "tick" carries the state arrays and meta tick, sim_time, state_seq, held,
               reason, cmd_accepted, terminated, truncated, success.
     reset     meta {"seed"}: new episode; reply "reset" (or "error", meta reason, for a seed out of range).
+    hold      as the command above; reply "hold", meta accepted (commands accepted until the latch).
     ping      meta {"topic"} (default "state"); reply "pong", meta subscribed (a subscriber to that topic is
               connected): the start-up handshake that keeps a lockstep run from losing its first messages.
 
@@ -345,6 +350,7 @@ class RobotNode:
         self._seed = cfg.seed
         self._episode_over = False
         self._reset_pending: int | None = None
+        self._latched = False  # a "hold" request: hold and refuse commands until the node exits
         self._stop = False
         # Lockstep tick source state.
         self._pending_tick: Request | None = None
@@ -359,7 +365,10 @@ class RobotNode:
         try:
             self.pub = Publisher(cfg.addresses.pub, clock=self.clock, copy=True)
             self.cmd = Subscriber(
-                cfg.addresses.cmd, topics=("cmd", "reset"), bind=True, max_frame_bytes=cfg.limits.cmd_max_bytes
+                cfg.addresses.cmd,
+                topics=("cmd", "reset", "hold"),
+                bind=True,
+                max_frame_bytes=cfg.limits.cmd_max_bytes,
             )
             if self.lockstep:
                 self.server = Server(cfg.addresses.tick, clock=self.clock, max_frame_bytes=cfg.limits.cmd_max_bytes)
@@ -476,10 +485,15 @@ class RobotNode:
                 seed = self._seed_from(msg)
                 if seed is not None:
                     self._reset_pending = seed
+            elif msg.topic == "hold":
+                self._latch()
             else:  # "cmdX..." passes the prefix filter
-                self._reject("topic", f"topic {msg.topic!r}, expected 'cmd' or 'reset'")
+                self._reject("topic", f"topic {msg.topic!r}, expected 'cmd', 'reset' or 'hold'")
 
     def _accept_command(self, arrays: dict[str, np.ndarray], now: float) -> bool:
+        if self._latched:
+            self._reject("latched", "the node holds on a supervisor's request (latched until it exits)")
+            return False
         try:
             target, clipped = self.validator.check(arrays)
         except CommandRejected as exc:
@@ -489,6 +503,11 @@ class RobotNode:
         self.counts["clipped"] += clipped
         self._last_cmd, self._last_cmd_t, self._new_cmd = target, now, True
         return True
+
+    def _latch(self) -> None:
+        """Hold from the next tick on and refuse every later command: the run is being stopped."""
+        self._latched = True
+        self.counts["latch_requests"] += 1
 
     def _reject(self, kind: str, reason: str) -> None:
         if self.cmd_rejects[kind] == 0:
@@ -503,7 +522,9 @@ class RobotNode:
             self._force_active = force > lim.force_release * lim.force_n
         elif force > lim.force_n:
             self._force_active = True
-        if self._force_active:
+        if self._latched:
+            reason = "latched"
+        elif self._force_active:
             reason = "force_limit"
         elif self._last_cmd_t is None:
             reason = "no_command"
@@ -713,7 +734,10 @@ class RobotNode:
                 if req.message.arrays:
                     self._tick_cmd_accepted = self._accept_command(dict(req.message.arrays), self.clock.now())
                 return req
-            if topic == "reset":
+            if topic == "hold":
+                self._latch()
+                self.server.reply(req, "hold", meta={"accepted": self.counts["accepted"]})
+            elif topic == "reset":
                 seed = self._seed_from(req.message)
                 if seed is None:
                     reason = f"reset seed must be an int in 0..{SEED_LIMIT - 1}"
@@ -726,7 +750,7 @@ class RobotNode:
                 subscribed = isinstance(topic, str) and self.pub.wait_for_subscriber(topic, timeout=0)
                 self.server.reply(req, "pong", meta={"subscribed": subscribed})
             else:
-                self._reject("topic", f"request topic {topic!r}, expected tick, reset or ping")
+                self._reject("topic", f"request topic {topic!r}, expected tick, reset, hold or ping")
                 self.server.reply(req, "error", meta={"reason": f"unknown request topic {topic!r}"})
 
     def _answer_tick(self, req: Request) -> None:

@@ -16,6 +16,10 @@ CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "runtime" / "def
 MODES = ("realtime", "lockstep")
 HOLDS = ("pose", "silence")
 HANDOVERS = ("latest", "rtc")  # as rdp.inference.HANDOVERS (not imported: this module stays torch-free)
+# Children the launcher can restart: they connect to addresses that outlive them (the fast node binds the chunk
+# socket, the robot node or relay the observations), so a new process with the same arguments finds them again.
+# Those binding an address, and the robot node (a restart would be a new robot), stop the run when they die.
+RESTARTABLE = ("slow",)
 
 
 @dataclass
@@ -42,6 +46,25 @@ class FastConfig:
     lockstep_wait_s: float = 30.0
     start_timeout_s: float = 120.0
     torch_threads: int = 1
+
+
+@dataclass
+class RestartPolicy:
+    """What the launcher does when one child dies mid-run (``restart.<child>`` in the config)."""
+
+    max_restarts: int = 5  # restarts allowed within window_s; the next death inside it stops the run
+    window_s: float = 60.0
+    initial_delay_s: float = 0.1  # back-off before the first restart in a window; doubles per restart in it
+    max_delay_s: float = 5.0
+    standby: bool = True  # keep a warm spare running beside the child; a death promotes it (no start-up time)
+
+    def check(self, name: str) -> None:
+        if self.max_restarts < 0 or not self.window_s > 0:
+            raise ValueError(f"restart.{name}: max_restarts={self.max_restarts} must be >= 0 and "
+                             f"window_s={self.window_s} > 0")
+        if not 0 <= self.initial_delay_s <= self.max_delay_s:
+            raise ValueError(f"restart.{name}: need 0 <= initial_delay_s ({self.initial_delay_s}) <= max_delay_s "
+                             f"({self.max_delay_s})")
 
 
 @dataclass
@@ -88,6 +111,7 @@ class RuntimeConfig:
     robot: RobotOverrides = field(default_factory=RobotOverrides)
     addresses: Addresses = field(default_factory=Addresses)
     secure: SecureConfig = field(default_factory=SecureConfig)
+    restart: dict[str, RestartPolicy] = field(default_factory=lambda: {"slow": RestartPolicy()})
 
     def __post_init__(self) -> None:
         if self.checkpoint is None:
@@ -123,6 +147,11 @@ class RuntimeConfig:
             raise ValueError(f"max_episode_s={self.max_episode_s} must be > 0 or null")
         if self.secure.enabled and not self.secure.keys:
             raise ValueError("secure.enabled=true needs secure.keys=DIR (make one: python -m rdp.runtime.curve DIR)")
+        for name, policy in self.restart.items():
+            if name not in RESTARTABLE:
+                raise ValueError(f"restart.{name}: only {list(RESTARTABLE)} can be restarted (a child that binds an "
+                                 "address others connect to, or the robot node, stops the run when it dies)")
+            policy.check(name)
         if self.secure.enabled and self.mode == "lockstep":
             raise ValueError("secure (a remote slow node) runs in realtime mode only; lockstep is a single-host mode")
 

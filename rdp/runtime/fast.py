@@ -253,6 +253,7 @@ class FastNode:
         self.slow_episode = -1
         self.slow_seen = 0.0
         self.slow_hears_robot = False  # the slow node's heartbeat says it receives the robot's stream
+        self.slow_pid: int | None = None  # the process of the newest heartbeat (a restart changes it)
         self._stop = False
         self.server = CurveServer(cfg.secure.keys, cfg.secure.allow) if cfg.secure.enabled else None
         self.chunks: Subscriber | None = None
@@ -518,6 +519,8 @@ class FastNode:
                 self.slow_episode = ep
             if msg.meta.get("robot") is True:
                 self.slow_hears_robot = True
+            if type(msg.meta.get("pid")) is int:
+                self.slow_pid = msg.meta["pid"]
             return
         if msg.topic != "chunk":
             self.chunk_rejects["topic"] += 1
@@ -538,17 +541,36 @@ class FastNode:
 
     def _await_due_chunk(self, step: int) -> None:
         """Lockstep: at a step the slow node plans on, wait for that plan (the slow node's "answer") before the robot
-        moves on, so it is planned on exactly this step's observation; it takes over ``handover_steps`` later."""
-        if step % self.cfg.slow.replan_every or self.lockstep_slow_absent:
+        moves on, so it is planned on exactly this step's observation; it takes over ``handover_steps`` later.
+
+        The slow node plans every ``replan_every`` steps from its first plan: on multiples of it from an episode's
+        start, and a restarted slow node from the step it first saw. A new slow node's heartbeat during the wait
+        (the one waited for died and was restarted) ends it: the new node cannot answer a step whose observation
+        went out before it subscribed, so the robot goes on (holding once the chunk runs out) until its first
+        chunk arrives. A warm standby that took over saw the step and answers it."""
+        newest = self.slot.pending or self.slot.current
+        every = self.cfg.slow.replan_every
+        due = step % every == 0 if newest is None else step >= newest.obs_step + every
+        if not due or self.lockstep_slow_absent:
             return
+        pid = self.slow_pid
 
         def have() -> bool:
             c = self.slot.pending or self.slot.current
             return c is not None and c.obs_step >= step
 
-        if not self._await_slow(have, self.cfg.fast.lockstep_wait_s):
+        def replaced() -> bool:
+            return pid is not None and self.slow_pid != pid
+
+        if self._await_slow(lambda: have() or replaced(), self.cfg.fast.lockstep_wait_s) and have():
+            return
+        self.lockstep_slow_absent = True
+        if replaced():
+            self.counts["slow_replaced"] += 1
+            log.warning("lockstep: a new slow node (pid %s) came up while step %d waited for a plan; going on until "
+                        "its first chunk", self.slow_pid, step)
+        else:
             self.counts["slow_late"] += 1
-            self.lockstep_slow_absent = True
             log.warning("lockstep: no chunk for step %d within %.1f s; going on without the slow node", step,
                         self.cfg.fast.lockstep_wait_s)
 
