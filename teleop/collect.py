@@ -1,21 +1,30 @@
 """Headless demonstration collection through the full process graph, and the recorder process it runs.
 
     python -m teleop.collect task=<wipe|peel|lift> operator=scripted episodes=N out=DIR [seed=S] [cameras=false]
+                             [mode=realtime|lockstep] [feedback=true|false] [press_assist=auto|always|never]
     python -m teleop.collect recorder robot=ADDR teleop=ADDR out=DIR [task=NAME]     # the recorder process alone
 
 Processes (each its own ``python -m``; config ``configs/teleop/collect.yaml``)::
 
-    scripted operator --operator--> teleop node --cmd--> robot node (realtime) --streams--> recorder
-            ^                           |   ^                  |                               ^
-            +------ feedback -----------+   +---- streams -----+            teleop "command" --+
+    scripted operator --operator--> teleop node --cmd--> robot node --streams--> recorder
+            ^                           |   ^                  |                    ^
+            +------ feedback -----------+   +---- streams -----+  teleop "command" -+
 
-The graph runs in **realtime**: the robot node steps on the wall clock and every other process reacts to
-what it publishes, exactly as when a person operates it through the browser page. (Lockstep would make
-the run bit-reproducible, but it would need the operator's latency simulated in sim time and the recorder to
-hold the sim back; realtime exercises the latency, watchdog and drop paths a real session has.) An episode
-is what the robot node says it is: the recorder begins one on the node's ``episode`` ``reset`` event and
-commits it on ``end`` with the task outcome; this orchestrator asks for each reset through the teleop node
+``mode=realtime``: the robot node steps on the wall clock and every other process reacts to what it publishes,
+exactly as when a person operates it through the browser page; it exercises the latency, watchdog and drop
+paths a real session has. ``mode=lockstep``: the robot advances one control step (20 ms) per tick request from
+this process (``LockstepDriver``), each only once the operator has answered the newest observation and, when
+its pose moves the robot, the teleop node has turned it into a command (relayed with the tick). The operator's
+latency, jitter, tremor and clutch timing then run on simulated time, so an episode takes as long as the
+processes need, not as long as it lasts, and a loaded machine does not lengthen the operator's reaction. An
+episode is what the robot node says it is: the recorder begins one on the node's ``episode`` ``reset`` event
+and commits it on ``end`` with the task outcome; this orchestrator asks for each reset through the teleop node
 (which stops commanding first, so no stale target reaches the new episode) and waits for the commit.
+
+``feedback=false`` runs the same operator without touch and force: it subscribes to neither stream and follows
+its plan's position-only press. ``press_assist`` (the teleop node's force-limited press, ``press_limit_n`` per
+task) is part of the force feedback: ``auto`` turns it on exactly when ``feedback`` is, so the comparison is
+force-aware teleoperation against position-only teleoperation; ``always`` / ``never`` separate the two parts.
 
 Recorded streams (``teleop.dataset`` format), each at its native rate, stamped with the robot's simulation
 time (1 us resolution, as ``teleop.record_expert``): every array of ``state``, ``tactile`` and ``wrench``
@@ -23,7 +32,10 @@ time (1 us resolution, as ``teleop.record_expert``): every array of ``state``, `
 node sent (its sim time from the node's newest state and the shared monotonic clock), ``applied_target``
 (A, 7) float64 = each target the robot's controllers actually took, stamped with the start of the tick that
 took it (what ``teleop.replay`` re-applies), ``clutch`` (A,) u1 (teleop status), ``robot_held`` u1 (robot
-status), and at the end ``outcome_score`` (one sample).
+status). Every stamp lies inside its own episode: the teleop node stamps with the newest robot state it has,
+which right after a reset is still the last episode's, so such samples are dropped and counted (``stale_*``),
+as is any sample earlier than its stream's last (``out_of_order_*``). The episode's outcome (score, failure,
+end time, those counts, ``dropped`` publisher messages) goes to ``meta.json`` under ``outcome``.
 
 Children die with this process (``PR_SET_PDEATHSIG``) and are stopped in order on exit; their stderr goes to
 ``OUT/logs/``. Progress goes to stderr; the last stdout line is a JSON summary (also ``OUT/collect.json``).
@@ -66,7 +78,7 @@ ROBOT_STREAM_TOPICS = ("state", "tactile", "wrench", "image", "applied")
 TIME_DECIMALS = 6
 CONTROL_HZ = 50.0  # the robot node's control step (configs/robot_node control_hz): one lockstep tick request
 MODES = ("realtime", "lockstep")
-PRESS_ASSIST = ("auto", "on", "off")
+PRESS_ASSIST = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 STALE_MARGIN_S = 0.01  # s: a teleop stamp this close to the robot's last time before a reset is the last episode's
 
 
@@ -91,7 +103,7 @@ class CollectConfig:
     mode: str = "realtime"
     feedback: bool = True
     press_assist: str = "auto"
-    press_limit_n: dict[str, float] = field(default_factory=lambda: {"wipe": 20.0, "peel": 15.0, "lift": 45.0})
+    press_limit_n: dict[str, float] = field(default_factory=lambda: {"wipe": 20.0, "peel": 15.0, "lift": 50.0})
     lockstep_teleop: list[str] = field(default_factory=lambda: ["loop_hz=250", "forward_hz=250"])
     step_timeout_s: float = 5.0
     episode_timeout_s: float = 40.0
@@ -122,7 +134,7 @@ class CollectConfig:
     @property
     def press_assist_on(self) -> bool:
         """The teleop node's force-limited press: part of the force feedback unless set on or off explicitly."""
-        return self.press_assist == "on" or self.press_assist == "auto" and self.feedback
+        return self.press_assist == "always" or self.press_assist == "auto" and self.feedback
 
 
 def load_config(overrides: Sequence[str]) -> CollectConfig:

@@ -81,6 +81,9 @@ class PressConfig:
     contact_fraction: float = 0.3
     max_offset_m: float = 0.05
     target_n: dict[str, float] = field(default_factory=dict)
+    load_factor: dict[str, float] = field(default_factory=dict)
+    target_max_n: float = 45.0
+    slip_speed: float = 0.004
 
     def __post_init__(self) -> None:
         if min(self.gain_p, self.gain_i, self.search_speed, self.filter_s, self.contact_fraction) < 0 \
@@ -220,9 +223,10 @@ class PressShaping:
     spikes), F* the task's target force, K the arm's stiffness (N/m, so a force error maps to the depth that would
     cancel it). The loop runs through the operator's latency (50-150 ms) and the arm's lag; the expert's own
     law (8 mm/s per N, integral only) oscillates there against the stiff contact and breaks the vase, so the
-    integral is slower (``gain_i`` 2 /s, about 2.4 mm/s per N) and the proportional back-off small (``gain_p``
-    0.2: a larger one turned contact bounces into a chatter of 0-70 N). Without contact (F_seen below ``contact_fraction`` F*) the press deepens at most ``search_speed``
-    m/s, and only once the plan has reached its own depth (``searching``): a person feels for a surface
+    integral is slower (``gain_i`` 2 /s, about 1.7 mm/s per N) and the proportional back-off small (``gain_p``
+    0.2: a larger one turned contact bounces into a chatter of 0-70 N). Without contact (F_seen below
+    ``contact_fraction`` F*) the press deepens at most ``search_speed`` m/s, and only once the plan has reached
+    its own depth (``searching``): a person feels for a surface
     that moved away slowly and does not push into one the plan has not reached yet.
     """
 
@@ -230,6 +234,7 @@ class PressShaping:
         if not (target_n > 0 and stiffness > 0 and dt > 0):
             raise ValueError(f"target_n={target_n}, stiffness={stiffness}, dt={dt} must be > 0")
         self.cfg, self.target, self.stiffness, self.dt = cfg, float(target_n), float(stiffness), float(dt)
+        self.base_target = self.target
         self.alpha = 1.0 - math.exp(-dt / cfg.filter_s) if cfg.filter_s > 0 else 1.0
         self.integral = 0.0
         self.seen = 0.0
@@ -237,6 +242,7 @@ class PressShaping:
     def reset(self) -> None:
         self.integral = 0.0
         self.seen = 0.0
+        self.target = self.base_target
 
     def update(self, force_n: float, searching: bool) -> float:
         """One control period with the displayed normal force ``force_n`` (N); returns the press offset (m)."""
@@ -299,6 +305,10 @@ class ScriptedOperator:
         self.grip = np.ones(self.n_arms)
         self.counts = {"episodes": 0, "sent": 0, "steps": 0, "reclutch": 0, "answered": 0}
         self.press_offset = np.zeros(self.n_arms)
+        self.load_seen = 0.0  # the largest vertical load the arrows showed this episode (N, all arms)
+        self.slip_seen = False  # the tool pads showed the held object sliding this episode
+        self.tool_pads = [self.env.pad_names.index(a.prefix + "tool") for a in self.env.task.arms
+                          if a.prefix + "tool" in self.env.pad_names]
         self.teleop_active = False
         self._phase_t = 0.0
         self._last_enqueue = -math.inf
@@ -363,6 +373,8 @@ class ScriptedOperator:
         for shaping in self.shaping:
             shaping.reset()
         self.press_offset[:] = 0.0
+        self.load_seen = 0.0
+        self.slip_seen = False
         self.episode = msg.meta.get("episode", self.episode + 1)
         lo, hi = self.cfg.latency_ms
         self.latency = float(self.rng.uniform(lo, hi)) * 1e-3
@@ -478,6 +490,19 @@ class ScriptedOperator:
         if phase in PLAN_LIFT_OFF:
             return  # lifting off or flying back: the press the operator settled on is kept for the next contact
         wrench = self.obs["wrench"].arrays["wrench"]
+        factor = self.cfg.press.load_factor.get(self.cfg.task, 0.0)
+        if factor > 0:  # a held object: squeeze harder the heavier it feels (the arrows tilt down), never less,
+            # and as hard as is safe once the pads' marker arrows show it sliding (touch, not force, shows that)
+            load = sum(abs(float((quat_to_mat(q) @ f[:3])[2])) for q, f in zip(state.arrays["tcp_quat"], wrench,
+                                                                               strict=True))
+            self.load_seen = max(self.load_seen, load)
+            slip = self.obs["tactile"].arrays["marker_slip"]
+            self.slip_seen = self.slip_seen or any(float(np.linalg.norm(slip[p])) > self.cfg.press.slip_speed
+                                                   for p in self.tool_pads)
+            for shaping in self.shaping:
+                top = max(shaping.base_target, self.cfg.press.target_max_n)
+                want = top if self.slip_seen else factor * self.load_seen
+                shaping.target = float(np.clip(want, shaping.base_target, top))
         for i, shaping in enumerate(self.shaping):
             self.press_offset[i] = shaping.update(displayed_normal_force(wrench[i]),
                                                   searching=phase not in PLAN_APPROACH)
