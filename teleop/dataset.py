@@ -536,7 +536,11 @@ def common_clock(
     t0 = max(float(t[0]) for t in times.values())
     t_end = min(float(t[-1]) for t in times.values())
     if not t_end > t0:
-        raise DatasetError(f"{where}: episode of zero length (streams share no time span: {t0} .. {t_end})")
+        late = max(times, key=lambda n: float(times[n][0]))
+        early = min(times, key=lambda n: float(times[n][-1]))
+        raise DatasetError(f"{where}: episode of zero length (streams share no time span: {late!r} starts at {t0},"
+                           f" {early!r} ends at {t_end}; a stream stamped outside its episode, as the clutch stream"
+                           " of older teleop recordings, can be left out with --streams)")
     n_steps = int(math.floor((t_end - t0) * rate_hz)) + 1
     clock = t0 + np.arange(n_steps + 1) / rate_hz  # one extra, trimmed below, to absorb float rounding
     clock = clock[clock <= t_end]
@@ -579,6 +583,8 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
         missing = [n for n in names if n not in meta["streams"]]
         if missing:
             raise DatasetError(f"{ep.name}: lacks streams {missing}; pass --streams to choose a common set")
+        if not streams and not series_streams(meta):
+            raise DatasetError(f"{ep.name}: episode of zero length (no stream has two samples)")
         if not streams and series_streams(meta) != names:
             raise DatasetError(
                 f"{ep.name}: streams {series_streams(meta)} differ from {episodes[0].name}'s {names};"
