@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from bus.cli import command
 from bus.sched import sched_fields
 from bus.transport import Client, Publisher, Subscriber
 from rdp.runtime.config import RestartPolicy, RuntimeConfig, load_config
@@ -584,12 +585,16 @@ def _kv(d: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in d.items()]
 
 
+@command("rdp.run")
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
     cfg = load_config(args)
+    from rdp.inference import load_run
+
+    load_run(cfg.checkpoint)  # a bad checkpoint fails here, in one line, before any node starts
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = (Path(cfg.out) if cfg.out else Path("outputs/runtime") / f"{cfg.task}-{cfg.mode}-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
+from bus.cli import command
 from bus.clock import Clock, LockstepClock, RateKeeper, RealtimeClock
 from bus.config import load_node_config
 from bus.message import Message, MetaValue
@@ -779,6 +780,7 @@ def _scalars(info: dict[str, Any]) -> dict[str, MetaValue]:
     return {k: v for k, v in info.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
+@command("sim.node")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     args = list(sys.argv[1:] if argv is None else argv)

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from bus.cli import command
 from bus.config import load_node_config
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
@@ -709,17 +710,14 @@ class TeleopNode:
         return out
 
 
+@command("teleop.node")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
-    try:
-        cfg = load_config(args)
-    except ValueError as exc:
-        print(f"teleop.node: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args)
     node = TeleopNode(cfg)
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bus.cli import choose
 from bus.config import load_node_config
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "runtime" / "default.yaml"
@@ -114,6 +115,9 @@ class RuntimeConfig:
     restart: dict[str, RestartPolicy] = field(default_factory=lambda: {"slow": RestartPolicy()})
 
     def __post_init__(self) -> None:
+        from sim.registry import TASKS
+
+        choose("task", self.task, TASKS, "task")
         if self.checkpoint is None:
             from rdp.inference import shipped_run
 

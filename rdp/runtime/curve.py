@@ -21,6 +21,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from bus.cli import UsageError, command
+
 
 def generate_keys(directory: str | Path) -> Path:
     """Create the server and slow key pairs (refuses to overwrite existing ones)."""
@@ -88,11 +90,14 @@ def with_source(address: str, source: str | None) -> str:
     return f"tcp://{source}:0;{rest}"
 
 
+@command("rdp.runtime.curve")
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if args and args[0] in ("-h", "--help") else 2
+        return 0
+    if len(args) != 1:
+        raise UsageError(f"expected one argument, the directory to write the keys into; got {len(args)}")
     print(generate_keys(args[0]))
     return 0
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bus.cli import UsageError, command
 from bus.clock import DEFAULT_SPIN_S, PhaseLock, RateKeeper
 from bus.message import Message
 from bus.sched import current_policy, set_fifo
@@ -169,7 +170,7 @@ class LockstepLink:
     def __init__(self, cfg: RuntimeConfig) -> None:
         a = cfg.addresses
         if not a.robot_tick:
-            raise ValueError("mode=lockstep needs addresses.robot_tick (the robot node's tick server)")
+            raise UsageError("mode=lockstep needs addresses.robot_tick (the robot node's tick server)")
         self.rate = None
         self.obs = Subscriber(a.robot_pub, topics=ROBOT_TOPICS, conflate=True, hwm=100_000)
         self.events = Subscriber(a.robot_pub, topics=("episode",))
@@ -227,7 +228,7 @@ class FastNode:
     def __init__(self, cfg: RuntimeConfig) -> None:
         a = cfg.addresses
         if not (a.robot_pub and a.robot_cmd):
-            raise ValueError("the fast node needs addresses.robot_pub and addresses.robot_cmd (the robot node's)")
+            raise UsageError("the fast node needs addresses.robot_pub and addresses.robot_cmd (the robot node's)")
         torch.set_num_threads(cfg.fast.torch_threads)
         self.cfg = cfg
         self.lockstep = cfg.mode == "lockstep"
@@ -628,6 +629,7 @@ class FastNode:
         return path
 
 
+@command("rdp.runtime.fast")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))

@@ -19,14 +19,16 @@ from collections.abc import Sequence
 
 import zmq
 
+from bus.cli import UsageError, command
 from rdp.runtime.config import load_config
 from rdp.runtime.curve import CurveServer
 
 
+@command("rdp.runtime.relay")
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     if not cfg.addresses.robot_pub or not cfg.addresses.obs:
-        raise ValueError("the relay needs addresses.robot_pub (input) and addresses.obs (output to bind)")
+        raise UsageError("the relay needs addresses.robot_pub (input) and addresses.obs (output to bind)")
     server = CurveServer(cfg.secure.keys, cfg.secure.allow) if cfg.secure.enabled else None
     ctx_out = server.ctx if server else zmq.Context.instance()
     upstream = zmq.Context.instance().socket(zmq.XSUB)

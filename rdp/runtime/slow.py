@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from bus.cli import UsageError, command
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
 from rdp.inference import UNUSABLE_OBSERVATION, episode_noise_seed, make_policy, obs_features
@@ -48,7 +49,7 @@ MAX_SIM_TIME_S = 1e9
 class SlowNode:
     def __init__(self, cfg: RuntimeConfig) -> None:
         if not cfg.addresses.obs or "*" in cfg.addresses.chunk:
-            raise ValueError(f"the slow node needs addresses.obs and a concrete addresses.chunk, got "
+            raise UsageError(f"the slow node needs addresses.obs and a concrete addresses.chunk, got "
                              f"{cfg.addresses.obs!r} / {cfg.addresses.chunk!r}")
         torch.set_num_threads(cfg.slow.torch_threads)
         self.cfg = cfg
@@ -58,7 +59,7 @@ class SlowNode:
         torch.set_num_threads(cfg.slow.torch_threads)
         run = self.policy.run
         if getattr(self.policy, "image_keys", ()):
-            raise ValueError(f"{cfg.checkpoint}: this run's policy sees cameras {list(self.policy.image_keys)}; the "
+            raise UsageError(f"{cfg.checkpoint}: this run's policy sees cameras {list(self.policy.image_keys)}; the "
                              "runtime's slow node plans from state, touch and wrench only (train without cameras)")
         self.rate_hz = float(run["rate_hz"])
         self.obs_keys = tuple(run["obs_keys"])
@@ -235,6 +236,7 @@ class SlowNode:
                                         "robot": self.hears_robot})
 
 
+@command("rdp.runtime.slow")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from bus.cli import command
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.slow import SlowNode
 from rdp.runtime.timing import emit
@@ -53,6 +54,7 @@ class StandbySlowNode(SlowNode):
             super()._alive()
 
 
+@command("rdp.runtime.standby")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
