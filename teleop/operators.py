@@ -15,11 +15,14 @@ local copy of the task reset with the episode's seed (what a person sees of the 
 the vase, cucumber or box is), never from the running simulation.
 
 Contact is regulated only from the touch and force the teleop node forwards (what the browser page draws
-as arrows), per task (``contact``): ``press`` (wipe, peel) follows the position-only plan and adds
-``PressShaping``'s offset along the tool axis, driven by the displayed wrist force; ``expert`` (lift) lets
-the task expert's own force law read the forwarded wrench and tactile streams. With ``feedback=false`` the
-operator subscribes to neither stream, follows the position-only plan (the expert's calibrated nominal
-press or squeeze) and shapes nothing: the same person without the force display.
+as arrows), per task (``contact``): ``press`` (all three tasks) follows the position-only plan and adds
+``PressShaping``'s offset along each tool axis, driven by the displayed wrist force; for a held object
+(``press.load_factor``: lift) the target squeeze grows with the vertical load the force arrows show and goes
+to ``press.target_max_n`` once a tool pad's marker slip shows the object sliding. ``expert`` lets the task
+expert's own force law read the forwarded streams instead (what this operator did before: its integral-only
+law oscillates through 50-150 ms of latency and breaks the vase). With ``feedback=false`` the operator
+subscribes to neither stream, follows the position-only plan (the expert's calibrated nominal press or
+squeeze) and shapes nothing: the same person without the force display.
 
 ``lockstep=true``: the graph's clock is the simulation (``teleop.collect mode=lockstep``). Latency, jitter,
 tremor and the clutch timing then run on the sim time of the forwarded ``state``; after answering each new
@@ -84,6 +87,8 @@ class PressConfig:
     load_factor: dict[str, float] = field(default_factory=dict)
     target_max_n: float = 45.0
     slip_speed: float = 0.004
+    slip_hold_s: float = 0.1
+    carry_phase: str = "lift"
 
     def __post_init__(self) -> None:
         if min(self.gain_p, self.gain_i, self.search_speed, self.filter_s, self.contact_fraction) < 0 \
@@ -307,6 +312,7 @@ class ScriptedOperator:
         self.press_offset = np.zeros(self.n_arms)
         self.load_seen = 0.0  # the largest vertical load the arrows showed this episode (N, all arms)
         self.slip_seen = False  # the tool pads showed the held object sliding this episode
+        self.slip_time = 0.0  # how long they have shown it sliding without a break
         self.tool_pads = [self.env.pad_names.index(a.prefix + "tool") for a in self.env.task.arms
                           if a.prefix + "tool" in self.env.pad_names]
         self.teleop_active = False
@@ -375,6 +381,7 @@ class ScriptedOperator:
         self.press_offset[:] = 0.0
         self.load_seen = 0.0
         self.slip_seen = False
+        self.slip_time = 0.0
         self.episode = msg.meta.get("episode", self.episode + 1)
         lo, hi = self.cfg.latency_ms
         self.latency = float(self.rng.uniform(lo, hi)) * 1e-3
@@ -497,8 +504,10 @@ class ScriptedOperator:
                                                                                strict=True))
             self.load_seen = max(self.load_seen, load)
             slip = self.obs["tactile"].arrays["marker_slip"]
-            self.slip_seen = self.slip_seen or any(float(np.linalg.norm(slip[p])) > self.cfg.press.slip_speed
-                                                   for p in self.tool_pads)
+            sliding = phase == self.cfg.press.carry_phase and any(
+                float(np.linalg.norm(slip[p])) > self.cfg.press.slip_speed for p in self.tool_pads)
+            self.slip_time = self.slip_time + self.dt if sliding else 0.0  # a lasting slide while carrying it,
+            self.slip_seen = self.slip_seen or self.slip_time >= self.cfg.press.slip_hold_s  # not a grasp's jolt
             for shaping in self.shaping:
                 top = max(shaping.base_target, self.cfg.press.target_max_n)
                 want = top if self.slip_seen else factor * self.load_seen
