@@ -103,7 +103,7 @@ class CollectConfig:
     mode: str = "realtime"
     feedback: bool = True
     press_assist: str = "auto"
-    press_limit_n: dict[str, float] = field(default_factory=lambda: {"wipe": 20.0, "peel": 15.0, "lift": 50.0})
+    press_limit_n: dict[str, float] = field(default_factory=lambda: {"wipe": 20.0, "peel": 15.0, "lift": 45.0})
     lockstep_teleop: list[str] = field(default_factory=lambda: ["loop_hz=250", "forward_hz=250"])
     step_timeout_s: float = 5.0
     episode_timeout_s: float = 40.0

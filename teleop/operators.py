@@ -85,7 +85,7 @@ class PressConfig:
     max_offset_m: float = 0.05
     target_n: dict[str, float] = field(default_factory=dict)
     load_factor: dict[str, float] = field(default_factory=dict)
-    target_max_n: float = 45.0
+    target_max_n: float = 40.0
     slip_speed: float = 0.004
     slip_hold_s: float = 0.1
     carry_phase: str = "lift"
