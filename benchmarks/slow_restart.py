@@ -14,7 +14,10 @@ the fast node's trace (``fast_timing.npz``; one monotonic clock for all processe
 * ``held``: the fast node's chunk ran out before that and it held the robot (``held_s`` long); ``stale_ticks``:
   ticks after the old chunk's last step on which the fast node did *not* hold (commands beyond the chunk: must
   be 0);
-* ``episode_continued``: the episode the kill fell into ended by the task or its time limit, not by a stop.
+* ``episode_continued``: the episode the kill fell into ended by the task or its time limit, not by a stop;
+* ``standby_ready``: a warm standby was ready at the kill. After each takeover the next standby needs the start-up
+  time of a cold one (longer on a loaded machine); a kill before it is ready waits for it (it is ahead of a cold
+  start), so the summary also gives the times of the kills that found one ready.
 
 The restart budget is raised for the benchmark (``restart.slow.window_s=3``: kills 5 s apart are each the first
 restart in their window, so each gets the initial 0.1 s back-off; the default 5 per 60 s would end a run with 10
@@ -70,8 +73,8 @@ def run_with_kills(task: str, episodes: int, seed: int, kills: int, standby: boo
                 if line is None:
                     break
                 now = time.monotonic()
-                if m := re.match(r"\[slow\] pid (\d+) ready", line):
-                    slow_pid, next_kill = int(m[1]), now + rng.uniform(*GAP_S)
+                if m := re.match(r"\[slow\] pid (\d+) ready", line):  # a promoted standby leaves no spare behind
+                    slow_pid, next_kill, spare_ready = int(m[1]), now + rng.uniform(*GAP_S), False
                 elif re.match(r"\[supervisor\] slow standby pid \d+ ready", line):
                     spare_ready = True
                 elif m := re.match(r"\[fast\] ep (\d+) step (-?\d+) ", line):
@@ -142,6 +145,7 @@ def analyse(run: dict[str, Any], out: Path, horizon: int, rate_hz: float) -> lis
 def summarise(rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
     result = run["result"]
     chunk = np.array([r["kill_to_chunk_s"] for r in rows if r["kill_to_chunk_s"] is not None])
+    warm = np.array([r["kill_to_chunk_s"] for r in rows if r["kill_to_chunk_s"] is not None and r["standby_ready"]])
     ready = np.array([r["kill_to_ready_s"] for r in rows if r["kill_to_ready_s"] is not None])
     fast, robot = result["loop"]["fast"] or {}, result["loop"]["robot"] or {}
 
@@ -155,6 +159,8 @@ def summarise(rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]
         "kills": len(rows), "restarts": result["supervision"]["slow"]["restarts"],
         "via_standby": sum(r["via"] == "standby" for r in rows),
         "kill_to_ready_s": pct(ready), "kill_to_chunk_s": pct(chunk),
+        "kills_with_standby_ready": int(sum(r["standby_ready"] for r in rows)),
+        "kill_to_chunk_s_standby_ready": pct(warm),
         "within_goal": int((chunk <= GOAL_KILL_TO_CHUNK_S).sum()), "picked_up": int(chunk.size),
         "held": sum(r["held"] for r in rows), "stale_ticks": sum(r["stale_ticks"] for r in rows),
         "episodes_continued": sum(r["episode_continued"] for r in rows),
@@ -181,7 +187,9 @@ def print_table(name: str, rows: list[dict[str, Any]], summary: dict[str, Any]) 
     print(f"kill->ready p50/p95/max {s['kill_to_ready_s']['p50']}/{s['kill_to_ready_s']['p95']}/"
           f"{s['kill_to_ready_s']['max']} s; kill->first new chunk p50/p95/max {s['kill_to_chunk_s']['p50']}/"
           f"{s['kill_to_chunk_s']['p95']}/{s['kill_to_chunk_s']['max']} s ({s['within_goal']}/{s['kills']} within "
-          f"{GOAL_KILL_TO_CHUNK_S:g} s); held {s['held']}/{s['kills']}; stale ticks {s['stale_ticks']}; episodes "
+          f"{GOAL_KILL_TO_CHUNK_S:g} s; with the standby ready at the kill ({s['kills_with_standby_ready']}): "
+          f"p50/max {s['kill_to_chunk_s_standby_ready']['p50']}/{s['kill_to_chunk_s_standby_ready']['max']} s); "
+          f"held {s['held']}/{s['kills']}; stale ticks {s['stale_ticks']}; episodes "
           f"continued {s['episodes_continued']}/{s['kills']}; run completed {s['run_completed']} "
           f"({s['episodes']} episodes, success {s['success_rate']:.2f}); fast cmd jitter p99 "
           f"{s['fast_cmd_jitter_p99_ms']} ms; robot watchdog trips {s['robot_watchdog_trips']}, force holds "
