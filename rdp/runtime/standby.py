@@ -4,10 +4,11 @@
 
 The launcher keeps one beside the running slow node (``restart.slow.standby``). A cold restart spends ~2 s on the
 interpreter, torch, the checkpoint and the warm-up plan before it can plan (2 cores at load ~4; 3-11 s on a busier
-machine); the fast node runs out its chunk (1.28 s on the shipped checkpoints) and holds the robot for the rest. The standby has paid all of that in advance and keeps
-the observation history and episode a slow node would have, but sends neither chunks nor heartbeats, so the fast
-node does not know it exists. SIGUSR1 (sent by the launcher when the slow node died) makes it the slow node: it
-plans at once on the newest observation and from then on behaves exactly as ``rdp.runtime.slow``.
+machine); the fast node runs out its chunk (1.28 s on the shipped checkpoints) and holds the robot for the rest.
+The standby has paid all of that in advance and keeps the observation history and episode a slow node would have,
+but sends neither chunks nor heartbeats, so the fast node does not know it exists. SIGUSR1 (sent by the launcher
+when the slow node died) makes it the slow node: it plans at once on the newest observation and from then on
+behaves exactly as ``rdp.runtime.slow``.
 
 stdout as the slow node's (the ready record says ``"standby": true``), plus an ``active`` record when it takes over.
 """
