@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from bus.cli import CommandError, UsageError, command
+from bus.cli import CommandError, UsageError, choose, command
 from bus.config import load_node_config
 from bus.message import Message
 from bus.transport import Client, Publisher, Subscriber
@@ -113,6 +113,7 @@ class CollectConfig:
     def __post_init__(self) -> None:
         from sim.registry import TASKS
 
+        choose("task", self.task, TASKS, "task")  # first: the checks below read per-task settings
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
         if self.press_assist not in PRESS_ASSIST:
@@ -121,8 +122,6 @@ class CollectConfig:
             raise ValueError(f"press_limit_n has no positive limit for task {self.task!r}: {self.press_limit_n}")
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s={self.step_timeout_s} must be > 0")
-        if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r}, expected one of {sorted(TASKS)}")
         if self.operator not in OPERATORS:
             raise ValueError(f"operator={self.operator!r}: headless collection supports {OPERATORS} (the browser "
                              "and keyboard operators need a person: run python -m teleop.node)")

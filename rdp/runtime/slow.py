@@ -239,6 +239,7 @@ class SlowNode:
 @command("rdp.runtime.slow")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # imported with the sim adapters; its INFO line is noise
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     if cfg.slow.nice:
         os.nice(cfg.slow.nice)  # planning may wait a little; the fast loop and the robot must not
