@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,25 +237,35 @@ class SlowNode:
                                         "robot": self.hears_robot})
 
 
-@command("rdp.runtime.slow")
-def main(argv: Sequence[str] | None = None) -> int:
+def serve(argv: Sequence[str] | None, node_class: type[SlowNode], **ready: Any) -> int:
+    """Run a slow node (or a subclass: the warm standby) as a process: config, signals, ready line, loop, exit record.
+
+    ``ready`` adds fields to the ready record. A node class with an ``activate`` method gets it as the SIGUSR1
+    handler, installed before the ready line (the launcher signals only a standby that said it is ready)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # imported with the sim adapters; its INFO line is noise
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     if cfg.slow.nice:
         os.nice(cfg.slow.nice)  # planning may wait a little; the fast loop and the robot must not
-    node = SlowNode(cfg)
+    node = node_class(cfg)
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)
+    if hasattr(node, "activate"):
+        signal.signal(signal.SIGUSR1, node.activate)
     try:
         warmup_ms = node.warm_up()
-        emit({"event": "ready", "node": "slow", "pid": os.getpid(), "chunk": cfg.addresses.chunk,
+        emit({"event": "ready", "node": "slow", **ready, "pid": os.getpid(), "chunk": cfg.addresses.chunk,
               "chunk_shape": list(node.policy.slow.cfg.target_shape), "warmup_ms": round(warmup_ms, 1)})
         node.run()
     finally:
         node.close()
         emit(node.stats("exit"))
     return 0
+
+
+@command("rdp.runtime.slow")
+def main(argv: Sequence[str] | None = None) -> int:
+    return serve(argv, SlowNode)
 
 
 if __name__ == "__main__":

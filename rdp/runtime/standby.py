@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from bus.cli import command
-from rdp.runtime.config import RuntimeConfig, load_config
-from rdp.runtime.slow import SlowNode
+from rdp.runtime.config import RuntimeConfig
+from rdp.runtime.slow import SlowNode, serve
 from rdp.runtime.timing import emit
 
 log = logging.getLogger("rdp.runtime.standby")
@@ -57,23 +56,7 @@ class StandbySlowNode(SlowNode):
 
 @command("rdp.runtime.standby")
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
-    if cfg.slow.nice:
-        os.nice(cfg.slow.nice)
-    node = StandbySlowNode(cfg)
-    signal.signal(signal.SIGINT, node.stop)
-    signal.signal(signal.SIGTERM, node.stop)
-    signal.signal(signal.SIGUSR1, node.activate)  # before the ready line: the launcher signals only a ready standby
-    try:
-        warmup_ms = node.warm_up()
-        emit({"event": "ready", "node": "slow", "standby": True, "pid": os.getpid(), "chunk": cfg.addresses.chunk,
-              "chunk_shape": list(node.policy.slow.cfg.target_shape), "warmup_ms": round(warmup_ms, 1)})
-        node.run()
-    finally:
-        node.close()
-        emit(node.stats("exit"))
-    return 0
+    return serve(argv, StandbySlowNode, standby=True)
 
 
 if __name__ == "__main__":
