@@ -60,6 +60,7 @@ from benchmarks.report import RESULTS_DIR, publish
 from bus.message import ALLOWED_DTYPES, Message, encode
 from bus.transport import Client, Publisher, Subscriber, recv_frame_limit
 from rdp.runtime.process import Child, robot_node_args
+from sim.node import hold_command
 
 ANY = "tcp://127.0.0.1:*"
 NODE_HZ = 250.0
@@ -331,16 +332,6 @@ def _stop(children: list[Child]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _hold_target(state: Message) -> np.ndarray:
-    """(A, 7) command that keeps the robot where ``state`` says it is."""
-    import mujoco
-
-    pos, quat, width = state.arrays["tcp_pos"], state.arrays["tcp_quat"], state.arrays["gripper_width"]
-    out = np.zeros((len(pos), 7))
-    for i in range(len(pos)):
-        mujoco.mju_quat2Vel(out[i, 3:6], quat[i].copy(), 1.0)
-        out[i, :3], out[i, 6] = pos[i], width[i]
-    return out
 
 
 def _command_moves_tcp(pub_address: str, send: Callable[[np.ndarray], None], rise: float = 0.04,
@@ -350,7 +341,7 @@ def _command_moves_tcp(pub_address: str, send: Callable[[np.ndarray], None], ris
         start = states.recv(timeout=timeout)
         if start is None:
             return {"obeyed": False, "why": "no state"}
-        target = _hold_target(start)
+        target = hold_command(start)
         target[0, 2] += rise
         t_end, deadline = start.meta["sim_time"] + 0.8, time.monotonic() + timeout
         now = start
@@ -486,7 +477,7 @@ def fuzz_robot_tick(n: int, seconds: float, seed: int, tmp: Path) -> dict[str, A
             result["fuzzer"] = watched.summary()
             client.request("reset", meta={"seed": 0}, timeout=30.0)
             start = tick()
-            target = _hold_target(start)
+            target = hold_command(start)
             target[0, 2] += 0.04
             for _ in range(40):
                 end = tick({"target": target})

@@ -23,12 +23,11 @@ import threading
 import time
 from pathlib import Path
 
-import mujoco
 import numpy as np
 
 from benchmarks.report import RESULTS_DIR, publish
 from bus.transport import Publisher, Subscriber
-from sim.node import load_config
+from sim.node import hold_command, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = ("state", "tactile", "wrench")
@@ -60,13 +59,6 @@ def _stop_node(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
-def _hold_target(state) -> np.ndarray:
-    pos, quat, width = state.arrays["tcp_pos"], state.arrays["tcp_quat"], state.arrays["gripper_width"]
-    out = np.zeros((len(pos), 7))
-    for i in range(len(pos)):
-        mujoco.mju_quat2Vel(out[i, 3:6], quat[i].copy(), 1.0)
-        out[i, :3], out[i, 6] = pos[i], width[i]
-    return out
 
 
 def _interval_stats(times: np.ndarray, nominal: float) -> dict:
@@ -158,7 +150,7 @@ def main() -> None:
             first = None
             while first is None or first.topic != "state":
                 first = sub.recv(timeout=10)
-            base = _hold_target(first)
+            base = hold_command(first)
             time.sleep(0.5)  # let the node settle, then start clean
             while sub.recv(timeout=0) is not None:
                 pass

@@ -775,6 +775,16 @@ class RobotNode:
         )
 
 
+def hold_command(state: Message) -> np.ndarray:
+    """(A, 7) ``command`` target that keeps every arm where a ``state`` message says it is (pose and grip)."""
+    pos, quat, width = state.arrays["tcp_pos"], state.arrays["tcp_quat"], state.arrays["gripper_width"]
+    out = np.zeros((len(pos), 7))
+    for i in range(len(pos)):
+        mujoco.mju_quat2Vel(out[i, 3:6], quat[i].copy(), 1.0)
+        out[i, :3], out[i, 6] = pos[i], width[i]
+    return out
+
+
 def _scalars(info: dict[str, Any]) -> dict[str, MetaValue]:
     """The bus-safe (scalar) part of a task info dict."""
     return {k: v for k, v in info.items() if v is None or isinstance(v, (bool, int, float, str))}

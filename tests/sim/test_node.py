@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
-import mujoco
 import numpy as np
 import pytest
 
 from bus.message import Message, encode
 from bus.transport import Client, Publisher, Subscriber
-from sim.node import CommandRejected, CommandValidator, load_config
+from sim.node import CommandRejected, CommandValidator, hold_command, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ANY_PORT = ["addresses.pub=tcp://127.0.0.1:*", "addresses.cmd=tcp://127.0.0.1:*", "addresses.tick=tcp://127.0.0.1:*"]
@@ -124,14 +123,6 @@ def _wait_for(sub: Subscriber, pred, timeout: float = TIMEOUT) -> Message:
     raise AssertionError("expected message did not arrive")
 
 
-def _hold_target(state: Message) -> np.ndarray:
-    """(A, 7) command that keeps the robot where ``state`` says it is."""
-    pos, quat, width = state.arrays["tcp_pos"], state.arrays["tcp_quat"], state.arrays["gripper_width"]
-    out = np.zeros((len(pos), 7))
-    for i in range(len(pos)):
-        mujoco.mju_quat2Vel(out[i, 3:6], quat[i].copy(), 1.0)
-        out[i, :3], out[i, 6] = pos[i], width[i]
-    return out
 
 
 # ----------------------------------------------------------------------------- unit: validation
@@ -200,7 +191,7 @@ def test_commands_move_the_tcp_and_the_watchdog_holds(realtime_node):
             Publisher(addr["cmd"], bind=False) as cmd:
         assert cmd.wait_for_subscriber("cmd", timeout=TIMEOUT)
         start = states.recv(timeout=TIMEOUT)
-        target = _hold_target(start)
+        target = hold_command(start)
         target[0, 2] += 0.04
         # Commands at 100 Hz for 0.8 s of the node's simulated time (on a loaded machine it runs slower than wall
         # time; the deadline only bounds a node that stopped).
@@ -242,7 +233,7 @@ def test_fuzzed_commands_are_counted_and_dropped(realtime_node):
     with Subscriber(addr["pub"], topics=("status", "state"), hwm=20000) as sub, \
             Publisher(addr["cmd"], bind=False) as cmd:
         assert cmd.wait_for_subscriber("cmd", timeout=TIMEOUT)
-        good = _hold_target(_wait_for(sub, lambda m: m.topic == "state"))  # any state: only the shape matters
+        good = hold_command(_wait_for(sub, lambda m: m.topic == "state"))  # any state: only the shape matters
         raw = cmd.socket
         raw.send_multipart([b"cmd" + rng.bytes(40)])  # frames
         raw.send_multipart([b"cmd", rng.bytes(50), rng.bytes(8)])  # header
@@ -283,7 +274,7 @@ def _lockstep_run(log_path: Path, seed: int, ticks: int = 40, commanded: int = 2
             assert time.monotonic() < end, "subscription never reached the node"
             time.sleep(0.01)
         first = client.request("tick", timeout=TIMEOUT)
-        target = _hold_target(first)
+        target = hold_command(first)
         replies = [first]
         for k in range(1, ticks):
             target[0, 0] += 0.002  # a steady slide in x while commanded, then silence (watchdog)
@@ -343,7 +334,7 @@ def test_force_limit_holds_and_reports(tmp_path):
         while not client.request("ping", meta={"topic": "watchdog"}, timeout=TIMEOUT).meta["subscribed"]:
             assert time.monotonic() < end
             time.sleep(0.01)
-        target = _hold_target(client.request("tick", timeout=TIMEOUT))
+        target = hold_command(client.request("tick", timeout=TIMEOUT))
         target[0, 2] -= 0.15  # far below the surface: the impedance would press up to ~120 N
         reasons = []
         for _ in range(100):
@@ -374,7 +365,7 @@ def test_single_node_ticks_and_the_applied_stream(tmp_path):
         for bad in (0, 6, 2.0, "1"):
             refused = client.request("tick", meta={"node_ticks": bad}, timeout=TIMEOUT)
             assert refused.topic == "error" and "node_ticks" in refused.meta["reason"]
-        target = _hold_target(first)
+        target = hold_command(first)
         target[0, 0] += 0.01
         sent = client.request("tick", {"target": target}, meta={"node_ticks": 3}, timeout=TIMEOUT)
         assert sent.meta["sim_time"] == pytest.approx(0.016) and sent.meta["held"] is False
