@@ -1,6 +1,6 @@
 """Training windows for the slow-fast policy, from recorded demonstrations.
 
-Source: a ``teleop.dataset build`` output (``OUT/dataset.json`` + one ``.npz`` per episode, one clock at
+Source: a ``python -m dataset build`` output (``OUT/dataset.json`` + one ``.npz`` per episode, one clock at
 ``rate_hz``), or a raw recorded dataset, which is built here into memory (through a temporary directory) with the
 low-dim streams only. The training rate must be the built rate, and for a raw dataset must divide the native rate of
 the ``action`` stream: 25 Hz from the 50 Hz control loop keeps every 2nd step (zero-order hold on ``t0 + k / 25``).
@@ -25,7 +25,7 @@ of reacting to where the tool is relative to the object; the relative form remov
 
 Image keys (``image_keys``, e.g. ``wrist_rgb``) are recorded camera streams, slower than the training rate (10 Hz
 cameras, 25 Hz steps). Each training step takes the latest frame at or before it (zero-order hold, never a future
-frame: ``teleop.dataset.build_training_set`` holds image streams and still refuses low-dim streams that are too
+frame: ``dataset.format.build_training_set`` holds image streams and still refuses low-dim streams that are too
 slow), so a frame repeats for 2-3 steps exactly as it does for a live policy between camera frames
 (``rdp.inference`` holds the live frame the same way). The build's clock ends at the earliest last sample, so an
 episode loses the < 1 camera period after its last frame. Images stay uint8 (S, H, W, 3) in memory, optionally
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from bus.cli import UsageError, one_line
-from teleop.dataset import (
+from dataset.format import (
     BUILT_FORMAT_NAME,
     DATASET_FILE,
     FORMAT_NAME,
@@ -330,7 +330,7 @@ def load_episodes(
     info_file = path / DATASET_FILE
     if not info_file.is_file():
         raise DataError(f"{path}: not a dataset (no {DATASET_FILE}); expected a recorded dataset "
-                        f"(python -m teleop.record_expert) or a built one (python -m teleop.dataset build)")
+                        f"(python -m teleop.record_expert) or a built one (python -m dataset build)")
     try:
         info = json.loads(info_file.read_text())
     except (ValueError, OSError) as e:
@@ -359,7 +359,7 @@ def _check_raw(path: Path, rate_hz: float, image_keys: Sequence[str] = ()) -> No
     episodes = list_episodes(path)
     if not episodes:
         raise DataError(f"{path}: empty dataset, no committed episodes (record some with python -m "
-                        f"teleop.record_expert, or run python -m teleop.dataset recover after a crash)")
+                        f"teleop.record_expert, or run python -m dataset recover after a crash)")
     meta = read_meta(episodes[0])
     missing = [s for s in REQUIRED_STREAMS if s not in meta["streams"]]
     if missing:
@@ -418,7 +418,7 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     built_rate = float(info.get("rate_hz", float("nan")))
     if not math.isclose(built_rate, rate_hz, rel_tol=1e-9):
         raise DataError(f"{path}: built at {built_rate:g} Hz, but training was asked for {rate_hz:g} Hz; rebuild "
-                        f"with python -m teleop.dataset build --rate {rate_hz:g} or set rate_hz={built_rate:g}")
+                        f"with python -m dataset build --rate {rate_hz:g} or set rate_hz={built_rate:g}")
     missing = [s for s in REQUIRED_STREAMS if s not in info.get("streams", {})]
     if missing:
         raise DataError(f"{path}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)}")
@@ -433,7 +433,7 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     slow = [k for k in image_keys if k not in held_hz and not info["streams"][k].get("rate_hz")]
     if slow:
         raise DataError(f"{path}: the native rate of image streams {slow} is unknown (built before held_streams was "
-                        f"recorded); rebuild with python -m teleop.dataset build or train from the raw dataset")
+                        f"recorded); rebuild with python -m dataset build or train from the raw dataset")
     tasks = sorted({str(e.get("task")) for e in entries})
     if len(tasks) != 1:
         raise DataError(f"{path}: episodes of several tasks {tasks}; train one task at a time")

@@ -1,9 +1,9 @@
-"""Record scripted-expert demonstrations in-process, in the recorder's format (``teleop.dataset``).
+"""Record scripted-expert demonstrations in-process, in the recorder's format (``dataset.format``).
 
     python -m teleop.record_expert task=wipe episodes=20 seed=0 out=data/wipe [cameras=true] [max_steps=N]
 
 The force-aware expert (``sim.experts.make_expert``) drives the environment with perturbations on, and every
-episode is written by :class:`teleop.recorder.EpisodeRecorder` at native rates, stamped with simulation time:
+episode is written by :class:`dataset.recorder.EpisodeRecorder` at native rates, stamped with simulation time:
 
 * every control step (50 Hz): ``tcp_pos`` (A, 3), ``tcp_quat`` (A, 4), ``joint_pos`` (A, 7), ``gripper_width``
   (A,), ``wrench`` (A, 6), ``marker_offset`` (P, 7, 9, 2), ``tactile_emb`` (P, 15) -- the PCA embedding of each
@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bus.cli import command, parse_key_values
-from teleop.recorder import EpisodeMeta, EpisodeRecorder
+from dataset.recorder import EpisodeMeta, EpisodeRecorder
 
 LOWDIM_STREAMS = ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width", "wrench", "marker_offset", "scene")
 CAMERA_HZ = 10.0

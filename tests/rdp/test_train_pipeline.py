@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dataset.format import build_training_set, ensure_dataset_root
 from rdp.checkpoint import load_checkpoint, load_config
 from rdp.data import (
     DataError,
@@ -27,7 +28,6 @@ from rdp.inference import make_policy
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, train
 from sim.controller import rotvec_to_mat
-from teleop.dataset import build_training_set, ensure_dataset_root
 from teleop.record_expert import RecordConfig, record_expert_episodes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -83,7 +83,7 @@ def test_windows_have_the_documented_shapes_and_padding(demos: Path) -> None:
 
 
 def test_training_rate_keeps_every_second_control_step(demos: Path, tmp_path: Path) -> None:
-    from teleop.dataset import list_episodes, load_stream
+    from dataset.format import list_episodes, load_stream
 
     eps = load_episodes(demos, rate_hz=25.0)
     _, raw = load_stream(list_episodes(demos)[0], "action")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from dataset.format import list_episodes, load_stream, read_meta
 from sensors.embedding import TactileEmbedding
-from teleop.dataset import list_episodes, load_stream, read_meta
 from teleop.record_expert import RecordConfig, main, parse_overrides, record_expert_episodes
 
 

@@ -1,4 +1,4 @@
-"""``python -m teleop.dataset``: info, verify and build (zero-order-hold resampling and its refusals)."""
+"""``python -m dataset``: info, verify and build (zero-order-hold resampling and its refusals)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from teleop.dataset import list_episodes, load_training_episode, main
-from teleop.recorder import EpisodeRecorder
+from dataset.cli import main
+from dataset.format import list_episodes, load_training_episode
+from dataset.recorder import EpisodeRecorder
 
 
 def _record(root: Path, streams: dict[str, tuple[np.ndarray, np.ndarray]], success: bool = True) -> Path:
@@ -133,14 +134,14 @@ def test_a_damaged_meta_json_is_refused_in_one_line(damage, says: str, tmp_path:
         code, _, err = _run(capsys, *argv)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         damaged = f"{episode / 'meta.json'}: {says}; the file is damaged (run `verify`)"
-        assert err.strip() == f"teleop.dataset: error: {damaged}"
+        assert err.strip() == f"dataset: error: {damaged}"
     code, lines, _ = _run(capsys, "verify", str(tmp_path))
     assert code == 1 and says in json.loads(lines[-1])["problems"][0]
 
 
 def test_bad_arguments_are_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = _run(capsys, "build", str(tmp_path), "--rate", "abc", "--out", str(tmp_path / "o"))
-    assert code == 2 and err.strip() == ("teleop.dataset: error: argument --rate: invalid float value: 'abc' (see "
-                                         "python -m teleop.dataset build --help)")
+    assert code == 2 and err.strip() == ("dataset: error: argument --rate: invalid float value: 'abc' (see "
+                                         "python -m dataset build --help)")
     code, _, err = _run(capsys, "info", str(tmp_path / "missing"))
-    assert code == 2 and err.strip() == f"teleop.dataset: error: {tmp_path / 'missing'}: not a directory"
+    assert code == 2 and err.strip() == f"dataset: error: {tmp_path / 'missing'}: not a directory"

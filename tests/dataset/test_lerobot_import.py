@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_lerobot_export import export, record, refused
 
-from teleop.dataset import build_training_set, list_episodes, load_stream, load_training_episode, main, read_meta
-from teleop.lerobot import TRAINING_RATE_HZ
-from teleop.lerobot_import import RDP_TRAINING_STREAMS
+from dataset.cli import main
+from dataset.format import build_training_set, list_episodes, load_stream, load_training_episode, read_meta
+from dataset.lerobot import TRAINING_RATE_HZ
+from dataset.lerobot_import import RDP_TRAINING_STREAMS
 
 
 def import_(capsys: pytest.CaptureFixture[str], src: Path, out: Path, *extra: str) -> dict:

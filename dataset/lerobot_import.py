@@ -1,13 +1,13 @@
 """Import a LeRobotDataset v3.0 into our recording format, so ``rdp.train`` can learn from LeRobot datasets.
 
-``python -m teleop.dataset import --format lerobot SRC OUT [--require a,b]``
+``python -m dataset import --format lerobot SRC OUT [--require a,b]``
 
-Every LeRobot episode becomes one committed episode directory (``teleop.dataset``), every feature a stream at the
+Every LeRobot episode becomes one committed episode directory (``dataset.format``), every feature a stream at the
 dataset's fps, stamped ``t_k = frame_index / fps`` (after checking the ``timestamp`` column agrees within LeRobot's
 own tolerance, 1e-4 s); cameras are decoded from the episode's span of its mp4 (imageio's ffmpeg: H.264, AV1, ...),
 or from PNG bytes for ``image`` features. Which stream a feature becomes:
 
-* an export of ours carries ``meta/slowfast_streams.json`` (``teleop.lerobot``): each recorded stream is cut
+* an export of ours carries ``meta/slowfast_streams.json`` (``dataset.lerobot``): each recorded stream is cut
   back out of its columns with its recorded dtype and shape, so export -> import gives the streams ``build``
   would make at the export's fps (float64 streams pass through LeRobot's float32 columns);
 * any other feature by name: ``action`` -> ``action``, ``observation.images.<cam>`` -> ``<cam>``,
@@ -40,7 +40,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bus.message import ALLOWED_DTYPES
-from teleop.dataset import (
+from dataset.durable import staged_dir, write_file_durably
+from dataset.format import (
     INPROGRESS_PREFIX,
     DatasetError,
     check_stream_name,
@@ -51,8 +52,7 @@ from teleop.dataset import (
     episode_meta,
     finalize_episode,
 )
-from teleop.durable import staged_dir, write_file_durably
-from teleop.lerobot import (
+from dataset.lerobot import (
     ACTION_KEY,
     CODEBASE_VERSION,
     IMAGE_PREFIX,
