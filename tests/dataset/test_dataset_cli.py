@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -145,3 +147,18 @@ def test_bad_arguments_are_one_line(tmp_path: Path, capsys) -> None:
                                          "python -m dataset build --help)")
     code, _, err = _run(capsys, "info", str(tmp_path / "missing"))
     assert code == 2 and err.strip() == f"dataset: error: {tmp_path / 'missing'}: not a directory"
+
+
+@pytest.mark.parametrize("module", ["dataset", "dataset.cli", "teleop.dataset"])
+def test_every_entry_point_runs_the_same_cli(tmp_path: Path, module: str) -> None:
+    """``python -m dataset`` is the command; ``dataset.cli`` and the former ``teleop.dataset`` run the same one."""
+    ramp = np.arange(4) / 10.0
+    _record(tmp_path / "ds", {"action": (ramp, ramp[:, None].repeat(2, axis=1))})
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", module, "info", str(tmp_path / "ds")], cwd=repo,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["episodes"] == 1
+    bad = subprocess.run([sys.executable, "-m", module, "info", str(tmp_path / "missing")], cwd=repo,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"dataset: error: {tmp_path / 'missing'}: not a directory"
