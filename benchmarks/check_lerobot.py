@@ -278,7 +278,7 @@ def write_native(root: Path, work: Path) -> dict:
         "observation.tcp_quat": {"dtype": "float32", "shape": (4,), "names": ["w", "x", "y", "z"]},
         "observation.gripper_width": {"dtype": "float32", "shape": (1,), "names": ["width"]},
         "observation.wrench": {"dtype": "float32", "shape": (6,), "names": None},
-        "observation.tactile_emb": {"dtype": "float32", "shape": (30,), "names": None},
+        "observation.marker_offset": {"dtype": "float32", "shape": (252,), "names": None},  # 2 pads x 7 x 9 x 2
         "action": {"dtype": "float32", "shape": (7,), "names": None},
         "observation.images.scene_rgb": {"dtype": "video", "shape": (size, size, 3),
                                          "names": ["height", "width", "channels"]},
@@ -296,7 +296,7 @@ def write_native(root: Path, work: Path) -> dict:
                 "observation.tcp_quat": np.array([np.cos(angle / 2), np.sin(angle / 2), 0, 0], np.float32),
                 "observation.gripper_width": np.array([0.04], np.float32),
                 "observation.wrench": rng.normal(size=6).astype(np.float32),
-                "observation.tactile_emb": rng.normal(size=30).astype(np.float32),
+                "observation.marker_offset": rng.normal(scale=1e-4, size=252).astype(np.float32),
                 "action": np.array([*pos, np.pi, 0, 0, 0.04], np.float32),
                 "observation.images.scene_rgb": np.full((size, size, 3), 40 + 3 * k, np.uint8),
                 "task": "wipe",

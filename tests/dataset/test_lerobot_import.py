@@ -152,8 +152,8 @@ def test_import_refusals_name_the_problem_and_leave_nothing(tmp_path: Path, caps
     base = ["import", "--format", "lerobot"]
     src = foreign_dataset(tmp_path / "foreign")
     err = refused(capsys, *base, str(src), str(tmp_path / "o1"))
-    assert "lacks streams ['action', 'gripper_width', 'tactile_emb', 'tcp_pos', 'tcp_quat', 'wrench']" in err
-    assert "rdp.train needs" in err and "marker_offset" in err and "forward kinematics" in err
+    assert "lacks streams ['action', 'gripper_width', 'marker_offset', 'tcp_pos', 'tcp_quat', 'wrench']" in err
+    assert "rdp.train needs" in err and "marker field" in err and "forward kinematics" in err
     assert "['x']" in refused(capsys, *base, str(src), str(tmp_path / "o2"), "--require", "state,x")
     off = foreign_dataset(tmp_path / "off", timestamps_off=True)
     assert "is not 0 / 30" in refused(capsys, *base, str(off), str(tmp_path / "o3"), "--require", "")
