@@ -49,10 +49,12 @@ demo: $(STAMP)
 
 test: $(STAMP) $(WEBXR_STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) outputs runs $(WEBXR)/node_modules

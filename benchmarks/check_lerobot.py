@@ -5,14 +5,14 @@ the project's (record, export, import, rdp) and a separate Python >= 3.12 venv w
 (the ``probe`` and ``write`` modes, which import only lerobot, torch and numpy). Steps:
 
 1. record ``--episodes`` scripted-expert episodes with cameras (``teleop.record_expert``) and export them
-   (``teleop.lerobot``, default fps = the training rate), ``gripper_width`` as its own 1-wide (scalar) feature;
+   (``dataset.lerobot``, default fps = the training rate), ``gripper_width`` as its own 1-wide (scalar) feature;
 2. ``probe``: ``LeRobotDataset(repo_id, root=EXPORT)`` -- every frame indexed and decoded (the default video backend,
    and pyav), values equal to the parquet's, scalar features as 0-d tensors, ``delta_timestamps`` on action, state
    and a camera, a shuffled ``DataLoader`` batch, per-episode stats against LeRobot's own ``compute_episode_stats``
    and ``aggregate_stats``, and LeRobot's ``delete_episodes`` / ``split_dataset`` (their ``stats.json`` must hold
    every feature);
 3. ``write``: a dataset written by LeRobot's own writer with the streams rdp.train needs, imported with
-   ``teleop.lerobot_import`` and loaded by ``rdp.data.load_episodes`` into training windows;
+   ``dataset.lerobot_import`` and loaded by ``rdp.data.load_episodes`` into training windows;
 4. the export imported back: every stream equals ``build``'s resampling of the recording at the export's fps.
 
     python -m benchmarks.check_lerobot [--lerobot-python outputs/check-lerobot/venv/bin/python]
@@ -42,10 +42,10 @@ def run(args: argparse.Namespace) -> int:
     """Steps 1-4 from the project's interpreter; the LeRobot steps in a child process of ``--lerobot-python``."""
     import numpy as np
 
+    from dataset.format import build_training_set, load_training_episode
+    from dataset.lerobot import TRAINING_RATE_HZ, export_lerobot
+    from dataset.lerobot_import import import_lerobot
     from rdp.data import load_episodes, make_windows
-    from teleop.dataset import build_training_set, load_training_episode
-    from teleop.lerobot import TRAINING_RATE_HZ, export_lerobot
-    from teleop.lerobot_import import import_lerobot
     from teleop.record_expert import RecordConfig, record_expert_episodes
 
     work = Path(args.work)
@@ -105,7 +105,7 @@ def _scale(work: Path, stream: str) -> float:
     """Largest magnitude of a stream in the original recording (float32 rounding is relative to it)."""
     import numpy as np
 
-    from teleop.dataset import list_episodes, load_stream
+    from dataset.format import list_episodes, load_stream
 
     return max(float(np.abs(load_stream(ep, stream)[1]).max(initial=0.0)) for ep in list_episodes(work / "demo"))
 
@@ -278,7 +278,7 @@ def write_native(root: Path, work: Path) -> dict:
         "observation.tcp_quat": {"dtype": "float32", "shape": (4,), "names": ["w", "x", "y", "z"]},
         "observation.gripper_width": {"dtype": "float32", "shape": (1,), "names": ["width"]},
         "observation.wrench": {"dtype": "float32", "shape": (6,), "names": None},
-        "observation.tactile_emb": {"dtype": "float32", "shape": (30,), "names": None},
+        "observation.marker_offset": {"dtype": "float32", "shape": (252,), "names": None},  # 2 pads x 7 x 9 x 2
         "action": {"dtype": "float32", "shape": (7,), "names": None},
         "observation.images.scene_rgb": {"dtype": "video", "shape": (size, size, 3),
                                          "names": ["height", "width", "channels"]},
@@ -296,7 +296,7 @@ def write_native(root: Path, work: Path) -> dict:
                 "observation.tcp_quat": np.array([np.cos(angle / 2), np.sin(angle / 2), 0, 0], np.float32),
                 "observation.gripper_width": np.array([0.04], np.float32),
                 "observation.wrench": rng.normal(size=6).astype(np.float32),
-                "observation.tactile_emb": rng.normal(size=30).astype(np.float32),
+                "observation.marker_offset": rng.normal(scale=1e-4, size=252).astype(np.float32),
                 "action": np.array([*pos, np.pi, 0, 0, 0.04], np.float32),
                 "observation.images.scene_rgb": np.full((size, size, 3), 40 + 3 * k, np.uint8),
                 "task": "wipe",

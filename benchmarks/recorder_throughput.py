@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import publish  # noqa: E402
-from teleop.dataset import verify_dataset  # noqa: E402
-from teleop.recorder import EpisodeRecorder  # noqa: E402
+from dataset.format import verify_dataset  # noqa: E402
+from dataset.recorder import EpisodeRecorder  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "recorder_throughput.json"
 

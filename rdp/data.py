@@ -1,6 +1,6 @@
 """Training windows for the slow-fast policy, from recorded demonstrations.
 
-Source: a ``teleop.dataset build`` output (``OUT/dataset.json`` + one ``.npz`` per episode, one clock at
+Source: a ``python -m dataset build`` output (``OUT/dataset.json`` + one ``.npz`` per episode, one clock at
 ``rate_hz``), or a raw recorded dataset, which is built here into memory (through a temporary directory) with the
 low-dim streams only. The training rate must be the built rate, and for a raw dataset must divide the native rate of
 the ``action`` stream: 25 Hz from the 50 Hz control loop keeps every 2nd step (zero-order hold on ``t0 + k / 25``).
@@ -14,18 +14,20 @@ at 25 Hz), ``A`` arms, ``P`` tactile pads. A window ending at step ``i`` of an e
 * cond: the tactile embedding at the same steps as the action, (N, T, P * 15) -- what the fast decoder reads at
   each tick (the action at step ``t`` was commanded having felt the pads at ``t``).
 
-Low-dim keys (features of one step, the same function serves training data and live observations):
-``proprio`` per arm [tcp position (3), tcp rotation 6-D (6), gripper width (1)] -> (10 A,); ``tactile`` the pads'
-PCA embeddings flattened (P * 15,); ``wrench`` per arm (6,) -> (6 A,); ``scene`` the one-shot object
-localisation at reset (task-defined, e.g. path start + end points, or box centre + half-size); ``proprio_scene``
-``proprio`` with each TCP position taken relative to the scene anchor (the scene's first 3 numbers: the path start
-or the box centre), so the observation does not change when the whole scene is translated. Absolute positions
+Low-dim keys (features of one step, computed here from the recorded raw streams by ``dataset.features
+.lowdim_features``, the function the runtime applies to live observations; a recorded ``tactile_emb`` stream is
+ignored): ``proprio`` per arm [tcp position (3), tcp rotation 6-D (6), gripper width (1)] -> (10 A,); ``tactile``
+the pads' PCA embeddings of their marker fields, flattened (P * 15,); ``tactile_load`` each pad's load (3 P,);
+``wrench`` per arm (6,) -> (6 A,); ``scene`` the one-shot object localisation at reset (task-defined, e.g. path
+start + end points, or box centre + half-size); ``proprio_scene`` ``proprio`` with each TCP position taken relative
+to the scene anchor (the scene's first 3 numbers: the path start or the box centre), so the observation does not
+change when the whole scene is translated. Absolute positions
 identify a demonstration (every episode starts somewhere else), which lets a policy memorise demonstrations instead
 of reacting to where the tool is relative to the object; the relative form removes that shortcut.
 
 Image keys (``image_keys``, e.g. ``wrist_rgb``) are recorded camera streams, slower than the training rate (10 Hz
 cameras, 25 Hz steps). Each training step takes the latest frame at or before it (zero-order hold, never a future
-frame: ``teleop.dataset.build_training_set`` holds image streams and still refuses low-dim streams that are too
+frame: ``dataset.format.build_training_set`` holds image streams and still refuses low-dim streams that are too
 slow), so a frame repeats for 2-3 steps exactly as it does for a live policy between camera frames
 (``rdp.inference`` holds the live frame the same way). The build's clock ends at the earliest last sample, so an
 episode loses the < 1 camera period after its last frame. Images stay uint8 (S, H, W, 3) in memory, optionally
@@ -52,7 +54,8 @@ from typing import Any
 import numpy as np
 
 from bus.cli import UsageError, one_line
-from teleop.dataset import (
+from dataset.features import FEATURE_STREAMS, OPTIONAL_FEATURE_STREAMS, lowdim_features
+from dataset.format import (
     BUILT_FORMAT_NAME,
     DATASET_FILE,
     FORMAT_NAME,
@@ -65,12 +68,14 @@ from teleop.dataset import (
     measured_rate_hz,
     read_meta,
 )
+from dataset.rotations import matrix_to_rot6d, matrix_to_rotvec, rot6d_to_matrix, rotvec_to_matrix
+from sensors.embedding import TactileEmbedding
 
 ENV_ACTION_DIM = 7  # per arm: x, y, z, rx, ry, rz, grip
 ACTION_DIM = 10  # per arm: x, y, z, r6 (6), grip
 LOWDIM_KEYS = ("proprio", "tactile", "wrench", "scene", "proprio_scene")
-OPTIONAL_STREAMS = ("scene",)  # loaded when recorded: the one-shot object localisation (``sim`` obs "scene")
-REQUIRED_STREAMS = ("action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat", "wrench")
+OPTIONAL_STREAMS = OPTIONAL_FEATURE_STREAMS  # loaded when recorded: the one-shot object localisation at reset
+REQUIRED_STREAMS = tuple(sorted(("action", *FEATURE_STREAMS)))  # the raw streams the features and actions need
 
 
 class DataError(UsageError):
@@ -78,114 +83,7 @@ class DataError(UsageError):
     exit 2 on the command line, ``bus.cli``)."""
 
 
-# ----------------------------------------------------------------------------------------------- rotations
-
-
-def rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
-    """(..., 3) rotation vectors -> (..., 3, 3) matrices (Rodrigues; exact at angle 0)."""
-    rv = np.asarray(rv, dtype=np.float64)
-    angle = np.linalg.norm(rv, axis=-1)[..., None, None]  # (..., 1, 1)
-    k = _skew(rv)
-    small = angle < 1e-8
-    safe = np.where(small, 1.0, angle)
-    a = np.where(small, 1.0 - angle**2 / 6.0, np.sin(safe) / safe)  # sin(t) / t
-    b = np.where(small, 0.5 - angle**2 / 24.0, (1.0 - np.cos(safe)) / safe**2)  # (1 - cos t) / t^2
-    return np.eye(3) + a * k + b * (k @ k)
-
-
-def matrix_to_rotvec(m: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 3) rotation vectors with angle in [0, pi], via unit quaternions."""
-    q = matrix_to_quat(m)  # (..., 4) w, x, y, z with w >= 0
-    w = np.clip(q[..., 0], 0.0, 1.0)
-    xyz = q[..., 1:]
-    s = np.linalg.norm(xyz, axis=-1)
-    angle = 2.0 * np.arctan2(s, w)
-    scale = np.where(s < 1e-12, 2.0, angle / np.where(s < 1e-12, 1.0, s))  # 2 * asin(s) / s -> 2 as s -> 0
-    return xyz * scale[..., None]
-
-
-SMALL_BATCH = 8  # up to this many rotations, the conversions loop over MuJoCo's C routines (the fast loop's case:
-# one per arm; vectorised numpy on a handful of 3x3 matrices costs tens of microseconds in call overhead)
-
-
-def _small(batch_shape: tuple[int, ...]) -> bool:
-    return math.prod(batch_shape) <= SMALL_BATCH
-
-
-def matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 4) unit quaternions (w, x, y, z), w >= 0; Shepperd's method (stable at every angle)."""
-    m = np.asarray(m, dtype=np.float64)
-    if _small(m.shape[:-2]):
-        import mujoco  # here, not at the top: sim sets MUJOCO_GL before the first import of mujoco
-
-        flat = np.ascontiguousarray(m).reshape(-1, 9)
-        q = np.empty((len(flat), 4))
-        for i in range(len(flat)):
-            mujoco.mju_mat2Quat(q[i], flat[i])
-        q[q[:, 0] < 0] *= -1.0
-        return q.reshape(*m.shape[:-2], 4)
-    tr = m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2]
-    cands = np.stack([  # 4 * q * q_k for k = w, x, y, z, each reliable when q_k is the largest component
-        np.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        np.stack([m[..., 2, 1] - m[..., 1, 2], 1 + 2 * m[..., 0, 0] - tr, m[..., 0, 1] + m[..., 1, 0],
-                  m[..., 0, 2] + m[..., 2, 0]], -1),
-        np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 + 2 * m[..., 1, 1] - tr,
-                  m[..., 1, 2] + m[..., 2, 1]], -1),
-        np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
-                  1 + 2 * m[..., 2, 2] - tr], -1),
-    ], axis=-2)  # (..., 4 candidates, 4)
-    diag = np.stack([tr, m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]], -1)
-    best = np.argmax(diag, axis=-1)[..., None, None]
-    q = np.take_along_axis(cands, np.broadcast_to(best, (*cands.shape[:-2], 1, 4)), axis=-2)[..., 0, :]
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., :1] < 0, -q, q)
-
-
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(..., 4) quaternions (w, x, y, z; MuJoCo's order) -> (..., 3, 3)."""
-    q = np.asarray(q, dtype=np.float64)
-    if _small(q.shape[:-1]):
-        import mujoco
-
-        flat = q.reshape(-1, 4)
-        flat = flat / np.linalg.norm(flat, axis=-1, keepdims=True)
-        m = np.empty((len(flat), 9))
-        for i in range(len(flat)):
-            mujoco.mju_quat2Mat(m[i], flat[i])
-        return m.reshape(*q.shape[:-1], 3, 3)
-    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], axis=-2)
-
-
-def matrix_to_rot6d(m: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 6): first column, then second column."""
-    return np.concatenate([m[..., :, 0], m[..., :, 1]], axis=-1)
-
-
-def rot6d_to_matrix(r6: np.ndarray) -> np.ndarray:
-    """(..., 6) -> (..., 3, 3) by Gram-Schmidt, so any network output maps to a proper rotation."""
-    r6 = np.asarray(r6, dtype=np.float64)
-    if _small(r6.shape[:-1]):
-        rows = r6.reshape(-1, 6).tolist()
-        m = np.empty((len(rows), 3, 3))
-        for i, (a0, a1, a2, b0, b1, b2) in enumerate(rows):
-            n = max(math.sqrt(a0 * a0 + a1 * a1 + a2 * a2), 1e-9)
-            x0, x1, x2 = a0 / n, a1 / n, a2 / n
-            d = x0 * b0 + x1 * b1 + x2 * b2
-            b0, b1, b2 = b0 - d * x0, b1 - d * x1, b2 - d * x2
-            n = max(math.sqrt(b0 * b0 + b1 * b1 + b2 * b2), 1e-9)
-            y0, y1, y2 = b0 / n, b1 / n, b2 / n
-            m[i] = ((x0, y0, x1 * y2 - x2 * y1), (x1, y1, x2 * y0 - x0 * y2), (x2, y2, x0 * y1 - x1 * y0))
-        return m.reshape(*r6.shape[:-1], 3, 3)
-    a, b = r6[..., :3], r6[..., 3:]
-    x = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-9)
-    b = b - np.sum(x * b, axis=-1, keepdims=True) * x
-    y = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-9)
-    return np.stack([x, y, np.cross(x, y)], axis=-1)
+# ----------------------------------------------------------------------------------------------- actions
 
 
 def env_to_policy_action(action: np.ndarray) -> np.ndarray:
@@ -257,42 +155,6 @@ def cond_features(features: Mapping[str, np.ndarray], anchor_proprio: np.ndarray
     return np.concatenate(out, axis=-1).astype(np.float32)
 
 
-# ----------------------------------------------------------------------------------------------- features
-
-
-def lowdim_features(steps: Mapping[str, np.ndarray], embedding: Any = None) -> dict[str, np.ndarray]:
-    """Per-step arrays with any leading shape (...): ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4),
-    ``gripper_width`` (..., A), ``tactile_emb`` (..., P, 15), ``wrench`` (..., A, 6) -> {proprio (..., 10 A),
-    tactile (..., 15 P), wrench (..., 6 A)}, float32, plus ``scene`` (..., S) and ``proprio_scene`` (..., 10 A) when
-    ``scene`` is given, and ``tactile_load`` (..., 3 P) with the ``sensors.embedding.TactileEmbedding`` that made
-    ``tactile_emb`` (each pad's mean marker shift and field divergence: shear and normal load, ``pad_load``).
-    Serves recorded episodes and live observations alike."""
-    pos = np.asarray(steps["tcp_pos"], dtype=np.float64)
-    r6 = matrix_to_rot6d(quat_to_matrix(steps["tcp_quat"]))
-    grip = np.asarray(steps["gripper_width"], dtype=np.float64)[..., None]
-    proprio = np.concatenate([pos, r6, grip], axis=-1)  # (..., A, 10)
-    tactile = np.asarray(steps["tactile_emb"])
-    wrench = np.asarray(steps["wrench"])
-    out = {
-        "proprio": proprio.reshape(*proprio.shape[:-2], -1).astype(np.float32),
-        "tactile": tactile.reshape(*tactile.shape[:-2], -1).astype(np.float32),
-        "wrench": wrench.reshape(*wrench.shape[:-2], -1).astype(np.float32),
-    }
-    if embedding is not None:
-        load = embedding.pad_load(tactile)  # (..., P, 3)
-        out["tactile_load"] = load.reshape(*load.shape[:-2], -1).astype(np.float32)
-    if "scene" in steps:
-        scene = np.asarray(steps["scene"], dtype=np.float32)
-        if scene.shape[-1] < 3 or scene.shape[:-1] != proprio.shape[:-2]:
-            raise ValueError(f"scene {scene.shape}: expected (..., S >= 3) with the leading shape of tcp_pos "
-                             f"{pos.shape[:-2]}")
-        out["scene"] = scene
-        rel = proprio.copy()
-        rel[..., :3] -= scene[..., None, :3]  # every arm's TCP relative to the scene anchor
-        out["proprio_scene"] = rel.reshape(*rel.shape[:-2], -1).astype(np.float32)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- loading
 
 
@@ -316,13 +178,15 @@ class Episodes:
 
 def load_episodes(
     path: str | Path, rate_hz: float, image_keys: Sequence[str] = (), image_size: int | None = None,
-    embedding: Any = None,
+    embedding: TactileEmbedding | str = "default",
 ) -> Episodes:
     """Load a built training set (its rate must equal ``rate_hz``) or build a raw recorded dataset at ``rate_hz``.
     ``image_keys``: camera streams to load as held uint8 frames, area-resized to ``image_size`` squared (None: as
-    recorded); ``embedding``: the tactile embedding of the recording, for the ``tactile_load`` feature."""
+    recorded); ``embedding``: the tactile embedding (or its name) the ``tactile`` features are computed with."""
     path = Path(path)
     image_keys = tuple(image_keys)
+    if not isinstance(embedding, TactileEmbedding):
+        embedding = TactileEmbedding.load(embedding)
     if image_size is not None and image_size < 8:
         raise DataError(f"image_size must be >= 8 pixels or null, got {image_size}")
     if not (rate_hz > 0 and math.isfinite(rate_hz)):
@@ -330,7 +194,7 @@ def load_episodes(
     info_file = path / DATASET_FILE
     if not info_file.is_file():
         raise DataError(f"{path}: not a dataset (no {DATASET_FILE}); expected a recorded dataset "
-                        f"(python -m teleop.record_expert) or a built one (python -m teleop.dataset build)")
+                        f"(python -m teleop.record_expert) or a built one (python -m dataset build)")
     try:
         info = json.loads(info_file.read_text())
     except (ValueError, OSError) as e:
@@ -359,7 +223,7 @@ def _check_raw(path: Path, rate_hz: float, image_keys: Sequence[str] = ()) -> No
     episodes = list_episodes(path)
     if not episodes:
         raise DataError(f"{path}: empty dataset, no committed episodes (record some with python -m "
-                        f"teleop.record_expert, or run python -m teleop.dataset recover after a crash)")
+                        f"teleop.record_expert, or run python -m dataset recover after a crash)")
     meta = read_meta(episodes[0])
     missing = [s for s in REQUIRED_STREAMS if s not in meta["streams"]]
     if missing:
@@ -414,14 +278,19 @@ def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = None, image_keys: Sequence[str] = (),
-                image_size: int | None = None, embedding: Any = None) -> Episodes:
+                image_size: int | None = None, embedding: TactileEmbedding | None = None) -> Episodes:
     built_rate = float(info.get("rate_hz", float("nan")))
     if not math.isclose(built_rate, rate_hz, rel_tol=1e-9):
         raise DataError(f"{path}: built at {built_rate:g} Hz, but training was asked for {rate_hz:g} Hz; rebuild "
-                        f"with python -m teleop.dataset build --rate {rate_hz:g} or set rate_hz={built_rate:g}")
+                        f"with python -m dataset build --rate {rate_hz:g} or set rate_hz={built_rate:g}")
     missing = [s for s in REQUIRED_STREAMS if s not in info.get("streams", {})]
     if missing:
-        raise DataError(f"{path}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)}")
+        hint = (" (features are computed from raw streams when a dataset is loaded; rebuild with python -m dataset"
+                " build --streams including marker_offset, or train from the raw dataset)"
+                if "marker_offset" in missing else "")
+        raise DataError(f"{path}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)}{hint}")
+    if embedding is None:
+        embedding = TactileEmbedding.load("default")
     entries = info.get("episodes", [])
     if not entries:
         raise DataError(f"{path}: empty training set, no episodes")
@@ -433,7 +302,7 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     slow = [k for k in image_keys if k not in held_hz and not info["streams"][k].get("rate_hz")]
     if slow:
         raise DataError(f"{path}: the native rate of image streams {slow} is unknown (built before held_streams was "
-                        f"recorded); rebuild with python -m teleop.dataset build or train from the raw dataset")
+                        f"recorded); rebuild with python -m dataset build or train from the raw dataset")
     tasks = sorted({str(e.get("task")) for e in entries})
     if len(tasks) != 1:
         raise DataError(f"{path}: episodes of several tasks {tasks}; train one task at a time")
@@ -460,7 +329,7 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
         lengths=lengths_arr,
         task=tasks[0],
         num_arms=int(shapes["tcp_pos"]["shape"][0]),
-        num_pads=int(shapes["tactile_emb"]["shape"][0]),
+        num_pads=int(shapes["marker_offset"]["shape"][0]),
         source=source or str(path),
         images={k: np.concatenate(v) for k, v in images.items()},
         image_hz={k: float(held_hz.get(k) or shapes[k].get("rate_hz") or rate_hz) for k in image_keys},
@@ -518,12 +387,6 @@ def gather(
         steps = {k: episodes.features[k][ai] for k in needed}  # (B, T, Dk)
         out["cond"] = cond_features(steps, episodes.features["proprio"][oi[..., -1]][:, None], cond_key)
     return out
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    z = np.zeros(v.shape[:-1])
-    x, y, w = v[..., 0], v[..., 1], v[..., 2]
-    return np.stack([np.stack([z, -w, y], -1), np.stack([w, z, -x], -1), np.stack([-y, x, z], -1)], -2)
 
 
 def _arms(dim: int, per_arm: int, what: str) -> int:

@@ -4,7 +4,8 @@
 (hydra: ``configs/policy/{rdp,dp}.yaml``). ``RDPSimPolicy``: the latent diffusion policy (slow) plans a latent
 chunk every ``replan_every`` steps; the tokenizer's GRU (fast) decodes one action per step from it and the tactile
 reading of that step. ``DPSimPolicy``: the baseline executes its predicted action chunk open-loop.
-``obs_features`` turns one live observation into the low-dim features the policy was trained on; ``obs_images``
+``dataset.features.lowdim_features`` turns one live observation into the low-dim features the policy was trained
+on (the same function computed them from the recorded streams at training time); ``obs_images``
 its camera frames into the policy's image inputs (resized as in training). An image policy holds each camera frame
 until the next one, at the camera rate it was trained with (run.json ``image_hz``, 10 Hz from
 ``teleop.record_expert``): the env renders a frame every control tick, the policy keeps the one of every 5th tick
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 
 from bus.cli import UsageError, choose
+from dataset.features import lowdim_features
 from rdp.checkpoint import RUN_FORMAT, CheckpointError, check_run_against_weights, load_checkpoint, load_run_info
-from rdp.data import ACTION_DIM, cond_features, lowdim_features, policy_to_env_action, resize_images, shift_positions
+from rdp.data import ACTION_DIM, cond_features, policy_to_env_action, resize_images, shift_positions
 from rdp.normalizer import Normalizer
 from rdp.policy import DiffusionPolicy, rtc_weights
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
@@ -36,16 +38,8 @@ HANDOVERS = ("latest", "rtc")  # how a new chunk replaces the running one (see _
 # 1000-1049 with the shipped checkpoints (README, session 6): success averaged over wipe, lift and peel was 0.61 at
 # 1.0, 0.75 at 0.5 and 0.79 at 0.0, so a plan is DDIM from the prior's mean; the test seeds 0-49 were run afterwards.
 DEFAULT_NOISE_SCALE = 0.0
-# What obs_features raises on a malformed reading (a missing or wrongly shaped array): callers count and skip it.
+# What lowdim_features raises on a malformed reading (a missing or wrongly shaped array): callers count and skip it.
 UNUSABLE_OBSERVATION = (KeyError, ValueError, IndexError, TypeError)
-
-
-def obs_features(obs: Mapping[str, np.ndarray], embedding: Any) -> dict[str, np.ndarray]:
-    """One env/robot-node observation -> {proprio, tactile, wrench} features (``rdp.data.lowdim_features``), the
-    marker fields embedded with ``embedding`` (a ``sensors.embedding.TactileEmbedding``)."""
-    steps = {k: obs[k] for k in ("tcp_pos", "tcp_quat", "gripper_width", "wrench", "scene") if k in obs}
-    steps["tactile_emb"] = embedding.encode(obs["marker_offset"])
-    return lowdim_features(steps, embedding)
 
 
 def obs_images(obs: Mapping[str, np.ndarray], image_keys: tuple[str, ...], size: int | None) -> dict[str, np.ndarray]:
@@ -209,7 +203,7 @@ class _ChunkedSimPolicy:
         return policy_to_env_action(action).astype(np.float64)
 
     def _features(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        features = obs_features(obs, self.embedding)
+        features = lowdim_features(obs, self.embedding)
         if self.image_keys:
             features.update(self.frames)  # (H, W, 3) uint8 each, the latest camera frame at or before this tick
         return features
@@ -434,8 +428,9 @@ class ChunkExecutor:
     Wraps a loaded ``RDPSimPolicy`` / ``DPSimPolicy`` (``make_policy``) and reuses its ``_plan`` / ``_decode``, so the
     runtime and ``sim.eval`` run the same decoding. ``start(chunk, anchor)`` once per chunk (anchor: the proprio
     features (10 A,) of the observation it was planned from), then ``step(features)`` once per step (features:
-    ``obs_features`` of that step) -> the env action (7 A,) float64; ``t`` counts the steps taken. For rdp every
-    step is one incremental GRU step on the reading given (constant work); for dp it indexes the chunk.
+    ``dataset.features.lowdim_features`` of that step) -> the env action (7 A,) float64; ``t`` counts the steps
+    taken. For rdp every step is one incremental GRU step on the reading given (constant work); for dp it indexes
+    the chunk.
     ``chunk_shape`` is what the slow policy predicts: (L, C) latents or (T, Da) actions.
     """
 

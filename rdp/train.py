@@ -45,6 +45,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bus.cli import UsageError, command, run_hydra
+from dataset.durable import fsync_dir, write_file_durably
 from rdp.checkpoint import CheckpointError, load_checkpoint, read_json, save_checkpoint
 from rdp.data import (
     ACTION_DIM,
@@ -62,7 +63,6 @@ from rdp.normalizer import Normalizer, NormMode
 from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 from sensors.embedding import TactileEmbedding
-from teleop.durable import fsync_dir, write_file_durably
 
 STAGES = ("tokenizer", "policy")
 # Fields of run.json that give the weights their meaning: a resume must agree on all of them.

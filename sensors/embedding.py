@@ -1,25 +1,21 @@
 """Tactile PCA embedding: a marker field (7 x 9 x 2 offsets) -> 15 numbers, as in RDP.
 
-Fitted on a *press dataset* generated in MuJoCo (see :func:`generate_press_dataset`): indenters of
-several shapes and sizes pressed into a gel pad at varied forces, then dragged to load it in shear.
-Saved as ``.npz`` (plain arrays; loaded with ``allow_pickle=False``) plus a JSON side-car, and
-loaded by name from ``sensors/embeddings/``.
-
-    python -m sensors.embedding fit --name default --episodes 400
+Fitted (``fit_pca``) on a *press dataset* generated in MuJoCo (``sim.press_dataset``, which also holds the
+command that fits and saves one): indenters of several shapes and sizes pressed into a gel pad at varied forces,
+then dragged to load it in shear. Saved as ``.npz`` (plain arrays; loaded with ``allow_pickle=False``) plus a JSON
+side-car, and loaded by name from ``sensors/embeddings/``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bus.cli import ArgumentParser, UsageError, command
-from sensors.tactile import GelPad, GelPadSpec
+from bus.cli import UsageError
 from sensors.types import MarkerField
 
 EMBEDDING_DIR = Path(__file__).parent / "embeddings"
@@ -134,124 +130,3 @@ def fit_pca(x: np.ndarray, dim: int = DEFAULT_DIM, grid: tuple[int, int] = (7, 9
         explained_variance_ratio=var[:dim] / var.sum(),
         grid=grid,
     )
-
-
-def generate_press_dataset(
-    episodes: int = 400, seed: int = 0, spec: GelPadSpec | None = None, progress: bool = True
-) -> np.ndarray:
-    """Press and drag indenters on a gel pad in MuJoCo; returns (N, R*C*2) marker offsets.
-
-    The pad is a fixed gel box facing up; the indenter (sphere, capsule, box or cylinder of random
-    size) hangs on three position-controlled slide joints. Each episode presses to a random force,
-    then drags in a random direction (shear), reading the pad along the way.
-    """
-    import mujoco
-
-    from sim.sensing import ContactSensing, PadBinding
-
-    spec = spec or GelPadSpec()
-    hx, hy = spec.half_size
-    shapes = ("sphere", "capsule", "box", "cylinder")
-    xml = f"""
-<mujoco>
-  <option timestep="0.002" cone="elliptic" impratio="10" integrator="implicitfast"/>
-  <worldbody>
-    <geom name="pad" type="box" size="{hx} {hy} 0.002" pos="0 0 -0.002" solref="0.04 1"
-          solimp="0.5 0.95 0.004 0.5 2" friction="0.9 0.005 0.0001" condim="4"/>
-    <site name="pad_site" pos="0 0 0"/>
-    <body name="indenter" pos="0 0 0">
-      <joint name="x" type="slide" axis="1 0 0" damping="20"/>
-      <joint name="y" type="slide" axis="0 1 0" damping="20"/>
-      <joint name="z" type="slide" axis="0 0 1" damping="20"/>
-      {"".join(f'<geom name="{s}" type="{s}" size="0.005 0.005 0.005" mass="0.05" condim="4"/>' for s in shapes)}
-    </body>
-  </worldbody>
-  <actuator>
-    <position joint="x" kp="3000"/><position joint="y" kp="3000"/><position joint="z" kp="3000"/>
-  </actuator>
-</mujoco>"""
-    model = mujoco.MjModel.from_xml_string(xml)
-    data = mujoco.MjData(model)
-    gid = {s: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, s) for s in shapes}
-    pad_geom = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, "pad")
-    pad = PadBinding("pad", pad_geom, mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "pad_site"), GelPad(spec))
-    sensing = ContactSensing(model, [pad], [np.array([pad_geom])], [pad.site])
-    rng = np.random.default_rng(seed)
-    from sim.tasks.base import resize_geom
-
-    out = []
-    it = range(episodes)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="press dataset", file=sys.stderr, unit="ep")
-    for _ in it:
-        shape = shapes[int(rng.integers(len(shapes)))]
-        for s, g in gid.items():
-            on = s == shape
-            model.geom_contype[g] = model.geom_conaffinity[g] = 1 if on else 0
-            model.geom_rgba[g][3] = 1.0 if on else 0.0
-        r = rng.uniform(0.003, 0.012)
-        size = {"sphere": [r], "capsule": [r, rng.uniform(0.003, 0.01)], "box": [r, rng.uniform(0.003, 0.01), 0.005],
-                "cylinder": [r, 0.005]}[shape]
-        resize_geom(model, gid[shape], size)
-        q = np.zeros(4)
-        mujoco.mju_axisAngle2Quat(q, rng.normal(size=3) / 1.0 + 1e-9, rng.uniform(0, np.pi))
-        model.geom_quat[gid[shape]] = q
-        mujoco.mj_resetData(model, data)
-        x0, y0 = rng.uniform(-0.6, 0.6) * hx, rng.uniform(-0.6, 0.6) * hy
-        data.qpos[:3] = [x0, y0, 0.03]
-        force = rng.uniform(1.0, 35.0)
-        drag = rng.normal(size=2)
-        drag *= rng.uniform(0.0, 0.006) / max(np.linalg.norm(drag), 1e-9)
-        # The actuators pull the indenter 'force / kp' below the pad surface: ~force newtons of press.
-        # The indenter's lowest point sits 'reach' below its centre; aim 'force / kp' past the surface.
-        reach = float(np.max(np.abs(size)))
-        depth_cmd = reach - force / 3000.0
-        for step in range(150):
-            a = min(step / 60.0, 1.0)
-            b = float(np.clip((step - 70) / 60.0, 0.0, 1.0))
-            data.ctrl[:] = [x0 + b * drag[0], y0 + b * drag[1], 0.02 * (1 - a) + a * depth_cmd]
-            mujoco.mj_step(model, data)
-            if step >= 60 and step % 15 == 0:
-                fields, _ = sensing.read(data)
-                if fields[0].normal_force > 0.2:
-                    out.append(fields[0].offset.reshape(-1).copy())
-    if not out:
-        raise RuntimeError("press dataset is empty: no indenter touched the pad")
-    return np.array(out)
-
-
-@command("sensors.embedding")
-def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="python -m sensors.embedding", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fit", help="generate the press dataset and fit the PCA embedding")
-    f.add_argument("--name", default="default")
-    f.add_argument("--episodes", type=int, default=400)
-    f.add_argument("--dim", type=int, default=DEFAULT_DIM)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", type=Path, default=None, help="file path (default: sensors/embeddings/<name>.npz)")
-    args = ap.parse_args(argv)
-    if args.episodes < 1 or args.dim < 1:
-        raise UsageError(f"--episodes {args.episodes} and --dim {args.dim} must be >= 1")
-    x = generate_press_dataset(args.episodes, args.seed)
-    emb = fit_pca(x, args.dim)
-    path = args.out or EMBEDDING_DIR / f"{args.name}.npz"
-    recon = emb.decode(emb.encode(x.reshape(-1, 7, 9, 2))).reshape(len(x), -1)
-    rel_err = float(np.linalg.norm(recon - x) / np.linalg.norm(x - x.mean(axis=0)))
-    meta = {
-        "samples": int(len(x)),
-        "episodes": args.episodes,
-        "seed": args.seed,
-        "explained_variance": float(emb.explained_variance_ratio.sum()),
-        "relative_reconstruction_error": rel_err,
-        "command": f"python -m sensors.embedding fit --name {args.name} --episodes {args.episodes} --seed {args.seed}",
-    }
-    emb.save(path, meta)
-    print(json.dumps({"path": str(path), **meta}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

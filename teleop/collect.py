@@ -26,7 +26,7 @@ its plan's position-only press. ``press_assist`` (the teleop node's force-limite
 task) is part of the force feedback: ``auto`` turns it on exactly when ``feedback`` is, so the comparison is
 force-aware teleoperation against position-only teleoperation; ``always`` / ``never`` separate the two parts.
 
-Recorded streams (``teleop.dataset`` format), each at its native rate, stamped with the robot's simulation
+Recorded streams (``dataset.format`` format), each at its native rate, stamped with the robot's simulation
 time (1 us resolution, as ``teleop.record_expert``): every array of ``state``, ``tactile`` and ``wrench``
 (250 Hz), ``scene_rgb`` / ``wrist_rgb`` (camera rate), ``action`` (7 A,) float32 = each command the teleop
 node sent (its sim time from the node's newest state and the shared monotonic clock), ``applied_target``
@@ -148,7 +148,7 @@ class RecorderNode:
     """
 
     def __init__(self, robot_pub: str, teleop_feedback: str, out: str, task: str = "", operator: str = "") -> None:
-        from teleop.recorder import EpisodeRecorder
+        from dataset.recorder import EpisodeRecorder
 
         self.recorder = EpisodeRecorder(out)
         self.task, self.operator = task, operator
@@ -197,7 +197,7 @@ class RecorderNode:
                     self._on_teleop(msg)
 
     def close(self) -> None:
-        """Flush and leave an unfinished episode for ``teleop.dataset recover`` (nothing recorded is lost)."""
+        """Flush and leave an unfinished episode for ``python -m dataset recover`` (nothing recorded is lost)."""
         try:
             self.recorder.close()
         finally:

@@ -1,21 +1,24 @@
-"""Record scripted-expert demonstrations in-process, in the recorder's format (``teleop.dataset``).
+"""Record scripted-expert demonstrations in-process, in the recorder's format (``dataset.format``).
 
     python -m teleop.record_expert task=wipe episodes=20 seed=0 out=data/wipe [cameras=true] [max_steps=N]
 
 The force-aware expert (``sim.experts.make_expert``) drives the environment with perturbations on, and every
-episode is written by :class:`teleop.recorder.EpisodeRecorder` at native rates, stamped with simulation time:
+episode is written by :class:`dataset.recorder.EpisodeRecorder` at native rates, stamped with simulation time.
+Raw streams only: features (the tactile embedding, pad load, proprio) are computed when a dataset is loaded for
+training, by the function the running policy uses (``dataset.features``); recordings of this module made before
+that also hold a ``tactile_emb`` stream, which training ignores.
 
 * every control step (50 Hz): ``tcp_pos`` (A, 3), ``tcp_quat`` (A, 4), ``joint_pos`` (A, 7), ``gripper_width``
-  (A,), ``wrench`` (A, 6), ``marker_offset`` (P, 7, 9, 2), ``tactile_emb`` (P, 15) -- the PCA embedding of each
-  pad -- ``scene`` (the task's one-shot object localisation at reset, ``Task.scene_features``) and
+  (A,), ``wrench`` (A, 6), ``marker_offset`` (P, 7, 9, 2) (each pad's marker field), ``scene`` (the task's
+  one-shot object localisation at reset, ``Task.scene_features``) and
   ``action`` (7 A,): the expert's command computed from the observation of the same step;
 * with ``cameras=true``, ``scene_rgb`` / ``wrist_rgb`` (96, 96, 3) uint8 at 10 Hz.
 
 Timestamps are the simulation clock rounded to 1 us: MuJoCo accumulates ``time`` in 2 ms physics steps, so the raw
 value drifts by ~1e-15 s, and a ``build`` at a divisor rate (25 Hz) would then hold the *previous* sample at some
 ticks. Rounded, ``k / 25`` lands exactly on every second sample. Episode meta: ``task``, ``seed``, ``success`` and
-under ``user`` the perturbation, its start time and the expert. This is the expert-demo recorder; multi-process
-teleoperation over the bus is a separate, later piece (issue #3).
+under ``user`` the perturbation, its start time and the expert. This is the expert-demo recorder; teleoperation
+over the bus, recorded by the recorder process, is ``teleop.collect``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bus.cli import command, parse_key_values
-from teleop.recorder import EpisodeMeta, EpisodeRecorder
+from dataset.recorder import EpisodeMeta, EpisodeRecorder
 
 LOWDIM_STREAMS = ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width", "wrench", "marker_offset", "scene")
 CAMERA_HZ = 10.0
@@ -49,7 +52,6 @@ class RecordConfig:
     image_size: int = 96
     perturb: bool = True
     max_steps: int | None = None  # cap on control steps per episode (tests); None = until the task ends
-    tactile_embedding: str = "default"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -63,11 +65,9 @@ class RecordConfig:
 
 def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
     """Record ``cfg.episodes`` episodes (seeds ``seed .. seed + episodes - 1``); return one summary per episode."""
-    from sensors.embedding import TactileEmbedding
     from sim.experts import make_expert
     from sim.registry import make_env
 
-    embedding = TactileEmbedding.load(cfg.tactile_embedding)
     env = make_env(cfg.task, perturb=cfg.perturb, cameras=False, image_size=cfg.image_size)
     expert = make_expert(cfg.task, force_feedback=True)
     recorder = EpisodeRecorder(cfg.out)
@@ -82,7 +82,7 @@ def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
             expert.reset(env)
             recorder.begin(EpisodeMeta(task=cfg.task, seed=seed, user={
                 "expert": "force_aware", "perturbation": info["perturbation"], "control_hz": env.control_hz,
-                "tactile_embedding": cfg.tactile_embedding, "max_steps": cfg.max_steps,
+                "max_steps": cfg.max_steps,
             }))
             steps = 0
             while True:
@@ -90,7 +90,6 @@ def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
                 action = expert.act(obs)
                 for name in LOWDIM_STREAMS:
                     recorder.append(name, t, obs[name])
-                recorder.append("tactile_emb", t, embedding.encode(obs["marker_offset"]).astype(np.float32))
                 recorder.append("action", t, np.asarray(action, dtype=np.float32))
                 if cfg.cameras and steps % camera_every == 0:
                     recorder.append("scene_rgb", t, env.render_camera("scene_cam", cfg.image_size))

@@ -39,8 +39,8 @@ import numpy as np
 
 from bus.cli import CommandError, UsageError, choose, command, parse_key_values
 from bus.transport import Client
+from dataset.format import list_episodes, load_stream, read_meta
 from teleop.collect import ANY, Child
-from teleop.dataset import list_episodes, load_stream, read_meta
 
 SOURCES = ("auto", "applied", "commands")
 TCP_TOL_M = 1e-6  # applied replays repeat the recorded TCP track to float precision (it is stored as float64)

@@ -46,8 +46,9 @@ from bus.clock import DEFAULT_SPIN_S, PhaseLock, RateKeeper
 from bus.message import Message
 from bus.sched import current_policy, set_fifo
 from bus.transport import Client, Publisher, Subscriber
-from rdp.data import matrix_to_rotvec, quat_to_matrix
-from rdp.inference import UNUSABLE_OBSERVATION, ChunkExecutor, make_policy, obs_features
+from dataset.features import lowdim_features
+from dataset.rotations import matrix_to_rotvec, quat_to_matrix
+from rdp.inference import UNUSABLE_OBSERVATION, ChunkExecutor, make_policy
 from rdp.runtime.chunks import ChunkRejected, ChunkSlot, StepRing, parse_chunk, policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import CurveServer
@@ -454,7 +455,7 @@ class FastNode:
 
     def _features(self, tactile: Message, obs: dict[str, Message]) -> dict[str, np.ndarray]:
         """The policy features of one reading (state, tactile, wrench); raises one of ``UNUSABLE_OBSERVATION``."""
-        return obs_features({**obs["state"].arrays, **tactile.arrays, **obs["wrench"].arrays}, self.embedding)
+        return lowdim_features({**obs["state"].arrays, **tactile.arrays, **obs["wrench"].arrays}, self.embedding)
 
     def _on_step(self, step: int, tactile: Message, obs: dict[str, Message]) -> None:
         try:

@@ -33,7 +33,8 @@ import torch
 from bus.cli import UsageError, command
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
-from rdp.inference import UNUSABLE_OBSERVATION, episode_noise_seed, make_policy, obs_features
+from dataset.features import lowdim_features
+from rdp.inference import UNUSABLE_OBSERVATION, episode_noise_seed, make_policy
 from rdp.runtime.chunks import policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import client_context, with_source
@@ -184,7 +185,7 @@ class SlowNode:
         if self.hist_step is not None and step <= self.hist_step:
             return
         try:
-            features = obs_features({**state.arrays, **tactile.arrays, **wrench.arrays}, self.policy.embedding)
+            features = lowdim_features({**state.arrays, **tactile.arrays, **wrench.arrays}, self.policy.embedding)
         except UNUSABLE_OBSERVATION as exc:
             self.counts["rej_schema"] += 1
             if self.counts["rej_schema"] == 1:

@@ -1,5 +1,5 @@
 """Camera images as slow-policy observations: held frames in the training set, uint8 windows, image training and
-the live hold at run time (rdp.data, teleop.dataset build, rdp.train, rdp.inference)."""
+the live hold at run time (rdp.data, dataset build, rdp.train, rdp.inference)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from dataset.format import build_training_set, list_episodes, load_stream, load_training_episode
 from rdp.data import DataError, gather, load_episodes, make_windows, resize_images
 from rdp.inference import make_policy
 from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, train
-from teleop.dataset import build_training_set, list_episodes, load_stream, load_training_episode
 from teleop.record_expert import RecordConfig, record_expert_episodes
 
 CONTROL_STEPS = 30  # 0.6 s at 50 Hz: camera frames at ticks 0, 5, ..., 25, so 13 training steps at 25 Hz (the

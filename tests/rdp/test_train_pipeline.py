@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from dataset.features import lowdim_features
+from dataset.format import build_training_set, ensure_dataset_root
 from rdp.checkpoint import load_checkpoint, load_config
 from rdp.data import (
     DataError,
     env_to_policy_action,
     gather,
     load_episodes,
-    lowdim_features,
     make_windows,
     matrix_to_rotvec,
     policy_to_env_action,
@@ -26,8 +27,8 @@ from rdp.data import (
 from rdp.inference import make_policy
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, train
+from sensors.embedding import TactileEmbedding
 from sim.controller import rotvec_to_mat
-from teleop.dataset import build_training_set, ensure_dataset_root
 from teleop.record_expert import RecordConfig, record_expert_episodes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -83,14 +84,14 @@ def test_windows_have_the_documented_shapes_and_padding(demos: Path) -> None:
 
 
 def test_training_rate_keeps_every_second_control_step(demos: Path, tmp_path: Path) -> None:
-    from teleop.dataset import list_episodes, load_stream
+    from dataset.format import list_episodes, load_stream
 
     eps = load_episodes(demos, rate_hz=25.0)
     _, raw = load_stream(list_episodes(demos)[0], "action")
     np.testing.assert_allclose(policy_to_env_action(eps.action[:30]), raw[::2], atol=1e-5)
     built = tmp_path / "built25"
-    build_training_set(demos, 25.0, built, streams=["action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat",
-                                                    "wrench"])
+    build_training_set(demos, 25.0, built, streams=["action", "gripper_width", "marker_offset", "tcp_pos",
+                                                    "tcp_quat", "wrench"])
     from_built = load_episodes(built, rate_hz=25.0)
     np.testing.assert_array_equal(from_built.action, eps.action)
 
@@ -123,7 +124,7 @@ def test_rotation_6d_round_trip_and_continuity_near_pi() -> None:
 def test_small_batch_rotation_paths_equal_the_vectorised_ones() -> None:
     """Up to SMALL_BATCH rotations go through MuJoCo's C routines / plain floats (the fast loop's case); the results
     equal the vectorised numpy path's, degenerate inputs and the w = 0 sign choice included."""
-    from rdp.data import SMALL_BATCH, matrix_to_quat, quat_to_matrix, rot6d_to_matrix
+    from dataset.rotations import SMALL_BATCH, matrix_to_quat, quat_to_matrix, rot6d_to_matrix
 
     rng = np.random.default_rng(3)
     n = 20 * SMALL_BATCH  # vectorised in one call, then one at a time
@@ -162,20 +163,21 @@ def test_scene_relative_proprio_ignores_where_the_scene_is() -> None:
     rng = np.random.default_rng(3)
     q = rng.normal(size=(5, 2, 4))
     steps = {"tcp_pos": rng.normal(size=(5, 2, 3)), "tcp_quat": q / np.linalg.norm(q, axis=-1, keepdims=True),
-             "gripper_width": rng.uniform(size=(5, 2)), "tactile_emb": rng.normal(size=(5, 3, 15)),
+             "gripper_width": rng.uniform(size=(5, 2)), "marker_offset": rng.normal(size=(5, 3, 7, 9, 2)),
              "wrench": rng.normal(size=(5, 2, 6)), "scene": rng.normal(size=(5, 6))}
-    f = lowdim_features(steps)
+    embedding = TactileEmbedding.load("default")
+    f = lowdim_features(steps, embedding)
     shift = np.array([0.3, -0.2, 0.05])
     moved = lowdim_features({**steps, "tcp_pos": steps["tcp_pos"] + shift,
-                             "scene": steps["scene"] + np.concatenate([shift, np.zeros(3)])})
+                             "scene": steps["scene"] + np.concatenate([shift, np.zeros(3)])}, embedding)
     np.testing.assert_allclose(moved["proprio_scene"], f["proprio_scene"], atol=1e-6)  # the whole scene moved
     assert not np.allclose(moved["proprio"], f["proprio"])
     rel = f["proprio_scene"].reshape(5, 2, 10)
     np.testing.assert_allclose(rel[..., :3], steps["tcp_pos"] - steps["scene"][:, None, :3], atol=1e-6)
     np.testing.assert_array_equal(rel[..., 3:], f["proprio"].reshape(5, 2, 10)[..., 3:])
-    assert "proprio_scene" not in lowdim_features({k: v for k, v in steps.items() if k != "scene"})
+    assert "proprio_scene" not in lowdim_features({k: v for k, v in steps.items() if k != "scene"}, embedding)
     with pytest.raises(ValueError, match="scene"):
-        lowdim_features({**steps, "scene": np.zeros((5, 2))})
+        lowdim_features({**steps, "scene": np.zeros((5, 2))}, embedding)
 
 
 def test_scene_relative_policy_trains_with_localisation_noise_and_drives_the_sim(demos: Path, tmp_path: Path) -> None:
@@ -212,7 +214,8 @@ def test_decoder_reading_pad_load_trains_and_drives_the_sim(demos: Path, tmp_pat
     episodes = load_episodes(demos, 25.0, embedding=TactileEmbedding.load("default"))
     load = episodes.features["tactile_load"]
     assert load.shape == (len(episodes.action), 3 * episodes.num_pads) and load.std(0).max() > 0
-    assert "tactile_load" not in load_episodes(demos, 25.0).features  # only with the recording's embedding
+    # Computed at load from the marker fields, with the embedding given by name or as an object alike.
+    np.testing.assert_array_equal(load_episodes(demos, 25.0, embedding="default").features["tactile_load"], load)
     _drive(make_policy("wipe", checkpoint=run, replan_every=4), ticks=10)
 
 

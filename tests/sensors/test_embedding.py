@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from sensors.embedding import TactileEmbedding, fit_pca, generate_press_dataset
+from sensors.embedding import TactileEmbedding, fit_pca
 from sensors.tactile import GelPad
+from sim.press_dataset import generate_press_dataset
 
 
 def test_shipped_embedding_loads_by_name_and_round_trips_real_fields():

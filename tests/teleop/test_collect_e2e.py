@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from teleop.dataset import dataset_info, list_episodes, read_meta, verify_dataset
+from dataset.format import dataset_info, list_episodes, read_meta, verify_dataset
 from teleop.replay import replay_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

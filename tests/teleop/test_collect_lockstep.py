@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from teleop.dataset import build_training_set, list_episodes, load_stream, read_meta
+from dataset.format import build_training_set, list_episodes, load_stream, read_meta
 
 ROOT = Path(__file__).resolve().parents[2]
 TICK_S = 0.004

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from bus.message import Message
+from dataset.format import build_training_set, list_episodes, load_stream, read_meta, series_streams
+from dataset.recorder import EpisodeRecorder
 from teleop.collect import RecorderNode
-from teleop.dataset import build_training_set, list_episodes, load_stream, read_meta, series_streams
-from teleop.recorder import EpisodeRecorder
 from teleop.replay import recorded_outcome
 
 

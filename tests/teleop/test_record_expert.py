@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from dataset.format import list_episodes, load_stream, read_meta
 from sensors.embedding import TactileEmbedding
-from teleop.dataset import list_episodes, load_stream, read_meta
 from teleop.record_expert import RecordConfig, main, parse_overrides, record_expert_episodes
 
 
@@ -38,7 +38,7 @@ def test_streams_keep_their_native_rates_and_shapes(recorded) -> None:
     ep = list_episodes(out)[0]
     meta = read_meta(ep)
     expected = {"tcp_pos": (1, 3), "tcp_quat": (1, 4), "joint_pos": (1, 7), "gripper_width": (1,), "wrench": (1, 6),
-                "marker_offset": (3, 7, 9, 2), "tactile_emb": (3, 15), "action": (7,), "scene": (6,),
+                "marker_offset": (3, 7, 9, 2), "action": (7,), "scene": (6,),
                 "scene_rgb": (96, 96, 3), "wrist_rgb": (96, 96, 3)}
     assert {k: tuple(v["shape"]) for k, v in meta["streams"].items()} == expected
     for name in expected:
@@ -51,12 +51,19 @@ def test_streams_keep_their_native_rates_and_shapes(recorded) -> None:
     assert rgb.dtype == np.uint8 and rgb.std() > 0
 
 
-def test_tactile_embedding_is_the_pca_of_the_recorded_marker_field(recorded) -> None:
+def test_the_recording_holds_raw_streams_and_its_features_come_from_them(recorded) -> None:
+    """No derived stream is recorded: training computes the tactile embedding from the marker field at load, with
+    the function the running policy uses (``dataset.features``)."""
+    from rdp.data import load_episodes
+
     out, _ = recorded
     ep = list_episodes(out)[1]
+    assert "tactile_emb" not in read_meta(ep)["streams"]
     _, offsets = load_stream(ep, "marker_offset")
-    _, emb = load_stream(ep, "tactile_emb")
-    np.testing.assert_allclose(emb, TactileEmbedding.load("default").encode(offsets), rtol=1e-4, atol=1e-4)
+    episodes = load_episodes(out, 25.0)
+    second = episodes.features["tactile"][episodes.starts[1]:]
+    expected = TactileEmbedding.load("default").encode(offsets[::2]).reshape(len(second), -1)
+    np.testing.assert_allclose(second, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_command_line_parses_overrides_and_prints_json(tmp_path, capsys) -> None:
@@ -66,7 +73,7 @@ def test_command_line_parses_overrides_and_prints_json(tmp_path, capsys) -> None
     assert summary["task"] == "lift" and len(summary["episodes"]) == 1
     meta = read_meta(list_episodes(out)[0])
     assert tuple(meta["streams"]["action"]["shape"]) == (14,)  # two arms
-    assert tuple(meta["streams"]["tactile_emb"]["shape"]) == (6, 15)
+    assert tuple(meta["streams"]["marker_offset"]["shape"]) == (6, 7, 9, 2)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""A reader of LeRobotDataset v3.0 that follows LeRobot's documented schema, written apart from ``teleop.lerobot``
+"""A reader of LeRobotDataset v3.0 that follows LeRobot's documented schema, written apart from ``dataset.lerobot``
 so the tests do not check the exporter against itself (``make check-lerobot`` asks the real ``lerobot`` package).
 
 What it holds a dataset to (LeRobot 0.6.1, ``lerobot/datasets``):

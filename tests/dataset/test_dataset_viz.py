@@ -1,4 +1,4 @@
-"""``python -m teleop.dataset viz``: a video of one episode with cameras, tactile arrows and a force plot."""
+"""``python -m dataset viz``: a video of one episode with cameras, tactile arrows and a force plot."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from teleop.dataset import main
-from teleop.recorder import EpisodeRecorder
-from teleop.viz import CAMERA_SIDE
+from dataset.cli import main
+from dataset.recorder import EpisodeRecorder
+from dataset.viz import CAMERA_SIDE
 
 
 def record(root: Path, seconds: float, cameras: bool) -> None:

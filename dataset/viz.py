@@ -1,6 +1,6 @@
 """A video of one recorded episode: camera views, tactile marker arrows per pad and a wrist-force plot.
 
-``python -m teleop.dataset viz DIR [--episode K] [--out FILE.mp4] [--fps 25]`` calls ``render_episode``.
+``python -m dataset viz DIR [--episode K] [--out FILE.mp4] [--fps 25]`` calls ``render_episode``.
 
 Layout of a frame (top to bottom)::
 
@@ -24,7 +24,7 @@ import cv2
 import imageio.v2 as imageio
 import numpy as np
 
-from teleop.dataset import DatasetError, load_stream, read_meta
+from dataset.format import DatasetError, load_stream, read_meta
 
 TACTILE_STREAM = "marker_offset"
 WRENCH_STREAM = "wrench"
@@ -78,7 +78,7 @@ def load_episode_streams(episode: Path, meta: dict) -> EpisodeStreams:
 
 def render_episode(root: Path, episode: int = 0, out: Path | None = None, fps: float = 25.0) -> dict:
     """Write the video of episode number ``episode`` (its position among committed episodes); returns a summary."""
-    from teleop.dataset import list_episodes
+    from dataset.format import list_episodes
 
     if not (fps > 0 and math.isfinite(fps)):
         raise DatasetError(f"--fps must be a positive number, got {fps}")

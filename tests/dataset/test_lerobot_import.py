@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from test_lerobot_export import export, record, refused
 
-from teleop.dataset import build_training_set, list_episodes, load_stream, load_training_episode, main, read_meta
-from teleop.lerobot import TRAINING_RATE_HZ
-from teleop.lerobot_import import RDP_TRAINING_STREAMS
+from dataset.cli import main
+from dataset.format import build_training_set, list_episodes, load_stream, load_training_episode, read_meta
+from dataset.lerobot import TRAINING_RATE_HZ
+from dataset.lerobot_import import RDP_TRAINING_STREAMS
 
 
 def import_(capsys: pytest.CaptureFixture[str], src: Path, out: Path, *extra: str) -> dict:
@@ -151,8 +152,8 @@ def test_import_refusals_name_the_problem_and_leave_nothing(tmp_path: Path, caps
     base = ["import", "--format", "lerobot"]
     src = foreign_dataset(tmp_path / "foreign")
     err = refused(capsys, *base, str(src), str(tmp_path / "o1"))
-    assert "lacks streams ['action', 'gripper_width', 'tactile_emb', 'tcp_pos', 'tcp_quat', 'wrench']" in err
-    assert "rdp.train needs" in err and "marker_offset" in err and "forward kinematics" in err
+    assert "lacks streams ['action', 'gripper_width', 'marker_offset', 'tcp_pos', 'tcp_quat', 'wrench']" in err
+    assert "rdp.train needs" in err and "marker field" in err and "forward kinematics" in err
     assert "['x']" in refused(capsys, *base, str(src), str(tmp_path / "o2"), "--require", "state,x")
     off = foreign_dataset(tmp_path / "off", timestamps_off=True)
     assert "is not 0 / 30" in refused(capsys, *base, str(off), str(tmp_path / "o3"), "--require", "")

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from lerobot_schema import check_delta_timestamps, read_lerobot
 
-from teleop.dataset import main
-from teleop.lerobot import TRAINING_RATE_HZ
-from teleop.recorder import EpisodeRecorder
+from dataset.cli import main
+from dataset.lerobot import TRAINING_RATE_HZ
+from dataset.recorder import EpisodeRecorder
 
 CONTROL_HZ, CAMERA_HZ = 50, 10
 IMAGE_HW = (32, 48)

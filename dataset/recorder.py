@@ -1,4 +1,4 @@
-"""Crash-safe, mixed-rate episode recorder (writes the format described in ``teleop.dataset``).
+"""Crash-safe, mixed-rate episode recorder (writes the format described in ``dataset.format``).
 
 Why it is built this way: an operator's demonstration is the most expensive data we have, so samples are
 never held only in memory for long. Each stream is buffered and flushed as a chunk file (tmp, fsync,
@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from bus.message import ALLOWED_DTYPES
-from teleop.dataset import (
+from dataset.durable import RecorderError, fsync_dir, hint_for, write_file_durably
+from dataset.format import (
     BEGIN_FILE,
     INPROGRESS_PREFIX,
     check_stream_name,
@@ -48,7 +49,6 @@ from teleop.dataset import (
     episode_meta,
     finalize_episode,
 )
-from teleop.durable import RecorderError, fsync_dir, hint_for, write_file_durably
 
 __all__ = ["EpisodeMeta", "EpisodeRecorder", "RecorderError"]
 

@@ -1,19 +1,20 @@
 """Import a LeRobotDataset v3.0 into our recording format, so ``rdp.train`` can learn from LeRobot datasets.
 
-``python -m teleop.dataset import --format lerobot SRC OUT [--require a,b]``
+``python -m dataset import --format lerobot SRC OUT [--require a,b]``
 
-Every LeRobot episode becomes one committed episode directory (``teleop.dataset``), every feature a stream at the
+Every LeRobot episode becomes one committed episode directory (``dataset.format``), every feature a stream at the
 dataset's fps, stamped ``t_k = frame_index / fps`` (after checking the ``timestamp`` column agrees within LeRobot's
 own tolerance, 1e-4 s); cameras are decoded from the episode's span of its mp4 (imageio's ffmpeg: H.264, AV1, ...),
 or from PNG bytes for ``image`` features. Which stream a feature becomes:
 
-* an export of ours carries ``meta/slowfast_streams.json`` (``teleop.lerobot``): each recorded stream is cut
+* an export of ours carries ``meta/slowfast_streams.json`` (``dataset.lerobot``): each recorded stream is cut
   back out of its columns with its recorded dtype and shape, so export -> import gives the streams ``build``
   would make at the export's fps (float64 streams pass through LeRobot's float32 columns);
 * any other feature by name: ``action`` -> ``action``, ``observation.images.<cam>`` -> ``<cam>``,
   ``observation.<x>`` -> ``<x>``, others keep their key (lower-case, ``[a-z0-9_]``); ``observation.state``
   splits into ``<name>`` streams when its ``names`` read ``<name>_0, <name>_1, ...``, else becomes ``state``.
-  The flat per-arm streams rdp reads get their arm axis back (``tcp_pos`` of width 3 A -> (A, 3): ``PER_ARM_WIDTH``).
+  The flat per-arm (per-pad) streams rdp reads get their arm axis back (``tcp_pos`` of width 3 A -> (A, 3),
+  ``marker_offset`` of width 126 P -> (P, 7, 9, 2): ``PER_ARM_SHAPE``).
   Text features and depth videos are left out and listed under ``skipped``.
 
 By default the result must carry the streams ``rdp.train`` reads (``RDP_TRAINING_STREAMS``); an import that
@@ -40,7 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bus.message import ALLOWED_DTYPES
-from teleop.dataset import (
+from dataset.durable import staged_dir, write_file_durably
+from dataset.features import FEATURE_STREAMS
+from dataset.format import (
     INPROGRESS_PREFIX,
     DatasetError,
     check_stream_name,
@@ -51,8 +54,7 @@ from teleop.dataset import (
     episode_meta,
     finalize_episode,
 )
-from teleop.durable import staged_dir, write_file_durably
-from teleop.lerobot import (
+from dataset.lerobot import (
     ACTION_KEY,
     CODEBASE_VERSION,
     IMAGE_PREFIX,
@@ -64,21 +66,21 @@ from teleop.lerobot import (
     TRAINING_RATE_HZ,
 )
 
-# What rdp.train loads from a recorded dataset (rdp.data.REQUIRED_STREAMS; teleop sits below rdp, so the tuple is
-# repeated here and a test keeps the two equal), and what each one is, for the refusal message.
-RDP_TRAINING_STREAMS = ("action", "gripper_width", "tactile_emb", "tcp_pos", "tcp_quat", "wrench")
+# What rdp.train loads from a recorded dataset (rdp.data.REQUIRED_STREAMS, a test keeps the two equal): the action
+# and the raw streams its features are computed from (dataset.features), and what each one is, for the refusal.
+RDP_TRAINING_STREAMS = tuple(sorted(("action", *FEATURE_STREAMS)))
 STREAM_HINTS = {
     "action": "the commanded [x, y, z, rotation vector (3), grip] per arm, (7 A,)",
     "gripper_width": "the gripper opening per arm, (A,)",
-    "tactile_emb": "a derived feature: the PCA embedding (15 per pad) of each pad's marker field (marker_offset),"
-                   " computed at record time; this importer does not derive it",
+    "marker_offset": "each tactile pad's marker field: (P, 7, 9, 2) marker displacements; the tactile embedding"
+                     " rdp reads is computed from it when the dataset is loaded",
     "tcp_pos": "the tool-centre-point position per arm in the base frame, (A, 3); joint angles alone would need"
                " forward kinematics, which this importer does not do",
     "tcp_quat": "the tool-centre-point orientation per arm as a quaternion (w, x, y, z), (A, 4)",
     "wrench": "the wrist force/torque per arm, (A, 6)",
 }
-# A flat feature of these names is per arm (per pad for tactile_emb): its last axis has this many numbers.
-PER_ARM_WIDTH = {"tcp_pos": 3, "tcp_quat": 4, "wrench": 6, "tactile_emb": 15}
+# A flat feature of these names is per arm (per pad for marker_offset and tactile_emb): each holds this shape.
+PER_ARM_SHAPE = {"tcp_pos": (3,), "tcp_quat": (4,), "wrench": (6,), "marker_offset": (7, 9, 2), "tactile_emb": (15,)}
 TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobotDataset's default tolerance_s
 CHUNK_BYTES = 16 * 1024 * 1024  # one stream's chunk files stay below this (camera streams split)
 _STATE_NAME_RE = re.compile(r"^([a-z][a-z0-9_]*)_(\d+)$")
@@ -211,8 +213,9 @@ def _by_name(key: str, ft: dict) -> list[_Source] | str:
 
 def _per_arm(stream: str, width: int) -> tuple[int, ...]:
     """``tcp_pos`` of width 3 A as (A, 3), as rdp.data reads it (arms first); other streams stay (width,)."""
-    per = PER_ARM_WIDTH.get(stream)
-    return (width // per, per) if per and width % per == 0 else (width,)
+    per = PER_ARM_SHAPE.get(stream)
+    size = math.prod(per) if per else 0
+    return (width // size, *per) if per and width % size == 0 else (width,)
 
 
 def _split_state(names: object, width: int) -> dict[str, tuple[int, int]]:

@@ -1,16 +1,19 @@
-"""``python -m teleop.dataset``: info, verify and build (zero-order-hold resampling and its refusals)."""
+"""``python -m dataset``: info, verify and build (zero-order-hold resampling and its refusals)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from teleop.dataset import list_episodes, load_training_episode, main
-from teleop.recorder import EpisodeRecorder
+from dataset.cli import main
+from dataset.format import list_episodes, load_training_episode
+from dataset.recorder import EpisodeRecorder
 
 
 def _record(root: Path, streams: dict[str, tuple[np.ndarray, np.ndarray]], success: bool = True) -> Path:
@@ -133,14 +136,29 @@ def test_a_damaged_meta_json_is_refused_in_one_line(damage, says: str, tmp_path:
         code, _, err = _run(capsys, *argv)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         damaged = f"{episode / 'meta.json'}: {says}; the file is damaged (run `verify`)"
-        assert err.strip() == f"teleop.dataset: error: {damaged}"
+        assert err.strip() == f"dataset: error: {damaged}"
     code, lines, _ = _run(capsys, "verify", str(tmp_path))
     assert code == 1 and says in json.loads(lines[-1])["problems"][0]
 
 
 def test_bad_arguments_are_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = _run(capsys, "build", str(tmp_path), "--rate", "abc", "--out", str(tmp_path / "o"))
-    assert code == 2 and err.strip() == ("teleop.dataset: error: argument --rate: invalid float value: 'abc' (see "
-                                         "python -m teleop.dataset build --help)")
+    assert code == 2 and err.strip() == ("dataset: error: argument --rate: invalid float value: 'abc' (see "
+                                         "python -m dataset build --help)")
     code, _, err = _run(capsys, "info", str(tmp_path / "missing"))
-    assert code == 2 and err.strip() == f"teleop.dataset: error: {tmp_path / 'missing'}: not a directory"
+    assert code == 2 and err.strip() == f"dataset: error: {tmp_path / 'missing'}: not a directory"
+
+
+@pytest.mark.parametrize("module", ["dataset", "dataset.cli", "teleop.dataset"])
+def test_every_entry_point_runs_the_same_cli(tmp_path: Path, module: str) -> None:
+    """``python -m dataset`` is the command; ``dataset.cli`` and the former ``teleop.dataset`` run the same one."""
+    ramp = np.arange(4) / 10.0
+    _record(tmp_path / "ds", {"action": (ramp, ramp[:, None].repeat(2, axis=1))})
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", module, "info", str(tmp_path / "ds")], cwd=repo,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["episodes"] == 1
+    bad = subprocess.run([sys.executable, "-m", module, "info", str(tmp_path / "missing")], cwd=repo,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"dataset: error: {tmp_path / 'missing'}: not a directory"

@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from teleop.dataset import (
+from dataset.cli import main
+from dataset.durable import sha256_file
+from dataset.format import (
     INPROGRESS_PREFIX,
     list_episodes,
     list_in_progress,
     load_stream,
-    main,
     read_meta,
     recover_dataset,
     verify_dataset,
 )
-from teleop.durable import sha256_file
-from teleop.recorder import EpisodeMeta, EpisodeRecorder, RecorderError
+from dataset.recorder import EpisodeMeta, EpisodeRecorder, RecorderError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from teleop.recorder import EpisodeRecorder
+    from dataset.recorder import EpisodeRecorder
 
     rec = EpisodeRecorder(sys.argv[1], flush_interval_s=0.02)
     for ep in range(2):
@@ -205,7 +205,7 @@ def test_kill_9_mid_episode_loses_only_the_unflushed_tail(tmp_path: Path, capsys
     assert {p: sha256_file(p) for p in before} == before
     assert verify_dataset(root)[0] == []
     # info reads the dataset with the crashed directory present, in a fresh process
-    out = subprocess.run([sys.executable, "-m", "teleop.dataset", "info", str(root)], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "dataset", "info", str(root)], cwd=REPO,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Export a recorded dataset to the LeRobotDataset v3.0 layout, so LeRobot users can load our demonstrations.
 
-``python -m teleop.dataset export DIR --format lerobot --out OUT [--fps 25] [--streams a,b] [--state a,b]
+``python -m dataset export DIR --format lerobot --out OUT [--fps 25] [--streams a,b] [--state a,b]
 [--action action]``::
 
     OUT/
@@ -16,7 +16,7 @@
 LeRobot stores every column at one integer rate, and its ``delta_timestamps`` must be multiples of ``1 / fps``, so
 the rate is a choice, not a measurement: the default is ``TRAINING_RATE_HZ`` (25), the rate ``rdp.train`` resamples
 demonstrations to (``configs/train.yaml``), so a LeRobot policy sees the steps ours trains on. Each episode is
-resampled onto ``t_k = t0 + k / fps`` by zero-order hold (``teleop.dataset.common_clock``, the rule ``build``
+resampled onto ``t_k = t0 + k / fps`` by zero-order hold (``dataset.format.common_clock``, the rule ``build``
 uses: the latest sample not after ``t_k``); streams recorded slower than ``fps`` (10 Hz cameras) repeat their last
 sample and are listed under ``held_streams`` in the summary. Columns:
 
@@ -63,7 +63,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from teleop.dataset import (
+from dataset.durable import staged_dir
+from dataset.format import (
     DatasetError,
     common_clock,
     is_image_stream,
@@ -74,8 +75,7 @@ from teleop.dataset import (
     measured_rate_hz,
     read_meta,
 )
-from teleop.durable import staged_dir
-from teleop.viz import camera_streams
+from dataset.viz import camera_streams
 
 CODEBASE_VERSION = "v3.0"
 # The rate rdp.train resamples demonstrations to (configs/train.yaml `rate_hz`, rdp.train.TrainConfig); teleop

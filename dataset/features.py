@@ -1,0 +1,61 @@
+"""The policy features of raw streams: one definition for training data and for the running robot.
+
+Recordings hold raw streams only (poses, wrench, marker fields, images, commands). Everything a policy reads is
+computed from them by ``lowdim_features``: when a dataset is loaded for training (``rdp.data``), and on every live
+observation (``sim.eval``'s policy, the runtime's slow and fast nodes, ``rdp.inference``). A feature therefore
+cannot differ between the data a policy learnt from and what it sees when it runs, and any recording trains, from
+whichever recorder it came (``teleop.collect``, ``teleop.record_expert``, a LeRobot import).
+
+Features per step (any leading shape ``...``; ``A`` arms, ``P`` tactile pads):
+
+* ``proprio`` (..., 10 A): per arm tcp position (3), tcp rotation 6-D (6), gripper width (1);
+* ``tactile`` (..., 15 P): each pad's marker field (``marker_offset`` (..., P, 7, 9, 2)) through the PCA
+  embedding (``sensors.embedding.TactileEmbedding.encode``);
+* ``tactile_load`` (..., 3 P): each pad's load read off its marker field (``TactileEmbedding.pad_load``);
+* ``wrench`` (..., 6 A);
+* with a ``scene`` stream (the one-shot object localisation at reset): ``scene`` (..., S) and ``proprio_scene``,
+  ``proprio`` with each tcp position taken relative to the scene anchor (the scene's first 3 numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from dataset.rotations import matrix_to_rot6d, quat_to_matrix
+from sensors.embedding import TactileEmbedding
+
+# The raw streams the features are computed from (``scene`` is used when present).
+FEATURE_STREAMS = ("gripper_width", "marker_offset", "tcp_pos", "tcp_quat", "wrench")
+OPTIONAL_FEATURE_STREAMS = ("scene",)
+
+
+def lowdim_features(raw: Mapping[str, np.ndarray], embedding: TactileEmbedding) -> dict[str, np.ndarray]:
+    """Raw per-step arrays ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4), ``gripper_width`` (..., A),
+    ``marker_offset`` (..., P, 7, 9, 2), ``wrench`` (..., A, 6) and optionally ``scene`` (..., S) -> {proprio,
+    tactile, tactile_load, wrench[, scene, proprio_scene]} (..., Dk) float32 (see the module docstring). Other keys
+    of ``raw`` are ignored; a missing one raises ``KeyError``, a misshapen one ``ValueError``."""
+    pos = np.asarray(raw["tcp_pos"], dtype=np.float64)
+    r6 = matrix_to_rot6d(quat_to_matrix(raw["tcp_quat"]))
+    grip = np.asarray(raw["gripper_width"], dtype=np.float64)[..., None]
+    proprio = np.concatenate([pos, r6, grip], axis=-1)  # (..., A, 10)
+    tactile = embedding.encode(raw["marker_offset"])  # (..., P, 15)
+    load = embedding.pad_load(tactile)  # (..., P, 3)
+    wrench = np.asarray(raw["wrench"])
+    out = {
+        "proprio": proprio.reshape(*proprio.shape[:-2], -1).astype(np.float32),
+        "tactile": tactile.reshape(*tactile.shape[:-2], -1).astype(np.float32),
+        "tactile_load": load.reshape(*load.shape[:-2], -1).astype(np.float32),
+        "wrench": wrench.reshape(*wrench.shape[:-2], -1).astype(np.float32),
+    }
+    if "scene" in raw:
+        scene = np.asarray(raw["scene"], dtype=np.float32)
+        if scene.shape[-1] < 3 or scene.shape[:-1] != proprio.shape[:-2]:
+            raise ValueError(f"scene {scene.shape}: expected (..., S >= 3) with the leading shape of tcp_pos "
+                             f"{pos.shape[:-2]}")
+        out["scene"] = scene
+        rel = proprio.copy()
+        rel[..., :3] -= scene[..., None, :3]  # every arm's TCP relative to the scene anchor
+        out["proprio_scene"] = rel.reshape(*rel.shape[:-2], -1).astype(np.float32)
+    return out
