@@ -552,6 +552,7 @@ class TeleopNode:
             return
         episode = msg.meta.get("episode")
         self.episode = episode if isinstance(episode, int) else self.episode + 1
+        self.sim_time = 0.0  # the newest state is the ended episode's: stamp nothing with its clock
         self._need_hold = True
         self._active = False
         for arm in self.arms:
