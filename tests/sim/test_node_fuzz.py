@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from test_node import TIMEOUT, _hold_target, _wait_for, robot_node
+from test_node import TIMEOUT, _wait_for, robot_node
 
 from bus.message import REJECT_KINDS, Message
 from bus.transport import Client, Publisher, Subscriber
-from sim.node import SEED_LIMIT, load_config
+from sim.node import SEED_LIMIT, hold_command, load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is no installed package
 from benchmarks.fuzz_nodes import CMD_LIMIT, HostileStream, fuzz, robot_semantic_cmds, seed_killers, wire  # noqa: E402
@@ -69,7 +69,7 @@ def test_hostile_commands_are_counted_and_the_realtime_node_keeps_running(tmp_pa
             assert _reset(cmd, events, None).meta["seed"] == 0
         # The cut connection (frames over ZMQ_MAXMSGSIZE) came back: a valid command on it moves the TCP.
         start = states.recv(timeout=TIMEOUT)
-        target = _hold_target(start)
+        target = hold_command(start)
         target[0, 2] += 0.04
         t_end, deadline = start.meta["sim_time"] + 0.8, time.monotonic() + 60.0
         now = start
@@ -118,7 +118,7 @@ def test_hostile_requests_are_refused_and_the_lockstep_server_keeps_answering(tm
             assert largest.meta["seed"] == SEED_LIMIT - 1
             assert client.request("reset", timeout=TIMEOUT).meta["seed"] == 0  # seed + 1 wraps
             start = client.request("tick", timeout=TIMEOUT)
-            target = _hold_target(start)
+            target = hold_command(start)
             target[0, 2] += 0.04
             for _ in range(40):
                 end_state = client.request("tick", {"target": target}, timeout=TIMEOUT)
