@@ -84,7 +84,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("teleop.record_expert", ["episodes=two", "out=$T/rec"], "not a number"),
     ("teleop.operators", ["nosuch"], "unknown operator"),
     ("teleop.operators", ["scripted", "latency_ms=abc"], "not a list of numbers"),
-    ("sensors.embedding", ["fit", "--episodes", "abc"], "not a number"),
+    ("sim.press_dataset", ["fit", "--episodes", "abc"], "not a number"),
     ("bus.keys", ["generate", "$T/a_file"], "a file where a directory belongs"),
     ("sim.node", ["task=nosuch"], "unknown task"),
     ("sim.node", ["watchdog_ms=abc"], "not a number"),
