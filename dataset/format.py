@@ -195,7 +195,7 @@ def ensure_dataset_root(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     marker = root / DATASET_FILE
     if marker.exists():
-        found = _read_json(marker)
+        found = read_json_object(marker)
         if found.get("schema_version", 0) > SCHEMA_VERSION:
             raise DatasetError(f"{marker}: schema_version {found.get('schema_version')} is newer than {SCHEMA_VERSION}")
         return
@@ -279,7 +279,7 @@ def finalize_episode(root: Path, work_dir: Path, meta: dict) -> Path:
 
 def read_meta(episode: Path) -> dict:
     """``meta.json`` of a committed episode, refusing schema versions this code does not know."""
-    meta = _read_json(episode / META_FILE)
+    meta = read_json_object(episode / META_FILE)
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise DatasetError(f"{episode / META_FILE}: schema_version {version!r}, this code reads {SCHEMA_VERSION}")
@@ -643,7 +643,8 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode()
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; anything else (missing, unreadable, not an object) is a DatasetError."""
     try:
         obj = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -655,7 +656,7 @@ def _read_json(path: Path) -> dict:
 
 def _read_json_or_none(path: Path) -> dict | None:
     try:
-        return _read_json(path)
+        return read_json_object(path)
     except DatasetError:
         return None
 

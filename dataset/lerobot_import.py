@@ -25,7 +25,6 @@ is there). The output is written under a temporary name and appears by one renam
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -53,6 +52,7 @@ from dataset.format import (
     ensure_dataset_root,
     episode_meta,
     finalize_episode,
+    read_json_object,
 )
 from dataset.lerobot import (
     ACTION_KEY,
@@ -153,7 +153,7 @@ def plan_streams(src: Path, info: dict) -> tuple[list[_Source], dict[str, str]]:
     covered: set[str] = set()
     map_file = src / STREAMS_FILE
     if map_file.exists():
-        stream_map = _read_json(map_file)
+        stream_map = read_json_object(map_file)
         if stream_map.get("format") != STREAMS_FORMAT:
             raise DatasetError(f"{map_file}: format {stream_map.get('format')!r}, expected {STREAMS_FORMAT!r}")
         for name, entry in stream_map["streams"].items():
@@ -257,21 +257,12 @@ def _missing_message(src: Path, info: dict, sources: list[_Source], missing: lis
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable ({e})") from e
-    if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
-    return obj
-
 
 def _read_info(src: Path) -> dict:
     path = src / "meta" / "info.json"
     if not path.exists():
         raise DatasetError(f"{src}: not a LeRobot dataset (no meta/info.json)")
-    info = _read_json(path)
+    info = read_json_object(path)
     version = info.get("codebase_version")
     if version != CODEBASE_VERSION:
         raise DatasetError(f"{path}: codebase_version {version!r}; this importer reads {CODEBASE_VERSION!r} (convert"
