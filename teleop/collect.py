@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,6 +317,14 @@ class RecorderNode:
         print(json.dumps({"event": event, **fields}), flush=True)
 
 
+def _recv_matching(sub: Subscriber, deadline: float, match: Callable[[Message], bool]) -> Message | None:
+    """The first message on ``sub`` that ``match`` accepts (others are dropped), or None at ``deadline``."""
+    while (msg := sub.recv(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+        if match(msg):
+            return msg
+    return None
+
+
 def _sim_t(msg: Message) -> float:
     t = msg.meta.get("sim_time")
     return round(float(t), TIME_DECIMALS) if isinstance(t, (int, float)) else math.nan
@@ -498,26 +506,22 @@ class LockstepDriver:
     def _await_operator(self, episode: int, sim_time: float) -> np.ndarray | None:
         """The operator's answer to the observation at ``sim_time``, and the target it produced (if any)."""
         deadline = time.monotonic() + self.step_timeout_s
-        while True:
-            ack = self.acks.recv(timeout=max(0.0, deadline - time.monotonic()))
-            if ack is None:
-                self._timed_out("operator_timeouts", f"no operator answer to the observation at {sim_time:.3f} s "
-                                f"of episode {episode} within {self.step_timeout_s} s; stepping on")
-                return None
-            if ack.meta.get("episode") == episode and abs(float(ack.meta.get("sim_time", -1.0)) - sim_time) < 1e-9:
-                break
+        ack = _recv_matching(self.acks, deadline, lambda m: m.meta.get("episode") == episode
+                             and abs(float(m.meta.get("sim_time", -1.0)) - sim_time) < 1e-9)
+        if ack is None:
+            self._timed_out("operator_timeouts", f"no operator answer to the observation at {sim_time:.3f} s "
+                            f"of episode {episode} within {self.step_timeout_s} s; stepping on")
+            return None
         seq = ack.meta.get("op_seq")
         if not ack.meta.get("expect_command") or not isinstance(seq, int):
             return None
-        while True:
-            echo = self.echoes.recv(timeout=max(0.0, deadline - time.monotonic()))
-            if echo is None:
-                self._timed_out("command_timeouts", f"no teleop command for operator sample {seq} at {sim_time:.3f} s "
-                                f"of episode {episode} within {self.step_timeout_s} s; stepping on")
-                return None
-            op_seq = echo.meta.get("op_seq")
-            if echo.meta.get("episode") == episode and isinstance(op_seq, int) and op_seq >= seq:
-                return echo.arrays["target"]
+        echo = _recv_matching(self.echoes, deadline, lambda m: m.meta.get("episode") == episode
+                              and isinstance(m.meta.get("op_seq"), int) and m.meta["op_seq"] >= seq)
+        if echo is None:
+            self._timed_out("command_timeouts", f"no teleop command for operator sample {seq} at {sim_time:.3f} s "
+                            f"of episode {episode} within {self.step_timeout_s} s; stepping on")
+            return None
+        return echo.arrays["target"]
 
 
 def collect(cfg: CollectConfig) -> dict[str, Any]:
