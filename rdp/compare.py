@@ -1,11 +1,13 @@
 """Evaluate several trained policies on several tasks over the same seeds and write one results table.
 
+    python -m rdp.compare                      # the shipped checkpoints: rdp and dp on every task, seeds 0-49
     python -m rdp.compare tasks=wipe,peel,lift policies=rdp,rdp_nolm,rdp_wrench,dp,dp_tactile \\
         runs=runs episodes=50 seed=0 out=results/policies [jobs=2] [extra='policy.num_inference_steps=4']
 
-Every cell is one ``python -m sim.eval task=T policy=P policy.checkpoint=RUNS/T-R`` process (perturbations on, the
-same seeds ``seed .. seed+episodes-1`` for every policy), where R is the training run a policy config evaluates:
-its own name, except inference-time ablations of another run (``rdp_nolm`` evaluates the ``rdp`` run).
+Every cell is one ``python -m sim.eval task=T policy=P policy.checkpoint=RUN`` process (perturbations on, the
+same seeds ``seed .. seed+episodes-1`` for every policy), where RUN is ``checkpoints/T/R`` (``runs=shipped``, the
+default) or ``RUNS/T-R``, and R the training run a policy config evaluates: its own name, except inference-time
+ablations of another run (``rdp_nolm`` evaluates the ``rdp`` run).
 ``jobs`` cells run at once (one torch thread each). A cell whose ``OUT/T-P/results.json`` already exists with the
 same episodes and seed is not re-run, so an interrupted comparison resumes. Writes ``OUT/summary.json`` (every
 cell: success rate, Wilson 95 % interval, mean score, per perturbation) and ``OUT/table.md`` (success and interval
@@ -37,8 +39,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 @dataclass(frozen=True)
 class CompareConfig:
     tasks: tuple[str, ...] = ("wipe", "peel", "lift")
-    policies: tuple[str, ...] = ("rdp", "rdp_nolm", "rdp_wrench", "dp", "dp_tactile")
-    runs: str = "runs"
+    policies: tuple[str, ...] = ("rdp", "dp")
+    runs: str = "shipped"  # shipped: checkpoints/<task>/<run>; else a directory of <task>-<run> training runs
     episodes: int = 50
     seed: int = 0
     out: str = "results/policies"
@@ -83,7 +85,10 @@ def parse_args(argv: Sequence[str]) -> CompareConfig:
 
 
 def run_dir(cfg: CompareConfig, task: str, policy: str) -> Path:
-    return Path(cfg.runs) / f"{task}-{RUN_OF.get(policy, policy)}"
+    run = RUN_OF.get(policy, policy)
+    if cfg.runs == "shipped":
+        return ROOT / "checkpoints" / task / run
+    return Path(cfg.runs) / f"{task}-{run}"
 
 
 def _cell(cfg: CompareConfig, task: str, policy: str) -> dict[str, Any]:

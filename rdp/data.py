@@ -76,6 +76,20 @@ ACTION_DIM = 10  # per arm: x, y, z, r6 (6), grip
 LOWDIM_KEYS = ("proprio", "tactile", "wrench", "scene", "proprio_scene")
 OPTIONAL_STREAMS = OPTIONAL_FEATURE_STREAMS  # loaded when recorded: the one-shot object localisation at reset
 REQUIRED_STREAMS = tuple(sorted(("action", *FEATURE_STREAMS)))  # the raw streams the features and actions need
+# The action label, first recorded one wins: ``applied_target`` (A, 7) is the target the robot's controllers took at
+# each node tick (teleop.collect records it; the teleop node's ``action`` commands are events at the operator's
+# timing, not a rate), ``action`` (7 A,) the command per control step (teleop.record_expert, LeRobot imports).
+ACTION_STREAMS = ("applied_target", "action")
+
+
+def action_stream(streams: Mapping[str, Any]) -> str | None:
+    """Which stream of ``streams`` (names -> anything) holds the action label; None when none does."""
+    return next((s for s in ACTION_STREAMS if s in streams), None)
+
+
+def _missing_streams(streams: Mapping[str, Any]) -> list[str]:
+    missing = [s for s in FEATURE_STREAMS if s not in streams]
+    return sorted(missing + (["action"] if action_stream(streams) is None else []))
 
 
 class DataError(UsageError):
@@ -209,7 +223,8 @@ def load_episodes(
             try:
                 recorded = read_meta(list_episodes(path)[0])["streams"]
                 optional = tuple(s for s in OPTIONAL_STREAMS if s in recorded)
-                build_training_set(path, rate_hz, built, streams=(*REQUIRED_STREAMS, *optional, *image_keys))
+                streams = (*FEATURE_STREAMS, action_stream(recorded), *optional, *image_keys)
+                build_training_set(path, rate_hz, built, streams=streams)
             except DatasetError as e:
                 raise DataError(f"{path}: cannot build a training set at {rate_hz:g} Hz: {e}") from e
             return _load_built(built, json.loads((built / DATASET_FILE).read_text()), rate_hz, source=str(path),
@@ -225,18 +240,20 @@ def _check_raw(path: Path, rate_hz: float, image_keys: Sequence[str] = ()) -> No
         raise DataError(f"{path}: empty dataset, no committed episodes (record some with python -m "
                         f"teleop.record_expert, or run python -m dataset recover after a crash)")
     meta = read_meta(episodes[0])
-    missing = [s for s in REQUIRED_STREAMS if s not in meta["streams"]]
+    missing = _missing_streams(meta["streams"])
     if missing:
-        raise DataError(f"{episodes[0]}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)}")
+        raise DataError(f"{episodes[0]}: lacks streams {missing}; training needs {list(REQUIRED_STREAMS)} (or "
+                        f"applied_target for the action)")
     _check_image_streams(episodes[0], meta["streams"], image_keys)
-    native = measured_rate_hz(load_times(episodes[0], "action", meta))
+    source = action_stream(meta["streams"])
+    native = measured_rate_hz(load_times(episodes[0], source, meta))
     if native is None:
-        raise DataError(f"{episodes[0]}: the action stream has fewer than 2 samples; cannot tell its rate")
+        raise DataError(f"{episodes[0]}: the {source} stream has fewer than 2 samples; cannot tell its rate")
     ratio = native / rate_hz
     if ratio < 1 - 1e-6 or abs(ratio - round(ratio)) > 1e-3:
         raise DataError(
-            f"{path}: actions were recorded at {native:.4g} Hz; the training rate {rate_hz:g} Hz must divide it "
-            f"(e.g. {native / 2:g} or {native:g} Hz) so every training step is a recorded command"
+            f"{path}: actions ({source}) were recorded at {native:.4g} Hz; the training rate {rate_hz:g} Hz must "
+            f"divide it (e.g. {native / 2:g} or {native:g} Hz) so every training step is a recorded command"
         )
 
 
@@ -283,7 +300,7 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     if not math.isclose(built_rate, rate_hz, rel_tol=1e-9):
         raise DataError(f"{path}: built at {built_rate:g} Hz, but training was asked for {rate_hz:g} Hz; rebuild "
                         f"with python -m dataset build --rate {rate_hz:g} or set rate_hz={built_rate:g}")
-    missing = [s for s in REQUIRED_STREAMS if s not in info.get("streams", {})]
+    missing = _missing_streams(info.get("streams", {}))
     if missing:
         hint = (" (features are computed from raw streams when a dataset is loaded; rebuild with python -m dataset"
                 " build --streams including marker_offset, or train from the raw dataset)"
@@ -309,16 +326,18 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     feats: dict[str, list[np.ndarray]] = {}
     images: dict[str, list[np.ndarray]] = {k: [] for k in image_keys}
     actions, lengths = [], []
+    source = action_stream(info["streams"])
     for e in entries:
         arrays = load_training_episode(path / e["file"])
-        if arrays["action"].shape[0] < 1:
+        action = arrays[source].reshape(arrays[source].shape[0], -1)
+        if action.shape[0] < 1:
             raise DataError(f"{path / e['file']}: episode of zero length")
         for k, v in lowdim_features(arrays, embedding).items():
             feats.setdefault(k, []).append(v)
         for k in image_keys:
             images[k].append(resize_images(arrays[k], image_size))
-        actions.append(env_to_policy_action(arrays["action"]).astype(np.float32))
-        lengths.append(arrays["action"].shape[0])
+        actions.append(env_to_policy_action(action).astype(np.float32))
+        lengths.append(action.shape[0])
     lengths_arr = np.array(lengths, dtype=np.int64)
     shapes = info["streams"]
     return Episodes(

@@ -45,9 +45,11 @@ class ContactRichEnv(gym.Env):
         render_mode: str | None = None,
         render_size: int = 240,
         control_hz: float = 50.0,
-        physics_hz: float = 500.0,
+        physics_hz: float | None = None,
         wrench_noise: float = 0.2,
     ):
+        if physics_hz is None:
+            physics_hz = float(task.physics_hz)
         if physics_hz < 500:
             raise ValueError(f"physics_hz must be >= 500 for stable contact, got {physics_hz}")
         substeps = physics_hz / control_hz

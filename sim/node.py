@@ -81,7 +81,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import mujoco
 import numpy as np
@@ -102,6 +102,7 @@ MODES = ("realtime", "lockstep")
 COMMAND_DTYPES = frozenset({np.dtype("<f4"), np.dtype("<f8")})
 MAX_ROTVEC_NORM = 2.0 * math.pi
 MAX_DRAIN = 1000  # command messages read per tick at most: a flooding sender cannot stall the loop
+STATE_HZ = 250.0  # state / tactile / wrench rate when publish_every is not given
 SEED_LIMIT = 2**32  # episode seeds are 0 .. SEED_LIMIT - 1: numpy's legacy seeding takes no more, and seed + 1 wraps
 
 
@@ -129,9 +130,9 @@ class RobotNodeConfig:
     seed: int = 0
     mode: str = "realtime"
     perturb: bool = True
-    physics_hz: float = 500.0
+    physics_hz: Optional[float] = None  # None: the task's own rate (sim.tasks: lift 1000 Hz, others 500 Hz)
     control_hz: float = 50.0
-    publish_every: int = 2
+    publish_every: Optional[int] = None  # None: the physics steps of one STATE_HZ tick
     camera_hz: float = 10.0
     cameras: bool = True
     image_size: int = 96
@@ -147,6 +148,12 @@ class RobotNodeConfig:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed={self.seed}, expected an int in 0..{SEED_LIMIT - 1}")
+        if self.physics_hz is None:
+            from sim.registry import task_physics_hz
+
+            self.physics_hz = task_physics_hz(self.task)
+        if self.publish_every is None:
+            self.publish_every = max(int(round(self.physics_hz / STATE_HZ)), 1)
         substeps = self.physics_hz / self.control_hz
         if substeps < 1 or abs(substeps - round(substeps)) > 1e-9:
             raise ValueError(f"physics_hz={self.physics_hz} must be a multiple of control_hz={self.control_hz}")

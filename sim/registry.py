@@ -42,6 +42,12 @@ def make_env(task: str, perturbations: tuple[str, ...] | None = None, **kwargs: 
     return ContactRichEnv(TASKS[task](perturbations=perturbations), **kwargs)
 
 
+def task_physics_hz(task: str) -> float:
+    """The mj_step rate ``task`` runs at unless told otherwise."""
+    choose("task", task, TASKS, "task")
+    return float(TASKS[task].physics_hz)
+
+
 def register_envs() -> None:
     for name, env_id in ENV_IDS.items():
         if env_id not in gym.registry:

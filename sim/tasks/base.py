@@ -77,6 +77,8 @@ class Task:
     perturbation_kinds: tuple[str, ...] = ()
     max_seconds: float = 20.0
     noslip_iterations: int = 0
+    # mj_step rate every runner of the task uses unless told otherwise (env, robot node, expert, operator).
+    physics_hz: float = 500.0
     arms: tuple[ArmSetup, ...] = ()
     q_init: np.ndarray = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 0.3, 0.785])  # IK seed for resets
     # Scene camera (pos, xyaxes): front-left of the work area, looking at (0.55, 0, 0.12).
