@@ -81,7 +81,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -130,9 +130,9 @@ class RobotNodeConfig:
     seed: int = 0
     mode: str = "realtime"
     perturb: bool = True
-    physics_hz: Optional[float] = None  # None: the task's own rate (sim.tasks: lift 1000 Hz, others 500 Hz)
+    physics_hz: float | None = None  # None: the task's own rate (sim.tasks: lift 1000 Hz, others 500 Hz)
     control_hz: float = 50.0
-    publish_every: Optional[int] = None  # None: the physics steps of one STATE_HZ tick
+    publish_every: int | None = None  # None: the physics steps of one STATE_HZ tick
     camera_hz: float = 10.0
     cameras: bool = True
     image_size: int = 96
