@@ -1,0 +1,30 @@
+"""rdp.compare: which training run each cell evaluates, and a cell without a run reported, not crashed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rdp.compare import ROOT, main, parse_args, run_dir
+
+
+def test_the_default_evaluates_the_shipped_checkpoints_of_rdp_and_dp() -> None:
+    cfg = parse_args([])
+    assert cfg.policies == ("rdp", "dp") and cfg.episodes == 50 and cfg.seed == 0
+    assert run_dir(cfg, "peel", "dp") == ROOT / "checkpoints" / "peel" / "dp"
+    assert run_dir(cfg, "wipe", "rdp_nolm") == ROOT / "checkpoints" / "wipe" / "rdp"  # an inference-time ablation
+
+
+def test_a_runs_directory_holds_task_run_folders(tmp_path: Path) -> None:
+    cfg = parse_args([f"runs={tmp_path}"])
+    assert run_dir(cfg, "lift", "rdp_rtc") == tmp_path / "lift-rdp"
+
+
+def test_a_missing_run_is_a_cell_error_in_the_table(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code = main([f"runs={tmp_path / 'none'}", "tasks=wipe", "policies=dp", "episodes=1", f"out={out}"])
+    assert code == 1  # a cell failed
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    text = json.dumps(summary)
+    assert "no training run at" in text and "policy=dp" in text
+    assert "| dp | — |" in (out / "table.md").read_text()
