@@ -21,7 +21,7 @@ gives the tactile-to-command latency, robot -> fast node -> robot, one clock. Co
 The fake robot stamps each command as it arrives, so its own wake-up delay would read as the fast node's jitter.
 It therefore runs under SCHED_FIFO (``--robot-rt-priority``, 45: below the fast node's 50) once both nodes are up,
 as a robot driver would, where the OS grants it (the JSON keeps ``robot_sched``). A check with a FIFO sender at
-250 Hz and two CPU-bound processes beside it (session 9): an ordinary receiver saw p99 jitter 2.5-4.1 ms, a FIFO
+250 Hz and two CPU-bound processes beside it (2026-12-04): an ordinary receiver saw p99 jitter 2.5-4.1 ms, a FIFO
 one 0.16 ms.
 
 Slow-node inference: ``DiffusionPolicy.predict`` at the sizes ``configs/policy/rdp.yaml`` trains (latent 8 x 16,
