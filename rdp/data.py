@@ -326,10 +326,10 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     feats: dict[str, list[np.ndarray]] = {}
     images: dict[str, list[np.ndarray]] = {k: [] for k in image_keys}
     actions, lengths = [], []
-    source = action_stream(info["streams"])
+    action_key = action_stream(info["streams"])
     for e in entries:
         arrays = load_training_episode(path / e["file"])
-        action = arrays[source].reshape(arrays[source].shape[0], -1)
+        action = arrays[action_key].reshape(arrays[action_key].shape[0], -1)
         if action.shape[0] < 1:
             raise DataError(f"{path / e['file']}: episode of zero length")
         for k, v in lowdim_features(arrays, embedding).items():

@@ -87,6 +87,7 @@ def test_a_teleoperated_recording_trains_a_policy_that_sim_eval_runs(collected, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "run.json").is_file() and (run / "policy" / "model.safetensors").is_file()
     assert (run / "tokenizer").is_dir() == (policy == "rdp")
+    assert json.loads((run / "run.json").read_text())["data"] == str(out)  # the recording it learned from
 
     eval_dir = tmp_path / "eval"
     proc = _run(["sim.eval", "task=wipe", f"policy={policy}", f"policy.checkpoint={run}", "episodes=1", "seed=7",
