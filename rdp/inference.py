@@ -35,8 +35,9 @@ from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 __all__ = ["RUN_FORMAT", "load_run", "make_policy", "shipped_run"]
 HANDOVERS = ("latest", "rtc")  # how a new chunk replaces the running one (see _ChunkedSimPolicy)
 # Sampling temperature of a deployed policy (DiffusionPolicy.predict's noise_scale). Chosen on validation seeds
-# 1000-1049 with the shipped checkpoints (docs/results.md, 2026-12-03): success averaged over wipe, lift and peel was 0.61 at
-# 1.0, 0.75 at 0.5 and 0.79 at 0.0, so a plan is DDIM from the prior's mean; the test seeds 0-49 were run afterwards.
+# 1000-1049 with the shipped checkpoints (docs/results.md, 2026-12-03): success averaged over wipe, lift and peel
+# was 0.61 at 1.0, 0.75 at 0.5 and 0.79 at 0.0, so a plan is DDIM from the prior's mean; the test seeds 0-49 were
+# run afterwards.
 DEFAULT_NOISE_SCALE = 0.0
 # What lowdim_features raises on a malformed reading (a missing or wrongly shaped array): callers count and skip it.
 UNUSABLE_OBSERVATION = (KeyError, ValueError, IndexError, TypeError)
