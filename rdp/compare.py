@@ -1,6 +1,6 @@
 """Evaluate several trained policies on several tasks over the same seeds and write one results table.
 
-    python -m rdp.compare                      # the shipped checkpoints: rdp and dp on every task, seeds 0-49
+    python -m rdp.compare    # shipped rdp_teleop and dp (same teleoperated demos), every task, seeds 0-49
     python -m rdp.compare tasks=wipe,peel,lift policies=rdp,rdp_nolm,rdp_wrench,dp,dp_tactile \\
         runs=runs episodes=50 seed=0 out=results/policies [jobs=2] [extra='policy.num_inference_steps=4']
 
@@ -39,7 +39,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 @dataclass(frozen=True)
 class CompareConfig:
     tasks: tuple[str, ...] = ("wipe", "peel", "lift")
-    policies: tuple[str, ...] = ("rdp", "dp")
+    policies: tuple[str, ...] = ("rdp_teleop", "dp")  # the same teleoperated demonstrations
     runs: str = "shipped"  # shipped: checkpoints/<task>/<run>; else a directory of <task>-<run> training runs
     episodes: int = 50
     seed: int = 0

@@ -8,9 +8,10 @@ from pathlib import Path
 from rdp.compare import ROOT, main, parse_args, run_dir
 
 
-def test_the_default_evaluates_the_shipped_checkpoints_of_rdp_and_dp() -> None:
+def test_the_default_evaluates_the_shipped_rdp_and_dp_trained_on_the_same_teleoperated_data() -> None:
     cfg = parse_args([])
-    assert cfg.policies == ("rdp", "dp") and cfg.episodes == 50 and cfg.seed == 0
+    assert cfg.policies == ("rdp_teleop", "dp") and cfg.episodes == 50 and cfg.seed == 0
+    assert run_dir(cfg, "wipe", "rdp_teleop") == ROOT / "checkpoints" / "wipe" / "rdp_teleop"
     assert run_dir(cfg, "peel", "dp") == ROOT / "checkpoints" / "peel" / "dp"
     assert run_dir(cfg, "wipe", "rdp_nolm") == ROOT / "checkpoints" / "wipe" / "rdp"  # an inference-time ablation
 
