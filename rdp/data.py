@@ -246,13 +246,13 @@ def _check_raw(path: Path, rate_hz: float, image_keys: Sequence[str] = ()) -> No
                         f"applied_target for the action)")
     _check_image_streams(episodes[0], meta["streams"], image_keys)
     source = action_stream(meta["streams"])
-    native = measured_rate_hz(load_times(episodes[0], source, meta))
-    if native is None:
-        raise DataError(f"{episodes[0]}: the {source} stream has fewer than 2 samples; cannot tell its rate")
     if source == "applied_target":
         # A target holds until the next one replaces it (the controllers track it), so the one in force at each
         # training step is the right label whatever the operator's pace (4 ms apart, or 12 ms when it is slower).
         return
+    native = measured_rate_hz(load_times(episodes[0], source, meta))
+    if native is None:
+        raise DataError(f"{episodes[0]}: the {source} stream has fewer than 2 samples; cannot tell its rate")
     ratio = native / rate_hz
     if ratio < 1 - 1e-6 or abs(ratio - round(ratio)) > 1e-3:
         raise DataError(

@@ -93,7 +93,7 @@ from bus.message import Message, MetaValue
 from bus.transport import Publisher, Request, Server, Subscriber
 from sim.controller import rotvec_to_mat
 from sim.env import ACTION_DIM_PER_ARM, ContactRichEnv
-from sim.registry import make_env
+from sim.registry import make_env, task_physics_hz
 
 log = logging.getLogger("sim.node")
 
@@ -149,8 +149,6 @@ class RobotNodeConfig:
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed={self.seed}, expected an int in 0..{SEED_LIMIT - 1}")
         if self.physics_hz is None:
-            from sim.registry import task_physics_hz
-
             self.physics_hz = task_physics_hz(self.task)
         if self.publish_every is None:
             self.publish_every = max(int(round(self.physics_hz / STATE_HZ)), 1)
