@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       ("recover", "salvage crashed in-progress episodes")):
         sub.add_parser(cmd, help=text).add_argument("dir", type=Path)
     b = sub.add_parser("build", help="resample to a common clock into a training set")
-    b.add_argument("dir", type=Path)
+    b.add_argument("dir", type=Path, nargs="+", help="recorded dataset(s); several are pooled in the order given")
     b.add_argument("--rate", type=float, required=True, help="common clock, Hz")
     b.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     b.add_argument("--streams", type=lambda s: [x for x in s.split(",") if x], default=None,
@@ -105,7 +105,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    summary = build_training_set(args.dir, args.rate, args.out, args.streams)
+    summary = build_training_set(args.dir if len(args.dir) > 1 else args.dir[0], args.rate, args.out, args.streams)
     print(f"built {len(summary['episodes'])} episodes, {summary['num_steps']} steps at {args.rate:g} Hz -> {args.out}")
     print(json.dumps({k: summary[k] for k in ("rate_hz", "num_steps", "streams")} | {"out": str(args.out)}))
     return 0

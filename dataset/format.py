@@ -544,8 +544,13 @@ def common_clock(
     return clock, {n: np.searchsorted(t, clock, side="right") - 1 for n, t in times.items()}
 
 
-def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[str] | None = None) -> dict:
+def build_training_set(root: Path | Sequence[Path], rate_hz: float, out: Path, streams: Sequence[str] | None = None
+                       ) -> dict:
     """Resample every episode onto one clock at ``rate_hz`` (zero-order hold) and write ``out``.
+
+    ``root``: one recorded dataset, or several (e.g. two collection runs with different seeds) whose committed
+    episodes are pooled in the order given; with several, the built files are numbered afresh
+    (``episode_000000.npz`` ...) and each entry's ``source`` names the recording it came from.
 
     Clock of an episode: ``t_k = t0 + k / rate_hz`` for ``t0`` = the latest first sample over the streams (so
     every stream has a sample to hold) up to the earliest last sample (so no stream is held past its end).
@@ -560,16 +565,25 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
     what a live policy sees between frames; the summary lists them with their native rate (first episode) under
     ``held_streams``.
     """
-    root, out = Path(root), Path(out)
+    roots = [Path(r) for r in ([root] if isinstance(root, (str, Path)) else root)]
+    out = Path(out)
     if not (rate_hz > 0 and math.isfinite(rate_hz)):
         raise DatasetError(f"--rate must be a positive number of Hz, got {rate_hz}")
+    if not roots:
+        raise DatasetError("no dataset to build from")
+    if len({r.resolve() for r in roots}) < len(roots):
+        raise DatasetError(f"a dataset is named twice in {[str(r) for r in roots]}; its episodes would count twice")
     if out.exists():
         raise DatasetError(f"{out} already exists; choose a new output path")
-    episodes = list_episodes(root)
-    if not episodes:
-        pending = len(list_in_progress(root))
-        extra = f" ({pending} in progress: run `recover` first)" if pending else ""
-        raise DatasetError(f"{root}: empty dataset, no committed episodes{extra}")
+    episodes = []
+    for r in roots:
+        found = list_episodes(r)
+        if not found:
+            pending = len(list_in_progress(r))
+            extra = f" ({pending} in progress: run `recover` first)" if pending else ""
+            raise DatasetError(f"{r}: empty dataset, no committed episodes{extra}")
+        episodes += found
+    pooled = len(roots) > 1
     metas = [read_meta(ep) for ep in episodes]
     names = sorted(streams) if streams else series_streams(metas[0])
     if not names:
@@ -604,22 +618,24 @@ def build_training_set(root: Path, rate_hz: float, out: Path, streams: Sequence[
 
     with staged_dir(out, "write training set", "building") as tmp:
         entries = []
-        for ep, meta, clock, idx in plans:
+        for k, (ep, meta, clock, idx) in enumerate(plans):
             arrays = {CLOCK_KEY: clock}
             for n in names:
                 _, values = load_stream(ep, n, meta)
                 arrays[n] = values[idx[n]]
             buf = io.BytesIO()
             np.savez(buf, **arrays)
-            write_file_durably(tmp / f"{ep.name}.npz", buf.getbuffer())
-            entries.append({"file": f"{ep.name}.npz", "source": ep.name, "num_steps": int(clock.shape[0]),
+            file = f"episode_{k:06d}.npz" if pooled else f"{ep.name}.npz"
+            write_file_durably(tmp / file, buf.getbuffer())
+            entries.append({"file": file, "source": f"{ep.parent.name}/{ep.name}" if pooled else ep.name,
+                            "num_steps": int(clock.shape[0]),
                             "success": meta.get("success"), "salvaged": meta.get("salvaged"), "task": meta.get("task")})
         summary = {
             "format": BUILT_FORMAT_NAME,
             "schema_version": SCHEMA_VERSION,
             "rate_hz": rate_hz,
             "resampling": "zero-order hold on t_k = t0 + k / rate_hz (latest sample with t <= t_k)",
-            "source": str(root.resolve()),
+            "source": [str(r.resolve()) for r in roots] if pooled else str(roots[0].resolve()),
             "streams": {n: {"dtype": metas[0]["streams"][n]["dtype"], "shape": metas[0]["streams"][n]["shape"]}
                         for n in names},
             "held_streams": {n: r for n, r in sorted(held.items()) if r < rate_hz},

@@ -92,6 +92,26 @@ def test_build_zero_order_hold_exact_on_ramps(tmp_path: Path, capsys) -> None:
     assert json.loads(lines[-1])["num_steps"] == n
 
 
+def test_build_pools_several_recordings(tmp_path: Path, capsys) -> None:
+    """Two recordings (e.g. two collection runs) build into one training set: every committed episode once, in the
+    order given, numbered afresh, each naming the recording it came from; a recording named twice is refused."""
+    a, b, out = tmp_path / "run-a", tmp_path / "run-b", tmp_path / "train"
+    for root, offsets in ((a, (0.0, 10.0)), (b, (20.0,))):
+        for off in offsets:
+            t, v = _ramp(64, 64)
+            _record(root, {"tcp_pos": (t, v + off), "wrench": _ramp(128, 128, width=6)})
+    code, lines, err = _run(capsys, "build", str(a), str(b), "--rate", "32", "--out", str(out))
+    assert code == 0, err
+    summary = json.loads((out / "dataset.json").read_text())
+    assert [e["file"] for e in summary["episodes"]] == [f"episode_{k:06d}.npz" for k in range(3)]
+    assert [e["source"].split("/")[0] for e in summary["episodes"]] == ["run-a", "run-a", "run-b"]
+    assert summary["source"] == [str(a.resolve()), str(b.resolve())]
+    firsts = [load_training_episode(out / e["file"])["tcp_pos"][0, 0] for e in summary["episodes"]]
+    assert firsts == [0.0, 10.0, 20.0]
+    code, _, err = _run(capsys, "build", str(a), str(a), "--rate", "32", "--out", str(tmp_path / "twice"))
+    assert code == 2 and "named twice" in err and not (tmp_path / "twice").exists()
+
+
 def test_build_refuses_empty_dataset(tmp_path: Path, capsys) -> None:
     rec = EpisodeRecorder(tmp_path / "src")
     rec.begin({"task": "ramp"})
