@@ -68,18 +68,26 @@ def shipped_runs(task: str) -> list[str]:
 
 
 def compare(a_path: Path, b_path: Path) -> int:
+    """Cells present in both files are compared; a cell in one only is listed, not counted as a difference."""
     a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
-    diffs, same = [], 0
+    for n in ("digest_episodes", "eval_episodes"):
+        if a.get(n) != b.get(n):
+            print(f"refused: {n} differs ({a.get(n)} vs {b.get(n)}); the digests cover different episodes",
+                  file=sys.stderr)
+            return 2
+    diffs, same, single = [], 0, []
     for kind in ("digest", "eval"):
         for key in sorted(set(a[kind]) | set(b[kind])):
             if key not in a[kind] or key not in b[kind]:
-                diffs.append(f"{kind} {key}: only in {'after' if key in b[kind] else 'before'}")
+                single.append(f"{kind} {key}")
             elif a[kind][key] != b[kind][key]:
                 diffs.append(f"{kind} {key}: {a[kind][key]} != {b[kind][key]}")
             else:
                 same += 1
     for d in diffs:
         print("DIFFERS", d)
+    if single:
+        print("in one file only (not compared):", ", ".join(single))
     print(json.dumps({"same": same, "differ": len(diffs), "before": a.get("commit"), "after": b.get("commit")}))
     return 1 if diffs else 0
 
