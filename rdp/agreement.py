@@ -30,8 +30,6 @@ from bus.cli import UsageError, command
 from rdp.compare import check_names, finished, kv_config
 from sim.eval import wilson_interval
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @dataclass(frozen=True)
 class AgreementConfig:
@@ -67,7 +65,7 @@ def launch(task: str, mode: str, out: Path, cfg: AgreementConfig) -> dict[str, A
            f"seed={cfg.seed}", f"out={out}", "video=false", *cfg.extra.split()]
     log = out / "launcher.log"
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
         try:
             code = proc.wait()
         except KeyboardInterrupt:  # the launcher got the same Ctrl-C: let it stop its nodes and write its results

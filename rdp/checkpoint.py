@@ -219,8 +219,20 @@ def _read_metadata(data: bytes) -> dict[str, str]:
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "slowfast-rdp-run-v1"
-RUN_LAYOUT = ("a training run (python -m rdp.train ... out=RUN) holds run.json, policy/ and, for method rdp, "
-              "tokenizer/")
+RUN_LAYOUT = ("a training run (python -m rdp.train ... out=RUN) holds run.json, policy/ and its method's parts (rdp: "
+              "tokenizer/)")
+
+
+def _methods() -> tuple[str, ...]:
+    from rdp.api import method_names
+
+    return method_names()
+
+
+def _method(name: str) -> Any:
+    from rdp.api import get_method
+
+    return get_method(name)
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
@@ -244,7 +256,7 @@ def _or_null(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
 RUN_FIELDS: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "format": (lambda v: v == RUN_FORMAT, repr(RUN_FORMAT), True),
     "task": (_is_str, "a task name", True),
-    "method": (lambda v: v in ("rdp", "dp"), "'rdp' or 'dp'", True),
+    "method": (lambda v: isinstance(v, str) and v in _methods(), "a registered method (rdp.methods)", True),
     "rate_hz": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
                 "a number of Hz > 0", True),
     "obs_steps": (_int_at_least(1), "an integer >= 1: observation steps To", True),
@@ -281,14 +293,15 @@ def load_run_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
             raise CheckpointError(f"{path}: {name} is {json.dumps(run[name])}, expected {what}")
     if len(run["obs_dims"]) != len(run["obs_keys"]):
         raise CheckpointError(f"{path}: obs_dims {run['obs_dims']} and obs_keys {run['obs_keys']} differ in length")
-    if run["method"] == "rdp":
+    method = run["method"]
+    if "tokenizer" in _method(method).parts:
         tok = run["tokenizer"] or {}
         for name in ("latent_steps", "latent_channels"):
             if not _int_at_least(1)(tok.get(name)):
                 raise CheckpointError(f"{path}: tokenizer.{name} is {json.dumps(tok.get(name))}, expected an integer "
-                                      ">= 1 (method rdp needs the tokenizer's sizes)")
+                                      f">= 1 (method {method} needs the tokenizer's sizes)")
         if run["cond_key"] is None:
-            raise CheckpointError(f"{path}: cond_key is null, but method rdp decodes with a conditioning key")
+            raise CheckpointError(f"{path}: cond_key is null, but method {method} decodes with a conditioning key")
     for camera_field in ("camera_size", "image_hz"):
         absent = sorted(set(run.get("image_keys", ())) - set(run.get(camera_field, {})))
         if absent:
@@ -298,13 +311,14 @@ def load_run_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 def check_run_against_weights(directory: str | os.PathLike[str], run: Mapping[str, Any], policy_cfg: Any,
                               tokenizer_cfg: Any | None = None) -> None:
-    """``run.json`` against the configs the run's weights were loaded with (``policy/`` and ``tokenizer/``;
-    ``load_checkpoint`` has checked those against every tensor's name and shape), so the sizes the adapter takes
-    from ``run.json`` (horizon, action size, observation keys and dims, latent shape) are the weights' sizes.
+    """``run.json`` against the configs the run's weights were loaded with (``policy/`` and, for a method with a
+    tokenizer, ``tokenizer/``; ``load_checkpoint`` has checked those against every tensor's name and shape), so the
+    sizes the adapter takes from ``run.json`` (horizon, action size, observation keys and dims, latent shape) are the
+    weights' sizes. ``policy_cfg``: a ``DiffusionPolicyConfig``; ``tokenizer_cfg``: a ``TokenizerConfig``."""
+    from rdp.api import get_method
 
-    ``policy_cfg``: a ``DiffusionPolicyConfig``; ``tokenizer_cfg``: a ``TokenizerConfig`` (method rdp)."""
     path = Path(directory) / RUN_FILE
-    target = "latent" if run["method"] == "rdp" else "action"
+    target = get_method(run["method"]).target
     if policy_cfg.target != target:
         raise CheckpointError(f"{path}: method is {run['method']!r}, but the policy in policy/ predicts "
                               f"{policy_cfg.target} chunks, not {target} chunks")
@@ -315,19 +329,30 @@ def check_run_against_weights(directory: str | os.PathLike[str], run: Mapping[st
         ("obs_dims", run["obs_dims"], list(policy_cfg.lowdim_dims), "policy"),
         ("image_keys", run.get("image_keys", []), list(policy_cfg.image_keys), "policy"),
     ]
-    if tokenizer_cfg is not None:
+    if target == "latent":
         tok = run["tokenizer"]
-        expected += [
-            ("horizon", run["horizon"], tokenizer_cfg.horizon, "tokenizer"),
-            ("action_dim", run["action_dim"], tokenizer_cfg.action_dim, "tokenizer"),
-            ("tokenizer.latent_steps", tok["latent_steps"], tokenizer_cfg.latent_steps, "tokenizer"),
-            ("tokenizer.latent_channels", tok["latent_channels"], tokenizer_cfg.latent_channels, "tokenizer"),
-            ("tokenizer.latent_steps", tok["latent_steps"], policy_cfg.latent_steps, "policy"),
-            ("tokenizer.latent_channels", tok["latent_channels"], policy_cfg.latent_channels, "policy"),
-        ]
+        expected += [("tokenizer.latent_steps", tok["latent_steps"], policy_cfg.latent_steps, "policy"),
+                     ("tokenizer.latent_channels", tok["latent_channels"], policy_cfg.latent_channels, "policy")]
     else:
         expected += [("horizon", run["horizon"], policy_cfg.horizon, "policy"),
                      ("action_dim", run["action_dim"], policy_cfg.action_dim, "policy")]
+    _check_expected(path, expected)
+    if tokenizer_cfg is not None:
+        check_tokenizer_against_run(directory, run, tokenizer_cfg)
+
+
+def check_tokenizer_against_run(directory: str | os.PathLike[str], run: Mapping[str, Any], tokenizer_cfg: Any) -> None:
+    """``run.json`` against the tokenizer's weights (``tokenizer/``): horizon, action size, latent shape."""
+    tok = run["tokenizer"]
+    _check_expected(Path(directory) / RUN_FILE, [
+        ("horizon", run["horizon"], tokenizer_cfg.horizon, "tokenizer"),
+        ("action_dim", run["action_dim"], tokenizer_cfg.action_dim, "tokenizer"),
+        ("tokenizer.latent_steps", tok["latent_steps"], tokenizer_cfg.latent_steps, "tokenizer"),
+        ("tokenizer.latent_channels", tok["latent_channels"], tokenizer_cfg.latent_channels, "tokenizer"),
+    ])
+
+
+def _check_expected(path: Path, expected: list[tuple[str, Any, Any, str]]) -> None:
     for name, got, want, whose in expected:
         if got != want:
             raise CheckpointError(f"{path}: {name} is {json.dumps(got)} but the {whose}'s weights ({whose}/) were "

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bus.cli import UsageError, choose, command, parse_key_values
+from bus.resources import checkpoint_dir, config_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-# Policy configs that evaluate another config's training run (inference-time ablations).
-RUN_OF = {"rdp_nolm": "rdp", "rdp_rtc": "rdp"}
+ROOT = Path(__file__).resolve().parent.parent  # the source tree, for tests; data comes from bus.resources
 T = TypeVar("T")
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -57,7 +56,7 @@ def kv_config(cls: type[T], argv: Sequence[str]) -> T:
 
 def check_names(key: str, names: Sequence[str], group: str) -> None:
     """Every name in ``names`` must be a config in ``configs/<group>/`` (a task, a policy)."""
-    options = {p.stem for p in (ROOT / "configs" / group).glob("*.yaml")}
+    options = {p.stem for p in (config_dir() / group).glob("*.yaml")}
     if not names:
         raise UsageError(f"{key}= is empty; choose from {', '.join(sorted(options))}")
     for name in names:
@@ -84,10 +83,29 @@ def parse_args(argv: Sequence[str]) -> CompareConfig:
     return cfg
 
 
+def run_of(policy: str) -> str:
+    """The training run a policy config evaluates: its ``default_run``, inherited through its hydra ``defaults``
+    (``rdp_nolm`` is ``rdp`` evaluated without latency matching, so it evaluates the ``rdp`` run)."""
+    import yaml
+
+    seen: list[str] = []
+    name = policy
+    while name not in seen:
+        seen.append(name)
+        node = yaml.safe_load((config_dir() / "policy" / f"{name}.yaml").read_text()) or {}
+        if node.get("default_run"):
+            return str(node["default_run"])
+        parents = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+        if not parents:
+            break
+        name = parents[0]
+    return policy
+
+
 def run_dir(cfg: CompareConfig, task: str, policy: str) -> Path:
-    run = RUN_OF.get(policy, policy)
+    run = run_of(policy)
     if cfg.runs == "shipped":
-        return ROOT / "checkpoints" / task / run
+        return checkpoint_dir() / task / run
     return Path(cfg.runs) / f"{task}-{run}"
 
 
@@ -100,11 +118,11 @@ def _cell(cfg: CompareConfig, task: str, policy: str) -> dict[str, Any]:
     run = run_dir(cfg, task, policy)
     if not (run / "run.json").is_file():
         return {"task": task, "policy": policy, "error": f"no training run at {run} (python -m rdp.train "
-                                                         f"task={task} policy={RUN_OF.get(policy, policy)} ...)"}
+                                                         f"task={task} policy={run_of(policy)} ...)"}
     cmd = [sys.executable, "-m", "sim.eval", f"task={task}", f"policy={policy}", f"policy.checkpoint={run}",
            f"episodes={cfg.episodes}", f"seed={cfg.seed}", f"out={out}", "video=false", *cfg.extra.split()]
     env = {**os.environ, **{k: "1" for k in THREAD_VARS}}  # one core per cell: `jobs` cells use `jobs` cores
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"task": task, "policy": policy, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     return json.loads(done.read_text())

@@ -45,8 +45,10 @@ from torch import nn
 from tqdm import tqdm
 
 from bus.cli import UsageError, command, run_hydra
+from bus.resources import config_dir
 from dataset.durable import fsync_dir, write_file_durably
-from rdp.checkpoint import CheckpointError, load_checkpoint, read_json, save_checkpoint
+from rdp.api import get_method, method_names
+from rdp.checkpoint import RUN_FORMAT, CheckpointError, load_checkpoint, read_json, save_checkpoint
 from rdp.data import (
     ACTION_DIM,
     ACTION_FRAMES,
@@ -58,7 +60,6 @@ from rdp.data import (
     load_episodes,
     make_windows,
 )
-from rdp.inference import RUN_FORMAT
 from rdp.normalizer import Normalizer, NormMode
 from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
@@ -136,12 +137,9 @@ class MethodConfig:
             raise ValueError(f"cond_noise must be >= 0, got {self.cond_noise}")
         if self.cond_norm not in get_args(NormMode):
             raise ValueError(f"cond_norm must be one of {get_args(NormMode)}, got {self.cond_norm!r}")
-        if self.name not in ("rdp", "dp"):
-            raise ValueError(f"policy name must be 'rdp' or 'dp', got {self.name!r}")
-        if self.name == "rdp" and (self.tokenizer is None or self.cond_key is None or self.tokenizer_steps < 1):
-            raise ValueError("policy=rdp needs a tokenizer section, a cond_key and tokenizer_steps >= 1")
-        if self.name == "dp" and self.tokenizer is not None:
-            raise ValueError("policy=dp predicts actions directly; set tokenizer: null")
+        if self.name not in method_names():
+            raise ValueError(f"policy method must be one of {', '.join(method_names())}, got {self.name!r}")
+        get_method(self.name).check_config(self)
         if self.image_keys and self.encoder not in ("resnet", "terminator"):
             raise ValueError(f"image_keys {self.image_keys} need encoder resnet or terminator, got {self.encoder!r}")
         if self.policy_steps < 1 or not self.obs_keys:
@@ -342,11 +340,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"windows": len(windows), "episodes": int(len(episodes.lengths)),
                                "world_size": _DIST.world}
     try:
-        if cfg.method.name == "rdp":
-            tokenizer, action_norm, summary["tokenizer"] = _train_tokenizer(cfg, episodes, windows, state, log)
-            target = _encode_latents(tokenizer, action_norm, episodes, windows, cfg.method.action_frame)
-        else:
-            target = None
+        target, stages = get_method(cfg.method.name).training_target(cfg, episodes, windows, state, log)
+        summary.update(stages)
         summary["policy"] = _train_policy(cfg, episodes, windows, target, state, log)
     finally:
         log.close()
@@ -411,7 +406,7 @@ def _open_run(out: Path, cfg: TrainConfig, run: dict[str, Any]) -> dict[str, Any
     return state
 
 
-def _train_tokenizer(
+def train_tokenizer(
     cfg: TrainConfig, episodes: Episodes, windows: Windows, state: dict, log: JsonlLog
 ) -> tuple[AsymmetricTokenizer, Normalizer, dict[str, Any]]:
     """Stage (a): fit the action/cond normaliser, train the tokenizer; return it (eval mode) and the normaliser."""
@@ -453,7 +448,7 @@ def _train_tokenizer(
 
 
 @torch.no_grad()
-def _encode_latents(
+def encode_latents(
     tokenizer: AsymmetricTokenizer, norm: Normalizer, episodes: Episodes, windows: Windows, action_frame: str
 ) -> np.ndarray:
     """Every window's action chunk -> the tokenizer encoder's mean latent (N, L, C): the slow policy's target."""
@@ -695,7 +690,7 @@ def _write_json(path: Path, obj: Any) -> None:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = config_dir()
 
 
 @command("rdp.train")

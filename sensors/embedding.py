@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from bus.cli import UsageError
+from bus.resources import package_dir
 from sensors.types import MarkerField
 
-EMBEDDING_DIR = Path(__file__).parent / "embeddings"
+EMBEDDING_DIR = package_dir("sensors") / "embeddings"
 DEFAULT_DIM = 15
 FORMAT_VERSION = 1
 

@@ -22,9 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bus.cli import UsageError, command, exit_code, run_hydra
+from bus.resources import config_dir
 from sim.registry import make_env
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = config_dir()
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

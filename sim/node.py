@@ -90,6 +90,7 @@ from bus.cli import command
 from bus.clock import Clock, LockstepClock, RateKeeper, RealtimeClock
 from bus.config import load_node_config
 from bus.message import Message, MetaValue
+from bus.resources import config_dir
 from bus.transport import Publisher, Request, Server, Subscriber
 from sim.controller import rotvec_to_mat
 from sim.env import ACTION_DIM_PER_ARM, ContactRichEnv
@@ -97,7 +98,7 @@ from sim.registry import make_env, task_physics_hz
 
 log = logging.getLogger("sim.node")
 
-CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "robot_node" / "default.yaml"
+CONFIG_PATH = config_dir() / "robot_node" / "default.yaml"
 MODES = ("realtime", "lockstep")
 COMMAND_DTYPES = frozenset({np.dtype("<f4"), np.dtype("<f8")})
 MAX_ROTVEC_NORM = 2.0 * math.pi

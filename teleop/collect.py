@@ -66,12 +66,12 @@ import numpy as np
 from bus.cli import CommandError, UsageError, choose, command
 from bus.config import load_node_config
 from bus.message import Message
+from bus.resources import config_dir
 from bus.transport import Client, Publisher, Subscriber
 
 log = logging.getLogger("teleop.collect")
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG_PATH = ROOT / "configs" / "teleop" / "collect.yaml"
+CONFIG_PATH = config_dir() / "teleop" / "collect.yaml"
 ANY = "tcp://127.0.0.1:*"
 OPERATORS = ("scripted",)
 ROBOT_STREAM_TOPICS = ("state", "tactile", "wrench", "image", "applied")
@@ -363,7 +363,7 @@ class Child:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
                                      stderr=self._log, text=True, preexec_fn=_die_with_parent, env=env)
         self.lines: queue.Queue[dict] = queue.Queue()
         self.last: dict | None = None

@@ -62,13 +62,14 @@ import zmq
 from bus.cli import command
 from bus.config import load_node_config
 from bus.message import Message
+from bus.resources import config_dir
 from bus.transport import Publisher, Subscriber
 from sim.controller import mat_to_rotvec, rotvec_to_mat
 from sim.node import SEED_LIMIT
 
 log = logging.getLogger("teleop.node")
 
-CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "teleop" / "node.yaml"
+CONFIG_PATH = config_dir() / "teleop" / "node.yaml"
 ROTATION_MODES = ("relative", "locked")
 # Operator frame -> robot world (z up, x away from the operator). WebXR: x right, y up, -z forward.
 FRAMES: dict[str, np.ndarray] = {

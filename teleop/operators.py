@@ -48,7 +48,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,13 +55,14 @@ import numpy as np
 from bus.cli import UsageError, choose, command
 from bus.config import load_node_config
 from bus.message import Message
+from bus.resources import config_dir
 from bus.transport import Publisher, Subscriber
 from sim.controller import mat_to_rotvec, rotvec_to_mat
 from teleop.node import FRAMES, mat_to_quat, quat_to_mat
 
 log = logging.getLogger("teleop.operators")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "teleop"
+CONFIG_DIR = config_dir() / "teleop"
 GRIPPER_MAX_WIDTH = 0.08
 OBS_TOPICS = ("state", "wrench", "tactile")
 

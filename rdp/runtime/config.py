@@ -12,8 +12,9 @@ from pathlib import Path
 
 from bus.cli import choose
 from bus.config import load_node_config
+from bus.resources import config_dir
 
-CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "runtime" / "default.yaml"
+CONFIG_PATH = config_dir() / "runtime" / "default.yaml"
 MODES = ("realtime", "lockstep")
 HOLDS = ("pose", "silence")
 HANDOVERS = ("latest", "rtc")  # as rdp.inference.HANDOVERS (not imported: this module stays torch-free)

@@ -46,9 +46,9 @@ from bus.clock import DEFAULT_SPIN_S, PhaseLock, RateKeeper
 from bus.message import Message
 from bus.sched import current_policy, set_fifo
 from bus.transport import Client, Publisher, Subscriber
-from dataset.features import lowdim_features
 from dataset.rotations import matrix_to_rotvec, quat_to_matrix
-from rdp.inference import UNUSABLE_OBSERVATION, ChunkExecutor, make_policy
+from rdp.api import load_decoder
+from rdp.inference import UNUSABLE_OBSERVATION
 from rdp.runtime.chunks import ChunkRejected, ChunkSlot, StepRing, parse_chunk, policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import CurveServer
@@ -233,14 +233,12 @@ class FastNode:
         torch.set_num_threads(cfg.fast.torch_threads)
         self.cfg = cfg
         self.lockstep = cfg.mode == "lockstep"
-        self.policy = make_policy(cfg.task, checkpoint=cfg.checkpoint, replan_every=cfg.slow.replan_every,
-                                  seed=cfg.slow.noise_seed)
-        torch.set_num_threads(cfg.fast.torch_threads)
-        run = self.policy.run
-        self.executor = ChunkExecutor(self.policy)
+        if cfg.checkpoint is None:
+            raise UsageError("the fast node needs checkpoint=RUN_DIR (a `python -m rdp.train` out directory)")
+        self.decoder = load_decoder(cfg.checkpoint, task=cfg.task)  # the fast model only: no diffusion policy
+        run = self.decoder.run
         self.rate_hz = float(run["rate_hz"])
-        self.horizon = int(run["horizon"])
-        self.embedding = self.policy.embedding
+        self.horizon = self.decoder.horizon
         self.sim_period = 1.0 / cfg.fast.cmd_hz  # realtime: sim time moves one command period per tick
         self._step_next_tick = False
         self.slot = ChunkSlot()
@@ -423,7 +421,7 @@ class FastNode:
             features = self._features(tactile, obs)
         except UNUSABLE_OBSERVATION:
             return  # the tick itself counts and reports an unusable observation
-        self.executor.rehearse(features)
+        self.decoder.rehearse(features)
         self.counts["rehearsals"] += 1
 
     def _stage_pending(self) -> bool:
@@ -437,25 +435,25 @@ class FastNode:
         fresh = self.staged is None or self.staged[0] is not pending
         if not fresh and self.staged[1]["t"] >= target_t:
             return False
-        running = self.executor.save()
+        running = self.decoder.save()
         if fresh:
-            self.executor.start(pending.data, pending.anchor)
+            self.decoder.start(pending.data, pending.anchor)
         else:
-            self.executor.load(self.staged[1])
+            self.decoder.load(self.staged[1])
         stepped = 0
-        while self.executor.t < target_t:
-            past = self.ring.get(pending.obs_step + self.executor.t)
+        while self.decoder.t < target_t:
+            past = self.ring.get(pending.obs_step + self.decoder.t)
             if past is None:  # a step before the episode's first reading: left to the hand-over's own catch-up
                 break
-            self.executor.step(past)
+            self.decoder.step(past)
             stepped += 1
-        self.staged = (pending, self.executor.save())
-        self.executor.load(running)
+        self.staged = (pending, self.decoder.save())
+        self.decoder.load(running)
         return fresh or stepped > 0
 
     def _features(self, tactile: Message, obs: dict[str, Message]) -> dict[str, np.ndarray]:
         """The policy features of one reading (state, tactile, wrench); raises one of ``UNUSABLE_OBSERVATION``."""
-        return lowdim_features({**obs["state"].arrays, **tactile.arrays, **obs["wrench"].arrays}, self.embedding)
+        return self.decoder.features({**obs["state"].arrays, **tactile.arrays, **obs["wrench"].arrays})
 
     def _on_step(self, step: int, tactile: Message, obs: dict[str, Message]) -> None:
         try:
@@ -476,7 +474,7 @@ class FastNode:
         current = self.slot.current
         if current is not None and step - current.obs_step < self.horizon:
             self._catch_up(step - current.obs_step, features)
-            self.target = self.executor.step(features).reshape(-1, 7)
+            self.target = self.decoder.step(features).reshape(-1, 7)
             self.holding = False
             if not self.lockstep:
                 self.tac_to_cmd.add(time.monotonic() - tactile.stamp)  # + the publish, a few us
@@ -487,10 +485,10 @@ class FastNode:
 
     def _adopt(self, chunk, step: int) -> None:
         if self.staged is not None and self.staged[0] is chunk:
-            self.executor.load(self.staged[1])
+            self.decoder.load(self.staged[1])
             self.counts["staged"] += 1
         else:
-            self.executor.start(chunk.data, chunk.anchor)
+            self.decoder.start(chunk.data, chunk.anchor)
         self.staged = None
         skipped = step - chunk.obs_step
         self.counts["chunks"] += 1
@@ -501,9 +499,9 @@ class FastNode:
     def _catch_up(self, index: int, now: dict[str, np.ndarray]) -> None:
         """Step the decoder through chunk steps that passed before it could run them, on their own readings."""
         obs_step = self.slot.current.obs_step
-        while self.executor.t < index:
-            past = self.ring.get(obs_step + self.executor.t)
-            self.executor.step(past if past is not None else now)
+        while self.decoder.t < index:
+            past = self.ring.get(obs_step + self.decoder.t)
+            self.decoder.step(past if past is not None else now)
 
     # ------------------------------------------------------------------------------------ chunks
     def _drain_chunks(self) -> None:
@@ -528,7 +526,7 @@ class FastNode:
             self.chunk_rejects["topic"] += 1
             return
         try:
-            chunk = parse_chunk(msg, self.executor.chunk_shape, self.executor.anchor_dim, time.monotonic())
+            chunk = parse_chunk(msg, self.decoder.plan_shape, self.decoder.anchor_dim, time.monotonic())
         except ChunkRejected as exc:
             if self.chunk_rejects[exc.kind] == 0:
                 log.warning("rejected a chunk (%s); further %r rejects are only counted", exc, exc.kind)

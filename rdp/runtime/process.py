@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the source tree, for tests and benchmarks; nodes run in the caller's cwd
 _PR_SET_PDEATHSIG = 1
 
 
@@ -45,7 +45,7 @@ class Child:
         env = {"MUJOCO_GL": "egl", "PYOPENGL_PLATFORM": "egl", **os.environ}
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log,
+            [sys.executable, "-m", module, *args], env=env, stdout=subprocess.PIPE, stderr=self._log,
             text=True, start_new_session=True, preexec_fn=_die_with_parent,
         )
         self.started_at = time.monotonic()

@@ -33,8 +33,8 @@ import torch
 from bus.cli import UsageError, command
 from bus.message import Message
 from bus.transport import Publisher, Subscriber
-from dataset.features import lowdim_features
-from rdp.inference import UNUSABLE_OBSERVATION, episode_noise_seed, make_policy
+from rdp.api import load_planner
+from rdp.inference import UNUSABLE_OBSERVATION
 from rdp.runtime.chunks import policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import client_context, with_source
@@ -55,17 +55,18 @@ class SlowNode:
                              f"{cfg.addresses.obs!r} / {cfg.addresses.chunk!r}")
         torch.set_num_threads(cfg.slow.torch_threads)
         self.cfg = cfg
-        self.policy = make_policy(cfg.task, checkpoint=cfg.checkpoint, replan_every=cfg.slow.replan_every,
-                                  num_inference_steps=cfg.slow.num_inference_steps, seed=cfg.slow.noise_seed,
-                                  handover=cfg.slow.handover, noise_scale=cfg.slow.noise_scale)
-        torch.set_num_threads(cfg.slow.torch_threads)
-        run = self.policy.run
-        if getattr(self.policy, "image_keys", ()):
-            raise UsageError(f"{cfg.checkpoint}: this run's policy sees cameras {list(self.policy.image_keys)}; the "
+        if cfg.checkpoint is None:
+            raise UsageError("the slow node needs checkpoint=RUN_DIR (a `python -m rdp.train` out directory)")
+        self.planner = load_planner(cfg.checkpoint, task=cfg.task, num_inference_steps=cfg.slow.num_inference_steps,
+                                    noise_scale=cfg.slow.noise_scale, seed=cfg.slow.noise_seed)
+        run = self.planner.run
+        if not 1 <= cfg.slow.replan_every <= self.planner.horizon:
+            raise UsageError(f"slow.replan_every must be in [1, horizon={self.planner.horizon}], got "
+                             f"{cfg.slow.replan_every}")
+        if self.planner.image_keys:
+            raise UsageError(f"{cfg.checkpoint}: this run's policy sees cameras {list(self.planner.image_keys)}; the "
                              "runtime's slow node plans from state, touch and wrench only (train without cameras)")
         self.rate_hz = float(run["rate_hz"])
-        self.obs_keys = tuple(run["obs_keys"])
-        self.generator = torch.Generator()
         self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(run["obs_steps"]))
         self.latest: dict[str, Message] = {}
         self.episode: int | None = None
@@ -90,16 +91,8 @@ class SlowNode:
             raise
 
     def warm_up(self) -> float:
-        """One plan on a blank history with a throwaway generator, before the node says it is ready: the first call
-        into torch allocates and builds its kernels, which made a realtime episode's first plan slow. Returns ms."""
-        pcfg = self.policy.slow.cfg
-        dims = dict(zip(pcfg.lowdim_keys, pcfg.lowdim_dims, strict=True))
-        obs = {k: torch.zeros(1, pcfg.obs_steps, dims[k]) for k in self.obs_keys}
-        t0 = time.perf_counter()
-        self.policy.slow.predict(obs, generator=torch.Generator().manual_seed(0),
-                                 num_inference_steps=self.cfg.slow.num_inference_steps,
-                                 noise_scale=self.policy.noise_scale)
-        return (time.perf_counter() - t0) * 1e3
+        """One plan before the node says it is ready (``Planner.warm_up``). Returns ms."""
+        return self.planner.warm_up()
 
     # ------------------------------------------------------------------------------------ lifecycle
     def stop(self, *_: object) -> None:
@@ -165,10 +158,10 @@ class SlowNode:
         self.next_plan = 0
         self.last = None
         if type(seed) is int and seed >= 0:  # SeedSequence refuses negative seeds
-            self.generator.manual_seed(episode_noise_seed(self.cfg.slow.noise_seed, seed))
+            self.planner.new_episode(seed)
         else:
             self.counts["episode_without_seed"] += 1
-            self.generator.manual_seed(self.cfg.slow.noise_seed)
+            self.planner.new_episode(None)
         self._alive()
 
     def _on_observation(self, wrench: Message) -> None:
@@ -185,7 +178,7 @@ class SlowNode:
         if self.hist_step is not None and step <= self.hist_step:
             return
         try:
-            features = lowdim_features({**state.arrays, **tactile.arrays, **wrench.arrays}, self.policy.embedding)
+            features = self.planner.features({**state.arrays, **tactile.arrays, **wrench.arrays})
         except UNUSABLE_OBSERVATION as exc:
             self.counts["rej_schema"] += 1
             if self.counts["rej_schema"] == 1:
@@ -199,14 +192,11 @@ class SlowNode:
 
     # ------------------------------------------------------------------------------------ planning
     def _plan(self) -> None:
-        obs = {k: torch.from_numpy(np.stack([h[k] for h in self.history]))[None] for k in self.obs_keys}  # (1,To,Dk)
         step = self.hist_step
         anchor = np.ascontiguousarray(self.history[-1]["proprio"], dtype=np.float32)
         t0 = time.perf_counter()
         guide = self._rtc_guide(step, anchor) if self.cfg.slow.handover == "rtc" and self.last is not None else {}
-        chunk = self.policy.slow.predict(obs, generator=self.generator,
-                                         num_inference_steps=self.cfg.slow.num_inference_steps,
-                                         noise_scale=self.policy.noise_scale, **guide)[0]
+        chunk = self.planner.plan(self.history, guide)
         infer_s = time.perf_counter() - t0
         self.infer.add(infer_s)
         self.counts["inpainted"] += bool(guide)
@@ -230,7 +220,7 @@ class SlowNode:
         p50 = self.infer.summary()["p50"]
         if self.cfg.mode == "realtime" and p50 is not None:
             frozen = max(frozen, math.ceil(float(p50) * self.rate_hz))
-        return self.policy.rtc_prefix(prev, prev_anchor, step - prev_step, anchor, frozen, self.history[-1])
+        return self.planner.rtc_prefix(prev, prev_anchor, step - prev_step, anchor, frozen, self.history[-1])
 
     def _alive(self) -> None:
         self.pub.publish("alive", meta={"episode": -1 if self.episode is None else self.episode, "plans": self.plans,
@@ -256,7 +246,7 @@ def serve(argv: Sequence[str] | None, node_class: type[SlowNode], **ready: Any) 
     try:
         warmup_ms = node.warm_up()
         emit({"event": "ready", "node": "slow", **ready, "pid": os.getpid(), "chunk": cfg.addresses.chunk,
-              "chunk_shape": list(node.policy.slow.cfg.target_shape), "warmup_ms": round(warmup_ms, 1)})
+              "chunk_shape": list(node.planner.plan_shape), "warmup_ms": round(warmup_ms, 1)})
         node.run()
     finally:
         node.close()

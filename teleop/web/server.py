@@ -52,12 +52,12 @@ import struct
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from bus.resources import package_dir
 from bus.transport import Publisher, is_local_address
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("teleop.web")
 
-STATIC_DIR = Path(__file__).resolve().parent
+STATIC_DIR = package_dir("teleop.web")
 STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
                 "/app.js": ("app.js", "text/javascript")}
 CAMERAS = ("scene_rgb", "wrist_rgb")

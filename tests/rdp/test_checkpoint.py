@@ -190,7 +190,7 @@ def test_run_json_that_disagrees_with_the_weights_is_refused(run_dir: Path, caps
 @pytest.mark.parametrize(("field", "value", "says"), [
     ("horizon", None, "missing field 'horizon' (an integer >= 1: action steps per chunk T)"),
     ("horizon", "32", 'horizon is "32", expected an integer >= 1: action steps per chunk T'),
-    ("method", "ddpm", "method is \"ddpm\", expected 'rdp' or 'dp'"),
+    ("method", "ddpm", "method is \"ddpm\", expected a registered method (rdp.methods)"),
     ("obs_dims", [10], "obs_dims [10] and obs_keys ['proprio', 'tactile'] differ in length"),
     ("format", "v0", "format is \"v0\", expected 'slowfast-rdp-run-v1'"),
 ])

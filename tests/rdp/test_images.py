@@ -122,11 +122,11 @@ def test_image_policy_trains_and_holds_live_frames_like_training(demos: Path, tm
     assert info["image_keys"] == ["wrist_rgb"] and info["image_shape"] == [SIZE, SIZE]
     assert info["encoder"] == encoder and info["image_hz"] == {"wrist_rgb": pytest.approx(10.0)}
     policy = make_policy("wipe", checkpoint=run, replan_every=2)
-    assert policy.slow.cfg.encoder == encoder and policy.slow.cfg.image_size == (SIZE, SIZE)
+    assert policy.planner.model.cfg.encoder == encoder and policy.planner.model.cfg.image_size == (SIZE, SIZE)
 
     seen: list[torch.Tensor] = []
-    predict = policy.slow.predict
-    policy.slow.predict = lambda obs, **kw: (seen.append(obs["wrist_rgb"].clone()), predict(obs, **kw))[1]
+    predict = policy.planner.model.predict
+    policy.planner.model.predict = lambda obs, **kw: (seen.append(obs["wrist_rgb"].clone()), predict(obs, **kw))[1]
     env = sim.make_env("wipe", cameras=True)
     try:
         obs, _ = env.reset(seed=5)

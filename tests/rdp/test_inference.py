@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from rdp.api import Planner
 from rdp.data import ACTION_DIM, cond_features, cond_parts, env_to_policy_action, shift_positions
-from rdp.inference import DPSimPolicy
+from rdp.inference import SimPolicy
+from rdp.methods.dp import ActionChunkDecoder, ActionCodec
 
 HORIZON = 16
 
@@ -32,6 +34,12 @@ class _CountingSlow:
         return torch.from_numpy(chunk)[None]
 
 
+def _dp_policy(run: dict, slow, replan_every: int, num_inference_steps=None, seed: int = 0, **latency) -> SimPolicy:
+    """The sim adapter of a dp run around a stand-in slow model: a planner and dp's chunk-indexing decoder."""
+    return SimPolicy(Planner(run, slow, ActionCodec(run), num_inference_steps, seed=seed), ActionChunkDecoder(run),
+                     replan_every, **latency)
+
+
 def _run(frame: str = "absolute") -> dict:
     return {"horizon": HORIZON, "rate_hz": 25.0, "obs_steps": 2, "obs_keys": ["proprio"], "num_arms": 1,
             "num_pads": 3, "tactile_embedding": "default", "action_frame": frame, "action_dim": ACTION_DIM}
@@ -43,36 +51,36 @@ def _obs(x: float = 0.0) -> dict[str, np.ndarray]:
             "marker_offset": np.zeros((3, 7, 9, 2), np.float32)}
 
 
-def _drive(policy: DPSimPolicy, steps: int, obs=None) -> list[float]:
+def _drive(policy: SimPolicy, steps: int, obs=None) -> list[float]:
     env = SimpleNamespace(control_hz=25.0, arms=[0], pads=[0, 1, 2])
     policy.reset(env)
     return [float(policy.act(obs or _obs())[0]) for _ in range(steps)]
 
 
 def test_no_latency_executes_each_chunk_from_its_first_entry() -> None:
-    xs = _drive(DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None), 9)
+    xs = _drive(_dp_policy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None), 9)
     assert xs == [0, 1, 2, 3, 10, 11, 12, 13, 20]
 
 
 def test_latency_matching_skips_the_entries_whose_time_passed() -> None:
-    p = DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None, latency_steps=2)
+    p = _dp_policy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None, latency_steps=2)
     # Plan 0 is waited for; plan 1 (made at step 4) arrives at step 6 and starts at its entry 2.
     assert _drive(p, 11) == [0, 1, 2, 3, 4, 5, 12, 13, 14, 15, 22]
 
 
 def test_without_latency_matching_stale_entries_run() -> None:
-    p = DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None, latency_steps=2,
+    p = _dp_policy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None, latency_steps=2,
                     latency_matching=False)
     assert _drive(p, 11) == [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 20]
 
 
 def test_latency_must_leave_the_chunk_long_enough() -> None:
     with pytest.raises(ValueError, match="replan_every \\+ latency_steps <= horizon"):
-        DPSimPolicy(_run(), _CountingSlow(), replan_every=12, num_inference_steps=None, latency_steps=5)
+        _dp_policy(_run(), _CountingSlow(), replan_every=12, num_inference_steps=None, latency_steps=5)
 
 
 def test_relative_chunks_are_offsets_from_the_planning_pose() -> None:
-    xs = _drive(DPSimPolicy(_run("relative"), _CountingSlow(), replan_every=4, num_inference_steps=None), 5,
+    xs = _drive(_dp_policy(_run("relative"), _CountingSlow(), replan_every=4, num_inference_steps=None), 5,
                 obs=_obs(x=0.5))
     assert xs == pytest.approx([0.5, 1.5, 2.5, 3.5, 10.5])
 
@@ -105,17 +113,17 @@ class _NoiseSlow(_CountingSlow):
         return chunk
 
 
-def _first_noise(policy: DPSimPolicy, seed: int | None) -> float:
+def _first_noise(policy: SimPolicy, seed: int | None) -> float:
     policy.reset(SimpleNamespace(control_hz=25.0, arms=[0], pads=[0, 1, 2]), seed=seed)
     return float(policy.act(_obs())[0])
 
 
 def test_each_episode_draws_its_own_noise_reproducibly() -> None:
-    p = DPSimPolicy(_run(), _NoiseSlow(), replan_every=4, num_inference_steps=None, seed=3)
+    p = _dp_policy(_run(), _NoiseSlow(), replan_every=4, num_inference_steps=None, seed=3)
     by_episode = [_first_noise(p, s) for s in (0, 1, 2, 0)]
     assert by_episode[0] == by_episode[3]  # same episode seed: same noise
     assert len(set(by_episode[:3])) == 3  # episodes differ (one shared draw made every episode alike)
-    other_sampler = DPSimPolicy(_run(), _NoiseSlow(), replan_every=4, num_inference_steps=None, seed=4)
+    other_sampler = _dp_policy(_run(), _NoiseSlow(), replan_every=4, num_inference_steps=None, seed=4)
     assert _first_noise(other_sampler, 0) != by_episode[0]
     assert _first_noise(p, None) == _first_noise(p, None)  # no episode seed: the sampler seed alone
 
@@ -145,5 +153,5 @@ def test_every_default_sampling_temperature_is_the_one_chosen() -> None:
     assert yaml.safe_load((policy_configs / "rdp.yaml").read_text())["noise_scale"] == DEFAULT_NOISE_SCALE
     assert yaml.safe_load((policy_configs / "dp.yaml").read_text())["noise_scale"] == 1.0
     assert SlowConfig().noise_scale == load_config(["checkpoint=X"]).slow.noise_scale == DEFAULT_NOISE_SCALE
-    assert DPSimPolicy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None).noise_scale == \
+    assert _dp_policy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None).noise_scale == \
         DEFAULT_NOISE_SCALE

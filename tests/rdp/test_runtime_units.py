@@ -1,5 +1,5 @@
 """rdp.runtime pieces that need no processes: step timing, chunk validation and hand-over, the conditioning ring,
-config checks, CURVE links, and the chunk executor against the in-process sim adapter."""
+config checks, CURVE links, and the fast node's decoder against the in-process sim adapter."""
 
 from __future__ import annotations
 
@@ -165,41 +165,39 @@ def test_curve_link_delivers_to_the_authorized_key_only(tmp_path: Path) -> None:
         server.close()
 
 
-def test_chunk_executor_decodes_like_the_sim_adapter(tiny_run: Path) -> None:
-    """The fast node's executor and sim.eval's RDPSimPolicy turn the same latent and readings into the same actions."""
-    from rdp.inference import ChunkExecutor, make_policy
+def test_fast_node_decoder_decodes_like_the_sim_adapter(tiny_run: Path) -> None:
+    """The fast node's decoder (``load_decoder``: the tokenizer only, no diffusion policy) and sim.eval's adapter
+    turn the same latent and readings into the same actions."""
+    from rdp.api import load_decoder
+    from rdp.inference import make_policy
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    ref = make_policy("wipe", checkpoint=tiny_run, replan_every=8)
-    ex = ChunkExecutor(make_policy("wipe", checkpoint=tiny_run, replan_every=8))
-    latent = rng.normal(size=ex.chunk_shape).astype(np.float32)
+    ref = make_policy("wipe", checkpoint=tiny_run, replan_every=8).decoder
+    ex = load_decoder(tiny_run, task="wipe")
+    assert not any(isinstance(m, torch.nn.Module) and type(m).__name__ == "DiffusionPolicy" for m in vars(ex).values())
+    latent = rng.normal(size=ex.plan_shape).astype(np.float32)
     anchor = rng.normal(size=ex.anchor_dim).astype(np.float32)
     steps = [{"proprio": rng.normal(size=10).astype(np.float32), "tactile": rng.normal(size=45).astype(np.float32),
               "wrench": np.zeros(6, np.float32)} for _ in range(5)]
     ex.start(latent, anchor)
-    ref.anchor = anchor
-    ref._plan(torch.from_numpy(latent))
-    from rdp.data import policy_to_env_action, shift_positions
-
+    ref.start(torch.from_numpy(latent), anchor)
     for f in steps:
-        with torch.inference_mode():  # as in RDPSimPolicy.act
-            want = ref._decode(f)
-        if ref.run.get("action_frame", "absolute") == "relative":
-            want = shift_positions(want[None], anchor, +1.0)[0]
-        np.testing.assert_allclose(ex.step(f), policy_to_env_action(want), atol=1e-6)
-    assert ex.t == 5
+        np.testing.assert_array_equal(ex.step(f), ref.step(f))
+    assert ex.t == ref.t == 5
+    with pytest.raises(ValueError, match="trained on task 'wipe', not 'peel'"):
+        load_decoder(tiny_run, task="peel")
 
 
 def test_rehearsal_leaves_the_decoded_actions_unchanged(tiny_run: Path) -> None:
     """The fast node rehearses each step's decode just before the tick (fast.prewarm_ms); the actions it then sends
     are bit for bit those of a node that never rehearses, and a rehearsal past the horizon is a no-op."""
-    from rdp.inference import ChunkExecutor, make_policy
+    from rdp.api import load_decoder
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(2)
-    plain, warm = (ChunkExecutor(make_policy("wipe", checkpoint=tiny_run, replan_every=8)) for _ in range(2))
-    latent = rng.normal(size=plain.chunk_shape).astype(np.float32)
+    plain, warm = (load_decoder(tiny_run) for _ in range(2))
+    latent = rng.normal(size=plain.plan_shape).astype(np.float32)
     anchor = rng.normal(size=plain.anchor_dim).astype(np.float32)
     for ex in (plain, warm):
         ex.start(latent, anchor)
@@ -221,7 +219,7 @@ def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_
     before and after, equals the hand-over that does all of it at once."""
     from collections import Counter
 
-    from rdp.inference import ChunkExecutor, make_policy
+    from rdp.api import load_decoder
     from rdp.runtime.chunks import Chunk
     from rdp.runtime.fast import FastNode
     from rdp.runtime.timing import Trace
@@ -231,16 +229,16 @@ def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_
 
     def node() -> FastNode:  # the hand-over state of a FastNode, without its sockets
         n = FastNode.__new__(FastNode)
-        n.executor = ChunkExecutor(make_policy("wipe", checkpoint=tiny_run, replan_every=8))
-        n.horizon, n.lockstep, n.step, n.staged = n.executor.horizon, True, -1, None
+        n.decoder = load_decoder(tiny_run)
+        n.horizon, n.lockstep, n.step, n.staged = n.decoder.horizon, True, -1, None
         n.slot, n.ring, n.counts = ChunkSlot(), StepRing(2 * n.horizon), Counter()
         n.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
         n._sim_time = lambda: 0.0
         return n
 
     def chunk(obs_step: int, start_step: int) -> Chunk:
-        return Chunk(data=rng.normal(size=a.executor.chunk_shape).astype(np.float32),
-                     anchor=rng.normal(size=a.executor.anchor_dim).astype(np.float32), episode=1, obs_step=obs_step,
+        return Chunk(data=rng.normal(size=a.decoder.plan_shape).astype(np.float32),
+                     anchor=rng.normal(size=a.decoder.anchor_dim).astype(np.float32), episode=1, obs_step=obs_step,
                      start_step=start_step, obs_stamp=0.0, plan=0, infer_ms=0.0, received=0.0)
 
     def reading() -> dict[str, np.ndarray]:
@@ -254,7 +252,7 @@ def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_
         if taken is not None:
             n._adopt(taken, step)
         n._catch_up(step - n.slot.current.obs_step, f)
-        return n.executor.step(f)
+        return n.decoder.step(f)
 
     a, b = node(), node()
     first, second = chunk(0, 0), chunk(3, 5)

@@ -307,17 +307,17 @@ def test_rtc_handover_continues_the_running_chunk(name: str, demos: Path, tmp_pa
     horizon = int(policy.run["horizon"])
     features = policy.history[-1]
     anchor = prev_anchor + np.tile(np.r_[0.01, -0.02, 0.005, np.zeros(7)], policy.run["num_arms"]).astype(np.float32)
-    guide = policy.rtc_prefix(prev, prev_anchor, 4, anchor, 2, features)
+    guide = policy.planner.rtc_prefix(prev, prev_anchor, 4, anchor, 2, features)
     weights = guide["prefix_weights"]
     assert float(weights[0]) == 1.0 and float(weights[-1]) == 0.0 and (weights[1:] <= weights[:-1]).all()
     with torch.inference_mode():
-        world = policy._chunk_actions(prev, prev_anchor, features)  # the running chunk in world positions
+        world = policy.planner.codec.to_actions(prev, prev_anchor, features)  # the running chunk in world positions
     if name == "dp":  # actions: the prefix is the running chunk 4 steps on, re-anchored to the new pose
         expected = shift_positions(world[np.minimum(np.arange(4, 4 + horizon), horizon - 1)], anchor, -1.0)
         np.testing.assert_allclose(guide["prefix"][0].numpy(), expected, atol=1e-6)
     else:  # latents: decoding the prefix gives back that future (up to the tokenizer's reconstruction)
-        assert tuple(guide["prefix"].shape) == (1, *policy.slow.cfg.target_shape)
-    assert policy.rtc_prefix(prev, prev_anchor, horizon, anchor, 2, features) == {}  # nothing left to continue
+        assert tuple(guide["prefix"].shape) == (1, *policy.planner.plan_shape)
+    assert policy.planner.rtc_prefix(prev, prev_anchor, horizon, anchor, 2, features) == {}  # nothing left to continue
     with pytest.raises(ValueError, match="handover"):
         make_policy("wipe", checkpoint=run, method=name, handover="blend")
 
