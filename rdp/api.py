@@ -36,8 +36,18 @@ from rdp.policy import DiffusionPolicy
 # Sampling temperature of a deployed policy (DiffusionPolicy.predict's noise_scale). Chosen on validation seeds
 # 1000-1049 with the shipped checkpoints (docs/results.md, 2026-12-03): success averaged over wipe, lift and peel
 # was 0.61 at 1.0, 0.75 at 0.5 and 0.79 at 0.0, so a plan is DDIM from the prior's mean; the test seeds 0-49 were
-# run afterwards. A method's policy config may set its own (configs/policy/dp.yaml: 1.0).
+# run afterwards. It is ``Method.noise_scale``'s default; a run may carry its own, chosen on validation seeds
+# (``python -m rdp.temperature``, run.json ``inference.noise_scale``), and a command line may set one explicitly.
 DEFAULT_NOISE_SCALE = 0.0
+
+
+def deploy_noise_scale(run: Mapping[str, Any], explicit: float | None = None) -> float:
+    """The sampling temperature a run is deployed with: ``explicit`` when given, else the one chosen for the run on
+    validation seeds (run.json ``inference.noise_scale``, ``python -m rdp.temperature``), else its method's."""
+    if explicit is not None:
+        return float(explicit)
+    chosen = (run.get("inference") or {}).get("noise_scale")
+    return float(chosen) if chosen is not None else float(get_method(run["method"]).noise_scale)
 
 
 def episode_noise_seed(sampler_seed: int, episode_seed: int) -> int:
@@ -159,10 +169,11 @@ class Planner:
     (H, W, 3) uint8 of an image policy). ``new_episode(env_seed)`` gives the episode its own noise."""
 
     def __init__(self, run: Mapping[str, Any], model: DiffusionPolicy, codec: PlanCodec | None,
-                 num_inference_steps: int | None = None, noise_scale: float = DEFAULT_NOISE_SCALE, seed: int = 0,
+                 num_inference_steps: int | None = None, noise_scale: float | None = None, seed: int = 0,
                  embedding: Any = None) -> None:
         from sensors.embedding import TactileEmbedding
 
+        noise_scale = deploy_noise_scale(run, noise_scale)
         if not (math.isfinite(noise_scale) and noise_scale >= 0):
             raise UsageError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
         self.run = dict(run)
@@ -232,11 +243,13 @@ class Planner:
 
 class Method:
     """What a training method provides. ``parts``: checkpoint sub-directories besides ``policy/`` that its decoder
-    and codec load; ``target``: what the slow policy predicts ("action" or "latent")."""
+    and codec load; ``target``: what the slow policy predicts ("action" or "latent"); ``noise_scale``: the sampling
+    temperature its runs are deployed with unless one was chosen for the run (``deploy_noise_scale``)."""
 
     name: ClassVar[str]
     parts: ClassVar[tuple[str, ...]] = ()
     target: ClassVar[str] = "action"
+    noise_scale: ClassVar[float] = DEFAULT_NOISE_SCALE
 
     @classmethod
     def load_parts(cls, root: Path, run: Mapping[str, Any]) -> dict[str, Any]:
@@ -310,7 +323,7 @@ def load_decoder(root: str | os.PathLike[str], task: str | None = None, embeddin
 
 
 def load_planner(root: str | os.PathLike[str], task: str | None = None, num_inference_steps: int | None = None,
-                 noise_scale: float = DEFAULT_NOISE_SCALE, seed: int = 0) -> Planner:
+                 noise_scale: float | None = None, seed: int = 0) -> Planner:
     """The planner of a training run (``rdp.inference.load_run`` checks the run whole). ``task``: refuse a run
     trained on another task."""
     from rdp.inference import load_run

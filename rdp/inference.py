@@ -229,14 +229,14 @@ def make_policy(
     latency_matching: bool = True,
     default_run: str | None = None,
     handover: str = "latest",
-    noise_scale: float = DEFAULT_NOISE_SCALE,
+    noise_scale: float | None = None,
 ) -> SimPolicy:
     """Load a training run for ``sim.eval``. ``method`` must match the run's when given; ``train`` is the config's
     training section, accepted so configs/policy/<name>.yaml serves both commands (the run's own run.json fixes the
     sizes). ``latency_s``: simulated slow-policy inference latency, rounded to training-rate steps (see
     ``SimPolicy``); ``handover``: "latest" or "rtc" (see there); ``noise_scale``: the sampling temperature
-    (``DiffusionPolicy.predict``). Without ``checkpoint``, the shipped run ``checkpoints/<task>/<default_run>`` is
-    used."""
+    (``DiffusionPolicy.predict``; None: the run's, ``rdp.api.deploy_noise_scale``). Without ``checkpoint``, the
+    shipped run ``checkpoints/<task>/<default_run>`` is used."""
     from sensors.embedding import TactileEmbedding
 
     del train

@@ -47,6 +47,9 @@ class ActionCodec(PlanCodec):
 class DP(Method):
     name = "dp"
     target = "action"
+    # DP samples its learned distribution, as Diffusion Policy does: at 0 its open-loop chunks commit to one plan
+    # (wipe, expert data, test seeds: 0.32 at 1.0, 0.02 at 0). Not every run: python -m rdp.temperature.
+    noise_scale = 1.0
 
     @classmethod
     def decoder(cls, run: Mapping[str, Any], parts: Mapping[str, Any], embedding: Any = None) -> Decoder:

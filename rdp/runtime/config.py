@@ -31,7 +31,7 @@ class SlowConfig:
     handover_steps: int = 0
     handover: str = "latest"
     noise_seed: int = 0
-    noise_scale: float = 0.0  # rdp.inference.DEFAULT_NOISE_SCALE (not imported: this module stays torch-free)
+    noise_scale: float | None = None  # None: the run's (rdp.api.deploy_noise_scale)
     heartbeat_hz: float = 10.0
     torch_threads: int = 1
     nice: int = 10

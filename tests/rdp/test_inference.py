@@ -41,7 +41,7 @@ def _dp_policy(run: dict, slow, replan_every: int, num_inference_steps=None, see
 
 
 def _run(frame: str = "absolute") -> dict:
-    return {"horizon": HORIZON, "rate_hz": 25.0, "obs_steps": 2, "obs_keys": ["proprio"], "num_arms": 1,
+    return {"method": "dp", "horizon": HORIZON, "rate_hz": 25.0, "obs_steps": 2, "obs_keys": ["proprio"], "num_arms": 1,
             "num_pads": 3, "tactile_embedding": "default", "action_frame": frame, "action_dim": ACTION_DIM}
 
 
@@ -138,20 +138,31 @@ def test_episode_noise_seed_fits_a_torch_generator() -> None:
     assert episode_noise_seed(0, 5) == episode_noise_seed(0, 5)
 
 
-def test_every_default_sampling_temperature_is_the_one_chosen() -> None:
-    """The RDP policy config, the runtime config and the sim adapter agree (a default must not drift between them);
-    the DP baseline keeps sampling its learned distribution."""
+def test_sampling_temperature_is_explicit_else_the_runs_else_the_methods() -> None:
+    """sim.eval's policy configs and the runtime leave the temperature to the run (null), and both resolve it with
+    ``deploy_noise_scale`` (so lockstep repeats sim.eval): one given explicitly wins, else the one chosen for the run
+    on validation seeds (run.json ``inference``, python -m rdp.temperature), else its method's (rdp 0, dp 1)."""
     from pathlib import Path
 
     import yaml
 
+    from rdp.api import deploy_noise_scale
     from rdp.inference import DEFAULT_NOISE_SCALE
     from rdp.runtime.config import SlowConfig, load_config
+    from rdp.temperature import choose_temperature
 
     root = Path(__file__).resolve().parents[2]
     policy_configs = root / "configs" / "policy"
-    assert yaml.safe_load((policy_configs / "rdp.yaml").read_text())["noise_scale"] == DEFAULT_NOISE_SCALE
-    assert yaml.safe_load((policy_configs / "dp.yaml").read_text())["noise_scale"] == 1.0
-    assert SlowConfig().noise_scale == load_config(["checkpoint=X"]).slow.noise_scale == DEFAULT_NOISE_SCALE
-    assert _dp_policy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None).noise_scale == \
-        DEFAULT_NOISE_SCALE
+    assert yaml.safe_load((policy_configs / "rdp.yaml").read_text())["noise_scale"] is None
+    assert yaml.safe_load((policy_configs / "dp.yaml").read_text())["noise_scale"] is None
+    assert SlowConfig().noise_scale is None and load_config(["checkpoint=X"]).slow.noise_scale is None
+    assert deploy_noise_scale({"method": "rdp"}) == DEFAULT_NOISE_SCALE == 0.0
+    assert deploy_noise_scale({"method": "dp"}) == 1.0
+    chosen = {"method": "dp", "inference": {"noise_scale": 0.0}}
+    assert deploy_noise_scale(chosen) == 0.0 and deploy_noise_scale(chosen, 0.5) == 0.5
+    assert _dp_policy(_run(), _CountingSlow(), replan_every=4, num_inference_steps=None).noise_scale == 1.0
+    assert _dp_policy({**_run(), **chosen}, _CountingSlow(), replan_every=4).noise_scale == 0.0
+    # the choice: the best validation success; a tie keeps the method's default, else the lowest temperature
+    assert choose_temperature({0.0: 1.0, 1.0: 0.0}, 1.0) == 0.0
+    assert choose_temperature({0.0: 0.5, 1.0: 0.5}, 1.0) == 1.0
+    assert choose_temperature({0.5: 0.5, 1.0: 0.5}, 0.0) == 0.5
