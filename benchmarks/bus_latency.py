@@ -42,13 +42,14 @@ from benchmarks.report import publish  # noqa: E402
 from bus.clock import RateKeeper, RealtimeClock  # noqa: E402
 from bus.message import Message, decode, encode  # noqa: E402
 from bus.transport import Publisher, Subscriber, bind_to_random_port  # noqa: E402
+from sensors.types import MARKER_COLS, MARKER_ROWS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "bus_latency.json"
 
-# (name, arrays) with shapes from the design: 2 pads x 63 markers x 2-D offsets and 2 x 14 x 18 depth;
+# (name, arrays) with shapes from the design: 2 pads x R C markers x 2-D offsets and 2 x 14 x 18 depth;
 # two 96 x 96 RGB cameras.
 SIZES: dict[str, dict[str, tuple[tuple[int, ...], str]]] = {
-    "tactile": {"offset": ((2, 63, 2), "<f4"), "depth": ((2, 14, 18), "<f4")},
+    "tactile": {"offset": ((2, MARKER_ROWS * MARKER_COLS, 2), "<f4"), "depth": ((2, 14, 18), "<f4")},
     "image": {"rgb": ((2, 96, 96, 3), "|u1")},
 }
 LAT_COUNT = 400

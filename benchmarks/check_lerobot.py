@@ -272,13 +272,16 @@ def write_native(root: Path, work: Path) -> dict:
     import numpy as np
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from sensors.types import MARKER_COLS, MARKER_ROWS
+
     fps, size = 25, 64
+    offsets = 2 * MARKER_ROWS * MARKER_COLS * 2  # 2 pads x R x C markers x 2-D
     features = {
         "observation.tcp_pos": {"dtype": "float32", "shape": (3,), "names": ["x", "y", "z"]},
         "observation.tcp_quat": {"dtype": "float32", "shape": (4,), "names": ["w", "x", "y", "z"]},
         "observation.gripper_width": {"dtype": "float32", "shape": (1,), "names": ["width"]},
         "observation.wrench": {"dtype": "float32", "shape": (6,), "names": None},
-        "observation.marker_offset": {"dtype": "float32", "shape": (252,), "names": None},  # 2 pads x 7 x 9 x 2
+        "observation.marker_offset": {"dtype": "float32", "shape": (offsets,), "names": None},
         "action": {"dtype": "float32", "shape": (7,), "names": None},
         "observation.images.scene_rgb": {"dtype": "video", "shape": (size, size, 3),
                                          "names": ["height", "width", "channels"]},
@@ -296,7 +299,7 @@ def write_native(root: Path, work: Path) -> dict:
                 "observation.tcp_quat": np.array([np.cos(angle / 2), np.sin(angle / 2), 0, 0], np.float32),
                 "observation.gripper_width": np.array([0.04], np.float32),
                 "observation.wrench": rng.normal(size=6).astype(np.float32),
-                "observation.marker_offset": rng.normal(scale=1e-4, size=252).astype(np.float32),
+                "observation.marker_offset": rng.normal(scale=1e-4, size=offsets).astype(np.float32),
                 "action": np.array([*pos, np.pi, 0, 0, 0.04], np.float32),
                 "observation.images.scene_rgb": np.full((size, size, 3), 40 + 3 * k, np.uint8),
                 "task": "wipe",

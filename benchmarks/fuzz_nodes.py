@@ -60,6 +60,7 @@ from benchmarks.report import RESULTS_DIR, publish
 from bus.message import ALLOWED_DTYPES, Message, encode
 from bus.transport import Client, Publisher, Subscriber, recv_frame_limit
 from rdp.runtime.process import Child, robot_node_args
+from sensors.types import MARKER_GRID
 from sim.node import hold_command
 
 ANY = "tcp://127.0.0.1:*"
@@ -594,7 +595,7 @@ class FakeRobot:
         rng = np.random.default_rng(seq)
         state = {"tcp_pos": np.array([[0.5, 0.0, 0.3]]), "tcp_quat": np.array([[0, 1.0, 0, 0]]),
                  "joint_pos": np.zeros((1, 7)), "joint_vel": np.zeros((1, 7)), "gripper_width": np.full(1, 0.02)}
-        tactile = {"marker_offset": rng.normal(scale=1e-4, size=(3, 7, 9, 2)).astype(np.float32),
+        tactile = {"marker_offset": rng.normal(scale=1e-4, size=(3, *MARKER_GRID, 2)).astype(np.float32),
                    "marker_depth": np.zeros((3, 14, 18), np.float32), "marker_slip": np.zeros((3, 2), np.float32)}
         return [Message("state", stamp, seq, state, meta), Message("tactile", stamp, seq, tactile, meta),
                 Message("wrench", stamp, seq, {"wrench": np.zeros((1, 6))}, meta)]

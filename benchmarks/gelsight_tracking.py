@@ -19,6 +19,7 @@ import numpy as np
 
 from benchmarks.report import publish
 from sensors.gelsight import MarkerTracker, grid_centres, render_synthetic_gel
+from sensors.types import MARKER_GRID
 
 SHAPE = (240, 320)  # (H, W)
 RESULT = Path(__file__).resolve().parent / "results" / "gelsight_tracking.json"
@@ -58,7 +59,7 @@ def motion_sequence(rng: np.random.Generator, rest: np.ndarray, frames: int) -> 
 
 def run(frames: int, noise: float, seed: int) -> dict[str, float | int | str]:
     rng = np.random.default_rng(seed)
-    rest = grid_centres(SHAPE) + rng.uniform(-0.5, 0.5, (7, 9, 2))
+    rest = grid_centres(SHAPE) + rng.uniform(-0.5, 0.5, (*MARKER_GRID, 2))
     truth = motion_sequence(rng, rest, frames)
     tracker = MarkerTracker(render_synthetic_gel(SHAPE, rest, noise=noise, rng=rng))
     errors, valid, ms = [], [], []
@@ -74,7 +75,7 @@ def run(frames: int, noise: float, seed: int) -> dict[str, float | int | str]:
     return {
         "frames": frames,
         "image": f"{SHAPE[1]}x{SHAPE[0]}",
-        "grid": "7x9",
+        "grid": "x".join(map(str, MARKER_GRID)),
         "noise_sigma_grey": noise,
         "seed": seed,
         "max_true_offset_px": round(float(np.linalg.norm(truth, axis=-1).max()), 3),

@@ -1,7 +1,7 @@
 """Episode recorder throughput, fsync included, for a realistic teleoperation stream mix.
 
 Streams (simulated seconds of data, appended as fast as possible in timestamp order):
-two tactile pads (7, 9, 2) float64 marker offsets at 200 Hz, wrench (6,) at 200 Hz, tcp pose (7,) at 50 Hz,
+two tactile pads (R, C, 2) float64 marker offsets at 200 Hz, wrench (6,) at 200 Hz, tcp pose (7,) at 50 Hz,
 two cameras (96, 96, 3) uint8 at 10 Hz. Each episode is begun, filled and committed (chunk files fsynced
 every ``--flush`` seconds of recorded time, metadata and renames fsynced) into a fresh dataset directory.
 
@@ -29,13 +29,14 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import publish  # noqa: E402
 from dataset.format import verify_dataset  # noqa: E402
 from dataset.recorder import EpisodeRecorder  # noqa: E402
+from sensors.types import MARKER_GRID  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "recorder_throughput.json"
 
 # name, rate Hz, shape, dtype
 MIX = [
-    ("tactile_left", 200, (7, 9, 2), np.float64),
-    ("tactile_right", 200, (7, 9, 2), np.float64),
+    ("tactile_left", 200, (*MARKER_GRID, 2), np.float64),
+    ("tactile_right", 200, (*MARKER_GRID, 2), np.float64),
     ("wrench", 200, (6,), np.float64),
     ("tcp_pose", 50, (7,), np.float64),
     ("camera_wrist", 10, (96, 96, 3), np.uint8),

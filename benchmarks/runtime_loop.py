@@ -47,6 +47,7 @@ from bus.message import Message, encode
 from bus.sched import sched_fields, set_fifo, set_normal
 from bus.transport import Publisher, Subscriber
 from rdp.runtime.process import Child
+from sensors.types import MARKER_GRID
 
 NODE_HZ = 250.0
 # name: (command Hz, replan every, runtime overrides)
@@ -66,8 +67,8 @@ def _observation(seq: int, sim_time: float, stamp: float) -> list[Message]:
                                       "joint_pos": np.zeros((1, 7)), "joint_vel": np.zeros((1, 7)),
                                       "gripper_width": np.full(1, 0.02)}, meta),
         Message("tactile", stamp, seq, {"marker_offset": np.random.default_rng(seq).normal(
-            scale=1e-4, size=(3, 7, 9, 2)).astype(np.float32), "marker_depth": np.zeros((3, 14, 18), np.float32),
-            "marker_slip": np.zeros((3, 2), np.float32)}, meta),
+            scale=1e-4, size=(3, *MARKER_GRID, 2)).astype(np.float32),
+            "marker_depth": np.zeros((3, 14, 18), np.float32), "marker_slip": np.zeros((3, 2), np.float32)}, meta),
         Message("wrench", stamp, seq, {"wrench": np.zeros((1, 6))}, meta),
     ]
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from benchmarks.report import RESULTS_DIR, publish
+from spatial.rotations import rotvec_to_mat
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -60,7 +61,7 @@ def bench_task(task: str, seconds: float) -> dict:
             a = env.check_action(pol.act(obs))
             for i, c in enumerate(env.controllers):
                 u = a[i * 7 : (i + 1) * 7]
-                c.set_target(u[:3], sim.controller.rotvec_to_mat(u[3:6]), u[6], env.task.arms[i].grip_force)
+                c.set_target(u[:3], rotvec_to_mat(u[3:6]), u[6], env.task.arms[i].grip_force)
         for c in env.controllers:
             c.compute(env.data, dt)
         mujoco.mj_step(env.model, env.data)

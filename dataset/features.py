@@ -9,7 +9,7 @@ whichever recorder it came (``teleop.collect``, ``teleop.record_expert``, a LeRo
 Features per step (any leading shape ``...``; ``A`` arms, ``P`` tactile pads):
 
 * ``proprio`` (..., 10 A): per arm tcp position (3), tcp rotation 6-D (6), gripper width (1);
-* ``tactile`` (..., 15 P): each pad's marker field (``marker_offset`` (..., P, 7, 9, 2)) through the PCA
+* ``tactile`` (..., 15 P): each pad's marker field (``marker_offset`` (..., P, R, C, 2)) through the PCA
   embedding (``sensors.embedding.TactileEmbedding.encode``);
 * ``tactile_load`` (..., 3 P): each pad's load read off its marker field (``TactileEmbedding.pad_load``);
 * ``wrench`` (..., 6 A);
@@ -23,8 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from dataset.rotations import matrix_to_rot6d, quat_to_matrix
 from sensors.embedding import TactileEmbedding
+from spatial.rotations import matrix_to_rot6d, quat_to_matrix
 
 # The raw streams the features are computed from (``scene`` is used when present).
 FEATURE_STREAMS = ("gripper_width", "marker_offset", "tcp_pos", "tcp_quat", "wrench")
@@ -33,7 +33,7 @@ OPTIONAL_FEATURE_STREAMS = ("scene",)
 
 def lowdim_features(raw: Mapping[str, np.ndarray], embedding: TactileEmbedding) -> dict[str, np.ndarray]:
     """Raw per-step arrays ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4), ``gripper_width`` (..., A),
-    ``marker_offset`` (..., P, 7, 9, 2), ``wrench`` (..., A, 6) and optionally ``scene`` (..., S) -> {proprio,
+    ``marker_offset`` (..., P, R, C, 2), ``wrench`` (..., A, 6) and optionally ``scene`` (..., S) -> {proprio,
     tactile, tactile_load, wrench[, scene, proprio_scene]} (..., Dk) float32 (see the module docstring). Other keys
     of ``raw`` are ignored; a missing one raises ``KeyError``, a misshapen one ``ValueError``."""
     pos = np.asarray(raw["tcp_pos"], dtype=np.float64)

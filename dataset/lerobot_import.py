@@ -14,7 +14,7 @@ or from PNG bytes for ``image`` features. Which stream a feature becomes:
   ``observation.<x>`` -> ``<x>``, others keep their key (lower-case, ``[a-z0-9_]``); ``observation.state``
   splits into ``<name>`` streams when its ``names`` read ``<name>_0, <name>_1, ...``, else becomes ``state``.
   The flat per-arm (per-pad) streams rdp reads get their arm axis back (``tcp_pos`` of width 3 A -> (A, 3),
-  ``marker_offset`` of width 126 P -> (P, 7, 9, 2): ``PER_ARM_SHAPE``).
+  ``marker_offset`` of width 2 R C P -> (P, R, C, 2): ``PER_ARM_SHAPE``).
   Text features and depth videos are left out and listed under ``skipped``.
 
 By default the result must carry the streams ``rdp.train`` reads (``RDP_TRAINING_STREAMS``); an import that
@@ -65,6 +65,7 @@ from dataset.lerobot import (
     STREAMS_FORMAT,
     TRAINING_RATE_HZ,
 )
+from sensors.types import MARKER_GRID
 
 # What rdp.train loads from a recorded dataset (rdp.data.REQUIRED_STREAMS, a test keeps the two equal): the action
 # and the raw streams its features are computed from (dataset.features), and what each one is, for the refusal.
@@ -72,7 +73,7 @@ RDP_TRAINING_STREAMS = tuple(sorted(("action", *FEATURE_STREAMS)))
 STREAM_HINTS = {
     "action": "the commanded [x, y, z, rotation vector (3), grip] per arm, (7 A,)",
     "gripper_width": "the gripper opening per arm, (A,)",
-    "marker_offset": "each tactile pad's marker field: (P, 7, 9, 2) marker displacements; the tactile embedding"
+    "marker_offset": "each tactile pad's marker field: (P, R, C, 2) marker displacements; the tactile embedding"
                      " rdp reads is computed from it when the dataset is loaded",
     "tcp_pos": "the tool-centre-point position per arm in the base frame, (A, 3); joint angles alone would need"
                " forward kinematics, which this importer does not do",
@@ -80,7 +81,8 @@ STREAM_HINTS = {
     "wrench": "the wrist force/torque per arm, (A, 6)",
 }
 # A flat feature of these names is per arm (per pad for marker_offset and tactile_emb): each holds this shape.
-PER_ARM_SHAPE = {"tcp_pos": (3,), "tcp_quat": (4,), "wrench": (6,), "marker_offset": (7, 9, 2), "tactile_emb": (15,)}
+PER_ARM_SHAPE = {"tcp_pos": (3,), "tcp_quat": (4,), "wrench": (6,), "marker_offset": (*MARKER_GRID, 2),
+                 "tactile_emb": (15,)}
 TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobotDataset's default tolerance_s
 CHUNK_BYTES = 16 * 1024 * 1024  # one stream's chunk files stay below this (camera streams split)
 _STATE_NAME_RE = re.compile(r"^([a-z][a-z0-9_]*)_(\d+)$")

@@ -68,8 +68,8 @@ from dataset.format import (
     measured_rate_hz,
     read_meta,
 )
-from dataset.rotations import matrix_to_rot6d, matrix_to_rotvec, rot6d_to_matrix, rotvec_to_matrix
 from sensors.embedding import TactileEmbedding
+from spatial.rotations import matrix_to_rot6d, matrix_to_rotvec, rot6d_to_matrix, rotvec_to_matrix
 
 ENV_ACTION_DIM = 7  # per arm: x, y, z, rx, ry, rz, grip
 ACTION_DIM = 10  # per arm: x, y, z, r6 (6), grip

@@ -1,4 +1,4 @@
-"""Tactile PCA embedding: a marker field (7 x 9 x 2 offsets) -> 15 numbers, as in RDP.
+"""Tactile PCA embedding: a marker field (R x C x 2 offsets, ``MARKER_GRID``) -> 15 numbers, as in RDP.
 
 Fitted (``fit_pca``) on a *press dataset* generated in MuJoCo (``sim.press_dataset``, which also holds the
 command that fits and saves one): indenters of several shapes and sizes pressed into a gel pad at varied forces,
@@ -17,7 +17,7 @@ import numpy as np
 
 from bus.cli import UsageError
 from bus.resources import package_dir
-from sensors.types import MarkerField
+from sensors.types import MARKER_GRID, MarkerField
 
 EMBEDDING_DIR = package_dir("sensors") / "embeddings"
 DEFAULT_DIM = 15
@@ -117,7 +117,7 @@ class TactileEmbedding:
             raise UsageError(f"{p} is not a valid tactile embedding file ({exc})") from exc
 
 
-def fit_pca(x: np.ndarray, dim: int = DEFAULT_DIM, grid: tuple[int, int] = (7, 9)) -> TactileEmbedding:
+def fit_pca(x: np.ndarray, dim: int = DEFAULT_DIM, grid: tuple[int, int] = MARKER_GRID) -> TactileEmbedding:
     """PCA by SVD on (N, D) samples."""
     if x.ndim != 2 or x.shape[0] <= dim:
         raise ValueError(f"need (N, D) samples with N > {dim}, got shape {x.shape}")

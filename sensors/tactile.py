@@ -1,6 +1,6 @@
 """GelSight-like marker fields from rigid-body contact.
 
-A simulated pad is a rectangle of gel with a 7 x 9 grid of markers. Each contact the physics engine
+A simulated pad is a rectangle of gel with a grid of markers (``MARKER_GRID``, 7 x 9). Each contact the physics engine
 reports on the pad (position in the pad frame, normal force, signed shear force) is turned into:
 
 * a contact **footprint**: a Hertz-like cap ``delta - r^2 / (2 R)`` whose indentation ``delta``

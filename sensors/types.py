@@ -1,7 +1,7 @@
 """Sensor data types shared by the simulator, the real drivers, the bus and the policies.
 
-Shapes use the glossary of the whole project: ``R, C`` marker rows and columns (7 x 9 by default),
-``H, W`` depth-map rows and columns.
+Shapes use the glossary of the whole project: ``R, C`` marker rows and columns (``MARKER_GRID``, 7 x 9: every
+pad, recording and embedding of the project), ``H, W`` depth-map rows and columns.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MARKER_ROWS = 7
-MARKER_COLS = 9
+MARKER_GRID: tuple[int, int] = (7, 9)  # (R, C) markers on a tactile pad
+MARKER_ROWS, MARKER_COLS = MARKER_GRID
 
 
 @dataclass

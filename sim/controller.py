@@ -19,6 +19,7 @@ import mujoco
 import numpy as np
 
 from sim.robot import FINGER_FORCE_LIMIT, TORQUE_LIMITS, ArmIndex
+from spatial.rotations import rotation_error, rotvec_to_mat
 
 
 @dataclass
@@ -35,31 +36,6 @@ class ImpedanceGains:
     max_torque: float = 20.0  # N m, clip on the task-space torque
     finger_kp: float = 2000.0  # N/m on each finger
     finger_kd: float = 40.0
-
-
-def rotvec_to_mat(rv: np.ndarray) -> np.ndarray:
-    """(3,) axis-angle -> (3, 3) rotation matrix."""
-    q = np.zeros(4)
-    mujoco.mju_axisAngle2Quat(q, rv / max(np.linalg.norm(rv), 1e-12), float(np.linalg.norm(rv)))
-    if np.linalg.norm(rv) < 1e-12:
-        q[:] = [1, 0, 0, 0]
-    m = np.zeros(9)
-    mujoco.mju_quat2Mat(m, q)
-    return m.reshape(3, 3)
-
-
-def mat_to_rotvec(m: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix -> (3,) axis-angle."""
-    q = np.zeros(4)
-    mujoco.mju_mat2Quat(q, m.reshape(-1))
-    v = np.zeros(3)
-    mujoco.mju_quat2Vel(v, q, 1.0)
-    return v
-
-
-def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Axis-angle vector that rotates ``current`` onto ``target`` (world frame)."""
-    return mat_to_rotvec(target @ current.T)
 
 
 class CartesianImpedanceController:

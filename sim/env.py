@@ -18,11 +18,12 @@ import numpy as np
 
 from sensors.camera import depth_to_pointcloud, intrinsics_from_fovy
 from sensors.tactile import GelPadSpec
-from sim.controller import CartesianImpedanceController, ImpedanceGains, mat_to_rotvec, rotvec_to_mat
+from sim.controller import CartesianImpedanceController, ImpedanceGains
 from sim.kinematics import solve_ik_robust
 from sim.robot import ArmIndex, add_arm
 from sim.sensing import ContactSensing, bind_pad
 from sim.tasks.base import Task
+from spatial.rotations import mat_to_rotvec, rotvec_to_mat
 
 ACTION_DIM_PER_ARM = 7
 FINGER_PAD = GelPadSpec(half_size=(0.008, 0.011))
@@ -194,7 +195,7 @@ class ContactRichEnv(gym.Env):
             "joint_vel": gym.spaces.Box(-inf, inf, (a, 7), f32),
             "gripper_width": gym.spaces.Box(0.0, 0.1, (a,), f32),
             "wrench": gym.spaces.Box(-inf, inf, (a, 6), f32),
-            "marker_offset": gym.spaces.Box(-inf, inf, (p, 7, 9, 2), f32),
+            "marker_offset": gym.spaces.Box(-inf, inf, (p, FINGER_PAD.rows, FINGER_PAD.cols, 2), f32),
             "marker_depth": gym.spaces.Box(0.0, inf, (p, *FINGER_PAD.depth_shape), f32),
             "marker_slip": gym.spaces.Box(-inf, inf, (p, 2), f32),
             "scene": gym.spaces.Box(-inf, inf, (self.task.scene_dim,), f32),

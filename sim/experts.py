@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from sim.controller import mat_to_rotvec
 from sim.kinematics import frame_from_z_and_x
+from spatial.rotations import mat_to_rotvec
 
 if TYPE_CHECKING:
     from sim.env import ContactRichEnv

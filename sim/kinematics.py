@@ -5,8 +5,8 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from sim.controller import rotation_error
 from sim.robot import ArmIndex
+from spatial.rotations import rotation_error
 
 
 def solve_ik(

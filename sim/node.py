@@ -19,8 +19,8 @@ per-topic ``seq`` of the bus header::
     state     tcp_pos (A,3) f8 world m; tcp_quat (A,4) f8 [w,x,y,z]; joint_pos, joint_vel (A,7) f8;
               gripper_width (A,) f8; scene (S,) f4 the task's one-shot object localisation at reset
               (``Task.scene_features``: constant during an episode)           every tick
-    tactile   marker_offset (P,7,9,2) f4; marker_depth (P,14,18) f4; marker_slip (P,2) f4; meta pads
-              (comma-separated pad names)                                     every tick
+    tactile   marker_offset (P,R,C,2) f4 ((R, C) = sensors.types.MARKER_GRID); marker_depth (P,14,18) f4;
+              marker_slip (P,2) f4; meta pads (comma-separated pad names)     every tick
     wrench    wrench (A,6) f8, [F, T] in the TCP frame                        every tick
     image     scene_rgb, wrist_rgb (S,S,3) u1                                 camera_hz
     status    meta: held, reason, episode, seed, counters (accepted, clipped, rej_<kind>...)
@@ -92,9 +92,9 @@ from bus.config import load_node_config
 from bus.message import Message, MetaValue
 from bus.resources import config_dir
 from bus.transport import Publisher, Request, Server, Subscriber
-from sim.controller import rotvec_to_mat
 from sim.env import ACTION_DIM_PER_ARM, ContactRichEnv
 from sim.registry import make_env, task_physics_hz
+from spatial.rotations import rotvec_to_mat
 
 log = logging.getLogger("sim.node")
 
@@ -395,7 +395,7 @@ class RobotNode:
             "scene": np.zeros(space["scene"].shape, np.float32),
         }
         self.tactile = {
-            "marker_offset": np.zeros((p, 7, 9, 2), np.float32),
+            "marker_offset": np.zeros(space["marker_offset"].shape, np.float32),
             "marker_depth": np.zeros(space["marker_depth"].shape, np.float32),
             "marker_slip": np.zeros((p, 2), np.float32),
         }

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     x = generate_press_dataset(args.episodes, args.seed)
     emb = fit_pca(x, args.dim)
     path = args.out or EMBEDDING_DIR / f"{args.name}.npz"
-    recon = emb.decode(emb.encode(x.reshape(-1, 7, 9, 2))).reshape(len(x), -1)
+    recon = emb.decode(emb.encode(x.reshape(-1, *emb.grid, 2))).reshape(len(x), -1)
     rel_err = float(np.linalg.norm(recon - x) / np.linalg.norm(x - x.mean(axis=0)))
     meta = {
         "samples": int(len(x)),

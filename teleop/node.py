@@ -64,8 +64,8 @@ from bus.config import load_node_config
 from bus.message import Message
 from bus.resources import config_dir
 from bus.transport import Publisher, Subscriber
-from sim.controller import mat_to_rotvec, rotvec_to_mat
 from sim.node import SEED_LIMIT
+from spatial.rotations import mat_to_rotvec, quat_to_mat, rotation_angle, rotvec_to_mat
 
 log = logging.getLogger("teleop.node")
 
@@ -164,32 +164,6 @@ class TeleopConfig:
 def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> TeleopConfig:
     """``path`` merged with ``key=value`` overrides into a checked :class:`TeleopConfig`."""
     return load_node_config(TeleopConfig, path, overrides, "teleop", "web.port=0")
-
-
-# ------------------------------------------------------------------------------------- math helpers
-def quat_to_mat(q: np.ndarray) -> np.ndarray:
-    """[w, x, y, z] (any norm > 0) -> (3, 3) rotation matrix."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def mat_to_quat(m: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix -> [w, x, y, z] with w >= 0."""
-    import mujoco
-
-    q = np.zeros(4)
-    mujoco.mju_mat2Quat(q, np.ascontiguousarray(m, dtype=np.float64).reshape(-1))
-    return q if q[0] >= 0 else -q
-
-
-def rotation_angle(a: np.ndarray, b: np.ndarray) -> float:
-    """Angle (rad) of the rotation between two rotation matrices."""
-    c = (np.trace(a @ b.T) - 1.0) / 2.0
-    return float(math.acos(min(1.0, max(-1.0, c))))
 
 
 # ------------------------------------------------------------------------------------ operator input

@@ -57,8 +57,8 @@ from bus.config import load_node_config
 from bus.message import Message
 from bus.resources import config_dir
 from bus.transport import Publisher, Subscriber
-from sim.controller import mat_to_rotvec, rotvec_to_mat
-from teleop.node import FRAMES, mat_to_quat, quat_to_mat
+from spatial.rotations import mat_to_rotvec, matrix_to_quat, quat_to_mat, rotvec_to_mat
+from teleop.node import FRAMES
 
 log = logging.getLogger("teleop.operators")
 
@@ -200,7 +200,7 @@ def hand_for_target(target: np.ndarray, anchor_target: np.ndarray, anchor_hand: 
     d_op = frame.T @ d_world @ frame
     if float(mapping["rot_scale"]) != 1.0:
         d_op = rotvec_to_mat(mat_to_rotvec(d_op) / float(mapping["rot_scale"]))
-    return np.concatenate((pos, mat_to_quat(d_op @ h0)))
+    return np.concatenate((pos, matrix_to_quat(d_op @ h0)))
 
 
 class Tremor:
@@ -532,7 +532,7 @@ class ScriptedOperator:
         for i in range(self.n_arms):
             hand = hand_for_target(targets[i], anchor_target[i], anchor_hand[i], self.mapping)
             hand[:3] += pos_noise[i]
-            hand[3:] = mat_to_quat(rotvec_to_mat(rot_noise[i]) @ quat_to_mat(hand[3:]))
+            hand[3:] = matrix_to_quat(rotvec_to_mat(rot_noise[i]) @ quat_to_mat(hand[3:]))
             self.pose[i] = hand
             self.grip[i] = float(np.clip(1.0 - targets[i, 6] / GRIPPER_MAX_WIDTH, 0.0, 1.0))
 
@@ -576,7 +576,7 @@ class KeyboardHand:
             axis, sign = KEY_TURNS[key]
             rv = np.zeros(3)
             rv[axis] = sign * self.step_rad
-            self.pose[i, 3:] = mat_to_quat(rotvec_to_mat(rv) @ quat_to_mat(self.pose[i, 3:]))
+            self.pose[i, 3:] = matrix_to_quat(rotvec_to_mat(rv) @ quat_to_mat(self.pose[i, 3:]))
         elif key == " ":
             self.clutch[i] = not self.clutch[i]
         elif key == "g":

@@ -9,7 +9,7 @@ training, by the function the running policy uses (``dataset.features``); record
 that also hold a ``tactile_emb`` stream, which training ignores.
 
 * every control step (50 Hz): ``tcp_pos`` (A, 3), ``tcp_quat`` (A, 4), ``joint_pos`` (A, 7), ``gripper_width``
-  (A,), ``wrench`` (A, 6), ``marker_offset`` (P, 7, 9, 2) (each pad's marker field), ``scene`` (the task's
+  (A,), ``wrench`` (A, 6), ``marker_offset`` (P, R, C, 2) (each pad's marker field), ``scene`` (the task's
   one-shot object localisation at reset, ``Task.scene_features``) and
   ``action`` (7 A,): the expert's command computed from the observation of the same step;
 * with ``cameras=true``, ``scene_rgb`` / ``wrist_rgb`` (96, 96, 3) uint8 at 10 Hz.

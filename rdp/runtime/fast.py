@@ -46,7 +46,6 @@ from bus.clock import DEFAULT_SPIN_S, PhaseLock, RateKeeper
 from bus.message import Message
 from bus.sched import current_policy, set_fifo
 from bus.transport import Client, Publisher, Subscriber
-from dataset.rotations import matrix_to_rotvec, quat_to_matrix
 from rdp.api import load_decoder
 from rdp.inference import UNUSABLE_OBSERVATION
 from rdp.runtime.chunks import ChunkRejected, ChunkSlot, StepRing, parse_chunk, policy_step
@@ -54,6 +53,7 @@ from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import CurveServer
 from rdp.runtime.slow import MAX_SIM_TIME_S
 from rdp.runtime.timing import Every, LoopGc, Trace, Window, emit
+from spatial.rotations import matrix_to_rotvec, quat_to_matrix
 
 log = logging.getLogger("rdp.runtime.fast")
 # Busy-wait before each tick under SCHED_FIFO: the kernel wakes a FIFO thread from sleep within ~0.07 ms p99 (an
@@ -206,7 +206,9 @@ class LockstepLink:
         reply = self.client.request("tick", arrays, timeout=30.0)
         seq = reply.meta["state_seq"]
         end = time.monotonic() + 30.0
-        while (t := self.obs.latest.get("tactile")) is None or t.seq < seq:  # that step's stream, deterministically
+        # That tick's whole reading, deterministically: all of state, tactile and wrench (published in that order).
+        # Waiting for the tactile alone let a policy that reads the wrench see the previous tick's now and then.
+        while not self._tick_arrived(seq):
             if time.monotonic() > end:
                 raise TimeoutError(f"observations of node tick {seq} never arrived")
             self.obs.recv(timeout=0.1)
@@ -215,6 +217,10 @@ class LockstepLink:
             while end_event is not None and end_event.meta.get("event") != "end":
                 end_event = self.events.recv(timeout=2.0)
             self.done = dict(end_event.meta) if end_event is not None else dict(reply.meta)
+
+    def _tick_arrived(self, seq: int) -> bool:
+        latest = self.obs.latest
+        return all(topic in latest and latest[topic].seq >= seq for topic in ROBOT_TOPICS)
 
     def command(self, target: np.ndarray | None, meta: dict) -> None:
         self.pending = target

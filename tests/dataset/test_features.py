@@ -42,12 +42,17 @@ def test_training_data_ignores_a_stored_feature_and_recomputes_it(tmp_path: Path
 
 
 def test_the_runtime_calls_the_same_feature_function() -> None:
-    import rdp.inference
+    """sim.eval's adapter, the slow node and the fast node all take features through the policy API's planner and
+    decoder, which call the one function training used."""
+    import rdp.api
     import rdp.runtime.fast
     import rdp.runtime.slow
 
-    for module in (rdp.inference, rdp.runtime.fast, rdp.runtime.slow):
-        assert module.lowdim_features is lowdim_features, module.__name__
+    assert rdp.api.lowdim_features is lowdim_features
+    for module in (rdp.runtime.fast, rdp.runtime.slow):
+        assert not hasattr(module, "lowdim_features"), f"{module.__name__} computes features on its own"
+    assert "self.planner.features(" in Path(rdp.runtime.slow.__file__).read_text()
+    assert "self.decoder.features(" in Path(rdp.runtime.fast.__file__).read_text()
 
 
 def collect_style_recording(root: Path, episodes: int = 2) -> Path:

@@ -19,16 +19,14 @@ from rdp.data import (
     gather,
     load_episodes,
     make_windows,
-    matrix_to_rotvec,
     policy_to_env_action,
-    rotvec_to_matrix,
     shift_positions,
 )
 from rdp.inference import make_policy
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, lr_at, train
 from sensors.embedding import TactileEmbedding
-from sim.controller import rotvec_to_mat
+from spatial.rotations import matrix_to_rotvec, rotvec_to_mat, rotvec_to_matrix
 from teleop.record_expert import RecordConfig, record_expert_episodes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -119,26 +117,6 @@ def test_rotation_6d_round_trip_and_continuity_near_pi() -> None:
     # Any 10-D output executes as a proper rotation (Gram-Schmidt), even when not orthonormal.
     noisy = env_to_policy_action(env[:20]) + rng.normal(scale=0.1, size=(20, 10))
     assert np.isfinite(policy_to_env_action(noisy)).all()
-
-
-def test_small_batch_rotation_paths_equal_the_vectorised_ones() -> None:
-    """Up to SMALL_BATCH rotations go through MuJoCo's C routines / plain floats (the fast loop's case); the results
-    equal the vectorised numpy path's, degenerate inputs and the w = 0 sign choice included."""
-    from dataset.rotations import SMALL_BATCH, matrix_to_quat, quat_to_matrix, rot6d_to_matrix
-
-    rng = np.random.default_rng(3)
-    n = 20 * SMALL_BATCH  # vectorised in one call, then one at a time
-    q = rng.normal(size=(n, 4))
-    q[:20, 0] = 0.0  # half-turns
-    q[20:40, 1:] *= 1e-9  # near identity
-    r6 = rng.normal(size=(n, 6))
-    r6[:10, 3:] = 2.0 * r6[:10, :3]  # second column parallel to the first
-    r6[10:20, :3] = 0.0
-    m = quat_to_matrix(q)
-    for batched, one in ((m, lambda i: quat_to_matrix(q[i])), (matrix_to_quat(m), lambda i: matrix_to_quat(m[i])),
-                         (rot6d_to_matrix(r6), lambda i: rot6d_to_matrix(r6[i]))):
-        np.testing.assert_allclose(np.stack([one(i) for i in range(n)]), batched, atol=1e-14)
-    np.testing.assert_allclose(quat_to_matrix(q[:SMALL_BATCH]), m[:SMALL_BATCH], atol=1e-14)  # a small batch
 
 
 def test_bad_datasets_are_refused_with_a_reason(demos: Path, tmp_path: Path) -> None:

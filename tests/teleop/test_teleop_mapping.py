@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bus.message import Message
-from sim.controller import mat_to_rotvec, rotvec_to_mat
-from teleop.node import FRAMES, ArmTeleop, MappingConfig, OperatorRejected, mat_to_quat, parse_operator, quat_to_mat
+from spatial.rotations import mat_to_rotvec, matrix_to_quat, quat_to_mat, rotvec_to_mat
+from teleop.node import FRAMES, ArmTeleop, MappingConfig, OperatorRejected, parse_operator
 from teleop.operators import KeyboardHand, hand_for_target
 
 START_POS = np.array([0.45, -0.05, 0.14])
@@ -55,7 +55,7 @@ def test_xr_frame_maps_forward_to_robot_x_and_up_to_z():
 
 
 def test_rotation_is_applied_in_world_frame_and_can_be_locked():
-    q = mat_to_quat(rotvec_to_mat(np.array([0.0, 0.0, 0.2])))
+    q = matrix_to_quat(rotvec_to_mat(np.array([0.0, 0.0, 0.2])))
     arm = engaged_arm()
     arm.update(hand([0, 0, 0], q), 1.0, True, FRAMES["robot"])
     np.testing.assert_allclose(arm.target_rot, rotvec_to_mat(np.array([0, 0, 0.2])) @ START_ROT, atol=1e-9)
@@ -88,7 +88,7 @@ def test_lost_sync_guard_refuses_jumps_and_needs_a_new_press():
     assert arm.update(hand([0.2, 0, 0]), 1.0, True, FRAMES["robot"]).kind == "engage"
     np.testing.assert_array_equal(arm.target_pos, held)
     rot = engaged_arm(MappingConfig(max_jump_rad=0.5))
-    q = mat_to_quat(rotvec_to_mat(np.array([0.8, 0.0, 0.0])))
+    q = matrix_to_quat(rotvec_to_mat(np.array([0.8, 0.0, 0.0])))
     assert rot.update(hand([0, 0, 0], q), 1.0, True, FRAMES["robot"]).kind == "lost_sync"
 
 

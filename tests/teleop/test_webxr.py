@@ -29,8 +29,7 @@ from browser_helpers import (
     wait_for,
 )
 
-from sim.controller import mat_to_rotvec
-from teleop.node import quat_to_mat
+from spatial.rotations import mat_to_rotvec, quat_to_mat
 
 pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM),
               pytest.mark.skipif(not IWER_BUNDLE.is_file(), reason=NO_IWER)]
