@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import RESULTS_DIR, publish
+from bus.process import Child
 from bus.transport import Publisher, Subscriber
-from teleop.collect import ANY, Child
+from teleop.collect import ANY
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -42,13 +43,14 @@ def run(seconds: float, rate: float, task: str, log_dir: Path) -> dict:
     robot = teleop = None
     pub = sub = None
     try:
-        robot = Child("bench_robot", ["sim.node", f"task={task}", "perturb=false", "cameras=false",
-                                      f"addresses.pub={ANY}", f"addresses.cmd={ANY}", f"addresses.tick={ANY}"], log_dir)
-        r = robot.expect("ready", 60)
-        teleop = Child("bench_teleop", ["teleop.node", f"robot.pub={r['pub']}", f"robot.cmd={r['cmd']}",
-                                        f"addresses.operator={ANY}", f"addresses.feedback={ANY}", "web.enabled=false"],
-                       log_dir)
-        t = teleop.expect("ready", 60)
+        robot = Child("bench_robot", "sim.node", [f"task={task}", "perturb=false", "cameras=false",
+                                                  f"addresses.pub={ANY}", f"addresses.cmd={ANY}",
+                                                  f"addresses.tick={ANY}"], log_dir / "bench_robot.log")
+        r = robot.wait_ready(60)
+        teleop = Child("bench_teleop", "teleop.node", [f"robot.pub={r['pub']}", f"robot.cmd={r['cmd']}",
+                                                       f"addresses.operator={ANY}", f"addresses.feedback={ANY}",
+                                                       "web.enabled=false"], log_dir / "bench_teleop.log")
+        t = teleop.wait_ready(60)
         pub = Publisher(t["operator"], bind=False)
         sub = Subscriber(t["feedback"], topics=("command", "teleop"))
         assert pub.wait_for_subscriber("operator", 10), "teleop node did not subscribe"

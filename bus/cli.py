@@ -22,9 +22,12 @@ Any other exception is a bug and keeps Python's traceback (exit 1).
 environment variable, not a ``--debug`` flag, because it reaches every process a launcher starts
 (``rdp.run``'s nodes, ``rdp.compare``'s ``sim.eval`` cells) and cannot collide with hydra's or argparse's arguments.
 
-Hydra entry points call :func:`run_hydra`: it checks the overrides against ``configs/`` first (group choices,
-keys, value types, required values), so ``task=nosuch`` ends in one line listing the tasks instead of hydra's
-report, then runs the hydra application and lets its errors out through the same path.
+Every command line is hydra overrides. Commands that want hydra's run directory (``sim.eval``, ``rdp.train``) call
+:func:`run_hydra`: it checks the overrides against ``configs/`` first (group choices, keys, value types, required
+values), so ``task=nosuch`` ends in one line listing the tasks instead of hydra's report, then runs the hydra
+application and lets its errors out through the same path. Every other command composes its typed config with
+:func:`bus.config.compose` (hydra's Compose API, the same grammar and the same one-line errors; ``--help`` and
+``--cfg`` end it with :class:`EarlyExit`, exit 0).
 """
 
 from __future__ import annotations
@@ -44,13 +47,20 @@ INTERRUPT_EXIT = 130
 _BAD_PATH = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 
 class CommandError(Exception):
     """An expected failure while a command runs (not a bug, not a bad argument): one line, exit 1."""
 
     exit_code = FAILURE_EXIT
+
+
+class EarlyExit(Exception):
+    """The command did all it was asked before its real work (``--help``, ``--cfg``): exit with ``code``."""
+
+    def __init__(self, code: int = 0) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class UsageError(CommandError, ValueError):
@@ -100,6 +110,8 @@ def command(prog: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> int:
             try:
                 return int(fn(*args, **kwargs) or 0)
+            except EarlyExit as done:
+                return done.code
             except KeyboardInterrupt:
                 if debug_enabled():
                     raise
@@ -129,55 +141,6 @@ def choose(name: str, value: Any, choices: Iterable[Any], what: str | None = Non
     if value not in options:
         raise UsageError(f"{name}={value}: no such {what or name}; choose one of {', '.join(map(str, options))}")
     return value
-
-
-def parse_value(key: str, raw: str, kind: str) -> Any:
-    """One ``key=value`` text as the type a dataclass field is annotated with (its string form, as
-    ``dataclasses.fields`` gives it under ``from __future__ import annotations``): ``int``, ``float``, ``bool``,
-    ``str``, ``tuple[str, ...]`` (comma-separated), any of them ``| None`` (``null`` / ``none``)."""
-    if "None" in kind and raw.lower() in ("null", "none"):
-        return None
-    base = kind.replace(" | None", "").replace("None | ", "").replace("Optional[", "").rstrip("]").strip()
-    if base.startswith(("tuple", "list")):
-        return tuple(v for v in raw.split(",") if v)
-    if base == "bool":
-        if raw.lower() not in ("true", "false"):
-            raise UsageError(f"{key}={raw}: expected true or false")
-        return raw.lower() == "true"
-    if base == "int":
-        try:
-            return int(raw)
-        except ValueError:
-            raise UsageError(f"{key}={raw}: expected an integer") from None
-    if base == "float":
-        try:
-            return float(raw)
-        except ValueError:
-            raise UsageError(f"{key}={raw}: expected a number") from None
-    return raw
-
-
-def parse_key_values(cls: type[T], argv: Sequence[str]) -> T:
-    """``key=value`` arguments -> the dataclass ``cls``, each value typed by its field (:func:`parse_value`).
-
-    An argument without ``=``, an unknown key or a malformed value raises a :class:`UsageError` naming it and
-    listing the keys; a ``ValueError`` from the dataclass's own checks becomes one too."""
-    import dataclasses
-
-    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values: dict[str, Any] = {}
-    for arg in argv:
-        key, sep, raw = arg.partition("=")
-        if not sep or key not in fields:
-            why = "expected key=value" if not sep else f"no such key {key!r}"
-            raise UsageError(f"{arg}: {why}; the keys are {', '.join(sorted(fields))}")
-        values[key] = parse_value(key, raw, fields[key])
-    try:
-        return cls(**values)
-    except UsageError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from exc
 
 
 # ----------------------------------------------------------------------------------------------- hydra

@@ -1,5 +1,6 @@
-"""Episode dataset format (schema 1): writing, reading, ``verify``, ``recover`` and ``build``. The command-line
-tools (``python -m dataset {info,verify,recover,build,viz,export,import}``) are in ``dataset.cli``.
+"""Episode dataset format (schema 1): writing, reading, ``verify``, ``recover``, ``build`` and merging recordings
+(``merge_recordings``: the shards of a sweep into one). The command-line tools (``python -m dataset
+{info,verify,recover,build,viz,export,import}``) are in ``dataset.cli``.
 
 On disk (one directory per dataset)::
 
@@ -544,6 +545,58 @@ def common_clock(
     return clock, {n: np.searchsorted(t, clock, side="right") - 1 for n, t in times.items()}
 
 
+def pooled_episodes(roots: Sequence[Path]) -> list[Path]:
+    """The committed episodes of several recordings pooled in the order given, each recording's in index order.
+    Refuses no recording, one named twice (its episodes would count twice) and one without committed episodes."""
+    if not roots:
+        raise DatasetError("no dataset given")
+    if len({Path(r).resolve() for r in roots}) < len(roots):
+        raise DatasetError(f"a dataset is named twice in {[str(r) for r in roots]}; its episodes would count twice")
+    episodes: list[Path] = []
+    for r in roots:
+        found = list_episodes(r)
+        if not found:
+            pending = len(list_in_progress(r))
+            extra = f" ({pending} in progress: run `recover` first)" if pending else ""
+            raise DatasetError(f"{r}: empty dataset, no committed episodes{extra}")
+        episodes += found
+    return episodes
+
+
+def merge_recordings(roots: Sequence[Path], out: Path) -> list[Path]:
+    """Pool the committed episodes of several recordings (``pooled_episodes``: e.g. the seed shards of one sweep, in
+    seed order) into one new recording ``out``, numbered afresh; returns its episodes.
+
+    ``out`` (new, or an empty directory) appears by one rename once every episode is complete in it, so a failure
+    leaves no partial recording. Files are hard-linked (the sources stay as they are; no second copy of the data on
+    disk), or copied and fsynced where the file system cannot link."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"{out} already exists and is not an empty directory; choose a new output path")
+    episodes = pooled_episodes([Path(r) for r in roots])
+    for ep in episodes:
+        read_meta(ep)  # a damaged episode or another schema is refused before anything is written
+    with staged_dir(out, "merge recordings into", "merging") as tmp:
+        ensure_dataset_root(tmp)
+        for k, ep in enumerate(episodes):
+            dst = tmp / f"{EPISODE_PREFIX}{k:06d}"
+            shutil.copytree(ep, dst, copy_function=_link_or_copy)
+            fsync_dir(dst)
+    return [out / f"{EPISODE_PREFIX}{k:06d}" for k in range(len(episodes))]
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(src, dst)
+        fd = os.open(dst, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def build_training_set(root: Path | Sequence[Path], rate_hz: float, out: Path, streams: Sequence[str] | None = None
                        ) -> dict:
     """Resample every episode onto one clock at ``rate_hz`` (zero-order hold) and write ``out``.
@@ -569,20 +622,9 @@ def build_training_set(root: Path | Sequence[Path], rate_hz: float, out: Path, s
     out = Path(out)
     if not (rate_hz > 0 and math.isfinite(rate_hz)):
         raise DatasetError(f"--rate must be a positive number of Hz, got {rate_hz}")
-    if not roots:
-        raise DatasetError("no dataset to build from")
-    if len({r.resolve() for r in roots}) < len(roots):
-        raise DatasetError(f"a dataset is named twice in {[str(r) for r in roots]}; its episodes would count twice")
     if out.exists():
         raise DatasetError(f"{out} already exists; choose a new output path")
-    episodes = []
-    for r in roots:
-        found = list_episodes(r)
-        if not found:
-            pending = len(list_in_progress(r))
-            extra = f" ({pending} in progress: run `recover` first)" if pending else ""
-            raise DatasetError(f"{r}: empty dataset, no committed episodes{extra}")
-        episodes += found
+    episodes = pooled_episodes(roots)
     pooled = len(roots) > 1
     metas = [read_meta(ep) for ep in episodes]
     names = sorted(streams) if streams else series_streams(metas[0])

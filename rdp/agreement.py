@@ -1,6 +1,6 @@
 """Realtime against lockstep on the same seeds: does running the process graph on the wall clock cost success?
 
-    python -m rdp.agreement tasks=wipe,peel,lift episodes=20 seed=0 realtime_runs=3 out=results/runtime/agreement
+    python -m rdp.agreement tasks=[wipe,peel,lift] episodes=20 seed=0 realtime_runs=3 out=results/runtime/agreement
         [tolerance=0.05] [extra='slow.handover=rtc ...']
 
 Per task: one lockstep ``python -m rdp.run`` (deterministic: a second run sends the same commands) and
@@ -22,18 +22,21 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bus.cli import UsageError, command
-from rdp.compare import check_names, finished, kv_config
+from bus.config import compose, override
+from rdp.compare import check_names, finished
 from sim.eval import wilson_interval
 
 
-@dataclass(frozen=True)
+@dataclass
 class AgreementConfig:
-    tasks: tuple[str, ...] = ("wipe", "peel", "lift")
+    """``configs/rdp/agreement.yaml``."""
+
+    tasks: list[str] = field(default_factory=lambda: ["wipe", "peel", "lift"])
     episodes: int = 20
     seed: int = 0
     realtime_runs: int = 3
@@ -42,14 +45,16 @@ class AgreementConfig:
     extra: str = ""  # more rdp.run overrides for every run, space-separated
 
 
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.realtime_runs < 1:
+            raise UsageError(f"need episodes >= 1 and realtime_runs >= 1, got {self.episodes}, {self.realtime_runs}")
+        if not 0 <= self.tolerance <= 1:
+            raise UsageError(f"tolerance={self.tolerance:g}: expected a success-rate difference in [0, 1]")
+        check_names("tasks", self.tasks, "task")
+
+
 def parse_args(argv: Sequence[str]) -> AgreementConfig:
-    cfg = kv_config(AgreementConfig, argv)
-    if cfg.episodes < 1 or cfg.realtime_runs < 1:
-        raise UsageError(f"need episodes >= 1 and realtime_runs >= 1, got {cfg.episodes}, {cfg.realtime_runs}")
-    if not 0 <= cfg.tolerance <= 1:
-        raise UsageError(f"tolerance={cfg.tolerance:g}: expected a success-rate difference in [0, 1]")
-    check_names("tasks", cfg.tasks, "task")
-    return cfg
+    return compose(AgreementConfig, "rdp/agreement", argv, "agreement", "tasks=[wipe,peel] episodes=20")
 
 
 def run_dirs(cfg: AgreementConfig, task: str) -> list[tuple[str, Path]]:
@@ -61,8 +66,8 @@ def run_dirs(cfg: AgreementConfig, task: str) -> list[tuple[str, Path]]:
 def launch(task: str, mode: str, out: Path, cfg: AgreementConfig) -> dict[str, Any]:
     """One ``python -m rdp.run``; its results, or {"error": ...} naming the log to read."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "rdp.run", f"task={task}", f"mode={mode}", f"episodes={cfg.episodes}",
-           f"seed={cfg.seed}", f"out={out}", "video=false", *cfg.extra.split()]
+    values = {"task": task, "mode": mode, "episodes": cfg.episodes, "seed": cfg.seed, "out": str(out), "video": False}
+    cmd = [sys.executable, "-m", "rdp.run", *(override(k, v) for k, v in values.items()), *cfg.extra.split()]
     log = out / "launcher.log"
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -217,11 +222,7 @@ def plot(rows: list[dict[str, Any]], lockstep: dict[str, dict[int, bool]], realt
 @command("rdp.agreement")
 def main(argv: Sequence[str] | None = None,
          run: Callable[[str, str, Path, AgreementConfig], dict[str, Any]] = launch) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    cfg = parse_args(args)
+    cfg = parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

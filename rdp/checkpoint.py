@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from bus.cli import UsageError, command
+from bus.config import compose
 
 FORMAT = "slowfast-checkpoint-v1"
 WEIGHTS_FILE = "model.safetensors"
@@ -366,15 +367,24 @@ def _check_expected(path: Path, expected: list[tuple[str, Any, Any, str]]) -> No
 # --------------------------------------------------------------------------------------------------- CLI
 
 
+@dataclasses.dataclass
+class CheckConfig:
+    """``configs/rdp/checkpoint.yaml``: the directories ``python -m rdp.checkpoint`` checks."""
+
+    runs: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise UsageError("give the run or checkpoint directories to check: python -m rdp.checkpoint DIR [DIR ...]")
+
+
 @command("rdp.checkpoint")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rdp.checkpoint DIR ...``: check training runs (run.json, weights, both against each other) or
     single checkpoints (config.json + model.safetensors); one JSON line per directory, exit 2 on the first bad one."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(main.__doc__)
-        return 0 if args else 2
-    for arg in args:
+    cfg = compose(CheckConfig, "rdp/checkpoint", list(sys.argv[1:] if argv is None else argv), "checkpoint check",
+                  "runs=[RUN,RUN]", positional=("runs",))
+    for arg in cfg.runs:
         root = Path(arg)
         if (root / RUN_FILE).exists() or not (root / CONFIG_FILE).exists():
             from rdp.inference import load_run

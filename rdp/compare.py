@@ -1,57 +1,53 @@
 """Evaluate several trained policies on several tasks over the same seeds and write one results table.
 
     python -m rdp.compare    # shipped rdp_teleop and dp (same teleoperated demos), every task, seeds 0-49
-    python -m rdp.compare tasks=wipe,peel,lift policies=rdp,rdp_nolm,rdp_wrench,dp,dp_tactile \\
+    python -m rdp.compare tasks=[wipe,peel,lift] policies=[rdp,rdp_nolm,rdp_wrench,dp,dp_tactile] \\
         runs=runs episodes=50 seed=0 out=results/policies [jobs=2] [extra='policy.num_inference_steps=4']
+    python -m rdp.compare ... jobs=32 launcher=ray ray_address=auto    # the cells as tasks on a Ray cluster
 
 Every cell is one ``python -m sim.eval task=T policy=P policy.checkpoint=RUN`` process (perturbations on, the
 same seeds ``seed .. seed+episodes-1`` for every policy), where RUN is ``checkpoints/T/R`` (``runs=shipped``, the
 default) or ``RUNS/T-R``, and R the training run a policy config evaluates: its own name, except inference-time
 ablations of another run (``rdp_nolm`` evaluates the ``rdp`` run).
-``jobs`` cells run at once (one torch thread each). A cell whose ``OUT/T-P/results.json`` already exists with the
-same episodes and seed is not re-run, so an interrupted comparison resumes. Writes ``OUT/summary.json`` (every
-cell: success rate, Wilson 95 % interval, mean score, per perturbation) and ``OUT/table.md`` (success and interval
-per task and policy); the last stdout line is the summary JSON. A bad argument (unknown key, task or policy, a
-malformed number) ends in one line and exit code 2 (``bus.cli``).
+``jobs`` cells run at once, one torch thread each (``bus.sweep``: processes on this machine, or Ray tasks with
+``launcher=ray``, on a local Ray or the cluster at ``ray_address``). A cell whose ``OUT/T-P/results.json`` already
+exists with the same episodes and seed is not re-run, so an interrupted comparison resumes. Writes
+``OUT/summary.json`` (every cell: success rate, Wilson 95 % interval, mean score, per perturbation) and
+``OUT/table.md`` (success and interval per task and policy); the last stdout line is the summary JSON. A bad argument
+(unknown key, task or policy, a malformed number, launcher) ends in one line and exit code 2 (``bus.cli``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from bus.cli import UsageError, choose, command, parse_key_values
+from bus.cli import UsageError, choose, command
+from bus.config import compose, override
 from bus.resources import checkpoint_dir, config_dir
+from bus.sweep import module_command, run_commands
 
 ROOT = Path(__file__).resolve().parent.parent  # the source tree, for tests; data comes from bus.resources
-T = TypeVar("T")
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-@dataclass(frozen=True)
+@dataclass
 class CompareConfig:
-    tasks: tuple[str, ...] = ("wipe", "peel", "lift")
-    policies: tuple[str, ...] = ("rdp_teleop", "dp")  # the same teleoperated demonstrations
+    """``configs/rdp/compare.yaml``."""
+
+    tasks: list[str] = field(default_factory=lambda: ["wipe", "peel", "lift"])
+    policies: list[str] = field(default_factory=lambda: ["rdp_teleop", "dp"])  # the same teleoperated demonstrations
     runs: str = "shipped"  # shipped: checkpoints/<task>/<run>; else a directory of <task>-<run> training runs
     episodes: int = 50
     seed: int = 0
     out: str = "results/policies"
     jobs: int = 2
+    launcher: str = "local"  # where the cells run (bus.sweep): local processes, or ray tasks
+    ray_address: str | None = None  # launcher=ray: None starts a local Ray; auto, ray://HEAD:10001 join a cluster
     extra: str = ""  # more sim.eval overrides for every cell, space-separated
-
-
-def kv_config(cls: type[T], argv: Sequence[str]) -> T:
-    """``key=value`` arguments -> the dataclass ``cls`` (``bus.cli.parse_key_values``: fields typed str, int, float
-    or tuple[str, ...], the last given comma-separated); an unknown key or a malformed number raises a
-    ``UsageError`` naming it."""
-    return parse_key_values(cls, argv)
 
 
 def check_names(key: str, names: Sequence[str], group: str) -> None:
@@ -75,7 +71,7 @@ def finished(path: Path, episodes: int, seed: int) -> dict[str, Any] | None:
 
 
 def parse_args(argv: Sequence[str]) -> CompareConfig:
-    cfg = kv_config(CompareConfig, argv)
+    cfg = compose(CompareConfig, "rdp/compare", argv, "compare", "tasks=[wipe,peel] episodes=20")
     if cfg.episodes < 1 or cfg.jobs < 1:
         raise UsageError(f"episodes and jobs must be >= 1, got {cfg.episodes}, {cfg.jobs}")
     check_names("tasks", cfg.tasks, "task")
@@ -109,23 +105,44 @@ def run_dir(cfg: CompareConfig, task: str, policy: str) -> Path:
     return Path(cfg.runs) / f"{task}-{run}"
 
 
-def _cell(cfg: CompareConfig, task: str, policy: str) -> dict[str, Any]:
+def run_cells(cfg: CompareConfig) -> list[dict[str, Any]]:
+    """Every cell's ``results.json`` (or ``error``), tasks by policies in table order: a finished cell is read back,
+    a cell without a training run is an error, the others run as one ``sim.eval`` process each, ``cfg.jobs`` at a
+    time (``bus.sweep.run_commands``)."""
+    pairs = [(t, p) for t in cfg.tasks for p in cfg.policies]
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    todo: list[tuple[str, str]] = []
+    for task, policy in pairs:
+        old = finished(Path(cfg.out) / f"{task}-{policy}", cfg.episodes, cfg.seed)
+        run = run_dir(cfg, task, policy)
+        if old is not None:
+            cells[task, policy] = old
+        elif not (run / "run.json").is_file():
+            cells[task, policy] = {"task": task, "policy": policy, "error": f"no training run at {run} (python -m "
+                                                                            f"rdp.train task={task} policy="
+                                                                            f"{run_of(policy)} ...)"}
+        else:
+            todo.append((task, policy))
+    commands = [_cell_command(cfg, task, policy) for task, policy in todo]
+    results = run_commands(commands, jobs=cfg.jobs, launcher=cfg.launcher, ray_address=cfg.ray_address,
+                           labels=[f"{task} {policy}" for task, policy in todo])
+    for (task, policy), result in zip(todo, results, strict=True):
+        done = Path(cfg.out) / f"{task}-{policy}" / "results.json"
+        cells[task, policy] = (json.loads(done.read_text()) if result.ok
+                               else {"task": task, "policy": policy, "error": [result.error_line()]})
+    for (task, policy), cell in cells.items():
+        cell.setdefault("task", task)
+        cell["policy"] = policy
+    return [cells[pair] for pair in pairs]
+
+
+def _cell_command(cfg: CompareConfig, task: str, policy: str) -> list[str]:
+    """One cell's ``python -m sim.eval`` command line (perturbations on, the comparison's seeds, no video)."""
     out = Path(cfg.out) / f"{task}-{policy}"
-    done = out / "results.json"
-    old = finished(out, cfg.episodes, cfg.seed)
-    if old is not None:
-        return old
     run = run_dir(cfg, task, policy)
-    if not (run / "run.json").is_file():
-        return {"task": task, "policy": policy, "error": f"no training run at {run} (python -m rdp.train "
-                                                         f"task={task} policy={run_of(policy)} ...)"}
-    cmd = [sys.executable, "-m", "sim.eval", f"task={task}", f"policy={policy}", f"policy.checkpoint={run}",
-           f"episodes={cfg.episodes}", f"seed={cfg.seed}", f"out={out}", "video=false", *cfg.extra.split()]
-    env = {**os.environ, **{k: "1" for k in THREAD_VARS}}  # one core per cell: `jobs` cells use `jobs` cores
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {"task": task, "policy": policy, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(done.read_text())
+    values = {"task": task, "policy": policy, "policy.checkpoint": str(run), "episodes": cfg.episodes,
+              "seed": cfg.seed, "out": str(out), "video": False}
+    return module_command("sim.eval", *(override(k, v) for k, v in values.items()), *cfg.extra.split())
 
 
 def table(cells: list[dict[str, Any]], cfg: CompareConfig) -> str:
@@ -147,24 +164,13 @@ def table(cells: list[dict[str, Any]], cfg: CompareConfig) -> str:
 
 @command("rdp.compare")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    cfg = parse_args(args)
+    cfg = parse_args(list(sys.argv[1:] if argv is None else argv))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(t, p) for t in cfg.tasks for p in cfg.policies]
-    with ThreadPoolExecutor(max_workers=cfg.jobs) as pool:
-        futures = [pool.submit(_cell, cfg, t, p) for t, p in jobs]
-        cells = []
-        for (t, p), fut in zip(jobs, futures, strict=True):
-            c = fut.result()
-            c.setdefault("task", t)
-            c["policy"] = p
-            cells.append(c)
-            shown = f"{c['success_rate']:.2f}" if "success_rate" in c else f"error: {c.get('error')}"
-            print(f"{t:5s} {p:12s} {shown}", file=sys.stderr, flush=True)
+    cells = run_cells(cfg)
+    for c in cells:
+        shown = f"{c['success_rate']:.2f}" if "success_rate" in c else f"error: {c.get('error')}"
+        print(f"{c['task']:5s} {c['policy']:12s} {shown}", file=sys.stderr, flush=True)
     keep = ("task", "policy", "episodes", "seed", "success_rate", "ci95", "mean_score", "per_perturbation", "error")
     summary = {"episodes": cfg.episodes, "seed": cfg.seed, "extra": cfg.extra,
                "cells": [{k: c[k] for k in keep if k in c} for c in cells]}

@@ -4,11 +4,12 @@
     python -m rdp.run ... secure.enabled=true secure.keys=KEYS secure.slow_source=127.0.0.2   # "remote" slow node
     python -m rdp.run ... restart.slow.max_restarts=0          # a dead slow node stops the run instead
 
-Config: ``configs/runtime/default.yaml`` (``rdp.runtime.config.RuntimeConfig``); every node gets the same
-``key=value`` overrides plus the addresses read from the ready lines of the nodes started before it (all ports are
-picked by the OS). Start order: robot node, (relay), fast node (it binds the chunk socket), slow node, then the slow
-node's warm standby. The fast node runs the episodes; the launcher prints one live line per fast-node stats record
-and supervises the children until the fast node finishes, Ctrl-C / SIGTERM, or a child dies that may not:
+Config: ``configs/runtime/default.yaml`` (``rdp.runtime.config.RuntimeConfig``); every node gets the same hydra
+overrides (``key=value``; ``--help``, ``--cfg``) plus the addresses read from the ready lines of the nodes started
+before it (all ports are picked by the OS). Start order: robot node, (relay), fast node (it binds the chunk socket),
+slow node, then the slow node's warm standby. The fast node runs the episodes; the launcher prints one live line per
+fast-node stats record and supervises the children until the fast node finishes, Ctrl-C / SIGTERM, or a child dies
+that may not:
 
 * A child with a ``restart.<name>`` policy (the slow node: it connects to addresses that outlive it) is restarted
   with the same arguments after an exponential back-off (``rdp.runtime.process.Backoff``); more than
@@ -50,6 +51,8 @@ from typing import Any
 import numpy as np
 
 from bus.cli import command
+from bus.config import override
+from bus.node import node_args
 from bus.sched import sched_fields
 from bus.transport import Client, Publisher, Subscriber
 from rdp.runtime.config import RestartPolicy, RuntimeConfig, load_config
@@ -291,16 +294,18 @@ class Launcher:
         if cfg.secure.enabled:
             host = cfg.addresses.chunk.split("://")[1].rsplit(":", 1)[0]
             relay = self._start_spec(ChildSpec("relay", "rdp.runtime.relay", [*self.overrides, *_kv(addr),
-                                                                              f"addresses.obs=tcp://{host}:*"]))
+                                                                              override("addresses.obs",
+                                                                                       f"tcp://{host}:*")]))
             obs = relay["obs"]
         fast = self._start_spec(ChildSpec("fast", "rdp.runtime.fast", [
-            *self.overrides, *_kv(addr), f"out={self.out}", f"addresses.chunk={self.cfg.addresses.chunk}"]))
+            *self.overrides, *_kv(addr), override("out", str(self.out)),
+            override("addresses.chunk", self.cfg.addresses.chunk)]))
         self.fast_sched = sched_fields(fast)
         if cfg.mode == "realtime":
             print(f"[fast] scheduling {fast.get('sched')} priority {fast.get('rt_priority')}"
                   + (f" ({fast['sched_note']})" if fast.get("sched_note") else ""), flush=True)
         self._start_spec(ChildSpec("slow", "rdp.runtime.slow", [
-            *self.overrides, f"addresses.obs={obs}", f"addresses.chunk={fast['chunk']}"],
+            *self.overrides, override("addresses.obs", obs), override("addresses.chunk", fast["chunk"])],
             standby_module="rdp.runtime.standby"))
         self._begin_supervision()
 
@@ -582,16 +587,14 @@ def plot_timing(trace: Path, path: Path, title: str, cmd_hz: float | None) -> No
 
 
 def _kv(d: dict[str, str]) -> list[str]:
-    return [f"{k}={v}" for k, v in d.items()]
+    """Hydra overrides for a child's command line (quoted where hydra would misread a value)."""
+    return [override(k, v) for k, v in d.items()]
 
 
 @command("rdp.run")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    cfg = load_config(args)
+    args = node_args(argv)
+    cfg = load_config(args, doc=__doc__)  # --help, --cfg end here
     from rdp.inference import load_run
 
     load_run(cfg.checkpoint)  # a bad checkpoint fails here, in one line, before any node starts

@@ -1,7 +1,7 @@
 """Choose a trained run's sampling temperature on validation seeds and store it in its ``run.json``.
 
     python -m rdp.temperature task=lift policy=dp                 # the shipped checkpoints/lift/dp
-    python -m rdp.temperature task=wipe checkpoint=RUN [candidates=0,1] [episodes=20] [seed=1000] [out=DIR]
+    python -m rdp.temperature task=wipe checkpoint=RUN [candidates=[0,1]] [episodes=20] [seed=1000] [out=DIR]
 
 The temperature (``noise_scale``: DDIM's start noise times this; 1 samples the learned distribution, 0 plans from the
 prior's mean) changes what a diffusion policy does more than many training options: on lift, DP trained on the
@@ -21,20 +21,23 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus.cli import UsageError, command, parse_key_values
+from bus.cli import UsageError, command
+from bus.config import compose, override
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-@dataclass(frozen=True)
+@dataclass
 class TemperatureConfig:
+    """``configs/rdp/temperature.yaml``."""
+
     task: str = ""
     policy: str = ""  # a shipped run name (checkpoints/<task>/<policy>) when no checkpoint is given
     checkpoint: str = ""
-    candidates: tuple[str, ...] = ("0", "1")
+    candidates: list[float] = field(default_factory=lambda: [0.0, 1.0])
     episodes: int = 20
     seed: int = 1000
     out: str = "results/temperature"
@@ -49,8 +52,9 @@ def choose_temperature(results: dict[float, float], default: float) -> float:
 
 def _eval(task: str, checkpoint: Path, policy: str, noise: float, cfg: TemperatureConfig, work: Path) -> float:
     out = work / f"ns{noise:g}"
-    cmd = [sys.executable, "-m", "sim.eval", f"task={task}", f"policy={policy}", f"policy.checkpoint={checkpoint}",
-           f"policy.noise_scale={noise}", f"episodes={cfg.episodes}", f"seed={cfg.seed}", f"out={out}", "video=false"]
+    values = {"task": task, "policy": policy, "policy.checkpoint": str(checkpoint), "policy.noise_scale": noise,
+              "episodes": cfg.episodes, "seed": cfg.seed, "out": str(out), "video": False}
+    cmd = [sys.executable, "-m", "sim.eval", *(override(k, v) for k, v in values.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **{k: "1" for k in THREAD_VARS}})
     if proc.returncode != 0:
         raise RuntimeError(f"sim.eval at noise_scale={noise:g} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -75,16 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rdp.checkpoint import load_run_info
     from rdp.inference import shipped_run
 
-    cfg = parse_key_values(TemperatureConfig, list(sys.argv[1:] if argv is None else argv))
+    cfg = compose(TemperatureConfig, "rdp/temperature", list(sys.argv[1:] if argv is None else argv), "temperature",
+                  "task=lift policy=dp")
     if not cfg.task or not (cfg.policy or cfg.checkpoint):
         raise UsageError("need task=T and policy=NAME (a shipped run) or checkpoint=RUN")
     if cfg.episodes < 1 or cfg.seed < 50:
         raise UsageError(f"episodes must be >= 1 and seed >= 50 (seeds 0-49 are the test seeds), got "
                          f"{cfg.episodes}, {cfg.seed}")
-    try:
-        candidates = sorted({float(c) for c in cfg.candidates})
-    except ValueError as exc:
-        raise UsageError(f"candidates: expected numbers, got {list(cfg.candidates)}") from exc
+    candidates = sorted(set(cfg.candidates))
     if not candidates or min(candidates) < 0:
         raise UsageError(f"candidates must be numbers >= 0, got {list(cfg.candidates)}")
     run_dir = Path(cfg.checkpoint) if cfg.checkpoint else shipped_run(cfg.task, cfg.policy)

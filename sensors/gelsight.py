@@ -25,15 +25,18 @@ brightness, see ``MarkerTracker.depth_proxy``), not metres.
 
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 import cv2
 import numpy as np
 
+from bus.cli import command
+from bus.config import compose
 from sensors.types import MARKER_COLS, MARKER_ROWS, MarkerField
 
 
@@ -411,13 +414,21 @@ def grid_centres(
     return np.stack([xr, yr], axis=-1)
 
 
-def _main() -> None:
-    parser = argparse.ArgumentParser(description="Print GelSight marker offsets from a camera.")
-    parser.add_argument("--device", default="0", help="camera index or path")
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--frames", type=int, default=0, help="stop after this many frames (0: never)")
-    args = parser.parse_args()
+@dataclass
+class GelSightCliConfig:
+    """``configs/gelsight/camera.yaml``: the camera ``python -m sensors.gelsight`` reads."""
+
+    device: str = "0"
+    width: int = 320
+    height: int = 240
+    frames: int = 0
+
+
+@command("sensors.gelsight")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the marker offsets of every frame (``python -m sensors.gelsight device=0 frames=100``)."""
+    args = compose(GelSightCliConfig, "gelsight/camera", list(sys.argv[1:] if argv is None else argv),
+                   "gelsight camera", "device=0 frames=100")
     device: int | str = int(args.device) if args.device.isdigit() else args.device
     cfg = GelSightCameraConfig(device=device, width=args.width, height=args.height)
     with GelSightCamera(cfg) as cam:
@@ -432,7 +443,8 @@ def _main() -> None:
                 f"mean offset=({field.offset[..., 0].mean():+.2f}, {field.offset[..., 1].mean():+.2f})px"
             )
             n += 1
+    return 0
 
 
 if __name__ == "__main__":
-    _main()
+    sys.exit(main())

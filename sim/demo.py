@@ -15,13 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.cli import UsageError, command, parse_key_values
+from bus.cli import UsageError, command
+from bus.config import compose
 from sim.eval import evaluate
 from sim.experts import make_expert
 
 
-@dataclass(frozen=True)
+@dataclass
 class DemoConfig:
+    """``configs/sim/demo.yaml``."""
+
     episodes: int = 4
     seed: int = 0
     out: str = "outputs/demo"
@@ -33,11 +36,7 @@ class DemoConfig:
 
 @command("sim.demo")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    cfg = parse_key_values(DemoConfig, args)
+    cfg = compose(DemoConfig, "sim/demo", list(sys.argv[1:] if argv is None else argv), "demo", "episodes=2")
     demo(cfg.episodes, cfg.seed, Path(cfg.out))
     return 0
 

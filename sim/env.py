@@ -6,6 +6,12 @@ environment owns the arms, the impedance controllers, the sensing and the action
 
 Action, per arm (A arms): ``[x, y, z, rx, ry, rz, grip]`` -- TCP position target (m, world), TCP
 orientation target as an axis-angle vector (rad, world) and gripper width (m). Shape (7 * A,).
+
+``step`` is ``apply`` (targets -> controllers), ``advance`` (physics steps with the controllers and the task's
+perturbations, one pad/wrist read, task scoring at each control step) and ``read_into`` (the sensor reading in the
+robot node's published layout, :class:`sim.robot_interface.Reading`), cast to the float32 observation. The robot
+node drives the same three through :class:`sim.mujoco_robot.MujocoRobot`, one 250 Hz tick per ``advance``, so
+evaluation and the node step, score and sense with one piece of code.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from sensors.tactile import GelPadSpec
 from sim.controller import CartesianImpedanceController, ImpedanceGains
 from sim.kinematics import solve_ik_robust
 from sim.robot import ArmIndex, add_arm
+from sim.robot_interface import Reading, TaskStep
 from sim.sensing import ContactSensing, bind_pad
 from sim.tasks.base import Task
 from spatial.rotations import mat_to_rotvec, rotvec_to_mat
@@ -30,6 +37,8 @@ FINGER_PAD = GelPadSpec(half_size=(0.008, 0.011))
 TOOL_PAD_MARGIN = 0.002
 GEL_SOLREF = [0.04, 1.0]
 GEL_SOLIMP = [0.5, 0.95, 0.004, 0.5, 2.0]
+SCENE_CAMERA = "scene_cam"  # the fixed camera on the scene
+WRIST_CAMERA = "wrist_cam"  # on each arm's hand (prefixed with the arm's prefix), aimed at the tool face
 
 
 class ContactRichEnv(gym.Env):
@@ -65,6 +74,7 @@ class ContactRichEnv(gym.Env):
         self.render_mode = render_mode
         self.render_size = render_size
         self.control_hz = control_hz
+        self.physics_hz = physics_hz
         self.substeps = int(round(substeps))
         self._build(physics_hz)
         self.sensing = ContactSensing(
@@ -81,7 +91,9 @@ class ContactRichEnv(gym.Env):
         self._np_random, _ = gym.utils.seeding.np_random(None)
         self.last_fields: list = []
         self.last_wrench = np.zeros((len(self.arms), 6))
-        self.step_count = 0
+        self.step_count = 0  # control steps since the reset
+        self.physics_steps = 0  # physics steps since the reset
+        self._reading = Reading.allocate(len(self.arms), len(self.pads), self.task.scene_dim, FINGER_PAD.depth_shape)
 
     # ----------------------------------------------------------------- scene
     def _build(self, physics_hz: float) -> None:
@@ -134,7 +146,7 @@ class ContactRichEnv(gym.Env):
             z_face = 2 * hz + 2 * TOOL_PAD_MARGIN
             body.add_site(name=arm.prefix + "tcp", pos=[0, 0, z_face], size=[0.005, 0, 0])
             # Wrist camera on the hand, beside the flange, always aimed at the tool face.
-            cam = hand.add_camera(name=arm.prefix + "wrist_cam", pos=[0.11, 0.0, 0.12], fovy=70)
+            cam = hand.add_camera(name=arm.prefix + WRIST_CAMERA, pos=[0.11, 0.0, 0.12], fovy=70)
             cam.mode = mujoco.mjtCamLight.mjCAMLIGHT_TARGETBODY
             cam.targetbody = arm.prefix + "tool"
             pad_specs.append(
@@ -158,7 +170,7 @@ class ContactRichEnv(gym.Env):
                     (f"{arm.prefix}{side}", f"{arm.prefix}{side}_pad", f"{arm.prefix}{side}_pad_site", FINGER_PAD)
                 )
         cam_pos, cam_axes = self.task.scene_camera
-        spec.worldbody.add_camera(name="scene_cam", pos=list(cam_pos), xyaxes=list(cam_axes))
+        spec.worldbody.add_camera(name=SCENE_CAMERA, pos=list(cam_pos), xyaxes=list(cam_axes))
         self.task.build(spec)
         self.spec = spec
         self.model = spec.compile()
@@ -211,6 +223,12 @@ class ContactRichEnv(gym.Env):
     def time(self) -> float:
         return float(self.data.time)
 
+    @property
+    def camera_names(self) -> dict[str, str]:
+        """{image key: camera}: the observation's ``scene_rgb`` / ``wrist_rgb`` (the first arm's wrist), which the
+        robot node publishes on ``image`` too."""
+        return {"scene_rgb": SCENE_CAMERA, "wrist_rgb": self.task.arms[0].prefix + WRIST_CAMERA}
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         rng = self.np_random
@@ -224,6 +242,7 @@ class ContactRichEnv(gym.Env):
         for c in self.controllers:
             c.reset(self.data)
         self.step_count = 0
+        self.physics_steps = 0
         self.last_fields, self.last_wrench = self.sensing.read(self.data, rng)
         return self._observation(), self.task.info(self)
 
@@ -244,41 +263,84 @@ class ContactRichEnv(gym.Env):
         a = self.check_action(action)
         lo, hi = self.action_space.low.astype(np.float64), self.action_space.high.astype(np.float64)
         a = np.clip(a, lo, hi)  # workspace limits
+        self.apply(a.reshape(len(self.arms), ACTION_DIM_PER_ARM))
+        scored = self.advance(self.substeps)
+        assert scored is not None  # a whole control step always ends in the task's scoring
+        return self._observation(), scored.reward, scored.terminated, scored.truncated, self.task.info(self)
+
+    # -------------------------------------------------- stepping, shared with the robot node (sim.mujoco_robot)
+    def apply(self, target: np.ndarray) -> None:
+        """(A, 7) float64 ``[x, y, z, rx, ry, rz, grip]`` targets -> the controllers (which bound the reference
+        speed). Unchecked: ``step`` checks and clips first, the robot node validates every command itself."""
         for i, c in enumerate(self.controllers):
-            u = a[i * ACTION_DIM_PER_ARM : (i + 1) * ACTION_DIM_PER_ARM]
+            u = target[i]
             c.set_target(u[:3], rotvec_to_mat(u[3:6]), u[6], self.task.arms[i].grip_force)
+
+    def advance(self, steps: int) -> TaskStep | None:
+        """Run ``steps`` physics steps (the task's perturbation and the controllers before each), then read the
+        pads and the wrist once (``last_fields``, ``last_wrench``; the wrench noise draws from ``np_random``).
+        When the last step ends a control step (every ``substeps``), the task scores it (``Task.update``) and the
+        verdict is returned; else None. ``steps`` may not run past the end of the current control step, so the
+        task scores exactly once per control step whoever steps: ``step`` (a whole control step) or the robot
+        node (one tick of ``publish_every`` steps at a time)."""
+        left = self.substeps - self.physics_steps % self.substeps
+        if not (type(steps) is int and 1 <= steps <= left):
+            raise ValueError(
+                f"steps={steps!r}, expected an int in 1..{left} (the physics steps left in this control step)"
+            )
         dt = self.model.opt.timestep
-        for _ in range(self.substeps):
+        for _ in range(steps):
             self.task.before_physics(self)
             for c in self.controllers:
                 c.compute(self.data, dt)
             mujoco.mj_step(self.model, self.data)
-        self.step_count += 1
+        self.physics_steps += steps
         self.last_fields, self.last_wrench = self.sensing.read(self.data, self.np_random)
+        if steps < left:
+            return None
+        self.step_count += 1
         reward, terminated = self.task.update(self)
         truncated = self.time >= self.task.max_seconds and not terminated
-        return self._observation(), float(reward), bool(terminated), bool(truncated), self.task.info(self)
+        return TaskStep(float(reward), bool(terminated), bool(truncated))
+
+    def read_into(self, reading: Reading) -> Reading:
+        """Fill ``reading`` (float64 state and wrench, float32 tactile: the robot node's published layout) from the
+        physics state and the last pad/wrist read; returns it. The one observation builder: ``step``'s float32
+        observation is this reading cast."""
+        d = self.data
+        s, t = reading.state, reading.tactile
+        for i, arm in enumerate(self.arms):
+            s["tcp_pos"][i] = d.site_xpos[arm.tcp_site]
+            mujoco.mju_mat2Quat(s["tcp_quat"][i], d.site_xmat[arm.tcp_site])
+            s["joint_pos"][i] = d.qpos[arm.qpos]
+            s["joint_vel"][i] = d.qvel[arm.dof]
+            s["gripper_width"][i] = d.qpos[arm.finger_qpos].sum()
+        s["scene"][:] = self.task.scene_features()
+        for k, f in enumerate(self.last_fields):
+            t["marker_offset"][k] = f.offset
+            t["marker_depth"][k] = _resize_depth(f.depth)
+            t["marker_slip"][k] = f.slip
+        reading.wrench["wrench"][:] = self.last_wrench
+        return reading
 
     def _observation(self) -> dict[str, np.ndarray]:
-        d = self.data
-        quat = np.zeros((len(self.arms), 4))
-        for i, arm in enumerate(self.arms):
-            mujoco.mju_mat2Quat(quat[i], d.site_xmat[arm.tcp_site])
+        r = self.read_into(self._reading)
+        s, t, f32 = r.state, r.tactile, np.float32
         obs = {
-            "tcp_pos": np.array([d.site_xpos[a.tcp_site] for a in self.arms], np.float32),
-            "tcp_quat": quat.astype(np.float32),
-            "joint_pos": np.array([d.qpos[a.qpos] for a in self.arms], np.float32),
-            "joint_vel": np.array([d.qvel[a.dof] for a in self.arms], np.float32),
-            "gripper_width": np.array([d.qpos[a.finger_qpos].sum() for a in self.arms], np.float32),
-            "wrench": self.last_wrench.astype(np.float32),
-            "marker_offset": np.array([f.offset for f in self.last_fields], np.float32),
-            "marker_depth": np.array([_resize_depth(f.depth) for f in self.last_fields], np.float32),
-            "marker_slip": np.array([f.slip for f in self.last_fields], np.float32),
-            "scene": self.task.scene_features(),
+            "tcp_pos": s["tcp_pos"].astype(f32),
+            "tcp_quat": s["tcp_quat"].astype(f32),
+            "joint_pos": s["joint_pos"].astype(f32),
+            "joint_vel": s["joint_vel"].astype(f32),
+            "gripper_width": s["gripper_width"].astype(f32),
+            "wrench": r.wrench["wrench"].astype(f32),
+            "marker_offset": t["marker_offset"].astype(f32),
+            "marker_depth": t["marker_depth"].astype(f32),
+            "marker_slip": t["marker_slip"].astype(f32),
+            "scene": s["scene"].copy(),
         }
         if self.cameras:
-            obs["scene_rgb"] = self.render_camera("scene_cam", self.image_size)
-            obs["wrist_rgb"] = self.render_camera(self.task.arms[0].prefix + "wrist_cam", self.image_size)
+            for key, camera in self.camera_names.items():
+                obs[key] = self.render_camera(camera, self.image_size)
         return obs
 
     def tcp_pose(self, arm: int) -> tuple[np.ndarray, np.ndarray]:
@@ -330,7 +392,7 @@ class ContactRichEnv(gym.Env):
     def render(self):
         if self.render_mode != "rgb_array":
             return None
-        return self.render_camera("scene_cam", self.render_size)
+        return self.render_camera(SCENE_CAMERA, self.render_size)
 
     def close(self) -> None:
         for r in self._renderers.values():

@@ -1,31 +1,44 @@
 """One evaluation harness for any policy.
 
     python -m sim.eval task=wipe policy=expert episodes=50 seed=0
+    python -m sim.eval task=wipe policy=rdp episodes=50 seed=0 jobs=8 [launcher=ray [ray_address=auto]]
 
 Policies are resolved from config (``_target_``), so this module never imports a policy package.
 Prints a progress bar, then as its last stdout line one JSON object; writes the same JSON, a video
 of the first episode and a force-over-time plot into the run directory. A bad override (``task=nosuch``,
 ``episodes=abc``, an unknown key) or a bad checkpoint ends in one line and exit code 2 (``bus.cli``).
+
+``jobs=N`` (N > 1) splits the seeds into N contiguous shards, runs each as its own ``sim.eval ... jobs=1`` process
+with one torch thread (``bus.sweep``: ``launcher=local`` on this machine, ``launcher=ray`` as Ray tasks), and merges
+their episodes into the ``results.json`` (and plot and video) the sequential run writes. The merge is exact because an
+episode depends on its seed alone: the env is re-seeded on every reset and a sampling policy draws its noise from the
+episode's seed (``policy.reset(env, seed=...)``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from bus.cli import UsageError, command, exit_code, run_hydra
+from bus.cli import USAGE_EXIT, CommandError, UsageError, command, exit_code, run_hydra
+from bus.config import override
 from bus.resources import config_dir
+from bus.sweep import check_launcher, module_command, run_commands, split_range
 from sim.registry import make_env
 
 CONFIG_DIR = config_dir()
+SHARDS_DIR = "shards"  # OUT/shards/K: shard K of a run with jobs > 1, removed once merged
+# Overrides a shard is given anew (its seeds, its directory, no video but shard 0's), not passed on from the parent.
+SHARD_KEYS = ("seed", "episodes", "out", "video", "jobs", "launcher", "ray_address")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -77,8 +90,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes (seeds ``seed`` ...) and write ``results.json`` (with ``policy_config``, the policy's
     resolved settings, so a result names what made it), a force plot and a video of the first episode."""
-    if episodes < 1:
-        raise UsageError(f"episodes={episodes}: expected an integer >= 1")
+    _check_episodes(episodes)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(
         task,
@@ -98,13 +110,28 @@ def evaluate(
             trace = tr
         rows.append({"seed": seed + k, **{key: info[key] for key in ("success", "score", "failure", "perturbation")}})
     env.close()
+    result = summarize(rows, task=task, policy_name=policy_name, policy_config=policy_config, seed=seed,
+                       perturb=perturb, out_dir=out_dir)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    if trace:
+        _plot_forces(trace, rows[0], out_dir / "force.png", task, policy_name)
+        if video and trace.get("frames"):
+            _write_video(trace["frames"], out_dir / "episode0.mp4")
+    return result
+
+
+def summarize(rows: list[dict[str, Any]], *, task: str, policy_name: str, policy_config: dict[str, Any] | None,
+              seed: int, perturb: bool, out_dir: Path) -> dict[str, Any]:
+    """The ``results.json`` object of per-episode ``rows`` (seeds ``seed`` ...): one function for a run and for the
+    merge of its shards, so both write the same file."""
+    episodes = len(rows)
     n_ok = sum(r["success"] for r in rows)
     per: dict[str, dict[str, Any]] = {}
     for kind in sorted({r["perturbation"] for r in rows}):
         sub = [r for r in rows if r["perturbation"] == kind]
         ok = sum(r["success"] for r in sub)
         per[kind] = {"episodes": len(sub), "success_rate": ok / len(sub), "ci95": wilson_interval(ok, len(sub))}
-    result = {
+    return {
         "task": task,
         "policy": policy_name,
         "policy_config": policy_config,
@@ -118,12 +145,65 @@ def evaluate(
         "episodes_detail": rows,
         "run_dir": str(out_dir),
     }
+
+
+def evaluate_in_shards(
+    overrides: Sequence[str],
+    *,
+    episodes: int,
+    seed: int,
+    out_dir: Path,
+    video: bool,
+    jobs: int,
+    launcher: str = "local",
+    ray_address: str | None = None,
+    header: dict[str, Any],
+) -> dict[str, Any]:
+    """:func:`evaluate`'s run split into ``jobs`` contiguous seed shards, each a ``python -m sim.eval OVERRIDES
+    seed=S episodes=N out=OUT/shards/K jobs=1`` process, merged into the same ``results.json``, plot and video.
+
+    ``overrides``: the run's own command-line overrides (task, policy, sensors, ...), passed on to every shard but
+    for ``SHARD_KEYS``. ``header``: ``summarize``'s ``task``, ``policy_name``, ``policy_config``, ``perturb``. A shard
+    that fails fails the run (its one-line error, exit 2 when every failure was a bad input); its directory stays.
+    """
+    _check_episodes(episodes)
+    shards = split_range(seed, episodes, jobs)
+    root = out_dir / SHARDS_DIR
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("~+") not in SHARD_KEYS]
+    commands = []
+    for k, (first, n) in enumerate(shards):
+        shard = root / str(k)
+        values = {"seed": first, "episodes": n, "out": str(shard), "hydra.run.dir": str(shard),
+                  "video": video and k == 0, "jobs": 1, "launcher": "local"}
+        commands.append(module_command("sim.eval", *kept, *(override(key, v) for key, v in values.items())))
+    labels = [f"seed {first}" if n == 1 else f"seeds {first}-{first + n - 1}" for first, n in shards]
+    results = run_commands(commands, jobs=jobs, launcher=launcher, ray_address=ray_address, labels=labels)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        first_failure = failed[0]
+        line = first_failure.error_line().removeprefix("sim.eval: error: ")
+        kind = UsageError if all(r.returncode == USAGE_EXIT for r in failed) else CommandError
+        raise kind(f"{line} ({labels[first_failure.index]}; {len(failed)} of {len(shards)} shards failed, their "
+                   f"outputs are in {root})")
+    rows: list[dict[str, Any]] = []
+    for k, (first, n) in enumerate(shards):
+        part = json.loads((root / str(k) / "results.json").read_text())
+        if (part.get("seed"), part.get("episodes")) != (first, n):
+            raise CommandError(f"{root / str(k) / 'results.json'}: seeds {part.get('seed')} + {part.get('episodes')}"
+                               f" episodes, expected {first} + {n}: another run wrote into {root}?")
+        rows += part["episodes_detail"]
+    result = summarize(rows, seed=seed, out_dir=out_dir, **header)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
-    if trace:
-        _plot_forces(trace, rows[0], out_dir / "force.png", task, policy_name)
-        if video and trace.get("frames"):
-            _write_video(trace["frames"], out_dir / "episode0.mp4")
+    for name in ("force.png", "episode0.mp4"):  # the first episode's, as the sequential run writes them
+        if (root / "0" / name).is_file():
+            (root / "0" / name).replace(out_dir / name)
+    shutil.rmtree(root)
     return result
+
+
+def _check_episodes(episodes: int) -> None:
+    if episodes < 1:
+        raise UsageError(f"episodes={episodes}: expected an integer >= 1")
 
 
 def _plot_forces(trace: dict[str, list], row: dict[str, Any], path: Path, task: str, policy: str) -> None:
@@ -170,22 +250,39 @@ def _run(cfg: Any) -> None:
     out = Path(cfg.out) if cfg.out else Path(HydraConfig.get().runtime.output_dir)
     policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
     name = policy_cfg.pop("name")
+    policy_config = {k: v for k, v in policy_cfg.items() if k not in ("_target_", "train")}
     perturbations = tuple(cfg.task.perturbations) if cfg.task.perturbations is not None else None
-    result = evaluate(
-        task=cfg.task.name,
-        make_policy=lambda: _instantiate(policy_cfg, cfg.task.name),
-        policy_name=name,
-        episodes=int(cfg.episodes),
-        seed=int(cfg.seed),
-        out_dir=out,
-        perturb=bool(cfg.perturb),
-        video=bool(cfg.video),
-        cameras=bool(cfg.sensors.cameras),
-        image_size=int(cfg.sensors.image_size),
-        wrench_noise=float(cfg.sensors.wrench_noise),
-        perturbations=perturbations,
-        policy_config={k: v for k, v in policy_cfg.items() if k not in ("_target_", "train")},
-    )
+    jobs, launcher = int(cfg.jobs), str(cfg.launcher)
+    check_launcher(launcher, jobs)
+    if (jobs > 1 and int(cfg.episodes) > 1) or launcher != "local":
+        result = evaluate_in_shards(
+            list(HydraConfig.get().overrides.task),
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            out_dir=out,
+            video=bool(cfg.video),
+            jobs=jobs,
+            launcher=launcher,
+            ray_address=cfg.ray_address,
+            header={"task": cfg.task.name, "policy_name": name, "policy_config": policy_config,
+                    "perturb": bool(cfg.perturb)},
+        )
+    else:
+        result = evaluate(
+            task=cfg.task.name,
+            make_policy=lambda: _instantiate(policy_cfg, cfg.task.name),
+            policy_name=name,
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            out_dir=out,
+            perturb=bool(cfg.perturb),
+            video=bool(cfg.video),
+            cameras=bool(cfg.sensors.cameras),
+            image_size=int(cfg.sensors.image_size),
+            wrench_noise=float(cfg.sensors.wrench_noise),
+            perturbations=perturbations,
+            policy_config=policy_config,
+        )
     summary = {k: v for k, v in result.items() if k != "episodes_detail"}
     print(json.dumps(summary))
 

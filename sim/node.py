@@ -1,16 +1,23 @@
-"""The robot node: the one process that owns the robot (today the MuJoCo sim; later a real driver).
+"""The robot node: the one process that owns the robot (the MuJoCo sim by default; a hardware driver plugs in).
 
     python -m sim.node task=wipe                                   # realtime, loopback defaults
     python -m sim.node task=wipe mode=lockstep 'addresses.pub=tcp://127.0.0.1:*' ...
+    python -m sim.node robot=fake                                  # a wall-clock fake arm (sim.fake_robot)
+
+The node talks to the robot only through :class:`sim.robot_interface.Robot` (reset, apply, hold, advance, read),
+built by :func:`make_robot` from the config key ``robot``: ``mujoco`` (:class:`sim.mujoco_robot.MujocoRobot`, the
+task's scene, stepped by the same code as ``ContactRichEnv.step``), ``fake`` (:class:`sim.fake_robot.LagArm`) or
+``package.module:function`` (a driver of your own: ``docs/usage.md``, "Driving a real arm"). The node keeps the
+sockets, command validation, safety, clocks, lockstep ticks, the camera thread and status.
 
 Config: ``configs/robot_node/default.yaml`` -> :class:`RobotNodeConfig`; ``key=value`` arguments override it.
 The first stdout line is a JSON "ready" record with the bound addresses (so ``*`` ports can be used); the
 last one, on SIGINT/SIGTERM, an "exit" record with every counter (also logged).
 
-One node tick = ``publish_every`` physics steps (500 Hz / 2 -> 250 Hz). Each tick: take the newest valid
-command, run the safety logic (watchdog, force limit), step the physics with the impedance controllers at
-every physics step (what ``ContactRichEnv.step`` does inside), read the pads and the wrist, publish.
-Task scoring runs at the env's control step (50 Hz), as in evaluation.
+One node tick = one ``Robot.advance`` = ``publish_every`` physics steps (500 Hz / 2 -> 250 Hz). Each tick: take
+the newest valid command, run the safety logic (watchdog, force limit), advance the robot (MuJoCo: the physics with
+the impedance controllers at every physics step, ``ContactRichEnv.advance``, which ``ContactRichEnv.step`` runs
+too), read the pads and the wrist, publish. Task scoring runs at the env's control step (50 Hz), as in evaluation.
 
 Published (``bus.transport.Publisher``; A arms, P pads, S image size). Stamps come from the node clock:
 ``time.monotonic`` in realtime, lockstep time in lockstep; every message has meta ``sim_time`` and the
@@ -46,7 +53,7 @@ Commands (``Subscriber`` that binds ``addresses.cmd``; many senders may connect)
               stop a run sends it, so no late command of a node it is stopping can move the robot again.
 
 Safety: speed is bounded by the controller (its reference moves at <= 0.25 m/s). The robot holds where it
-is (``ContactRichEnv.hold_action``) until the first command, whenever the newest valid command is older
+is (``Robot.hold``) until the first command, whenever the newest valid command is older
 than ``watchdog_ms`` on the node clock (arrival time, so sender clocks need not agree), and while the
 low-passed wrist force exceeds ``limits.force_n`` (released below ``force_release`` of it). A fresh
 command ends a watchdog hold at once; nothing ends a latched hold.
@@ -70,15 +77,15 @@ streams (commands sent on the cmd socket in lockstep mode arrive at unpredictabl
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,15 +93,15 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from bus.cli import command
+from bus.cli import UsageError, choose, command
 from bus.clock import Clock, LockstepClock, RateKeeper, RealtimeClock
-from bus.config import load_node_config
+from bus.config import compose
 from bus.message import Message, MetaValue
+from bus.node import log_to_stderr, node_args, serve
 from bus.resources import config_dir
 from bus.transport import Publisher, Request, Server, Subscriber
-from sim.env import ACTION_DIM_PER_ARM, ContactRichEnv
-from sim.registry import make_env, task_physics_hz
-from spatial.rotations import rotvec_to_mat
+from sim.registry import task_physics_hz
+from sim.robot_interface import TARGET_DIM, Cameras, Reading, Robot, TaskStep
 
 log = logging.getLogger("sim.node")
 
@@ -105,6 +112,8 @@ MAX_ROTVEC_NORM = 2.0 * math.pi
 MAX_DRAIN = 1000  # command messages read per tick at most: a flooding sender cannot stall the loop
 STATE_HZ = 250.0  # state / tactile / wrench rate when publish_every is not given
 SEED_LIMIT = 2**32  # episode seeds are 0 .. SEED_LIMIT - 1: numpy's legacy seeding takes no more, and seed + 1 wraps
+# config ``robot`` -> the "module:function" that builds it from the node config (imported only when chosen)
+ROBOTS = {"mujoco": "sim.mujoco_robot:from_node_config", "fake": "sim.fake_robot:from_node_config"}
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -128,6 +137,7 @@ class RobotNodeConfig:
     """Typed robot-node configuration; see ``configs/robot_node/default.yaml`` for what each key means."""
 
     task: str = "wipe"
+    robot: str = "mujoco"  # a name in ROBOTS, or "package.module:function" (a driver of your own)
     seed: int = 0
     mode: str = "realtime"
     perturb: bool = True
@@ -147,6 +157,7 @@ class RobotNodeConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        robot_factory_path(self.robot)
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed={self.seed}, expected an int in 0..{SEED_LIMIT - 1}")
         if self.physics_hz is None:
@@ -180,8 +191,35 @@ class RobotNodeConfig:
 
 
 def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> RobotNodeConfig:
-    """``path`` merged with ``key=value`` overrides into a checked :class:`RobotNodeConfig`."""
-    return load_node_config(RobotNodeConfig, path, overrides, "robot node", "task=wipe mode=lockstep")
+    """``path`` composed with hydra overrides into a checked :class:`RobotNodeConfig` (``--help``, ``--cfg``)."""
+    return compose(RobotNodeConfig, path, overrides, "robot node", "task=wipe mode=lockstep", doc=__doc__)
+
+
+# --------------------------------------------------------------------------------------------- robot
+def robot_factory_path(robot: str) -> str:
+    """``robot`` (a name in ``ROBOTS`` or "package.module:function") -> "module:function"; a UsageError otherwise."""
+    if ":" not in robot:
+        return ROBOTS[choose("robot", robot, ROBOTS, "robot")]
+    module, _, name = robot.partition(":")
+    if not (module and all(part.isidentifier() for part in module.split(".")) and name.isidentifier()):
+        raise UsageError(f"robot={robot}: expected one of {', '.join(sorted(ROBOTS))} or package.module:function")
+    return robot
+
+
+def make_robot(cfg: RobotNodeConfig) -> Robot:
+    """The node's one way to get its robot: the factory ``cfg.robot`` names, called with the node config. A factory
+    returns a :class:`sim.robot_interface.Robot` whose ``period`` is the node's tick, ``publish_every / physics_hz``
+    (the node refuses anything else)."""
+    module, _, name = robot_factory_path(cfg.robot).partition(":")
+    try:
+        factory: Callable[[RobotNodeConfig], Robot] = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"robot={cfg.robot}: cannot load {module}:{name} ({exc})") from exc
+    robot = factory(cfg)
+    if not isinstance(robot, Robot):
+        missing = [n for n in dir(Robot) if not n.startswith("_") and not hasattr(robot, n)]
+        raise TypeError(f"robot={cfg.robot}: {module}:{name} built a {type(robot).__name__} without Robot's {missing}")
+    return robot
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -233,20 +271,21 @@ class _Stop(Exception):
 
 
 class CameraWorker:
-    """Realtime: renders the node's cameras in a thread of its own, off the physics tick.
+    """Realtime: renders (or grabs) the robot's camera frames in a thread of its own, off the physics tick.
 
     Two 96x96 frames take about 2.5 ms on a CPU renderer; rendered inside the 4 ms tick, every camera tick of the
     bimanual lift overran its deadline (lift, 3 episodes: 191 overruns with cameras, 31 without). MuJoCo releases
-    the GIL while it renders, so a thread takes that time off the loop. ``submit`` copies the state into a private
-    ``MjData`` (the loop goes on stepping its own) and wakes the thread; ``take`` hands back the finished frames
-    once, with the tag and sim time of the state they show. A request while the previous one renders is refused
-    (the caller counts it): frames are dropped, the loop never waits. Lockstep renders in the tick instead, which
-    keeps its runs deterministic.
+    the GIL while it renders, so a thread takes that time off the loop. The thread opens the rig itself
+    (``open_cameras()``, a :class:`sim.robot_interface.Cameras`: a GL context belongs to one thread). ``submit``
+    captures the state on the loop (MuJoCo: a copy into a private ``MjData``; the loop goes on stepping its own) and
+    wakes the thread; ``take`` hands back the finished frames once, with the tag and sim time of the state they
+    show. A request while the previous one renders is refused (the caller counts it): frames are dropped, the loop
+    never waits. Lockstep renders in the tick instead, which keeps its runs deterministic.
     """
 
-    def __init__(self, model: mujoco.MjModel, cameras: dict[str, str], size: int, timeout: float = 60.0) -> None:
-        self._model, self._cameras, self._size = model, dict(cameras), size
-        self._snapshot = mujoco.MjData(model)
+    def __init__(self, open_cameras: Callable[[], Cameras], timeout: float = 60.0) -> None:
+        self._open = open_cameras
+        self._cameras: Cameras | None = None
         self._wake = threading.Event()
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -261,11 +300,11 @@ class CameraWorker:
             self.close()
             raise RuntimeError(f"camera render thread did not start: {self.error or 'timed out'}")
 
-    def submit(self, data: mujoco.MjData, tag: Any, sim_time: float) -> bool:
-        """Render ``data`` as it is now; False (nothing done) while the previous frames are still rendering."""
-        if self._busy or self.error is not None:
+    def submit(self, tag: Any, sim_time: float) -> bool:
+        """Render the robot as it is now; False (nothing done) while the previous frames are still rendering."""
+        if self._busy or self.error is not None or self._cameras is None:
             return False
-        mujoco.mj_copyData(self._snapshot, self._model, data)
+        self._cameras.capture()
         self._request = (tag, sim_time)
         self._busy = True
         self._wake.set()
@@ -279,11 +318,12 @@ class CameraWorker:
 
     def _run(self) -> None:
         try:
-            renderer = mujoco.Renderer(self._model, self._size, self._size)  # its GL context lives in this thread
+            cameras = self._open()  # its GL context (or devices) belong to this thread
         except BaseException as exc:  # no GL here: the constructor reports it
             self.error = exc
             self._ready.set()
             return
+        self._cameras = cameras
         self._ready.set()
         try:
             while True:
@@ -292,10 +332,7 @@ class CameraWorker:
                 if self._closing:
                     return
                 tag, sim_time = self._request
-                frames = {}
-                for key, camera in self._cameras.items():
-                    renderer.update_scene(self._snapshot, camera)
-                    frames[key] = renderer.render().copy()
+                frames = cameras.frames()
                 with self._lock:
                     self._result = (tag, sim_time, frames)
                 self._busy = False
@@ -303,7 +340,7 @@ class CameraWorker:
             self.error = exc
             log.exception("camera render thread failed; no more images")
         finally:
-            renderer.close()
+            cameras.close()
 
     def close(self) -> None:
         self._closing = True
@@ -312,34 +349,33 @@ class CameraWorker:
 
 
 class RobotNode:
-    """Owns the env, the sockets and the safety state; ``run()`` until SIGINT/SIGTERM or ``stop()``."""
+    """Owns the robot (through :class:`sim.robot_interface.Robot`), the sockets and the safety state; ``run()``
+    until SIGINT/SIGTERM or ``stop()``."""
 
     def __init__(self, cfg: RobotNodeConfig) -> None:
         self.cfg = cfg
         self.lockstep = cfg.mode == "lockstep"
-        self.env: ContactRichEnv = make_env(
-            cfg.task,
-            perturb=cfg.perturb,
-            cameras=False,  # the node renders at camera_hz itself
-            image_size=cfg.image_size,
-            control_hz=cfg.control_hz,
-            physics_hz=cfg.physics_hz,
-            wrench_noise=cfg.wrench_noise,
-        )
-        env = self.env
-        self.n_arms, self.n_pads = len(env.arms), len(env.pads)
+        self.robot: Robot = make_robot(cfg)
+        robot = self.robot
+        self.n_arms, self.n_pads = robot.n_arms, len(robot.pad_names)
         self.tick_dt = cfg.publish_every / cfg.physics_hz
+        if not math.isclose(robot.period, self.tick_dt, rel_tol=1e-9):
+            robot.close()
+            raise ValueError(
+                f"robot={cfg.robot} advances {robot.period} s per call, expected the node's tick of {self.tick_dt} s "
+                f"(publish_every / physics_hz = {cfg.publish_every} / {cfg.physics_hz})"
+            )
         self.clock: Clock = LockstepClock(tick_source=self._await_tick) if self.lockstep else RealtimeClock()
         self.rate = RateKeeper(cfg.tick_hz, self.clock)
-        self.validator = CommandValidator(
-            env.action_space.low.reshape(self.n_arms, ACTION_DIM_PER_ARM),
-            env.action_space.high.reshape(self.n_arms, ACTION_DIM_PER_ARM),
-        )
+        self.validator = CommandValidator(robot.action_low, robot.action_high)
         self._camera_every = max(1, round(cfg.tick_hz / cfg.camera_hz))
         self._status_every = max(1, round(cfg.tick_hz / cfg.status_hz))
+        self._images = cfg.cameras and bool(robot.cameras)  # a robot without cameras publishes no images
+        self._cameras: Cameras | None = None  # the loop's own rig: the start frame, and every frame in lockstep
         tau = cfg.limits.force_filter_s
         self._force_alpha = 1.0 - math.exp(-self.tick_dt / tau) if tau > 0 else 1.0
-        self._alloc_buffers()
+        self._reading: Reading | None = None  # the robot's newest reading (its buffers, refilled every tick)
+        self._tactile_meta = {"pads": ",".join(robot.pad_names)}
         # Safety and bookkeeping state.
         self.counts: Counter[str] = Counter()
         self.cmd_rejects: Counter[str] = Counter()
@@ -351,7 +387,7 @@ class RobotNode:
         self._force_lp = np.zeros(self.n_arms)
         self._force_active = False
         self._ticks = 0
-        self._phys_steps = 0
+        self._episode_ticks = 0  # ticks since the reset (``applied`` meta tick)
         self.camera_worker: CameraWorker | None = None
         self._episode = -1
         self._seed = cfg.seed
@@ -383,25 +419,6 @@ class RobotNode:
             self.close()
             raise
 
-    def _alloc_buffers(self) -> None:
-        a, p = self.n_arms, self.n_pads
-        space = self.env.observation_space
-        self.state = {
-            "tcp_pos": np.zeros((a, 3)),
-            "tcp_quat": np.zeros((a, 4)),
-            "joint_pos": np.zeros((a, 7)),
-            "joint_vel": np.zeros((a, 7)),
-            "gripper_width": np.zeros(a),
-            "scene": np.zeros(space["scene"].shape, np.float32),
-        }
-        self.tactile = {
-            "marker_offset": np.zeros(space["marker_offset"].shape, np.float32),
-            "marker_depth": np.zeros(space["marker_depth"].shape, np.float32),
-            "marker_slip": np.zeros((p, 2), np.float32),
-        }
-        self.wrench = {"wrench": np.zeros((a, 6))}
-        self._tactile_meta = {"pads": ",".join(self.env.pad_names)}
-
     # ------------------------------------------------------------------------------- lifecycle
     def ready_record(self) -> dict[str, Any]:
         return {
@@ -424,10 +441,12 @@ class RobotNode:
     def run(self) -> None:
         """Reset, then tick at ``tick_hz`` (wall clock or lockstep) until ``stop()``."""
         self._reset_episode(self.cfg.seed)
-        if self.cfg.cameras:
+        if self._images:
+            self._cameras = self.robot.open_cameras(self.cfg.image_size)
             self._publish_images()  # builds the renderers (tens of ms) before the deadline grid starts
             if not self.lockstep:
-                self.camera_worker = CameraWorker(self.env.model, self._camera_names(), self.cfg.image_size)
+                size = self.cfg.image_size
+                self.camera_worker = CameraWorker(lambda: self.robot.open_cameras(size))
         self.rate.reset()
         try:
             while not self._stop:
@@ -439,17 +458,20 @@ class RobotNode:
     def close(self) -> None:
         if self.camera_worker is not None:
             self.camera_worker.close()
+        if self._cameras is not None:
+            self._cameras.close()
+            self._cameras = None
         for sock in (self.pub, self.cmd, self.server):
             if sock is not None:
                 sock.close()
-        self.env.close()
+        self.robot.close()
 
     def summary(self) -> dict[str, Any]:
         stats = self.rate.stats()
         return {
             "event": "exit",
             "ticks": self._ticks,
-            "sim_time": self.env.time,
+            "sim_time": self.robot.time,
             "mean_hz": None if math.isnan(stats.mean_hz) else round(stats.mean_hz, 2),
             "overruns": stats.overruns,
             "missed": stats.missed,
@@ -472,10 +494,10 @@ class RobotNode:
         now = self.clock.now()
         self._drain_commands(now)
         self._update_safety(now)
-        self._step_physics()
-        self._read_and_publish()
+        self._advance()
+        self._publish_reading()
         self._ticks += 1
-        if self.cfg.cameras:
+        if self._images:
             self._cameras_tick()
         if self._ticks % self._status_every == 0:
             self._publish_status()
@@ -542,9 +564,10 @@ class RobotNode:
         previous, self.hold_reason = self.hold_reason, reason
         if reason is None:
             if self._new_cmd or previous is not None:
-                self._set_targets(self._last_cmd)
+                self.robot.apply(self._last_cmd)
+                self._publish_applied(self._last_cmd)
         elif previous is None:
-            self._set_targets(self.env.hold_action().reshape(self.n_arms, ACTION_DIM_PER_ARM))
+            self._publish_applied(self.robot.hold())
         self._new_cmd = False
         if reason != previous:
             self._on_hold_change(previous, reason, now, force)
@@ -563,88 +586,58 @@ class RobotNode:
                 "reason": reason or previous,
                 "cmd_age_ms": age_ms,
                 "force_n": round(force, 3),
-                "sim_time": self.env.time,
+                "sim_time": self.robot.time,
             },
             stamp=now,
         )
         self._publish_status()
 
-    def _set_targets(self, target: np.ndarray) -> None:
-        """(A, 7) [x, y, z, rx, ry, rz, grip] -> the controllers (which bound the reference speed); published as
-        ``applied`` so a recording holds what the robot actually did, at the tick it did it."""
-        env = self.env
-        for i, ctrl in enumerate(env.controllers):
-            u = target[i]
-            ctrl.set_target(u[:3], rotvec_to_mat(u[3:6]), u[6], env.task.arms[i].grip_force)
+    def _publish_applied(self, target: np.ndarray) -> None:
+        """Publish the (A, 7) target the robot just took as ``applied``, so a recording holds what the robot actually
+        did, at the tick it did it."""
         self.pub.publish(
             "applied",
-            {"applied_target": np.asarray(target, np.float64).reshape(self.n_arms, ACTION_DIM_PER_ARM)},
-            {"sim_time": env.time, "tick": self._phys_steps // self.cfg.publish_every, "reason": self.hold_reason},
+            {"applied_target": np.asarray(target, np.float64).reshape(self.n_arms, TARGET_DIM)},
+            {"sim_time": self.robot.time, "tick": self._episode_ticks, "reason": self.hold_reason},
         )
 
-    def _step_physics(self) -> None:
-        env = self.env
-        dt = env.model.opt.timestep
-        for _ in range(self.cfg.publish_every):
-            env.task.before_physics(env)
-            for ctrl in env.controllers:
-                ctrl.compute(env.data, dt)
-            mujoco.mj_step(env.model, env.data)
-            self._phys_steps += 1
-            if self._phys_steps % env.substeps == 0:
-                self._control_step()
-        env.last_fields, env.last_wrench = env.sensing.read(env.data, env.np_random)
-        force = np.linalg.norm(env.last_wrench[:, :3], axis=1)
+    def _advance(self) -> None:
+        """One control period of the robot, then its reading; the force limit low-passes the wrist force."""
+        scored = self.robot.advance()
+        self._episode_ticks += 1
+        if scored is not None:
+            self._task_step(scored)
+        self._reading = self.robot.read()
+        force = np.linalg.norm(self._reading.wrench["wrench"][:, :3], axis=1)
         self._force_lp += self._force_alpha * (force - self._force_lp)
 
-    def _control_step(self) -> None:
-        """Task bookkeeping at the env's control rate, exactly as ``ContactRichEnv.step`` does it."""
-        env = self.env
-        env.step_count += 1
+    def _task_step(self, scored: TaskStep) -> None:
+        """The task scored a control step (50 Hz, as in evaluation): the episode ends (once) on its verdict."""
         self._n_control_ticks += 1
-        _, terminated = env.task.update(env)
-        truncated = env.time >= env.task.max_seconds and not terminated
-        self._done = (bool(terminated), bool(truncated))
+        terminated, truncated = scored.terminated, scored.truncated
+        self._done = (terminated, truncated)
         if (terminated or truncated) and not self._episode_over:
             self._episode_over = True
-            info = env.task.info(env)
+            info = self.robot.info()
             self.pub.publish(
                 "episode",
-                meta={"event": "end", "episode": self._episode, "seed": self._seed, "terminated": bool(terminated),
-                      "truncated": bool(truncated), **_scalars(info)},
+                meta={"event": "end", "episode": self._episode, "seed": self._seed, "terminated": terminated,
+                      "truncated": truncated, **_scalars(info)},
             )
             if self.cfg.auto_reset:
                 self._reset_pending = (self._seed + 1) % SEED_LIMIT
 
-    def _read_and_publish(self) -> None:
-        env, d = self.env, self.env.data
-        s = self.state
-        for i, arm in enumerate(env.arms):
-            s["tcp_pos"][i] = d.site_xpos[arm.tcp_site]
-            mujoco.mju_mat2Quat(s["tcp_quat"][i], d.site_xmat[arm.tcp_site])
-            s["joint_pos"][i] = d.qpos[arm.qpos]
-            s["joint_vel"][i] = d.qvel[arm.dof]
-            s["gripper_width"][i] = d.qpos[arm.finger_qpos].sum()
-        s["scene"][:] = env.task.scene_features()
-        t = self.tactile
-        for k, f in enumerate(env.last_fields):
-            t["marker_offset"][k] = f.offset
-            t["marker_depth"][k] = f.depth
-            t["marker_slip"][k] = f.slip
-        self.wrench["wrench"][:] = env.last_wrench
+    def _publish_reading(self) -> None:
+        r = self._reading
         stamp = self.clock.now()
-        meta = {"sim_time": env.time}
-        self.pub.publish("state", self.state, meta, stamp=stamp)
-        self.pub.publish("tactile", self.tactile, {**meta, **self._tactile_meta}, stamp=stamp)
-        self.pub.publish("wrench", self.wrench, meta, stamp=stamp)
-
-    def _camera_names(self) -> dict[str, str]:
-        return {"scene_rgb": "scene_cam", "wrist_rgb": self.env.task.arms[0].prefix + "wrist_cam"}
+        meta = {"sim_time": self.robot.time}
+        self.pub.publish("state", r.state, meta, stamp=stamp)
+        self.pub.publish("tactile", r.tactile, {**meta, **self._tactile_meta}, stamp=stamp)
+        self.pub.publish("wrench", r.wrench, meta, stamp=stamp)
 
     def _publish_images(self) -> None:
-        size = self.cfg.image_size
-        frames = {key: self.env.render_camera(camera, size) for key, camera in self._camera_names().items()}
-        self.pub.publish("image", frames, {"sim_time": self.env.time})
+        self._cameras.capture()
+        self.pub.publish("image", self._cameras.frames(), {"sim_time": self.robot.time})
 
     def _cameras_tick(self) -> None:
         """Lockstep: render in the tick. Realtime: publish what the render thread finished (frames of an earlier
@@ -658,7 +651,7 @@ class RobotNode:
         done = worker.take()
         if done is not None and done[0] == self._episode:
             self.pub.publish("image", done[2], {"sim_time": done[1]})
-        if due and not worker.submit(self.env.data, self._episode, self.env.time):
+        if due and not worker.submit(self._episode, self.robot.time):
             self.counts["camera_frames_dropped"] += 1
 
     def _publish_status(self) -> None:
@@ -666,7 +659,7 @@ class RobotNode:
         meta: dict[str, MetaValue] = {
             "held": self.hold_reason is not None,
             "reason": self.hold_reason,
-            "sim_time": self.env.time,
+            "sim_time": self.robot.time,
             "ticks": self._ticks,
             "episode": self._episode,
             "seed": self._seed,
@@ -685,8 +678,8 @@ class RobotNode:
         self._reset_pending = None
         self._seed = seed
         self._episode += 1
-        _, info = self.env.reset(seed=seed)  # resets the controllers to hold the start pose
-        self._phys_steps = 0
+        info = self.robot.reset(seed)  # holds the start pose
+        self._episode_ticks = 0
         self._episode_over = False
         self._done = (False, False)
         self._last_cmd = self._last_cmd_t = None
@@ -761,14 +754,14 @@ class RobotNode:
                 self.server.reply(req, "error", meta={"reason": f"unknown request topic {topic!r}"})
 
     def _answer_tick(self, req: Request) -> None:
-        info = self.env.task.info(self.env)
+        info = self.robot.info()
         self.server.reply(
             req,
             "tick",
-            self.state,
+            self._reading.state,
             {
                 "tick": self._n_control_ticks,
-                "sim_time": self.env.time,
+                "sim_time": self.robot.time,
                 "state_seq": self._ticks - 1,
                 "held": self.hold_reason is not None,
                 "reason": self.hold_reason,
@@ -798,24 +791,16 @@ def _scalars(info: dict[str, Any]) -> dict[str, MetaValue]:
 
 @command("sim.node")
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    cfg = load_config(args)
+    cfg = load_config(node_args(argv))  # before logging: a bad argument is the only line printed
+    log_to_stderr()
     node = RobotNode(cfg)
-    signal.signal(signal.SIGINT, node.stop)
-    signal.signal(signal.SIGTERM, node.stop)
-    try:
-        print(json.dumps(node.ready_record()), flush=True)
-        node.run()
-    finally:
-        node.close()
+
+    def _summary(_: object) -> dict[str, Any]:
         summary = node.summary()
         log.info("robot node stopped; rejects by kind %s; counters %s", summary["rejects"], json.dumps(summary))
-        print(json.dumps(summary), flush=True)
-    return 0
+        return summary
+
+    return serve(node, node.ready_record, _summary)
 
 
 if __name__ == "__main__":

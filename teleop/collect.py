@@ -43,17 +43,12 @@ Children die with this process (``PR_SET_PDEATHSIG``) and are stopped in order o
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
 import math
 import os
-import queue
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -63,15 +58,15 @@ from typing import Any
 
 import numpy as np
 
-from bus.cli import CommandError, UsageError, choose, command
-from bus.config import load_node_config
+from bus.cli import choose, command
+from bus.config import compose, override
 from bus.message import Message
-from bus.resources import config_dir
+from bus.node import log_to_stderr, node_args, serve
+from bus.process import Child, ChildFailed
 from bus.transport import Client, Publisher, Subscriber
 
 log = logging.getLogger("teleop.collect")
 
-CONFIG_PATH = config_dir() / "teleop" / "collect.yaml"
 ANY = "tcp://127.0.0.1:*"
 OPERATORS = ("scripted",)
 ROBOT_STREAM_TOPICS = ("state", "tactile", "wrench", "image", "applied")
@@ -80,10 +75,6 @@ CONTROL_HZ = 50.0  # the robot node's control step (configs/robot_node control_h
 MODES = ("realtime", "lockstep")
 PRESS_ASSIST = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 STALE_MARGIN_S = 0.01  # s: a teleop stamp this close to the robot's last time before a reset is the last episode's
-
-
-class ChildFailed(CommandError, RuntimeError):
-    """A child process of the graph died or did not answer in time (exit 1; the message names its log)."""
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -137,7 +128,7 @@ class CollectConfig:
 
 
 def load_config(overrides: Sequence[str]) -> CollectConfig:
-    return load_node_config(CollectConfig, CONFIG_PATH, overrides, "collect", "task=wipe episodes=2 out=DIR")
+    return compose(CollectConfig, "teleop/collect", overrides, "collect", "task=wipe episodes=2 out=DIR", doc=__doc__)
 
 
 # ------------------------------------------------------------------------------------------ recorder
@@ -330,94 +321,28 @@ def _sim_t(msg: Message) -> float:
     return round(float(t), TIME_DECIMALS) if isinstance(t, (int, float)) else math.nan
 
 
+@dataclass
+class RecorderConfig:
+    """The recorder process's settings; ``configs/teleop/recorder.yaml`` says what each key means."""
+
+    robot: str
+    teleop: str
+    out: str
+    task: str = ""
+    operator: str = ""
+
+
 def run_recorder(argv: Sequence[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    missing = [k for k in ("robot", "teleop", "out") if k not in args]
-    if missing or len(args) != len(argv):
-        raise UsageError(f"recorder needs robot=ADDR teleop=ADDR out=DIR [task=NAME operator=NAME], missing {missing}")
-    node = RecorderNode(args["robot"], args["teleop"], args["out"], args.get("task", ""), args.get("operator", ""))
-    signal.signal(signal.SIGINT, node.stop)
-    signal.signal(signal.SIGTERM, node.stop)
-    try:
+    """``python -m teleop.collect recorder robot=ADDR teleop=ADDR out=DIR [task=NAME operator=NAME]``."""
+    cfg = compose(RecorderConfig, "teleop/recorder", argv, "recorder", "robot=ADDR teleop=ADDR out=DIR", doc=__doc__)
+    log_to_stderr()
+    node = RecorderNode(cfg.robot, cfg.teleop, cfg.out, cfg.task, cfg.operator)
+
+    def _ready() -> dict[str, Any]:
         node.wait_connected()
-        print(json.dumps({"event": "ready", "pid": os.getpid(), "out": args["out"]}), flush=True)
-        node.run()
-    finally:
-        node.close()
-        print(json.dumps({"event": "exit", **node.counts}), flush=True)
-    return 0
+        return {"event": "ready", "pid": os.getpid(), "out": cfg.out}
 
-
-# ------------------------------------------------------------------------------------------ processes
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux), so no process is orphaned."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Child:
-    """A ``python -m`` child with its stdout lines in a queue and stderr in a log file."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True, preexec_fn=_die_with_parent, env=env)
-        self.lines: queue.Queue[dict] = queue.Queue()
-        self.last: dict | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with contextlib.suppress(json.JSONDecodeError):
-                record = json.loads(line)
-                self.last = record
-                self.lines.put(record)
-
-    def expect(self, event: str, timeout: float) -> dict:
-        """The next stdout record whose ``event`` is ``event`` (others are skipped)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self.proc.poll() is not None and self.lines.empty():
-                tail = [line for line in self.log_tail().splitlines() if line.strip()]
-                raise ChildFailed(f"{self.name} gave no {event!r} record (exit code {self.proc.poll()}); its log "
-                                  f"{self.log_path} ends: {tail[-1].strip() if tail else '(empty)'}")
-            with contextlib.suppress(queue.Empty):
-                record = self.lines.get(timeout=min(remaining, 0.2))
-                if record.get("event") == event:
-                    return record
-
-    def take(self, event: str) -> dict | None:
-        """The next stdout record whose ``event`` is ``event`` if it has arrived (others are skipped), else None."""
-        while True:
-            try:
-                record = self.lines.get_nowait()
-            except queue.Empty:
-                return None
-            if record.get("event") == event:
-                return record
-
-    def log_tail(self, n: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text()[-n:]
-        return ""
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout=2)
-        self.proc.stdout.close()
-        self._log.close()
-        return self.proc.returncode
+    return serve(node, _ready, lambda _: {"event": "exit", **node.counts})
 
 
 # ------------------------------------------------------------------------------------------ lockstep
@@ -524,6 +449,16 @@ class LockstepDriver:
         return echo.arrays["target"]
 
 
+def _child(name: str, module: str, log_dir: Path, args: list[str]) -> Child:
+    """``python -m module args...`` in this process's session: a Ctrl-C at the terminal reaches the whole graph."""
+    return Child(name, module, args, log_dir / f"{name}.log", session=False)
+
+
+def _kv(**values: Any) -> list[str]:
+    """Hydra overrides of these values (quoted where hydra would misread them: paths with commas or spaces)."""
+    return [override(k, v) for k, v in values.items()]
+
+
 def collect(cfg: CollectConfig) -> dict[str, Any]:
     """Run the process graph until ``cfg.episodes`` episodes are committed; return the summary."""
     from tqdm import tqdm
@@ -539,39 +474,34 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     driver: LockstepDriver | None = None
     lockstep = cfg.mode == "lockstep"
     try:
-        robot = Child("robot_node", [
-            "sim.node", f"task={cfg.task}", f"seed={cfg.seed}", f"mode={cfg.mode}",
-            f"perturb={str(cfg.perturb).lower()}", f"cameras={str(cfg.cameras).lower()}", "auto_reset=false",
-            f"addresses.pub={ANY}", f"addresses.cmd={ANY}", f"addresses.tick={ANY}"], log_dir)
+        robot = _child("robot_node", "sim.node", log_dir, _kv(
+            task=cfg.task, seed=cfg.seed, mode=cfg.mode, perturb=cfg.perturb, cameras=cfg.cameras, auto_reset=False,
+            **{"addresses.pub": ANY, "addresses.cmd": ANY, "addresses.tick": ANY}))
         children.append(robot)
-        r = robot.expect("ready", cfg.start_timeout_s)
+        r = robot.wait_ready(cfg.start_timeout_s)
         limit = cfg.press_limit_n.get(cfg.task, 0.0) if cfg.press_assist_on else 0.0
-        teleop = Child("teleop_node", [
-            "teleop.node", f"robot.pub={r['pub']}", f"robot.cmd={r['cmd']}", f"addresses.operator={ANY}",
-            f"addresses.feedback={ANY}", "web.enabled=false", f"assist.press_force_n={limit}",
-            *(cfg.lockstep_teleop if lockstep else [])], log_dir)
+        teleop = _child("teleop_node", "teleop.node", log_dir, [*_kv(**{
+            "robot.pub": r["pub"], "robot.cmd": r["cmd"], "addresses.operator": ANY, "addresses.feedback": ANY,
+            "web.enabled": False, "assist.press_force_n": limit}), *(cfg.lockstep_teleop if lockstep else [])])
         children.append(teleop)
-        tl = teleop.expect("ready", cfg.start_timeout_s)
-        recorder = Child("recorder", [
-            "teleop.collect", "recorder", f"robot={r['pub']}", f"teleop={tl['feedback']}", f"out={cfg.out}",
-            f"task={cfg.task}", f"operator={cfg.operator}"], log_dir)
+        tl = teleop.wait_ready(cfg.start_timeout_s)
+        recorder = _child("recorder", "teleop.collect", log_dir, ["recorder", *_kv(
+            robot=r["pub"], teleop=tl["feedback"], out=cfg.out, task=cfg.task, operator=cfg.operator)])
         children.append(recorder)
-        lo, hi = cfg.latency_ms
-        operator = Child("operator", [
-            "teleop.operators", "scripted", f"task={cfg.task}", f"perturb={str(cfg.perturb).lower()}",
-            f"seed={cfg.seed}", f"latency_ms=[{lo},{hi}]", f"teleop.operator={tl['operator']}",
-            f"teleop.feedback={tl['feedback']}", f"feedback={str(cfg.feedback).lower()}",
-            f"lockstep={str(lockstep).lower()}", f"sync={ANY}", *cfg.operator_overrides], log_dir)
+        operator = _child("operator", "teleop.operators", log_dir, ["scripted", *_kv(**{
+            "task": cfg.task, "perturb": cfg.perturb, "seed": cfg.seed, "latency_ms": list(cfg.latency_ms),
+            "teleop.operator": tl["operator"], "teleop.feedback": tl["feedback"], "feedback": cfg.feedback,
+            "lockstep": lockstep, "sync": ANY}), *cfg.operator_overrides])
         children.append(operator)
         if lockstep:
-            sync = operator.expect("listening", cfg.start_timeout_s)["sync"]
+            sync = operator.wait_event("listening", cfg.start_timeout_s)["sync"]
             driver = LockstepDriver(r["tick"], sync, tl["feedback"], r["pub"], cfg.step_timeout_s,
                                     ticks_per_control=round(float(r["tick_hz"]) / CONTROL_HZ),
                                     tick_dt=1.0 / float(r["tick_hz"]))
             driver.start([recorder, operator], cfg.start_timeout_s)
         else:
-            recorder.expect("ready", cfg.start_timeout_s)
-            operator.expect("ready", cfg.start_timeout_s)
+            recorder.wait_ready(cfg.start_timeout_s)
+            operator.wait_ready(cfg.start_timeout_s)
         control = Publisher(tl["operator"], bind=False)
         if not control.wait_for_subscriber("reset", timeout=10):
             raise ChildFailed("the teleop node did not subscribe to the control socket")
@@ -583,9 +513,9 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
                 driver.run_episode(driver.reset(control, seed))
             else:
                 control.publish("reset", meta={"seed": seed})
-            recorder.expect("begin", cfg.start_timeout_s)
+            recorder.wait_event("begin", cfg.start_timeout_s)
             try:
-                row = recorder.expect("commit", cfg.episode_timeout_s)
+                row = recorder.wait_event("commit", cfg.episode_timeout_s)
             except RuntimeError:
                 if recorder.proc.poll() is not None:
                     raise
@@ -605,7 +535,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
             driver.close()
         exits = {}
         for child in reversed(children):  # operator, recorder, teleop, robot: producers outlive their readers
-            code = child.stop()
+            code = child.stop(timeout=30.0)
             exits[child.name] = {"code": code, **(child.last or {})}
     ok = [r for r in rows if r.get("success")]
     scores = [r["score"] for r in rows if r.get("score") is not None]
@@ -635,23 +565,15 @@ def _interrupt(*_: object) -> None:
 
 @command("teleop.collect")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
+    args = node_args(argv)
     if args and args[0] == "recorder":
-        _log_to_stderr()
         return run_recorder(args[1:])
     cfg = load_config(args)  # before logging is on: a bad argument is the only line printed
-    _log_to_stderr()
+    log_to_stderr()
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the children like Ctrl-C does
     summary = collect(cfg)
     print(json.dumps(summary), flush=True)
     return 0 if summary["episodes"] == cfg.episodes and not summary["timed_out"] else 1
-
-
-def _log_to_stderr() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -60,8 +59,9 @@ import numpy as np
 import zmq
 
 from bus.cli import command
-from bus.config import load_node_config
+from bus.config import compose
 from bus.message import Message
+from bus.node import log_to_stderr, node_args, serve
 from bus.resources import config_dir
 from bus.transport import Publisher, Subscriber
 from sim.node import SEED_LIMIT
@@ -162,8 +162,8 @@ class TeleopConfig:
 
 
 def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> TeleopConfig:
-    """``path`` merged with ``key=value`` overrides into a checked :class:`TeleopConfig`."""
-    return load_node_config(TeleopConfig, path, overrides, "teleop", "web.port=0")
+    """``path`` composed with hydra overrides into a checked :class:`TeleopConfig` (``--help``, ``--cfg``)."""
+    return compose(TeleopConfig, path, overrides, "teleop", "web.port=0", doc=__doc__)
 
 
 # ------------------------------------------------------------------------------------ operator input
@@ -688,24 +688,16 @@ class TeleopNode:
 
 @command("teleop.node")
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    cfg = load_config(args)
+    cfg = load_config(node_args(argv))  # before logging: a bad argument is the only line printed
+    log_to_stderr()
     node = TeleopNode(cfg)
-    signal.signal(signal.SIGINT, node.stop)
-    signal.signal(signal.SIGTERM, node.stop)
-    try:
-        print(json.dumps(node.ready_record()), flush=True)
-        node.run()
-    finally:
-        node.close()
+
+    def _summary(_: object) -> dict[str, Any]:
         summary = node.summary()
         log.info("teleop node stopped: %s", json.dumps(summary))
-        print(json.dumps(summary), flush=True)
-    return 0
+        return summary
+
+    return serve(node, node.ready_record, _summary)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from bus.cli import UsageError, choose, command
-from bus.config import load_node_config
+from bus.config import compose
 from bus.message import Message
 from bus.resources import config_dir
 from bus.transport import Publisher, Subscriber
@@ -144,7 +144,7 @@ class KeyboardConfig:
 
 
 def load_config(cls: type, name: str, overrides: Sequence[str]) -> Any:
-    return load_node_config(cls, CONFIG_DIR / f"{name}.yaml", overrides, f"{name} operator", "key=value")
+    return compose(cls, CONFIG_DIR / f"{name}.yaml", overrides, f"{name} operator", "key=value")
 
 
 # ------------------------------------------------------------------------------------------ link

@@ -1,6 +1,7 @@
 """Record scripted-expert demonstrations in-process, in the recorder's format (``dataset.format``).
 
     python -m teleop.record_expert task=wipe episodes=20 seed=0 out=data/wipe [cameras=true] [max_steps=N]
+    python -m teleop.record_expert task=wipe episodes=200 seed=100000 out=data/wipes200 jobs=8 [launcher=ray]
 
 The force-aware expert (``sim.experts.make_expert``) drives the environment with perturbations on, and every
 episode is written by :class:`dataset.recorder.EpisodeRecorder` at native rates, stamped with simulation time.
@@ -19,20 +20,32 @@ value drifts by ~1e-15 s, and a ``build`` at a divisor rate (25 Hz) would then h
 ticks. Rounded, ``k / 25`` lands exactly on every second sample. Episode meta: ``task``, ``seed``, ``success`` and
 under ``user`` the perturbation, its start time and the expert. This is the expert-demo recorder; teleoperation
 over the bus, recorded by the recorder process, is ``teleop.collect``.
+
+``jobs=N`` (N > 1) records the seeds as N contiguous shards, each its own ``teleop.record_expert ... jobs=1`` process
+(``bus.sweep``: on this machine, or as Ray tasks with ``launcher=ray``), into ``OUT.shards/K``, then merges them
+(``dataset.format.merge_recordings``) into ``OUT``: the episodes of the sequential run, in seed order, with the same
+streams (an episode depends on its seed alone). ``OUT`` appears whole or not at all, so it must be new or empty; a
+failed shard leaves ``OUT.shards`` for a look and no ``OUT``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from bus.cli import command, parse_key_values
+from bus.cli import CommandError, UsageError, command
+from bus.config import compose, override
+from bus.sweep import check_launcher, module_command, run_commands, split_range
+from dataset.format import merge_recordings
 from dataset.recorder import EpisodeMeta, EpisodeRecorder
 
 LOWDIM_STREAMS = ("tcp_pos", "tcp_quat", "joint_pos", "gripper_width", "wrench", "marker_offset", "scene")
@@ -42,7 +55,7 @@ TIME_DECIMALS = 6  # timestamps rounded to 1 us, see the module docstring
 
 @dataclass(frozen=True)
 class RecordConfig:
-    """Command-line settings (``key=value``)."""
+    """Command-line settings: ``configs/teleop/record_expert.yaml``."""
 
     task: str = "wipe"
     episodes: int = 10
@@ -53,6 +66,9 @@ class RecordConfig:
     perturb: bool = True
     max_steps: int | None = None  # cap on control steps per episode (tests); None = until the task ends
     progress: bool = True
+    jobs: int = 1  # >1: seed shards recorded by this many processes at once, merged into one recording
+    launcher: str = "local"  # where the shards run (bus.sweep): local processes, or ray tasks
+    ray_address: str | None = None  # launcher=ray: None starts a local Ray; auto, ray://HEAD:10001 join a cluster
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -61,10 +77,18 @@ class RecordConfig:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        check_launcher(self.launcher, self.jobs)
 
 
 def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
-    """Record ``cfg.episodes`` episodes (seeds ``seed .. seed + episodes - 1``); return one summary per episode."""
+    """Record ``cfg.episodes`` episodes (seeds ``seed .. seed + episodes - 1``); return one summary per episode.
+    In this process, or in ``cfg.jobs`` seed shards merged into one recording (the module docstring)."""
+    if (cfg.jobs > 1 and cfg.episodes > 1) or cfg.launcher != "local":
+        return _record_in_shards(cfg)
+    return _record_here(cfg)
+
+
+def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
     from sim.experts import make_expert
     from sim.registry import make_env
 
@@ -113,19 +137,51 @@ def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def parse_overrides(argv: Sequence[str], cls: type = RecordConfig) -> Any:
-    """``key=value`` arguments (hydra style) -> a ``cls`` instance; unknown keys and bad values raise a
-    ``bus.cli.UsageError`` (a ValueError) naming them."""
-    return parse_key_values(cls, argv)
+def _record_in_shards(cfg: RecordConfig) -> list[dict[str, Any]]:
+    """Each seed shard as its own ``jobs=1`` process into ``OUT.shards/K``, then one merged recording at ``OUT``."""
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"out={out} already exists and is not empty: with jobs={cfg.jobs} the shards are merged into "
+                         "a new recording, not added to one; choose a new directory")
+    root = out.with_name(out.name + ".shards")
+    if root.exists():
+        raise UsageError(f"{root} exists (the shards of an interrupted run?): remove it, then run again")
+    shards = split_range(cfg.seed, cfg.episodes, cfg.jobs)
+    commands = []
+    for k, (first, n) in enumerate(shards):
+        shard = dataclasses.replace(cfg, seed=first, episodes=n, out=str(root / str(k)), progress=False, jobs=1,
+                                    launcher="local", ray_address=None)
+        commands.append(module_command("teleop.record_expert", *_arguments(shard)))
+    labels = [f"seed {first}" if n == 1 else f"seeds {first}-{first + n - 1}" for first, n in shards]
+    results = run_commands(commands, jobs=cfg.jobs, launcher=cfg.launcher, ray_address=cfg.ray_address,
+                           labels=labels)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        line = failed[0].error_line().removeprefix("teleop.record_expert: error: ")
+        raise CommandError(f"{line} ({labels[failed[0].index]}; {len(failed)} of {len(shards)} shards failed; what "
+                           f"they recorded is in {root}, nothing was written to {out})")
+    rows = [row for r in results for row in json.loads(r.stdout_tail.splitlines()[-1])["episodes"]]
+    episodes = merge_recordings([root / str(k) for k in range(len(shards))], out)
+    for row, episode in zip(rows, episodes, strict=True):
+        row["episode"] = episode.name
+    shutil.rmtree(root)
+    return rows
+
+
+def _arguments(cfg: RecordConfig) -> list[str]:
+    """``cfg`` as the hydra overrides that parse back to it (``bus.config.override`` quotes what needs it)."""
+    return [override(f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
+
+
+def parse_overrides(argv: Sequence[str]) -> RecordConfig:
+    """Hydra overrides of ``configs/teleop/record_expert.yaml`` -> a checked :class:`RecordConfig`; unknown keys
+    and bad values raise a ``bus.cli.UsageError`` (a ValueError) naming them (``bus.config.compose``)."""
+    return compose(RecordConfig, "teleop/record_expert", argv, "record_expert", "task=wipe episodes=2 out=DIR")
 
 
 @command("teleop.record_expert")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    cfg = parse_overrides(args)
+    cfg = parse_overrides(list(sys.argv[1:] if argv is None else argv))
     rows = record_expert_episodes(cfg)
     ok = sum(r["success"] for r in rows)
     print(f"recorded {len(rows)} episodes ({ok} successful) -> {cfg.out}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Replay a recording open-loop in the lockstep sim and check the outcome is reproduced.
 
-    python -m teleop.replay DIR [episodes=0,2] [score_tol=0.2] [source=auto|applied|commands]
+    python -m teleop.replay DIR [episodes=[0,2]] [score_tol=0.2] [source=auto|applied|commands]   (DIR: data=DIR)
 
 For each committed episode: a lockstep robot node (``python -m sim.node mode=lockstep``, no cameras) is reset
 with the episode's task and seed (perturbations on when the episode had one), then driven with what the live
@@ -31,16 +31,18 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bus.cli import CommandError, UsageError, choose, command, parse_key_values
+from bus.cli import CommandError, UsageError, choose, command
+from bus.config import compose, override
+from bus.process import Child
 from bus.transport import Client
 from dataset.format import list_episodes, load_stream, read_meta
-from teleop.collect import ANY, Child
+from teleop.collect import ANY
 
 SOURCES = ("auto", "applied", "commands")
 TCP_TOL_M = 1e-6  # applied replays repeat the recorded TCP track to float precision (it is stored as float64)
@@ -138,12 +140,13 @@ def replay_dataset(root: Path, episodes: Sequence[int] | None = None, score_tol:
         perturb = (meta.get("user") or {}).get("perturbation", "none") != "none"
         by_task.setdefault((meta["task"], perturb), []).append(p)
     for (task, perturb), eps in by_task.items():
-        node = Child("replay_node", [
-            "sim.node", f"task={task}", "mode=lockstep", "cameras=false", f"perturb={str(perturb).lower()}",
-            f"addresses.pub={ANY}", f"addresses.cmd={ANY}", f"addresses.tick={ANY}"], log_dir)
+        args = {"task": task, "mode": "lockstep", "cameras": False, "perturb": perturb, "addresses.pub": ANY,
+                "addresses.cmd": ANY, "addresses.tick": ANY}
+        node = Child("replay_node", "sim.node", [override(k, v) for k, v in args.items()],
+                     log_dir / "replay_node.log", session=False)
         client = None
         try:
-            ready = node.expect("ready", 60.0)
+            ready = node.wait_ready(60.0)
             client = Client(ready["tick"])
             for p in eps:
                 rows.append(replay_episode(client, p, tick_hz=float(ready["tick_hz"]), score_tol=score_tol,
@@ -151,34 +154,29 @@ def replay_dataset(root: Path, episodes: Sequence[int] | None = None, score_tol:
         finally:
             if client is not None:
                 client.close()
-            node.stop()
+            node.stop(timeout=30.0)
     return {"dataset": str(root), "episodes": rows, "all_match": all(r["match"] for r in rows)}
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReplayOptions:
-    """The ``key=value`` options after ``DIR``."""
+    """``configs/teleop/replay.yaml``."""
 
-    episodes: tuple[str, ...] = ()  # positions among the committed episodes; () = all
+    data: str
+    episodes: list[int] = field(default_factory=list)  # positions among the committed episodes; [] = all
     score_tol: float = 0.2
     source: str = "auto"
+
+    def __post_init__(self) -> None:
+        choose("source", self.source, SOURCES, "replay source")
 
 
 @command("teleop.replay")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if args else 2
-    root, opts = Path(args[0]), parse_key_values(ReplayOptions, args[1:])
+    opts = compose(ReplayOptions, "teleop/replay", list(sys.argv[1:] if argv is None else argv), "replay",
+                   "DIR episodes=[0,2]", positional=("data",))
     try:
-        episodes = [int(x) for x in opts.episodes] if opts.episodes else None
-    except ValueError:
-        raise UsageError(f"episodes={','.join(opts.episodes)}: expected comma-separated episode positions, "
-                         "e.g. episodes=0,2") from None
-    choose("source", opts.source, SOURCES, "replay source")
-    try:
-        result = replay_dataset(root, episodes, opts.score_tol, opts.source)
+        result = replay_dataset(Path(opts.data), list(opts.episodes) or None, opts.score_tol, opts.source)
     except (subprocess.SubprocessError, RuntimeError) as exc:  # the lockstep robot node failed
         raise CommandError(str(exc)) from exc
     for r in result["episodes"]:

@@ -57,7 +57,8 @@ def venv() -> Iterator[Path]:
               "-w", root / "dist", "."], cwd=root / "src")
         (wheel,) = (root / "dist").glob("slowfast-*.whl")
         shipped = set(zipfile.ZipFile(wheel).namelist())
-        for name in ("configs/eval.yaml", "configs/task/wipe.yaml", "checkpoints/wipe/rdp/run.json",
+        for name in ("configs/eval.yaml", "configs/task/wipe.yaml", "configs/rdp/compare.yaml",
+                     "configs/dataset/build.yaml", "configs/robot_node/default.yaml", "checkpoints/wipe/rdp/run.json",
                      "checkpoints/wipe/rdp/policy/model.safetensors", "sensors/embeddings/default.npz",
                      "teleop/web/index.html"):
             assert name in shipped, f"{name} is not in {wheel.name}"
@@ -102,3 +103,11 @@ def test_eval_runs_from_an_empty_directory_with_configs_and_a_shipped_checkpoint
     _run([sf_eval, "task=wipe", "policy=rdp", "episodes=1", "video=false", "out=rdp"], cwd=empty_dir, env=_env())
     result = json.loads((empty_dir / "rdp" / "results.json").read_text())
     assert (result["task"], result["policy"], result["episodes"]) == ("wipe", "rdp", 1)
+
+
+def test_commands_compose_their_installed_configs(venv: Path, empty_dir: Path) -> None:
+    """Every other command reads its yaml from the install too (bus.config.compose over bus.resources)."""
+    robot = _run([venv / "bin" / "sf-robot", "--cfg", "task=peel", "seed=3"], cwd=empty_dir, env=_env()).stdout
+    assert "task: peel" in robot and "seed: 3" in robot
+    compare = _run([venv / "bin" / "sf-compare", "--cfg", "tasks=wipe,lift"], cwd=empty_dir, env=_env()).stdout
+    assert "tasks:\n- wipe\n- lift" in compare

@@ -1,4 +1,4 @@
-"""Typed runtime configuration: ``configs/runtime/default.yaml`` merged with ``key=value`` overrides.
+"""Typed runtime configuration: ``configs/runtime/default.yaml`` composed with hydra overrides (``bus.config``).
 
 The launcher and every node it starts load the same file with the same overrides (plus the addresses the
 launcher learnt from the ready lines), so one command line configures the whole process graph.
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus.cli import choose
-from bus.config import load_node_config
+from bus.config import compose
 from bus.resources import config_dir
 
 CONFIG_PATH = config_dir() / "runtime" / "default.yaml"
@@ -161,6 +161,7 @@ class RuntimeConfig:
             raise ValueError("secure (a remote slow node) runs in realtime mode only; lockstep is a single-host mode")
 
 
-def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH) -> RuntimeConfig:
-    """``path`` merged with ``key=value`` overrides into a checked :class:`RuntimeConfig`."""
-    return load_node_config(RuntimeConfig, path, overrides, "runtime", "task=wipe checkpoint=RUN")
+def load_config(overrides: Sequence[str] = (), path: Path = CONFIG_PATH, doc: str | None = None) -> RuntimeConfig:
+    """``path`` composed with hydra overrides into a checked :class:`RuntimeConfig`; ``doc`` is what ``--help``
+    prints above the yaml (default: this module's docstring)."""
+    return compose(RuntimeConfig, path, overrides, "runtime", "task=wipe checkpoint=RUN", doc=doc)

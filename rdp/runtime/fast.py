@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ import torch
 from bus.cli import UsageError, command
 from bus.clock import DEFAULT_SPIN_S, PhaseLock, RateKeeper
 from bus.message import Message
+from bus.node import log_to_stderr, node_args, serve
 from bus.sched import current_policy, set_fifo
 from bus.transport import Client, Publisher, Subscriber
 from rdp.api import load_decoder
@@ -636,28 +636,24 @@ class FastNode:
 
 @command("rdp.runtime.fast")
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    cfg = load_config(node_args(argv), doc=__doc__)
+    log_to_stderr()
     # Before any socket exists, so ZeroMQ's I/O thread inherits the policy. Lockstep never sleeps between ticks.
     sched = set_fifo(cfg.fast.rt_priority if cfg.mode == "realtime" else 0)
     if cfg.fast.rt_priority and sched.note:
         log.warning("fast.rt_priority=%d: %s", cfg.fast.rt_priority, sched.note)
     node = FastNode(cfg)
-    signal.signal(signal.SIGINT, node.stop)
-    signal.signal(signal.SIGTERM, node.stop)
-    results: list[dict[str, Any]] = []
-    try:
-        emit({"event": "ready", "node": "fast", "pid": os.getpid(), "chunk": node.chunks.address, **sched.record()})
-        try:
-            results = node.run()
-        except Stopped:
-            pass
-    finally:
+
+    def _close() -> None:
         if cfg.out:
             node.write_trace(Path(cfg.out))
         node.close()
-        emit({**node.stats("exit"), "episodes": len(results), "cmd_digest": node.digest.hexdigest()})
-    return 0
+
+    def _exit(results: list[dict[str, Any]] | None) -> dict[str, Any]:
+        return {**node.stats("exit"), "episodes": len(results or []), "cmd_digest": node.digest.hexdigest()}
+
+    return serve(node, lambda: {"event": "ready", "node": "fast", "pid": os.getpid(), "chunk": node.chunks.address,
+                                **sched.record()}, _exit, stopped=(Stopped,), close=_close)
 
 
 if __name__ == "__main__":

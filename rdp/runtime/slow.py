@@ -32,6 +32,8 @@ import torch
 
 from bus.cli import UsageError, command
 from bus.message import Message
+from bus.node import log_to_stderr, node_args
+from bus.node import serve as run_node
 from bus.transport import Publisher, Subscriber
 from rdp.api import load_planner
 from rdp.inference import UNUSABLE_OBSERVATION
@@ -229,29 +231,25 @@ class SlowNode:
 
 
 def serve(argv: Sequence[str] | None, node_class: type[SlowNode], **ready: Any) -> int:
-    """Run a slow node (or a subclass: the warm standby) as a process: config, signals, ready line, loop, exit record.
+    """Run a slow node (or a subclass: the warm standby) as a process (``bus.node.serve``); the ready line comes
+    after the warm-up.
 
     ``ready`` adds fields to the ready record. A node class with an ``activate`` method gets it as the SIGUSR1
     handler, installed before the ready line (the launcher signals only a standby that said it is ready)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = load_config(node_args(argv), doc=sys.modules[node_class.__module__].__doc__)
+    log_to_stderr()
     logging.getLogger("OpenGL").setLevel(logging.WARNING)  # imported with the sim adapters; its INFO line is noise
-    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     if cfg.slow.nice:
         os.nice(cfg.slow.nice)  # planning may wait a little; the fast loop and the robot must not
     node = node_class(cfg)
-    signal.signal(signal.SIGINT, node.stop)
-    signal.signal(signal.SIGTERM, node.stop)
-    if hasattr(node, "activate"):
-        signal.signal(signal.SIGUSR1, node.activate)
-    try:
+
+    def _ready() -> dict[str, Any]:
         warmup_ms = node.warm_up()
-        emit({"event": "ready", "node": "slow", **ready, "pid": os.getpid(), "chunk": cfg.addresses.chunk,
-              "chunk_shape": list(node.planner.plan_shape), "warmup_ms": round(warmup_ms, 1)})
-        node.run()
-    finally:
-        node.close()
-        emit(node.stats("exit"))
-    return 0
+        return {"event": "ready", "node": "slow", **ready, "pid": os.getpid(), "chunk": cfg.addresses.chunk,
+                "chunk_shape": list(node.planner.plan_shape), "warmup_ms": round(warmup_ms, 1)}
+
+    signals = {signal.SIGUSR1: node.activate} if hasattr(node, "activate") else {}
+    return run_node(node, _ready, lambda _: node.stats("exit"), signals=signals)
 
 
 @command("rdp.runtime.slow")

@@ -15,9 +15,8 @@ from bus.cli import (
     check_hydra_overrides,
     choose,
     command,
-    parse_key_values,
 )
-from bus.config import load_node_config
+from bus.config import compose, override
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,34 +100,6 @@ def test_choose_lists_the_valid_choices() -> None:
         choose("task", "nosuch", ("wipe", "peel", "lift"))
 
 
-@dataclass(frozen=True)
-class _Options:
-    tasks: tuple[str, ...] = ("wipe",)
-    episodes: int = 5
-    tolerance: float = 0.05
-    video: bool = True
-    limit: int | None = None
-    out: str = "x"
-
-    def __post_init__(self) -> None:
-        if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
-
-
-def test_key_values_are_typed_by_the_dataclass() -> None:
-    got = parse_key_values(_Options, ["tasks=wipe,peel", "episodes=3", "tolerance=0.1", "video=false",
-                                      "limit=null", "out=o"])
-    assert got == _Options(("wipe", "peel"), 3, 0.1, False, None, "o")
-    for argv, says in ((["episodes=abc"], "^episodes=abc: expected an integer$"),
-                       (["tolerance=x"], "^tolerance=x: expected a number$"),
-                       (["video=yes"], "^video=yes: expected true or false$"),
-                       (["runs=3"], "^runs=3: no such key 'runs'; the keys are episodes, limit, out, tasks, "),
-                       (["episodes"], "^episodes: expected key=value"),
-                       (["episodes=0"], "^episodes must be >= 1, got 0$")):
-        with pytest.raises(UsageError, match=says):
-            parse_key_values(_Options, argv)
-
-
 def _configs(tmp_path: Path) -> Path:
     (tmp_path / "task").mkdir()
     for name in ("wipe", "peel"):
@@ -183,26 +154,94 @@ class _NodeConfig:
             raise ValueError(f"episodes={self.episodes} must be >= 1")
 
 
-def test_node_config_errors_are_one_line_naming_key_value_and_type(tmp_path: Path) -> None:
+def test_compose_errors_are_one_line_naming_key_value_and_type(tmp_path: Path) -> None:
     path = tmp_path / "node.yaml"
     path.write_text("task: wipe\ninner:\n  hz: 20.0\n")
-    cfg = load_node_config(_NodeConfig, path, ["episodes=2", "inner.enabled=false"], "test", "episodes=2")
+    cfg = compose(_NodeConfig, path, ["episodes=2", "inner.enabled=false"], "test", "episodes=2")
     assert cfg.episodes == 2 and cfg.inner.hz == 20.0 and cfg.inner.enabled is False
     for overrides, says in (
         (["episodes=abc"], "^episodes=abc: expected an integer$"),
         (["inner.hz=fast"], "^inner.hz=fast: expected a number$"),
         (["inner.enabled=maybe"], "^inner.enabled=maybe: expected true or false$"),
-        (["latency_ms=abc"], r"^latency_ms=abc: expected a list, e.g. \[1,2\]$"),
+        (["latency_ms=abc"], r"^latency_ms=abc: expected a list of numbers, e.g. latency_ms=\[a,b\]$"),
+        (["latency_ms={a: 1}"], r"^latency_ms=\{a: 1\}: expected a list, e.g. \[1,2\]$"),
         (["nosuch=1"], "^nosuch=1: no such test config key; the keys are episodes, inner, latency_ms, task$"),
         (["inner.nosuch=1"], "^inner.nosuch=1: no such test config key; inner has enabled, hz$"),
         (["episodes"], r"^episodes: expected a key=value override \(e.g. episodes=2\)$"),
+        (["--episodes=2"], r"^--episodes=2: no such option"),
+        (["--verbose"], r"^--verbose: no such option; arguments are key=value overrides"),
+        (["episodes=[1,2"], r"^episodes=\[1,2: not a valid override"),
+        (["task=a,b"], r"^task=a,b: a comma makes a list, and task takes no list"),
+        (["+episodes=3"], r"^\+episodes=3: episodes is already in the test config"),
+        (["~episodes"], r"^~episodes: a key of the test config cannot be deleted"),
         (["episodes=0"], "^bad test config: episodes=0 must be >= 1$"),
     ):
         with pytest.raises(UsageError, match=says) as err:
-            load_node_config(_NodeConfig, path, overrides, "test", "episodes=2")
+            compose(_NodeConfig, path, overrides, "test", "episodes=2")
         assert "\n" not in str(err.value)
     path.write_text("task: wipe\ninner: [\n")
     with pytest.raises(UsageError, match=rf"^{path}:3:1: not valid YAML"):
-        load_node_config(_NodeConfig, path, [], "test", "episodes=2")
+        compose(_NodeConfig, path, [], "test", "episodes=2")
     with pytest.raises(FileNotFoundError):
-        load_node_config(_NodeConfig, tmp_path / "missing.yaml", [], "test", "episodes=2")
+        compose(_NodeConfig, tmp_path / "missing.yaml", [], "test", "episodes=2")
+
+
+def test_compose_reads_lists_groups_positionals_and_required_values(tmp_path: Path) -> None:
+    @dataclass
+    class _App:
+        data: str
+        tasks: list[str] = field(default_factory=list)
+        task: dict = field(default_factory=dict)
+        rate: float = 25.0
+
+    (tmp_path / "task").mkdir()
+    for name in ("wipe", "peel"):
+        (tmp_path / "task" / f"{name}.yaml").write_text(f"name: {name}\n")
+    path = tmp_path / "app.yaml"
+    path.write_text("defaults:\n  - task: wipe\n  - _self_\n\ndata: ???\ntasks: [wipe]\nrate: 25.0\n")
+    cfg = compose(_App, path, ["d", "task=peel", "tasks=wipe,peel"], "app", "data=D", positional=("data",))
+    assert (cfg.data, cfg.task, cfg.tasks) == ("d", {"name": "peel"}, ["wipe", "peel"])
+    assert compose(_App, path, ["data='a,b c'", "tasks=[peel]", "rate=1"], "app", "x").data == "a,b c"
+    assert compose(_App, path, ["data=x", "tasks=peel"], "app", "x").tasks == ["peel"]  # one name: a list of one
+    for argv, says in ((["data=x", "task=nosuch"], "^task=nosuch: no such task; choose one of peel, wipe$"),
+                       ([], r"^data=\.\.\. is required"),
+                       (["a", "b"], "^b: expected a key=value override .*only data may be given without a key")):
+        with pytest.raises(UsageError, match=says):
+            compose(_App, path, argv, "app", "data=D", positional=("data",))
+
+
+def test_compose_help_and_cfg_print_and_exit_0(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("task: wipe   # which task\n")
+
+    @command("tool")
+    def main(argv: list[str]) -> int:
+        compose(_NodeConfig, path, argv, "test", "episodes=2", doc="The tool.")
+        return 3
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The tool.") and "task: wipe   # which task" in out
+    assert main(["--cfg", "episodes=4"]) == 0
+    assert "episodes: 4" in capsys.readouterr().out
+    assert main(["episodes=4"]) == 3
+    assert main(["episodes=x"]) == 2
+    assert _one_line(capsys.readouterr().err, "tool") == "tool: error: episodes=x: expected an integer"
+
+
+@pytest.mark.parametrize("value", ["tcp://127.0.0.1:*", "/a b/c,d", "it's", "5", "true", "null", "", "x=y", "[a]",
+                                   "back\\slash\\", "~/x", 3, 2.5, True, None, ["a,b", 1]])
+def test_override_reads_back_as_the_same_value(value: object) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert OverridesParser.create().parse_override(override("k", value)).value() == value
+
+
+def test_real_node_configs_compose() -> None:
+    from rdp.runtime.config import load_config as runtime_config
+    from sim.node import load_config as robot_config
+    from teleop.collect import load_config as collect_config
+
+    assert robot_config(["addresses.pub=tcp://127.0.0.1:*"]).addresses.pub == "tcp://127.0.0.1:*"
+    assert runtime_config(["task=lift"]).task == "lift"
+    assert collect_config(["out=d", "lockstep_teleop=['loop_hz=250']"]).lockstep_teleop == ["loop_hz=250"]

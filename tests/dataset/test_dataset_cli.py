@@ -74,7 +74,7 @@ def test_build_zero_order_hold_exact_on_ramps(tmp_path: Path, capsys) -> None:
         "tcp_pose": _ramp(64, 100, start=0.125, width=7),  # starts last: t0 = 0.125
         "scene_rgb": (np.arange(40) / 20, frames),
     })
-    code, lines, err = _run(capsys, "build", str(src), "--rate", "32", "--out", str(out))
+    code, lines, err = _run(capsys, "build", str(src), "rate=32", "out=" + str(out))
     assert code == 0, err
     ep = load_training_episode(out / "episode_000000.npz")
     t0, t_end = 0.125, min(511 / 256, 0.125 + 99 / 64, 39 / 20)
@@ -100,7 +100,7 @@ def test_build_pools_several_recordings(tmp_path: Path, capsys) -> None:
         for off in offsets:
             t, v = _ramp(64, 64)
             _record(root, {"tcp_pos": (t, v + off), "wrench": _ramp(128, 128, width=6)})
-    code, lines, err = _run(capsys, "build", str(a), str(b), "--rate", "32", "--out", str(out))
+    code, lines, err = _run(capsys, "build", str(a), str(b), "rate=32", "out=" + str(out))
     assert code == 0, err
     summary = json.loads((out / "dataset.json").read_text())
     assert [e["file"] for e in summary["episodes"]] == [f"episode_{k:06d}.npz" for k in range(3)]
@@ -108,7 +108,7 @@ def test_build_pools_several_recordings(tmp_path: Path, capsys) -> None:
     assert summary["source"] == [str(a.resolve()), str(b.resolve())]
     firsts = [load_training_episode(out / e["file"])["tcp_pos"][0, 0] for e in summary["episodes"]]
     assert firsts == [0.0, 10.0, 20.0]
-    code, _, err = _run(capsys, "build", str(a), str(a), "--rate", "32", "--out", str(tmp_path / "twice"))
+    code, _, err = _run(capsys, "build", str(a), str(a), "rate=32", "out=" + str(tmp_path / "twice"))
     assert code == 2 and "named twice" in err and not (tmp_path / "twice").exists()
 
 
@@ -116,20 +116,20 @@ def test_build_refuses_empty_dataset(tmp_path: Path, capsys) -> None:
     rec = EpisodeRecorder(tmp_path / "src")
     rec.begin({"task": "ramp"})
     rec.abort()
-    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o"))
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "rate=24", "out=" + str(tmp_path / "o"))
     assert code == 2 and "empty dataset" in err and not (tmp_path / "o").exists()
 
 
 def test_build_refuses_mis_rated_stream(tmp_path: Path, capsys) -> None:
     _record(tmp_path / "src", {"wrench": _ramp(200, 400, width=6), "slow_cam": _ramp(8, 16)})
-    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o"))
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "rate=24", "out=" + str(tmp_path / "o"))
     assert code == 2 and "'slow_cam' is mis-rated" in err and "8 Hz" in err and not (tmp_path / "o").exists()
     assert not list(tmp_path.glob(".o.building-*"))
     # 12 Hz is within 2x of 24 Hz; dropping the slow stream also works
-    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "16", "--out", str(tmp_path / "o16"))
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "rate=16", "out=" + str(tmp_path / "o16"))
     assert code == 0, err
-    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "--rate", "24", "--out", str(tmp_path / "o24"),
-                        "--streams", "wrench")
+    code, _, err = _run(capsys, "build", str(tmp_path / "src"), "rate=24", "out=" + str(tmp_path / "o24"),
+                        "streams=[wrench]")
     assert code == 0, err
 
 
@@ -137,7 +137,7 @@ def test_build_refuses_zero_length_episode(tmp_path: Path, capsys) -> None:
     src = tmp_path / "src"
     _record(src, {"wrench": _ramp(200, 400, width=6)})
     _record(src, {"wrench": _ramp(200, 1, width=6)})  # a single sample: no time span
-    code, _, err = _run(capsys, "build", str(src), "--rate", "24", "--out", str(tmp_path / "o"))
+    code, _, err = _run(capsys, "build", str(src), "rate=24", "out=" + str(tmp_path / "o"))
     assert code == 2 and "episode_000001: episode of zero length" in err and not (tmp_path / "o").exists()
     assert len(list_episodes(src)) == 2
 
@@ -152,7 +152,7 @@ def test_a_damaged_meta_json_is_refused_in_one_line(damage, says: str, tmp_path:
     meta = json.loads((episode / "meta.json").read_text())
     damage(meta)
     (episode / "meta.json").write_text(json.dumps(meta))
-    for argv in (("info", str(tmp_path)), ("build", str(tmp_path), "--rate", "50", "--out", str(tmp_path / "o"))):
+    for argv in (("info", str(tmp_path)), ("build", str(tmp_path), "rate=50", "out=" + str(tmp_path / "o"))):
         code, _, err = _run(capsys, *argv)
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         damaged = f"{episode / 'meta.json'}: {says}; the file is damaged (run `verify`)"
@@ -162,9 +162,12 @@ def test_a_damaged_meta_json_is_refused_in_one_line(damage, says: str, tmp_path:
 
 
 def test_bad_arguments_are_one_line(tmp_path: Path, capsys) -> None:
-    code, _, err = _run(capsys, "build", str(tmp_path), "--rate", "abc", "--out", str(tmp_path / "o"))
-    assert code == 2 and err.strip() == ("dataset: error: argument --rate: invalid float value: 'abc' (see "
-                                         "python -m dataset build --help)")
+    code, _, err = _run(capsys, "build", str(tmp_path), "rate=abc", "out=" + str(tmp_path / "o"))
+    assert code == 2 and err.strip() == "dataset: error: rate=abc: expected a number"
+    code, _, err = _run(capsys, "export", str(tmp_path), "format=nosuch", "out=" + str(tmp_path / "o"))
+    assert code == 2 and err.strip() == "dataset: error: format=nosuch: no such export format; choose one of lerobot"
+    code, _, err = _run(capsys, "nosuch", str(tmp_path))
+    assert code == 2 and err.strip().startswith("dataset: error: command=nosuch: no such dataset command; choose one")
     code, _, err = _run(capsys, "info", str(tmp_path / "missing"))
     assert code == 2 and err.strip() == f"dataset: error: {tmp_path / 'missing'}: not a directory"
 

@@ -37,7 +37,7 @@ def test_viz_writes_a_video_of_the_episode(tmp_path: Path, capsys, cameras: bool
     record(tmp_path / "d", 0.5, cameras=False)
     record(tmp_path / "d", 2.0, cameras=cameras)
     out = tmp_path / "ep1.mp4"
-    assert main(["viz", str(tmp_path / "d"), "--episode", "1", "--out", str(out), "--fps", "20"]) == 0
+    assert main(["viz", str(tmp_path / "d"), "episode=1", f"out={out}", "fps=20"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["out"] == str(out) and summary["episode"] == "episode_000001"
     assert summary["frames"] == 41  # 2 s at 20 fps, both ends included
@@ -52,5 +52,5 @@ def test_viz_writes_a_video_of_the_episode(tmp_path: Path, capsys, cameras: bool
 
 def test_viz_refuses_a_missing_episode(tmp_path: Path, capsys) -> None:
     record(tmp_path / "d", 0.2, cameras=False)
-    assert main(["viz", str(tmp_path / "d"), "--episode", "3"]) == 2
+    assert main(["viz", str(tmp_path / "d"), "episode=3"]) == 2
     assert "episodes 0..0" in capsys.readouterr().err

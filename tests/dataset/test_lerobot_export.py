@@ -53,7 +53,7 @@ def record(root: Path, seconds: float, task: str = "wipe", cameras: bool = True,
 
 
 def export(capsys: pytest.CaptureFixture[str], src: Path, out: Path, *extra: str) -> dict:
-    code = main(["export", str(src), "--format", "lerobot", "--out", str(out), *extra])
+    code = main(["export", str(src), "format=lerobot", f"out={out}", *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out.strip().splitlines()[-1])
@@ -75,7 +75,7 @@ def dataset(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("fps", [None, 10])
 def test_export_follows_the_v3_schema(dataset: Path, tmp_path: Path, capsys, fps: int | None) -> None:
     out = tmp_path / f"lerobot{fps}"
-    summary = export(capsys, dataset, out, *(["--fps", str(fps)] if fps else []))
+    summary = export(capsys, dataset, out, *([f"fps={fps}"] if fps else []))
     fps = fps or TRAINING_RATE_HZ
     view = read_lerobot(out)  # every schema rule, see lerobot_schema
     assert view.fps == fps == summary["fps"] and view.tasks == {"wipe": 0}
@@ -103,7 +103,7 @@ def test_export_follows_the_v3_schema(dataset: Path, tmp_path: Path, capsys, fps
 
 def test_one_wide_streams_are_scalar_columns(dataset: Path, tmp_path: Path, capsys) -> None:
     """LeRobot reads a shape-[1] feature as ``datasets.Value``: a list column of one value fails to load."""
-    export(capsys, dataset, tmp_path / "out", "--state", "tcp_pos")
+    export(capsys, dataset, tmp_path / "out", "state=[tcp_pos]")
     schema = pq.read_schema(tmp_path / "out" / "data" / "chunk-000" / "file-000.parquet")
     for name in ("observation.gripper_width", "observation.robot_held", "timestamp", "index"):
         assert pa.types.is_primitive(schema.field(name).type), (name, schema.field(name).type)
@@ -164,16 +164,16 @@ def test_streams_option_and_one_sample_streams(tmp_path: Path, capsys) -> None:
     summary = export(capsys, root, tmp_path / "all")
     assert set(summary["skipped_streams"]) == {"outcome_score", "depth"}
     assert "observation.outcome_score" not in summary["features"] and "observation.depth" not in summary["features"]
-    summary = export(capsys, root, tmp_path / "some", "--streams", "wrench,scene_rgb")
+    summary = export(capsys, root, tmp_path / "some", "streams=[wrench,scene_rgb]")
     assert set(summary["features"]) == {"observation.state", "action", "observation.wrench",
                                         "observation.images.scene_rgb", "timestamp", "frame_index",
                                         "episode_index", "index", "task_index"}
     read_lerobot(tmp_path / "some")
-    base = ["export", str(root), "--format", "lerobot"]
-    assert "1 sample(s)" in refused(capsys, *base, "--out", str(tmp_path / "o1"), "--streams", "outcome_score")
-    assert "only RGB" in refused(capsys, *base, "--out", str(tmp_path / "o4"), "--streams", "depth")
-    assert "not recorded" in refused(capsys, *base, "--out", str(tmp_path / "o2"), "--streams", "joystick")
-    assert "not recorded" in refused(capsys, *base, "--out", str(tmp_path / "o3"), "--state", "tcp_quat")
+    base = ["export", str(root), "format=lerobot"]
+    assert "1 sample(s)" in refused(capsys, *base, "out=" + str(tmp_path / "o1"), "streams=[outcome_score]")
+    assert "only RGB" in refused(capsys, *base, "out=" + str(tmp_path / "o4"), "streams=[depth]")
+    assert "not recorded" in refused(capsys, *base, "out=" + str(tmp_path / "o2"), "streams=[joystick]")
+    assert "not recorded" in refused(capsys, *base, "out=" + str(tmp_path / "o3"), "state=[tcp_quat]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all", "demo", "some"]
 
 
@@ -186,11 +186,11 @@ def test_export_without_cameras_has_no_videos(tmp_path: Path, capsys) -> None:
 
 
 def test_export_refusals_leave_nothing_behind(dataset: Path, tmp_path: Path, capsys) -> None:
-    base = ["export", str(dataset), "--format", "lerobot", "--out"]
+    base = ["export", str(dataset), "format=lerobot"]
     (tmp_path / "taken").mkdir()
-    assert "already exists" in refused(capsys, *base, str(tmp_path / "taken"))
-    assert "not recorded" in refused(capsys, *base, str(tmp_path / "o1"), "--action", "joystick")
-    assert "positive integer" in refused(capsys, *base, str(tmp_path / "o2"), "--fps", "0")
+    assert "already exists" in refused(capsys, *base, "out=" + str(tmp_path / "taken"))
+    assert "not recorded" in refused(capsys, *base, "out=" + str(tmp_path / "o1"), "action=joystick")
+    assert "positive integer" in refused(capsys, *base, "out=" + str(tmp_path / "o2"), "fps=0")
     record(dataset, 0.5, pads=3)  # a third episode with another tactile shape
-    assert "first episode's" in refused(capsys, *base, str(tmp_path / "o3"))
+    assert "first episode's" in refused(capsys, *base, "out=" + str(tmp_path / "o3"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "taken"]  # no partial exports

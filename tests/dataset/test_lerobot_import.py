@@ -21,7 +21,7 @@ from dataset.lerobot_import import RDP_TRAINING_STREAMS
 
 
 def import_(capsys: pytest.CaptureFixture[str], src: Path, out: Path, *extra: str) -> dict:
-    code = main(["import", "--format", "lerobot", str(src), str(out), *extra])
+    code = main(["import", "format=lerobot", str(src), str(out), *extra])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out.strip().splitlines()[-1])
@@ -136,7 +136,7 @@ def _png(image: np.ndarray) -> bytes:
 
 def test_import_a_foreign_dataset_by_feature_names(tmp_path: Path, capsys) -> None:
     src = foreign_dataset(tmp_path / "foreign")
-    summary = import_(capsys, src, tmp_path / "back", "--require", "")
+    summary = import_(capsys, src, tmp_path / "back", "require=[]")
     assert {n: tuple(s["shape"]) for n, s in summary["streams"].items()} == {
         "state": (2,), "next_reward": (1,), "top": (8, 10, 3)}
     assert "language_instruction" in summary["skipped"] and "train with rate_hz" in summary["notes"][-1]
@@ -149,14 +149,14 @@ def test_import_a_foreign_dataset_by_feature_names(tmp_path: Path, capsys) -> No
 
 
 def test_import_refusals_name_the_problem_and_leave_nothing(tmp_path: Path, capsys) -> None:
-    base = ["import", "--format", "lerobot"]
+    base = ["import", "format=lerobot"]
     src = foreign_dataset(tmp_path / "foreign")
     err = refused(capsys, *base, str(src), str(tmp_path / "o1"))
     assert "lacks streams ['action', 'gripper_width', 'marker_offset', 'tcp_pos', 'tcp_quat', 'wrench']" in err
     assert "rdp.train needs" in err and "marker field" in err and "forward kinematics" in err
-    assert "['x']" in refused(capsys, *base, str(src), str(tmp_path / "o2"), "--require", "state,x")
+    assert "['x']" in refused(capsys, *base, str(src), str(tmp_path / "o2"), "require=[state,x]")
     off = foreign_dataset(tmp_path / "off", timestamps_off=True)
-    assert "is not 0 / 30" in refused(capsys, *base, str(off), str(tmp_path / "o3"), "--require", "")
+    assert "is not 0 / 30" in refused(capsys, *base, str(off), str(tmp_path / "o3"), "require=[]")
     (tmp_path / "notlerobot").mkdir()
     assert "no meta/info.json" in refused(capsys, *base, str(tmp_path / "notlerobot"), str(tmp_path / "o4"))
     old = foreign_dataset(tmp_path / "old")
@@ -177,5 +177,5 @@ def test_a_short_video_is_refused(exported: tuple[Path, Path], tmp_path: Path, c
     with imageio.get_writer(video, fps=TRAINING_RATE_HZ, codec="libx264", macro_block_size=1) as writer:
         for f in frames:
             writer.append_data(f)
-    err = refused(capsys, "import", "--format", "lerobot", str(copy), str(tmp_path / "back"))
+    err = refused(capsys, "import", "format=lerobot", str(copy), str(tmp_path / "back"))
     assert "ends at frame 20" in err and not (tmp_path / "back").exists()

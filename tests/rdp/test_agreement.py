@@ -51,8 +51,9 @@ def test_compare_task_refuses_runs_over_different_seeds() -> None:
 
 
 def test_parse_args_names_what_is_wrong() -> None:
-    assert parse_args(["tasks=peel", "realtime_runs=5"]) == AgreementConfig(tasks=("peel",), realtime_runs=5)
-    for bad, says in ((["runs=3"], "runs=3: no such key"), (["episodes=x"], "episodes=x: expected an integer"),
+    assert parse_args(["tasks=peel", "realtime_runs=5"]) == AgreementConfig(tasks=["peel"], realtime_runs=5)
+    for bad, says in ((["runs=3"], "runs=3: no such agreement config key"),
+                      (["episodes=x"], "episodes=x: expected an integer"),
                       (["realtime_runs=0"], "realtime_runs >= 1"), (["tolerance=5"], "tolerance=5"),
                       (["tasks=juggle"], "tasks=juggle: no such task; choose one of lift, peel, wipe")):
         with pytest.raises(UsageError, match=says):

@@ -73,14 +73,14 @@ def _fresh_stats(child: Child) -> dict:
     """A stats record printed after this call (older queued lines are skipped)."""
     while not child.lines.empty():
         child.lines.get_nowait()
-    return child.next_event("stats", timeout=60.0)
+    return child.wait_event("stats", timeout=60.0)
 
 
 def _fast_stats_until(fast: Child, predicate, timeout: float = 120.0) -> dict:
     end = time.monotonic() + timeout
     last = None
     while time.monotonic() < end:
-        last = fast.next_event("stats", timeout=max(0.1, end - time.monotonic()))
+        last = fast.wait_event("stats", timeout=max(0.1, end - time.monotonic()))
         if predicate(last):
             return last
     raise AssertionError(f"fast node stats never satisfied the condition; last {last}")

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,10 @@ def test_unknown_task_name_lists_valid_ones(tmp_path):
     (["episodes=abc"], "episodes=abc: expected an integer (the default is 50)"),
     (["episodes=0"], "episodes=0: expected an integer >= 1"),
     (["perturb=maybe"], "perturb=maybe: expected true or false (the default is true)"),
-    (["nosuchkey=1"], "nosuchkey=1: no such key; the keys are episodes, out, perturb, policy, seed, sensors, task"),
+    (["nosuchkey=1"], "nosuchkey=1: no such key; the keys are episodes, jobs, launcher, out, perturb, policy, "
+                      "ray_address, seed, sensors, task, video"),
+    (["launcher=slurm"], "launcher=slurm: no such launcher; choose one of local, ray"),
+    (["jobs=0"], "jobs=0: expected an integer >= 1"),
     (["task.perturbations=[nosuch]"], "no such wipe perturbation nosuch; choose from raise, lower"),
     (["policy=rdp", "policy.handover=x"], "handover=x: no such hand-over; choose one of latest, rtc"),
     (["policy=rdp", "policy.checkpoint=/nonexistent/run"], "/nonexistent/run: no such directory; a training run"),
@@ -86,3 +90,38 @@ def test_touch_matters_on_the_same_seeds(task, tmp_path):
     pos = evaluate(make_policy=lambda: make_expert(task, False), policy_name="expert_noforce", **common)
     assert ff["success_rate"] >= 0.75
     assert pos["success_rate"] <= ff["success_rate"] - 0.5
+
+
+def _eval_in_process(out: Path, *argv: str) -> dict[str, Any]:
+    """``python -m sim.eval`` in this process (``main``), hydra's run directory kept under ``out``."""
+    assert main(["task=wipe", "policy=expert_noforce", "episodes=3", "seed=3", "video=false", f"out={out}",
+                 f"hydra.run.dir={out}", *argv]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result.pop("run_dir") == str(out)
+    return result
+
+
+def test_jobs_splits_the_seeds_into_shards_and_merges_the_sequential_results(tmp_path: Path, capsys) -> None:
+    """Three episodes as shards of seeds 3-4 and 5, each its own process: the same results.json as one process
+    (every per-episode row, the rates, the per-perturbation summary), and the first episode's plot."""
+    sequential = _eval_in_process(tmp_path / "one")
+    sharded = _eval_in_process(tmp_path / "two", "jobs=2")
+    assert [r["seed"] for r in sharded["episodes_detail"]] == [3, 4, 5]
+    assert sharded == sequential
+    assert (tmp_path / "two" / "force.png").stat().st_size > 10_000 and not (tmp_path / "two" / "shards").exists()
+    err = capsys.readouterr().err
+    assert "seeds 3-4 ok in" in err and "seed 5 ok in" in err
+
+
+def test_a_failed_shard_fails_the_run_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("SLOWFAST_DEBUG", raising=False)
+    code = main(["policy=rdp", "policy.checkpoint=/nonexistent/run", "episodes=2", "jobs=2", "video=false",
+                 f"out={tmp_path}", f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("sim.eval: error: /nonexistent/run: no such directory"), err
+    assert "2 of 2 shards failed" in err and not (tmp_path / "results.json").exists()
+
+
+def test_jobs_on_ray_gives_the_sequential_results(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    assert _eval_in_process(tmp_path / "ray", "jobs=2", "launcher=ray") == _eval_in_process(tmp_path / "one")

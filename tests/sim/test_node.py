@@ -384,6 +384,7 @@ def test_single_node_ticks_and_the_applied_stream(tmp_path):
 def test_camera_worker_renders_a_snapshot_off_the_loop_and_never_makes_it_wait() -> None:
     """The realtime node's render thread: the frames show the state as it was submitted (the same pixels as
     rendering it in the loop) although the loop stepped on meanwhile; a submit while it renders is refused."""
+    from sim.mujoco_robot import MujocoRobot
     from sim.node import CameraWorker
     from sim.registry import make_env
 
@@ -391,14 +392,15 @@ def test_camera_worker_renders_a_snapshot_off_the_loop_and_never_makes_it_wait()
     env.reset(seed=0)
     try:
         names = {"scene_rgb": "scene_cam", "wrist_rgb": env.task.arms[0].prefix + "wrist_cam"}
+        assert MujocoRobot(env, 2).cameras == names
         for _ in range(5):
             env.step(env.action_space.sample() * 0)
         want = {key: env.render_camera(camera, 64) for key, camera in names.items()}
-        worker = CameraWorker(env.model, names, 64)
+        worker = CameraWorker(lambda: MujocoRobot(env, 2).open_cameras(64))
         try:
             assert worker.take() is None
-            assert worker.submit(env.data, "episode-3", env.time)
-            assert not worker.submit(env.data, "episode-3", env.time)  # still rendering: refused, not queued
+            assert worker.submit("episode-3", env.time)
+            assert not worker.submit("episode-3", env.time)  # still rendering: refused, not queued
             t_submitted = env.time
             for _ in range(20):  # the loop goes on; the snapshot is the worker's own
                 env.step(env.action_space.sample())
@@ -412,7 +414,7 @@ def test_camera_worker_renders_a_snapshot_off_the_loop_and_never_makes_it_wait()
                 assert frames[key].shape == (64, 64, 3) and frames[key].dtype == np.uint8
                 np.testing.assert_array_equal(frames[key], want[key])
             assert worker.take() is None  # handed over once
-            assert worker.submit(env.data, "episode-3", env.time)  # free again
+            assert worker.submit("episode-3", env.time)  # free again
         finally:
             worker.close()
         assert not worker._thread.is_alive()
@@ -434,7 +436,7 @@ def test_realtime_node_publishes_finished_frames_of_its_own_episode_only() -> No
         def take(self):
             return self.results.pop(0) if self.results else None
 
-        def submit(self, data, tag, sim_time) -> bool:
+        def submit(self, tag, sim_time) -> bool:
             if self.busy:
                 return False
             self.submitted.append((tag, sim_time))
@@ -461,7 +463,7 @@ def test_realtime_node_publishes_finished_frames_of_its_own_episode_only() -> No
         frame = {"scene_rgb": np.zeros((4, 4, 3), np.uint8)}
         node.camera_worker.results = [(3, 1.25, frame)]  # rendered before the reset into episode 4
         node._cameras_tick()
-        assert node.pub.sent == [] and node.camera_worker.submitted == [(4, node.env.time)]
+        assert node.pub.sent == [] and node.camera_worker.submitted == [(4, node.robot.time)]
         node.camera_worker.results = [(4, 1.5, frame)]
         node.camera_worker.busy = True
         node._cameras_tick()

@@ -79,10 +79,51 @@ def test_command_line_parses_overrides_and_prints_json(tmp_path, capsys) -> None
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["episodes=2"], "out=DIR is required"), (["out=x", "episodes=two"], "episodes=two: expected an integer"),
-     (["out=x", "cameras=yes"], "cameras=yes: expected true or false"), (["out=x", "speed=3"], "no such key"),
-     (["out=x", "episodes=0"], "episodes must be >= 1")],
+     (["out=x", "cameras=maybe"], "cameras=maybe: expected true or false"),
+     (["out=x", "speed=3"], "speed=3: no such record_expert config key"),
+     (["out=x", "episodes=0"], "episodes must be >= 1"), (["out=x", "jobs=0"], "jobs=0: expected an integer >= 1"),
+     (["out=x", "launcher=slurm"], "launcher=slurm: no such launcher; choose one of local, ray")],
 )
 def test_bad_arguments_name_themselves(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_overrides(argv)
     assert main(argv) == 2
+
+
+def _streams(out) -> list[dict]:
+    """Every episode's meta (what the run decided) and streams (times and values), in episode order."""
+    episodes = []
+    for ep in list_episodes(out):
+        meta = read_meta(ep)
+        episodes.append({"name": ep.name, **{k: meta[k] for k in ("task", "seed", "success", "user")},
+                         **{name: load_stream(ep, name, meta) for name in meta["streams"]}})
+    return episodes
+
+
+def test_jobs_records_seed_shards_and_merges_them_into_the_sequential_recording(tmp_path, capsys) -> None:
+    """Three episodes as shards of seeds 5-6 and 7, each its own process, merged into one recording: the episodes of
+    the sequential run, in seed order, with equal streams; the shard folders are gone."""
+    common = dict(task="wipe", episodes=3, seed=5, max_steps=20, progress=False)
+    rows_one = record_expert_episodes(RecordConfig(out=str(tmp_path / "one"), **common))
+    rows_two = record_expert_episodes(RecordConfig(out=str(tmp_path / "two"), jobs=2, **common))
+    assert rows_two == rows_one
+    one, two = _streams(tmp_path / "one"), _streams(tmp_path / "two")
+    assert [e["seed"] for e in two] == [5, 6, 7] and [e["name"] for e in two] == [e["name"] for e in one]
+    for a, b in zip(one, two, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(a[key], tuple):  # (t, values) of a stream
+                np.testing.assert_array_equal(a[key][0], b[key][0])
+                np.testing.assert_array_equal(a[key][1], b[key][1])
+            else:
+                assert a[key] == b[key], key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    assert "seeds 5-6 ok in" in capsys.readouterr().err
+
+
+def test_a_sharded_recording_is_never_added_to_an_existing_one(tmp_path) -> None:
+    out = tmp_path / "demos"
+    (out / "episode_000000").mkdir(parents=True)
+    with pytest.raises(ValueError, match="already exists and is not empty"):
+        record_expert_episodes(RecordConfig(task="wipe", episodes=2, seed=0, out=str(out), jobs=2, progress=False))
+    assert [p.name for p in out.iterdir()] == ["episode_000000"]
