@@ -146,24 +146,33 @@ def choose(name: str, value: Any, choices: Iterable[Any], what: str | None = Non
 # ----------------------------------------------------------------------------------------------- hydra
 
 
+def parse_overrides(lines: Sequence[str]) -> list[Any]:
+    """Hydra's parse of each ``key=value`` override (its ``Override`` objects); one that hydra's grammar cannot
+    read raises a :class:`UsageError` naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(parser.parse_override(line))
+        except HydraException as exc:
+            raise UsageError(f"{line}: not a valid override ({one_line(exc).split(' See ')[0]})") from None
+    return parsed
+
+
 def check_hydra_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]) -> Any:
     """Compose ``config_name`` with ``overrides`` as hydra will, and raise a :class:`UsageError` naming the first
     bad override: a config group option that does not exist (listing those that do), a key the config does not
     have (listing those it has), a value whose type differs from the default's (``episodes=abc``), a value left
     ``???``, or an override hydra cannot parse. Returns the composed config (hydra's own node excluded)."""
     from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    parser = OverridesParser.create()
-    parsed = []
-    for line in overrides:
-        try:
-            parsed.append(parser.parse_override(line))
-        except HydraException as exc:
-            raise UsageError(f"{line}: not a valid override ({one_line(exc).split(' See ')[0]})") from None
+    parsed = parse_overrides(overrides)
     groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
     chosen = []
     for o in parsed:

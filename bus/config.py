@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bus.cli import EarlyExit, UsageError, choose, one_line
+from bus.cli import EarlyExit, UsageError, choose, one_line, parse_overrides
 from bus.resources import config_dir
 
 T = TypeVar("T")
@@ -125,18 +125,10 @@ def _override_lines(cls: type, args: Sequence[str], positional: Sequence[str], e
 
 
 def _compose_typed(cls: type[T], path: Path, lines: Sequence[str], what: str) -> T:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    parser = OverridesParser.create()
-    parsed = []
-    for line in lines:
-        try:
-            parsed.append(parser.parse_override(line))
-        except HydraException as exc:
-            raise UsageError(f"{line}: not a valid override ({one_line(exc).split(' See ')[0]})") from None
+    parsed = parse_overrides(lines)
     folder = path.parent
     groups = {p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("*.yaml"))}
     chosen = [o for o in parsed if o.key_or_group in groups and not isinstance(o.value(), dict)]
