@@ -87,4 +87,4 @@ $(LEROBOT_STAMP):
 	@touch $@
 
 check-lerobot: $(STAMP) $(LEROBOT_STAMP)
-	$(PY) -m benchmarks.check_lerobot --lerobot-python $(LEROBOT_PY)
+	$(PY) -m benchmarks.check_lerobot lerobot_python=$(LEROBOT_PY)

@@ -1,29 +1,55 @@
 """Behaviour fingerprint of the shipped checkpoints: does a code change alter what the robot is told to do?
 
-    python -m benchmarks.behaviour_digest --out F.json [--tasks wipe,peel,lift] [--runs rdp,dp,...]
-        [--digest-episodes 5] [--eval-episodes 20] [--eval-runs rdp]
-    python -m benchmarks.behaviour_digest --compare BEFORE.json AFTER.json
+    python -m benchmarks.behaviour_digest out=F.json [tasks=[wipe,peel,lift]] [runs=[rdp,dp,...]]
+        [digest_episodes=5] [eval_episodes=20] [eval_runs=[rdp]]
+    python -m benchmarks.behaviour_digest compare=[BEFORE.json,AFTER.json]
 
 For every shipped run (``checkpoints/<task>/<run>``) it runs the process graph in lockstep (``python -m rdp.run
 mode=lockstep``, seeds 0 .. N-1) and keeps the fast node's ``cmd_digest``, a hash of every command it sent, and each
-episode's outcome; for the ``--eval-runs`` it also keeps ``python -m sim.eval``'s per-episode outcomes. Lockstep is
-deterministic, so two code versions that drive the robot identically give equal digests; ``--compare`` prints every
+episode's outcome; for the ``eval_runs`` it also keeps ``python -m sim.eval``'s per-episode outcomes. Lockstep is
+deterministic, so two code versions that drive the robot identically give equal digests; ``compare`` prints every
 cell that differs and exits 1 if any does. Run it on both commits (a ``git worktree`` of the older one) with the
-same checkpoints. Resumable: cells already in ``--out`` are kept.
+same checkpoints. Resumable: cells already in ``out`` are kept.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from bus.cli import UsageError, command
+from bus.config import compose
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DigestConfig:
+    """``configs/benchmarks/behaviour_digest.yaml``."""
+
+    out: str | None = None  # the digest JSON to write (required unless compare is given)
+    compare: list[str] = field(default_factory=list)  # [BEFORE.json, AFTER.json]: compare two digests instead
+    tasks: list[str] = field(default_factory=lambda: ["wipe", "peel", "lift"])
+    runs: list[str] | None = None  # shipped runs; None: every one of the task
+    digest_episodes: int = 5
+    eval_episodes: int = 20
+    eval_runs: list[str] = field(default_factory=lambda: ["rdp"])  # runs whose sim.eval outcomes are kept
+
+    def __post_init__(self) -> None:
+        if self.compare and len(self.compare) != 2:
+            raise UsageError(f"compare=[{','.join(self.compare)}]: expected two files, compare=[BEFORE,AFTER]")
+        if not self.compare and not self.out:
+            raise UsageError("out=... is required (the digest file to write), or compare=[BEFORE,AFTER]")
+        if self.digest_episodes < 1 or self.eval_episodes < 1:
+            raise UsageError(f"digest_episodes={self.digest_episodes} and eval_episodes={self.eval_episodes} "
+                             "must be >= 1")
 
 
 def _last_json(text: str) -> dict:
@@ -92,31 +118,25 @@ def compare(a_path: Path, b_path: Path) -> int:
     return 1 if diffs else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.behaviour_digest", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path)
-    p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
-    p.add_argument("--tasks", default="wipe,peel,lift")
-    p.add_argument("--runs", default=None, help="comma-separated shipped runs (default: every one of the task)")
-    p.add_argument("--digest-episodes", type=int, default=5)
-    p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--eval-runs", default="rdp", help="runs whose sim.eval outcomes are kept ('' for none)")
-    args = p.parse_args(argv)
+@command("benchmarks.behaviour_digest")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(DigestConfig, "benchmarks/behaviour_digest", list(sys.argv[1:] if argv is None else argv),
+                   "behaviour_digest", "out=F.json tasks=[wipe]")
     if args.compare:
-        return compare(*args.compare)
-    if args.out is None:
-        p.error("--out is required (or --compare BEFORE AFTER)")
+        return compare(*map(Path, args.compare))
+    assert args.out is not None  # __post_init__: out or compare
+    out = Path(args.out)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip())
-    result = json.loads(args.out.read_text()) if args.out.is_file() else {"digest": {}, "eval": {}}
+    result = json.loads(out.read_text()) if out.is_file() else {"digest": {}, "eval": {}}
     result.update(commit=commit, dirty=dirty, digest_episodes=args.digest_episodes,
                   eval_episodes=args.eval_episodes)
-    eval_runs = [r for r in args.eval_runs.split(",") if r]
+    eval_runs = args.eval_runs
     with tempfile.TemporaryDirectory(prefix="behaviour-") as tmp:
         work = Path(tmp)
-        for task in args.tasks.split(","):
-            runs = args.runs.split(",") if args.runs else shipped_runs(task)
+        for task in args.tasks:
+            runs = args.runs or shipped_runs(task)
             cells = [("digest", task, r) for r in runs] + [("eval", task, r) for r in eval_runs if r in runs]
             for kind, t, run in cells:
                 key = f"{t}/{run}"
@@ -126,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
                 cell = (digest_cell(t, run, args.digest_episodes, work) if kind == "digest"
                         else eval_cell(t, run, args.eval_episodes, work))
                 result[kind][key] = cell
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(result, indent=1) + "\n")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result, indent=1) + "\n")
                 ok = sum(o[1] for o in cell["outcomes"])
                 print(f"{kind:6s} {key:18s} {ok}/{len(cell['outcomes'])} ok  {cell.get('cmd_digest', '')[:12]}"
                       f"  {time.monotonic() - t0:.0f} s", flush=True)
-    print(json.dumps({"out": str(args.out), "digest": len(result["digest"]), "eval": len(result["eval"])}))
+    print(json.dumps({"out": str(out), "digest": len(result["digest"]), "eval": len(result["eval"])}))
     return 0
 
 

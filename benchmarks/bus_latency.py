@@ -12,17 +12,16 @@ no header encode/decode) a subscriber subprocess is started and the parent publi
    processes spend in this phase (all their threads, ZeroMQ's I/O threads included) divided by the messages
    delivered is ``cpu_us_per_msg``: unlike messages/s it barely moves with other load on the machine.
 
-Each (size, implementation) case runs ``--rounds`` times, bus and raw alternating within a round so both see
+Each (size, implementation) case runs ``rounds`` times, bus and raw alternating within a round so both see
 the same background load (this machine is shared); the table shows per-case medians and the ratio is the
 median of the per-round bus/raw ratios.
 
-Prints a table, writes ``benchmarks/results/bus_latency.json`` and prints that JSON as the last line.
-Run: ``python -m benchmarks.bus_latency [--rounds 5]`` (about 8 s per round).
+Prints a table, writes ``benchmarks/results/bus_latency.json`` (``out``) and prints that JSON as the last line.
+Run: ``python -m benchmarks.bus_latency [rounds=5] [out=FILE]`` (about 8 s per round).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -30,6 +29,8 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +40,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import publish  # noqa: E402
+from bus.cli import UsageError, choose, command  # noqa: E402
 from bus.clock import RateKeeper, RealtimeClock  # noqa: E402
+from bus.config import compose, override  # noqa: E402
 from bus.message import Message, decode, encode  # noqa: E402
 from bus.transport import Publisher, Subscriber, bind_to_random_port  # noqa: E402
 from sensors.types import MARKER_COLS, MARKER_ROWS  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "bus_latency.json"
+
+@dataclass
+class BusLatencyConfig:
+    """``configs/benchmarks/bus_latency.yaml``."""
+
+    rounds: int = 5  # bus/raw pairs per size; medians are reported
+    out: str = "benchmarks/results/bus_latency.json"
+    role: str = "main"  # main: the benchmark; sub: the subscriber process it starts (with impl and address)
+    impl: str = "bus"
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        choose("role", self.role, ("main", "sub"), "role")
+        choose("impl", self.impl, ("bus", "raw"), "implementation")
+        if self.rounds < 1:
+            raise UsageError(f"rounds={self.rounds} must be >= 1")
 
 # (name, arrays) with shapes from the design: 2 pads x R C markers x 2-D offsets and 2 x 14 x 18 depth;
 # two 96 x 96 RGB cameras.
@@ -161,7 +179,7 @@ def run_case(impl: str, size: str) -> dict:
     sender = BusSender() if impl == "bus" else RawSender(size)
     arrays = make_arrays(size)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--role", "sub", "--impl", impl, "--address", sender.address],
+        [sys.executable, __file__, "role=sub", f"impl={impl}", override("address", sender.address)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     try:
@@ -230,16 +248,13 @@ def codec_cost_us(size: str, n: int = 3000) -> dict[str, float]:
     return {"encode_us": encode_us, "decode_us": decode_us}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["main", "sub"], default="main")
-    parser.add_argument("--impl", choices=["bus", "raw"], default="bus")
-    parser.add_argument("--address", default="")
-    parser.add_argument("--rounds", type=int, default=5, help="bus/raw pairs per size; medians are reported")
-    args = parser.parse_args()
+@command("benchmarks.bus_latency")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(BusLatencyConfig, "benchmarks/bus_latency", list(sys.argv[1:] if argv is None else argv),
+                   "bus_latency", "rounds=1")
     if args.role == "sub":
         run_subscriber(args.impl, args.address)
-        return
+        return 0
 
     t0 = time.monotonic()
     runs = []
@@ -295,9 +310,9 @@ def main() -> None:
         "cpu_per_msg_ratio_raw_over_bus": cpu_ratios,
         "wall_s": time.monotonic() - t0,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    publish(report, RESULTS)
+    publish(report, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

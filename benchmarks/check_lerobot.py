@@ -4,7 +4,7 @@ Our tests read exports with a reader of our own; this script asks LeRobot itself
 the project's (record, export, import, rdp) and a separate Python >= 3.12 venv with ``lerobot[dataset]==0.6.1``
 (the ``probe`` and ``write`` modes, which import only lerobot, torch and numpy). Steps:
 
-1. record ``--episodes`` scripted-expert episodes with cameras (``teleop.record_expert``) and export them
+1. record ``episodes`` scripted-expert episodes with cameras (``teleop.record_expert``) and export them
    (``dataset.lerobot``, default fps = the training rate), ``gripper_width`` as its own 1-wide (scalar) feature;
 2. ``probe``: ``LeRobotDataset(repo_id, root=EXPORT)`` -- every frame indexed and decoded (the default video backend,
    and pyav), values equal to the parquet's, scalar features as 0-d tensors, ``delta_timestamps`` on action, state
@@ -15,31 +15,53 @@ the project's (record, export, import, rdp) and a separate Python >= 3.12 venv w
    ``dataset.lerobot_import`` and loaded by ``rdp.data.load_episodes`` into training windows;
 4. the export imported back: every stream equals ``build``'s resampling of the recording at the export's fps.
 
-    python -m benchmarks.check_lerobot [--lerobot-python outputs/check-lerobot/venv/bin/python]
+    python -m benchmarks.check_lerobot [lerobot_python=outputs/check-lerobot/venv/bin/python] [episodes=3]
 
-Prints a summary; writes ``benchmarks/results/check_lerobot.json``; exits 1 when a check fails.
+Prints a summary; writes ``benchmarks/results/check_lerobot.json`` (``out``); exits 1 when a check fails. The lerobot
+venv's steps run as ``python -m benchmarks.check_lerobot probe|write root=DIR work=DIR`` (that venv has no hydra:
+these two read their ``key=value`` arguments themselves).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from bus.cli import UsageError, command
+from bus.config import compose
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = "local/slowfast_check"
+CHILD_MODES = ("probe", "write")
+
+
+@dataclass
+class CheckConfig:
+    """``configs/benchmarks/check_lerobot.yaml``."""
+
+    lerobot_python: str = "outputs/check-lerobot/venv/bin/python"  # the venv with lerobot[dataset]==0.6.1
+    work: str = "outputs/check-lerobot/run"  # recordings, exports and logs (emptied first)
+    out: str = "benchmarks/results/check_lerobot.json"
+    episodes: int = 3
+    max_steps: int = 150  # control steps per episode (50 Hz)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.max_steps < 1:
+            raise UsageError(f"episodes={self.episodes} and max_steps={self.max_steps} must be >= 1")
 
 
 # ----------------------------------------------------------------------------------------------- our side
 
 
-def run(args: argparse.Namespace) -> int:
-    """Steps 1-4 from the project's interpreter; the LeRobot steps in a child process of ``--lerobot-python``."""
+def run(args: CheckConfig) -> int:
+    """Steps 1-4 from the project's interpreter; the LeRobot steps in a child process of ``lerobot_python``."""
     import numpy as np
 
     from dataset.format import build_training_set, load_training_episode
@@ -48,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from rdp.data import load_episodes, make_windows
     from teleop.record_expert import RecordConfig, record_expert_episodes
 
-    work = Path(args.work)
+    work = Path(args.work).absolute()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     report: dict = {"lerobot_python": args.lerobot_python, "fps": TRAINING_RATE_HZ}
@@ -110,11 +132,12 @@ def _scale(work: Path, stream: str) -> float:
     return max(float(np.abs(load_stream(ep, stream)[1]).max(initial=0.0)) for ep in list_episodes(work / "demo"))
 
 
-def _child(args: argparse.Namespace, mode: str, root: Path, work: Path) -> dict:
+def _child(args: CheckConfig, mode: str, root: Path, work: Path) -> dict:
     """Run ``mode`` in the lerobot venv (offline, caches under ``work``); its last stdout line is JSON."""
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(work / "hf"),
                         "HF_LEROBOT_HOME": str(work / "hf_lerobot"), "PYTHONPATH": str(ROOT)}
-    cmd = [args.lerobot_python, "-m", "benchmarks.check_lerobot", mode, "--root", str(root), "--work", str(work)]
+    python = str(Path(args.lerobot_python).absolute())  # not resolve(): a venv's python is a symlink
+    cmd = [python, "-m", "benchmarks.check_lerobot", mode, f"root={root}", f"work={work}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     (work / f"{mode}.log").write_text(proc.stdout + proc.stderr)
     lines = proc.stdout.strip().splitlines()
@@ -313,21 +336,22 @@ def write_native(root: Path, work: Path) -> dict:
             "ok": len(back) == sum(lengths)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.check_lerobot", description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", default="run", choices=["run", "probe", "write"],
-                        help="run: everything (project interpreter); probe / write: the lerobot venv's steps")
-    parser.add_argument("--lerobot-python", default=str(ROOT / "outputs/check-lerobot/venv/bin/python"))
-    parser.add_argument("--work", default=str(ROOT / "outputs/check-lerobot/run"))
-    parser.add_argument("--root", default=None, help="probe / write: the LeRobot dataset directory")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/check_lerobot.json"))
-    parser.add_argument("--episodes", type=int, default=3)
-    parser.add_argument("--max-steps", type=int, default=150, help="control steps per episode (50 Hz)")
-    args = parser.parse_args(argv)
-    if args.mode == "run":
-        return run(args)
-    fn = probe if args.mode == "probe" else write_native
-    print(json.dumps(fn(Path(args.root), Path(args.work)), default=str))
+@command("benchmarks.check_lerobot")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] and args[0] in CHILD_MODES:
+        return _child_main(args[0], args[1:])
+    cfg = compose(CheckConfig, "benchmarks/check_lerobot", args, "check_lerobot", "episodes=2 max_steps=100")
+    return run(cfg)
+
+
+def _child_main(mode: str, args: Sequence[str]) -> int:
+    """``probe`` / ``write`` in the lerobot venv: ``root=DIR work=DIR``, read without hydra (that venv lacks it)."""
+    paths = dict(a.split("=", 1) for a in args if "=" in a)
+    if sorted(paths) != ["root", "work"] or len(args) != 2:
+        raise UsageError(f"{mode} takes root=DIR work=DIR, got {' '.join(args) or 'nothing'}")
+    fn = probe if mode == "probe" else write_native
+    print(json.dumps(fn(Path(paths["root"]), Path(paths["work"])), default=str))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Bad command lines against every command-line entry point: does each fail in one clear line?
 
-    python -m benchmarks.cli_errors [--only sim.eval,rdp.run] [--timeout 120]
+    python -m benchmarks.cli_errors [only=[sim.eval,rdp.run]] [timeout=120] [out=FILE]
 
 Builds its inputs in a temporary directory (a one-episode recorded dataset and damaged copies of it, copies of
 the shipped wipe checkpoint with a truncated ``run.json``, a ``run.json`` whose ``horizon`` / ``action_dim`` do not
@@ -9,13 +9,12 @@ that directory (``SLOWFAST_DEBUG`` unset) and records: the exit code, how many l
 a Python traceback appeared, and the first and last line it printed (stderr, or stdout when stderr is empty).
 
 A row is ``one-line`` when the command failed (exit code not 0) with exactly one stderr line and no traceback;
-``accepted`` when it exited 0 (a bad command line that ran); ``timeout`` when it ran past ``--timeout``. Prints the
+``accepted`` when it exited 0 (a bad command line that ran); ``timeout`` when it ran past ``timeout``. Prints the
 table; writes ``benchmarks/results/cli_errors.json``; the last stdout line is that JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -24,9 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.report import RESULTS_DIR, publish
+from benchmarks.report import publish
+from bus.cli import UsageError, command
+from bus.config import compose
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints" / "wipe" / "rdp"
@@ -84,12 +87,17 @@ CASES: list[tuple[str, list[str], str]] = [
     ("teleop.record_expert", ["episodes=two", "out=$T/rec"], "not a number"),
     ("teleop.operators", ["nosuch"], "unknown operator"),
     ("teleop.operators", ["scripted", "latency_ms=abc"], "not a list of numbers"),
-    ("sim.press_dataset", ["fit", "--episodes", "abc"], "not a number"),
+    ("sim.press_dataset", ["fit", "episodes=abc"], "not a number"),
+    ("sim.press_dataset", ["fit", "--episodes", "3"], "a flag instead of an override"),
     ("bus.keys", ["generate", "$T/a_file"], "a file where a directory belongs"),
+    ("bus.keys", ["nosuch", "$T/keys"], "unknown command"),
     ("sim.node", ["task=nosuch"], "unknown task"),
     ("sim.node", ["watchdog_ms=abc"], "not a number"),
     ("teleop.node", ["web.port=abc"], "not a number"),
     ("rdp.runtime.slow", ["task=wipe"], "no addresses"),
+    ("benchmarks.sim_speed", ["seconds=abc"], "not a number"),
+    ("benchmarks.fuzz_nodes", ["only=[nosuch]"], "unknown socket kind"),
+    ("benchmarks.teleop_modes", ["lockstep=$T/ds"], "a recording without collect.json"),
 ]
 
 
@@ -165,13 +173,28 @@ def _clip(line: str, limit: int = 400) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cli_errors", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated modules to run (default: all)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per command (default 120)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "cli_errors.json")
-    args = parser.parse_args(argv)
-    only = {m for m in args.only.split(",") if m}
+@dataclass
+class CliErrorsConfig:
+    """``configs/benchmarks/cli_errors.yaml``."""
+
+    only: list[str] = field(default_factory=list)  # modules to run; empty: all
+    timeout: float = 120.0  # seconds per command
+    out: str = "benchmarks/results/cli_errors.json"
+
+    def __post_init__(self) -> None:
+        modules = {module for module, _, _ in CASES}
+        unknown = sorted(set(self.only) - modules)
+        if unknown:
+            raise UsageError(f"only={unknown[0]}: no case for this module; choose from {', '.join(sorted(modules))}")
+        if self.timeout <= 0:
+            raise UsageError(f"timeout={self.timeout} must be > 0")
+
+
+@command("benchmarks.cli_errors")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(CliErrorsConfig, "benchmarks/cli_errors", list(sys.argv[1:] if argv is None else argv),
+                   "cli_errors", "only=[sim.eval,bus.keys] timeout=60")
+    only = set(args.only)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cli-errors-") as name:
         tmp = Path(name)
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} bad command lines: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())))
     report = {"benchmark": "cli_errors", "commands": len(rows), "verdicts": counts,
               "command": "python -m benchmarks.cli_errors", "cases": rows}
-    publish(report, args.out)
+    publish(report, Path(args.out))
     return 0
 
 

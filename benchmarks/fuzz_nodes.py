@@ -1,6 +1,6 @@
 """Hostile bytes on every socket kind of live nodes: nothing but counted rejects, no exits, streams keep flowing.
 
-    python -m benchmarks.fuzz_nodes [--messages 3000] [--seconds 3] [--seed 0] [--checkpoint RUN] [--only KIND,...]
+    python -m benchmarks.fuzz_nodes [messages=3000] [seconds=3] [seed=0] [checkpoint=RUN] [only=[KIND,...]]
 
 Each socket kind is fuzzed against freshly started real processes on random loopback ports:
 
@@ -14,7 +14,7 @@ Each socket kind is fuzzed against freshly started real processes on random loop
 * ``slow_obs``: the observation stream itself (the fake robot's PUB, which the slow node's and the fast node's
   observation SUBs read); rate = the slow node's plans per second.
 
-Per kind, ``--messages`` messages sent within ``--seconds``, mixing: random bytes (topic prefix kept so SUB filters
+Per kind, ``messages`` messages sent within ``seconds``, mixing: random bytes (topic prefix kept so SUB filters
 pass), structured-hostile headers (a valid header with one field made hostile: shapes with huge / zero / negative /
 bool / float dims, wrong dtypes, duplicate or non-str names, meta with ints beyond int64, nested or binary values,
 wrong version / stamp / seq / topic, keys dropped, added or reordered), mutations of valid messages (bit flips,
@@ -31,12 +31,12 @@ counters), rate before (2 s) / during (the fuzz) / after (2 s from 0.5 s after t
 3 s; ticks: 50 round trips each), the fuzzer's disconnects and whether it reconnected, and whether a valid input is
 still obeyed afterwards (the TCP moves toward a command; the fast node adopts the slow node's chunks; the slow node
 plans). Rates are wall-clock counts on a shared machine (the JSON keeps the load average): they show that streams
-flow, not how fast. Prints a table; writes benchmarks/results/fuzz_nodes.json; the last stdout line is that JSON.
+flow, not how fast. Prints a table; writes benchmarks/results/fuzz_nodes.json (``out``); the last stdout line is that
+JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import math
@@ -47,7 +47,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,9 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from benchmarks.report import RESULTS_DIR, publish
+from benchmarks.report import publish
+from bus.cli import UsageError, choose, command
+from bus.config import compose
 from bus.message import ALLOWED_DTYPES, Message, encode
 from bus.transport import Client, Publisher, Subscriber, recv_frame_limit
 from rdp.runtime.process import Child, robot_node_args
@@ -826,18 +829,29 @@ def _exits(stopped: dict[str, dict[str, Any]]) -> dict[str, Any]:
 KINDS = ("robot_cmd", "robot_tick", "teleop_operator", "fast_chunk", "slow_obs")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=3000, help="hostile messages per socket kind")
-    ap.add_argument("--seconds", type=float, default=3.0, help="the fuzz of one socket kind is spread over this")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--checkpoint", default=None, help="a training run for the fast/slow nodes; default: a tiny one")
-    ap.add_argument("--only", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
-    args = ap.parse_args()
-    chosen = [k.strip() for k in args.only.split(",") if k.strip()]
-    unknown = sorted(set(chosen) - set(KINDS))
-    if unknown:
-        raise SystemExit(f"--only: unknown {unknown}; choose from {list(KINDS)}")
+@dataclass
+class FuzzConfig:
+    """``configs/benchmarks/fuzz_nodes.yaml``."""
+
+    messages: int = 3000  # hostile messages per socket kind
+    seconds: float = 3.0  # the fuzz of one socket kind is spread over this
+    seed: int = 0
+    checkpoint: str | None = None  # a training run for the fast/slow nodes; None: a tiny one, trained first
+    only: list[str] = field(default_factory=lambda: list(KINDS))  # the socket kinds to fuzz
+    out: str = "benchmarks/results/fuzz_nodes.json"
+
+    def __post_init__(self) -> None:
+        if self.messages < 1 or self.seconds <= 0:
+            raise UsageError(f"messages={self.messages} must be >= 1 and seconds={self.seconds} > 0")
+        for kind in self.only:
+            choose("only", kind, KINDS, "socket kind")
+
+
+@command("benchmarks.fuzz_nodes")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(FuzzConfig, "benchmarks/fuzz_nodes", list(sys.argv[1:] if argv is None else argv), "fuzz_nodes",
+                   "messages=300 seconds=1 only=[robot_cmd]")
+    chosen = args.only
     os.environ.setdefault("MUJOCO_GL", "egl")
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-nodes-"))
     started = time.monotonic()
@@ -867,7 +881,8 @@ def main() -> None:
         "zmq": zmq.zmq_version(), "wall_s": round(time.monotonic() - started, 1),
         "kinds": kinds,
         "goals": {"node_exits": 0, "valid_after": True, "rate_during_and_after": "streams keep flowing"},
-    }, RESULTS_DIR / "fuzz_nodes.json")
+    }, Path(args.out))
+    return 0
 
 
 def _print_table(kinds: dict[str, dict[str, Any]]) -> None:
@@ -886,4 +901,4 @@ def _print_table(kinds: dict[str, dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,28 +1,46 @@
 """Marker-tracking accuracy and speed of ``sensors.gelsight`` on synthetic frames with known motion.
 
-Renders a reference and ``--frames`` frames of random smooth marker motion (translation, rotation,
+Renders a reference and ``frames`` frames of random smooth marker motion (translation, rotation,
 dilation about a random point, plus a smooth random field; up to ~6 px) at 320 x 240 with Gaussian noise,
 tracks them, and compares with the rendered ground truth. Only ``MarkerTracker.update`` is timed.
 The last stdout line is the JSON object also written to ``benchmarks/results/gelsight_tracking.json``.
 
-    python -m benchmarks.gelsight_tracking [--frames 200] [--noise 3] [--seed 0]
+    python -m benchmarks.gelsight_tracking [frames=200] [noise=3] [seed=0] [threads=1] [out=FILE]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from benchmarks.report import publish
+from bus.cli import UsageError, command
+from bus.config import compose
 from sensors.gelsight import MarkerTracker, grid_centres, render_synthetic_gel
 from sensors.types import MARKER_GRID
 
 SHAPE = (240, 320)  # (H, W)
-RESULT = Path(__file__).resolve().parent / "results" / "gelsight_tracking.json"
+
+
+@dataclass
+class TrackingConfig:
+    """``configs/benchmarks/gelsight_tracking.yaml``."""
+
+    frames: int = 200
+    noise: float = 3.0  # Gaussian noise sigma, grey levels
+    seed: int = 0
+    threads: int = 1  # OpenCV threads (1: comparable timings)
+    out: str = "benchmarks/results/gelsight_tracking.json"
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.threads < 1:
+            raise UsageError(f"frames={self.frames} and threads={self.threads} must be >= 1")
 
 
 def smooth_signal(rng: np.random.Generator, frames: int, amplitude: float) -> np.ndarray:
@@ -91,20 +109,17 @@ def run(frames: int, noise: float, seed: int) -> dict[str, float | int | str]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--noise", type=float, default=3.0, help="Gaussian noise sigma, grey levels")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (1: comparable timings)")
-    args = parser.parse_args()
-    cv2.setNumThreads(args.threads)
-    result = run(args.frames, args.noise, args.seed)
+@command("benchmarks.gelsight_tracking")
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = compose(TrackingConfig, "benchmarks/gelsight_tracking", list(sys.argv[1:] if argv is None else argv),
+                  "gelsight_tracking", "frames=50 noise=3")
+    cv2.setNumThreads(cfg.threads)
+    result = run(cfg.frames, cfg.noise, cfg.seed)
     for key, value in result.items():
         print(f"{key:>28}: {value}")
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    publish(result, RESULT)
+    publish(result, Path(cfg.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

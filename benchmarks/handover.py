@@ -1,6 +1,6 @@
-"""Chunk hand-over: RDP's "latest wins" against the real-time-chunking inpainting hand-over (issue #5).
+"""Chunk hand-over: RDP's "latest wins" against the real-time-chunking inpainting hand-over.
 
-    python -m benchmarks.handover [--task wipe] [--episodes 20] [--seed 0] [--checkpoint RUN] [--latency-s 0.08]
+    python -m benchmarks.handover [task=wipe] [episodes=20] [seed=0] [checkpoint=RUN] [latency_s=0.08] [out=FILE]
 
 Runs ``sim.eval``'s lockstep episodes (perturbations on, the same seeds) with the shipped (or given) checkpoint,
 once per hand-over, and measures at 25 Hz policy steps:
@@ -9,20 +9,25 @@ once per hand-over, and measures at 25 Hz policy steps:
   ``step_mm`` the same on every other step: a hand-over that continues the running chunk jumps like a normal step;
 * success rate and mean score, with Wilson 95 % intervals.
 
-Prints a table, writes JSON to benchmarks/results/handover_<task>.json; the last stdout line is that JSON.
+Prints a table, writes JSON to ``out`` (default benchmarks/results/handover_<task>.json); the last stdout line is
+that JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from benchmarks.report import RESULTS_DIR, publish
+from bus.cli import UsageError, choose, command
+from bus.config import compose
 from rdp.inference import HANDOVERS, make_policy
 from sim.eval import wilson_interval
 from sim.registry import make_env
@@ -65,28 +70,41 @@ def run_episodes(task: str, handover: str, episodes: int, seed: int, checkpoint:
             "episodes_detail": rows}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", default="wipe")
-    ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--checkpoint", default=None, help="a training run; default: the shipped checkpoints/<task>/rdp")
-    ap.add_argument("--latency-s", type=float, default=0.08, help="simulated slow-policy inference latency")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    if args.episodes < 1:
-        ap.error("--episodes must be >= 1")
-    cells = [run_episodes(args.task, h, args.episodes, args.seed, args.checkpoint, args.latency_s) for h in HANDOVERS]
+@dataclass
+class HandoverConfig:
+    """``configs/benchmarks/handover.yaml``."""
+
+    task: str = "wipe"
+    episodes: int = 20
+    seed: int = 0
+    checkpoint: str | None = None  # a training run; None: the shipped checkpoints/<task>/rdp
+    latency_s: float = 0.08  # simulated slow-policy inference latency
+    out: str | None = None  # None: benchmarks/results/handover_<task>.json
+
+    def __post_init__(self) -> None:
+        from sim.registry import TASKS
+
+        if self.episodes < 1:
+            raise UsageError(f"episodes={self.episodes} must be >= 1")
+        choose("task", self.task, TASKS, "task")
+
+
+@command("benchmarks.handover")
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = compose(HandoverConfig, "benchmarks/handover", list(sys.argv[1:] if argv is None else argv), "handover",
+                  "task=wipe episodes=10")
+    cells = [run_episodes(cfg.task, h, cfg.episodes, cfg.seed, cfg.checkpoint, cfg.latency_s) for h in HANDOVERS]
     print(f"\n{'handover':10s} {'success':>8s} {'score':>6s} {'jump p50/p95 mm':>17s} {'step p50/p95 mm':>17s}")
     for c in cells:
         jump, step = c["jump_mm"], c["step_mm"]
         print(f"{c['handover']:10s} {c['success_rate']:8.2f} {c['mean_score']:6.2f} "
               f"{jump['p50']:>8} / {jump['p95']:<6} {step['p50']:>8} / {step['p95']:<6}")
-    report = {"benchmark": "handover", "task": args.task, "seed": args.seed, "latency_s": args.latency_s,
-              "checkpoint": args.checkpoint or f"checkpoints/{args.task}/rdp", "machine": platform.machine(),
+    report = {"benchmark": "handover", "task": cfg.task, "seed": cfg.seed, "latency_s": cfg.latency_s,
+              "checkpoint": cfg.checkpoint or f"checkpoints/{cfg.task}/rdp", "machine": platform.machine(),
               "cells": cells}
-    publish(report, args.out or RESULTS_DIR / f"handover_{args.task}.json")
+    publish(report, Path(cfg.out) if cfg.out else RESULTS_DIR / f"handover_{cfg.task}.json")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,10 +1,10 @@
-"""Slow-policy inference time per plan with each wrist-camera encoder (issue #6: Terminator vs the ResNet-style one).
+"""Slow-policy inference time per plan with each wrist-camera encoder: Terminator vs the ResNet-style one.
 
-    python -m benchmarks.policy_encoders [--repeats 100] [--runs runs/wipe-rdp_vision runs/wipe-rdp_vision_terminator]
+    python -m benchmarks.policy_encoders [repeats=100] [runs=[runs/wipe-rdp_vision,runs/wipe-rdp_vision_terminator]]
 
 One plan = ``DiffusionPolicy.predict`` at batch 1, 8 DDIM steps, one thread, eval + inference_mode: the observation
 encoder once (2 steps of one 48x48 wrist image + proprio + tactile), then 8 UNet evaluations. The policies are the
-trained runs when their directories exist (``--runs``), otherwise the same configs (configs/policy/rdp_vision*.yaml,
+trained runs when their directories exist (``runs``), otherwise the same configs (configs/policy/rdp_vision*.yaml,
 wipe sizes) with random weights -- latency does not depend on the weights. The encoder alone and the live frame's
 96 -> 48 resize (``rdp.data.resize_images``) are timed too.
 
@@ -13,10 +13,12 @@ Prints a table, writes JSON to benchmarks/results/policy_encoders.json; the last
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +26,32 @@ import torch
 
 from benchmarks.rdp_ldp_latency import summary, time_ms
 from benchmarks.report import publish
+from bus.cli import UsageError, command
+from bus.config import compose
 from rdp.data import resize_images
 from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "policy_encoders.json"
 POLICIES = ("rdp_vision", "rdp_vision_terminator")
 DDIM_STEPS = 8
 WIPE_LOWDIM = {"proprio": 10, "tactile": 45}  # one arm; three pads x 15 PCA dims
+
+
+@dataclass
+class EncodersConfig:
+    """``configs/benchmarks/policy_encoders.yaml``."""
+
+    repeats: int = 100
+    warmup: int = 10
+    runs: list[str] = field(default_factory=lambda: ["runs/wipe-rdp_vision", "runs/wipe-rdp_vision_terminator"])
+    out: str = "benchmarks/results/policy_encoders.json"
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.warmup < 0:
+            raise UsageError(f"repeats={self.repeats} must be >= 1 and warmup={self.warmup} >= 0")
+        if len(self.runs) != len(POLICIES):
+            raise UsageError(f"runs=[{','.join(self.runs)}]: expected {len(POLICIES)} training runs, for "
+                             f"{', '.join(POLICIES)}")
 
 
 def policy_from_config(name: str) -> DiffusionPolicy:
@@ -68,20 +88,16 @@ def make_obs(cfg: DiffusionPolicyConfig) -> dict[str, torch.Tensor]:
     return obs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", nargs=2, type=Path,
-                        default=[REPO / "runs" / "wipe-rdp_vision", REPO / "runs" / "wipe-rdp_vision_terminator"])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args()
+@command("benchmarks.policy_encoders")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(EncodersConfig, "benchmarks/policy_encoders", list(sys.argv[1:] if argv is None else argv),
+                   "policy_encoders", "repeats=20 runs=[RUN_RESNET,RUN_TERMINATOR]")
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
     results = {}
     frame = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    for name, run in zip(POLICIES, args.runs, strict=True):
+    for name, run in zip(POLICIES, map(Path, args.runs), strict=True):
         trained = (run / "policy" / "config.json").is_file()
         policy = (DiffusionPolicy.from_checkpoint(run / "policy") if trained else policy_from_config(name)).eval()
         cfg = policy.cfg
@@ -113,8 +129,9 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(), "results": results,
     }
-    publish(report, args.out)
+    publish(report, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

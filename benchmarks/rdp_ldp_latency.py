@@ -1,6 +1,6 @@
 """Slow-policy (LDP) inference latency on the CPU: one ``DiffusionPolicy.predict`` call vs the number of DDIM steps.
 
-    python -m benchmarks.rdp_ldp_latency [--repeats 100]
+    python -m benchmarks.rdp_ldp_latency [repeats=100] [warmup=10] [out=FILE]
 
 Batch 1, one thread, eval + inference_mode, default ``DiffusionPolicyConfig``: target "latent" (L=8, C=16), two
 observation steps of two 96x96 cameras (ResNet encoders, width 32, stem stride 4) plus low-dim proprio (10),
@@ -13,22 +13,24 @@ Prints a table, writes JSON to benchmarks/results/rdp_ldp_latency.json; the last
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import platform
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.report import publish
+from bus.cli import UsageError, command
+from bus.config import compose
 from rdp.policy import DiffusionPolicy, DiffusionPolicyConfig
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "rdp_ldp_latency.json"
 DDIM_STEPS = (1, 2, 4, 8, 16)
 TARGET_HZ = 10.0
 
@@ -56,12 +58,23 @@ def summary(ms: np.ndarray) -> dict[str, float]:
     return {k: round(float(v), 2) for k, v in stats.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args()
+@dataclass
+class LatencyConfig:
+    """``configs/benchmarks/rdp_ldp_latency.yaml``."""
+
+    repeats: int = 100
+    warmup: int = 10
+    out: str = "benchmarks/results/rdp_ldp_latency.json"
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.warmup < 0:
+            raise UsageError(f"repeats={self.repeats} must be >= 1 and warmup={self.warmup} >= 0")
+
+
+@command("benchmarks.rdp_ldp_latency")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(LatencyConfig, "benchmarks/rdp_ldp_latency", list(sys.argv[1:] if argv is None else argv),
+                   "rdp_ldp_latency", "repeats=20")
     torch.set_num_threads(1)
     torch.manual_seed(0)
 
@@ -106,9 +119,9 @@ def main() -> None:
         "meets_target_at_8_steps_p50": at_8["hz_at_p50"] >= TARGET_HZ,
         "meets_target_at_8_steps_p99": 1000.0 / at_8["p99_ms"] >= TARGET_HZ,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    publish(report, args.out)
+    publish(report, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Per-tick cost of the asymmetric tokenizer's fast loop: one incremental GRU step vs RDP-style re-decoding.
 
-    python -m benchmarks.rdp_tokenizer_step [--chunks 200]
+    python -m benchmarks.rdp_tokenizer_step [chunks=200] [warmup_chunks=20] [out=FILE]
 
 Batch 1, one thread, eval + inference_mode, horizon 32, default sizes (latent 8 x 16, GRU hidden 128), action
 dim 10, conditioning 30 (two tactile pads x 15 PCA dims). Per control tick t of a chunk:
@@ -15,19 +15,22 @@ benchmarks/results/rdp_tokenizer_step.json; the last stdout line is that JSON.
 
 from __future__ import annotations
 
-import argparse
 import platform
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.report import publish
+from bus.cli import UsageError, command
+from bus.config import compose
 from rdp.tokenizer import AsymmetricTokenizer, TokenizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "rdp_tokenizer_step.json"
 
 
 def rerun_prefix(model: AsymmetricTokenizer, z: torch.Tensor, cond: torch.Tensor, t: int) -> torch.Tensor:
@@ -67,12 +70,23 @@ def summary(us: np.ndarray) -> dict[str, float]:
     return {k: round(float(v), 2) for k, v in {**stats, "mean_us": flat.mean()}.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunks", type=int, default=200)
-    parser.add_argument("--warmup-chunks", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args()
+@dataclass
+class StepConfig:
+    """``configs/benchmarks/rdp_tokenizer_step.yaml``."""
+
+    chunks: int = 200
+    warmup_chunks: int = 20
+    out: str = "benchmarks/results/rdp_tokenizer_step.json"
+
+    def __post_init__(self) -> None:
+        if self.chunks < 1 or self.warmup_chunks < 0:
+            raise UsageError(f"chunks={self.chunks} must be >= 1 and warmup_chunks={self.warmup_chunks} >= 0")
+
+
+@command("benchmarks.rdp_tokenizer_step")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(StepConfig, "benchmarks/rdp_tokenizer_step", list(sys.argv[1:] if argv is None else argv),
+                   "rdp_tokenizer_step", "chunks=20")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = TokenizerConfig(action_dim=10, cond_dim=30)
@@ -111,9 +125,9 @@ def main() -> None:
             results["rerun_prefix"]["per_tick"]["p50_us"] / results["incremental"]["per_tick"]["p50_us"], 2
         ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    publish(report, args.out)
+    publish(report, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

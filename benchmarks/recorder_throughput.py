@@ -3,25 +3,30 @@
 Streams (simulated seconds of data, appended as fast as possible in timestamp order):
 two tactile pads (R, C, 2) float64 marker offsets at 200 Hz, wrench (6,) at 200 Hz, tcp pose (7,) at 50 Hz,
 two cameras (96, 96, 3) uint8 at 10 Hz. Each episode is begun, filled and committed (chunk files fsynced
-every ``--flush`` seconds of recorded time, metadata and renames fsynced) into a fresh dataset directory.
+every ``flush`` seconds of recorded time, metadata and renames fsynced) into a fresh dataset directory.
 
 Reports MB/s and samples/s of the whole begin..commit, the real-time factor (recorded seconds per wall
 second: how much headroom a live recorder has), and the append latency tail (p99 and max), whose max is the
-longest stall a flush causes to the recording loop. Writes ``benchmarks/results/recorder_throughput.json``
-and prints that JSON as the last line. Run: ``python -m benchmarks.recorder_throughput`` (~5 s).
+longest stall a flush causes to the recording loop. Writes ``benchmarks/results/recorder_throughput.json`` (``out``)
+and prints that JSON as the last line. Run: ``python -m benchmarks.recorder_throughput [seconds=5] [repeats=5]
+[flush=[0.5,0.1]] [dir=DIR]`` (~5 s).
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from bus.cli import UsageError, command
+from bus.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,7 +36,22 @@ from dataset.format import verify_dataset  # noqa: E402
 from dataset.recorder import EpisodeRecorder  # noqa: E402
 from sensors.types import MARKER_GRID  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "recorder_throughput.json"
+
+@dataclass
+class ThroughputConfig:
+    """``configs/benchmarks/recorder_throughput.yaml``."""
+
+    seconds: float = 5.0  # simulated seconds per episode
+    repeats: int = 5
+    flush: list[float] = field(default_factory=lambda: [0.5, 0.1])  # flush intervals to compare, s
+    dir: str | None = None  # where to write; None: a temporary directory
+    out: str = "benchmarks/results/recorder_throughput.json"
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.repeats < 1:
+            raise UsageError(f"seconds={self.seconds} must be > 0 and repeats={self.repeats} >= 1")
+        if not self.flush or min(self.flush) <= 0:
+            raise UsageError(f"flush=[{','.join(map(str, self.flush))}]: expected intervals > 0, e.g. flush=[0.5,0.1]")
 
 # name, rate Hz, shape, dtype
 MIX = [
@@ -79,13 +99,10 @@ def record_once(root: Path, events: list[tuple[float, str, np.ndarray]], flush_s
             "chunks": sum(1 for p in ep.iterdir() if p.suffix == ".npz")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="simulated seconds per episode")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--flush", type=float, nargs="+", default=[0.5, 0.1], help="flush intervals to compare, s")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
-    args = parser.parse_args()
+@command("benchmarks.recorder_throughput")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(ThroughputConfig, "benchmarks/recorder_throughput", list(sys.argv[1:] if argv is None else argv),
+                   "recorder_throughput", "seconds=2 repeats=2 flush=[0.5]")
 
     events = make_events(args.seconds)
     payload = sum(v.nbytes + 8 for _, _, v in events)  # values + float64 timestamps
@@ -128,9 +145,9 @@ def main() -> None:
         "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
                     "write_dir": str(args.dir or tempfile.gettempdir())},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    publish(result, RESULTS)
+    publish(result, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,19 +1,18 @@
 """Robot node in realtime: achieved publish rate, inter-message jitter and watchdog stop latency.
 
-    python -m benchmarks.robot_node_rate [--seconds 5] [--trials 10] [--task wipe]
+    python -m benchmarks.robot_node_rate [seconds=5] [trials=10] [task=wipe] [out=FILE]
 
 Starts ``python -m sim.node`` (realtime, cameras on, random loopback ports) as a subprocess, commands it
-at 100 Hz (a slow circle, so the controllers work) and, over ``--seconds``, records every state / tactile /
+at 100 Hz (a slow circle, so the controllers work) and, over ``seconds``, records every state / tactile /
 wrench message: rate and |interval - nominal| percentiles from the node's own stamps (publish side) and
 from the receive times here (what a subscriber sees, including this process's scheduling). Then, in
-``--trials`` rounds, stops commanding and measures the time from the last command sent to the "watchdog"
+``trials`` rounds, stops commanding and measures the time from the last command sent to the "watchdog"
 engaged event received, next to the command age the node itself reports at the hold. Prints a table;
 writes benchmarks/results/robot_node_rate.json; the last stdout line is that JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -21,11 +20,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import RESULTS_DIR, publish
+from benchmarks.report import publish
+from bus.cli import UsageError, choose, command
+from bus.config import compose
 from bus.transport import Publisher, Subscriber
 from sim.node import hold_command, load_config
 
@@ -134,12 +137,27 @@ def measure_watchdog(events: Subscriber, cmd: Publisher, base: np.ndarray, trial
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--trials", type=int, default=10)
-    ap.add_argument("--task", default="wipe")
-    args = ap.parse_args()
+@dataclass
+class NodeRateConfig:
+    """``configs/benchmarks/robot_node_rate.yaml``."""
+
+    seconds: float = 5.0
+    trials: int = 10
+    task: str = "wipe"
+    out: str = "benchmarks/results/robot_node_rate.json"
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.trials < 1:
+            raise UsageError(f"seconds={self.seconds} must be > 0 and trials={self.trials} >= 1")
+        from sim.registry import TASKS
+
+        choose("task", self.task, TASKS, "task")
+
+
+@command("benchmarks.robot_node_rate")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(NodeRateConfig, "benchmarks/robot_node_rate", list(sys.argv[1:] if argv is None else argv),
+                   "robot_node_rate", "seconds=2 trials=3")
     proc, ready, lines = _start_node(args.task)
     try:
         with Subscriber(ready["pub"], topics=STREAMS, hwm=100_000) as sub, \
@@ -183,8 +201,9 @@ def main() -> None:
         "watchdog": {"watchdog_ms": load_config().watchdog_ms, **watchdog},
         "node_exit": {"returncode": rc, **{k: exit_record.get(k) for k in ("ticks", "mean_hz", "overruns", "missed")}},
     }
-    publish(result, RESULTS_DIR / "robot_node_rate.json")
+    publish(result, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

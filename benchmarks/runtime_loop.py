@@ -1,7 +1,7 @@
 """Slow-fast runtime loop timing: fast-node step time, command rate and jitter, tactile-to-command latency across
 processes, slow-node inference time per DDIM step count; our loop against RDP's own loop shape.
 
-    python -m benchmarks.runtime_loop [--seconds 8] [--checkpoint RUN] [--loops ours,...] [--robot-rt-priority 45]
+    python -m benchmarks.runtime_loop [seconds=8] [checkpoint=RUN] [loops=[ours,...]] [robot_rt_priority=45]
 
 Loop measurements run the real ``rdp.runtime.fast`` and ``rdp.runtime.slow`` processes against a fake robot node in
 this process (state / tactile / wrench at 250 Hz with monotonic stamps, like ``sim.node``; no physics, so the
@@ -19,7 +19,7 @@ gives the tactile-to-command latency, robot -> fast node -> robot, one clock. Co
   ``replan_every=16``; its reaction to touch waits for the next 24 Hz tick.
 
 The fake robot stamps each command as it arrives, so its own wake-up delay would read as the fast node's jitter.
-It therefore runs under SCHED_FIFO (``--robot-rt-priority``, 45: below the fast node's 50) once both nodes are up,
+It therefore runs under SCHED_FIFO (``robot_rt_priority``, 45: below the fast node's 50) once both nodes are up,
 as a robot driver would, where the OS grants it (the JSON keeps ``robot_sched``). A check with a FIFO sender at
 250 Hz and two CPU-bound processes beside it (2026-12-04): an ordinary receiver saw p99 jitter 2.5-4.1 ms, a FIFO
 one 0.16 ms.
@@ -27,22 +27,26 @@ one 0.16 ms.
 Slow-node inference: ``DiffusionPolicy.predict`` at the sizes ``configs/policy/rdp.yaml`` trains (latent 8 x 16,
 proprio + 3 tactile pads, UNet 32/64/128; random weights), batch 1, 1 thread, DDIM 1/2/4/8/16 steps; plus the
 tokenizer's per-tick decode: one incremental step vs re-running the GRU over the chunk so far (RDP's loop).
-Without ``--checkpoint`` a tiny run is trained first (seconds). Prints a table; writes
-benchmarks/results/runtime_loop.json; the last stdout line is that JSON.
+Without ``checkpoint`` a tiny run is trained first (seconds). Prints a table; writes
+benchmarks/results/runtime_loop.json (``out``); the last stdout line is that JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.report import RESULTS_DIR, publish
+from benchmarks.report import publish
+from bus.cli import UsageError, choose, command
+from bus.config import compose
 from bus.message import Message, encode
 from bus.sched import sched_fields, set_fifo, set_normal
 from bus.transport import Publisher, Subscriber
@@ -219,31 +223,38 @@ def measure_decode(horizon: int = 32, repeats: int = 320) -> dict:
     return {"incremental_step_ms": _pct(np.array(inc)), "rerun_chunk_so_far_ms": _pct(np.array(rerun))}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
-    ap.add_argument("--robot-rt-priority", type=int, default=ROBOT_PRIORITY,
-                    help="SCHED_FIFO priority of the fake robot that stamps the commands (0: ordinary scheduling)")
-    args = ap.parse_args()
+@dataclass
+class RuntimeLoopConfig:
+    """``configs/benchmarks/runtime_loop.yaml``."""
+
+    seconds: float = 8.0  # measured seconds per loop configuration
+    checkpoint: str | None = None  # a training run; None: a tiny one, trained first
+    loops: list[str] = field(default_factory=lambda: list(LOOPS))
+    robot_rt_priority: int = ROBOT_PRIORITY  # the fake robot's SCHED_FIFO priority (0: ordinary scheduling)
+    out: str = "benchmarks/results/runtime_loop.json"
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.robot_rt_priority < 0:
+            raise UsageError(f"seconds={self.seconds} must be > 0 and robot_rt_priority={self.robot_rt_priority} >= 0")
+        for name in self.loops:
+            choose("loops", name, LOOPS, "loop configuration")
+
+
+@command("benchmarks.runtime_loop")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(RuntimeLoopConfig, "benchmarks/runtime_loop", list(sys.argv[1:] if argv is None else argv),
+                   "runtime_loop", "seconds=2 loops=[ours]")
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     if args.checkpoint:
         run = Path(args.checkpoint)
     else:
-        import sys
-
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rdp"))
         from test_runtime_units import make_tiny_run
 
         run = make_tiny_run(tmp)
-    chosen = [x.strip() for x in args.loops.split(",") if x.strip()]
-    unknown = sorted(set(chosen) - set(LOOPS))
-    if unknown:
-        raise SystemExit(f"--loops: unknown {unknown}; choose from {list(LOOPS)}")
     loops = {}
-    for name in chosen:
+    for name in args.loops:
         cmd_hz, replan, extra = LOOPS[name]
         loops[name] = measure_loop(run, name, cmd_hz, replan, args.seconds, tmp, extra, args.robot_rt_priority)
     inference = measure_inference()
@@ -266,8 +277,9 @@ def main() -> None:
         "loops": loops, "slow_inference_ms_by_ddim_steps": inference, "decoder_per_tick": decode,
         "goals": {"fast_step_p99_ms": 1.0, "cmd_rate_hz": 200, "jitter_p99_ms": 1.0, "tactile_to_cmd_p99_ms": 5.0,
                   "slow_hz_at_8_steps": 10},
-    }, RESULTS_DIR / "runtime_loop.json")
+    }, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

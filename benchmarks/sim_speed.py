@@ -1,6 +1,6 @@
 """Simulation speed on one core: physics + impedance control + tactile, and offscreen cameras.
 
-    python -m benchmarks.sim_speed [--seconds 8]
+    python -m benchmarks.sim_speed [seconds=8] [tasks=[wipe,peel,lift]] [out=FILE]
 
 Reports, per task, the real-time factor of the control loop (500 Hz physics with the operational-space
 controller every physics step, marker fields and wrench read every control step), the same with the
@@ -10,13 +10,18 @@ table, writes benchmarks/results/sim_speed.json; the last stdout line is that JS
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import RESULTS_DIR, publish
+from benchmarks.report import publish
+from bus.cli import UsageError, choose, command
+from bus.config import compose
 from spatial.rotations import rotvec_to_mat
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -103,11 +108,27 @@ def bench_task(task: str, seconds: float) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--tasks", nargs="*", default=["wipe", "peel", "lift"])
-    args = ap.parse_args()
+@dataclass
+class SimSpeedConfig:
+    """``configs/benchmarks/sim_speed.yaml``."""
+
+    seconds: float = 8.0
+    tasks: list[str] = field(default_factory=lambda: ["wipe", "peel", "lift"])
+    out: str = "benchmarks/results/sim_speed.json"
+
+    def __post_init__(self) -> None:
+        from sim.registry import TASKS
+
+        if self.seconds <= 0:
+            raise UsageError(f"seconds={self.seconds} must be > 0")
+        for task in self.tasks:
+            choose("tasks", task, TASKS, "task")
+
+
+@command("benchmarks.sim_speed")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(SimSpeedConfig, "benchmarks/sim_speed", list(sys.argv[1:] if argv is None else argv),
+                   "sim_speed", "seconds=1 tasks=[wipe]")
     core = _pin_one_core()
     rows = [bench_task(t, args.seconds) for t in args.tasks]
     print(f"{'task':6} {'RTF ctl':>8} {'RTF phys':>9} {'tactile us':>10} {'ms/frame':>9} {'s/s w/ cams':>11}")
@@ -118,9 +139,10 @@ def main() -> None:
             f"{r['ms_per_96px_frame']:9.2f} {r['wall_s_per_sim_s_with_two_cameras_10hz']:11.3f}"
         )
     result = {"benchmark": "sim_speed", "pinned_core": core, "physics_hz": 500, "control_hz": 50, "tasks": rows}
-    publish(result, RESULTS_DIR / "sim_speed.json")
+    publish(result, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
     np.set_printoptions(precision=3)
-    main()
+    sys.exit(main())

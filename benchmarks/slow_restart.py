@@ -1,10 +1,10 @@
 """Slow-node restarts under ``rdp.run``: kill -9 the slow node at spaced random times of a realtime run with a shipped
 checkpoint and measure how the supervisor brings it back.
 
-    python -m benchmarks.slow_restart [--task wipe] [--kills 10] [--cold-kills 5] [--episodes 20] [--seed 0]
+    python -m benchmarks.slow_restart [task=wipe] [kills=10] [cold_kills=5] [episodes=20] [seed=0] [out=FILE]
 
-One realtime run with the warm standby (the default, ``restart.slow.standby=true``) and ``--kills`` kills, then one
-without it (cold restarts) and ``--cold-kills`` kills for comparison. Each kill comes a random 5-10 s after the
+One realtime run with the warm standby (the default, ``restart.slow.standby=true``) and ``kills`` kills, then one
+without it (cold restarts) and ``cold_kills`` kills for comparison. Each kill comes a random 5-10 s after the
 previous replacement was ready, mid-episode (at least 1 s into it). Per kill, from the launcher's results.json and
 the fast node's trace (``fast_timing.npz``; one monotonic clock for all processes):
 
@@ -26,7 +26,6 @@ kills in 80 s by design). Prints a table; writes benchmarks/results/slow_restart
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -37,12 +36,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.report import RESULTS_DIR, publish
+from benchmarks.report import publish
+from bus.cli import UsageError, command
+from bus.config import compose
 from rdp.runtime.chunks import policy_step
 from rdp.runtime.process import ROOT
 
@@ -200,14 +203,27 @@ def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--task", default="wipe")
-    ap.add_argument("--kills", type=int, default=10, help="kills in the run with the warm standby")
-    ap.add_argument("--cold-kills", type=int, default=5, help="kills in the run without it (0: skip that run)")
-    ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+@dataclass
+class RestartConfig:
+    """``configs/benchmarks/slow_restart.yaml``."""
+
+    task: str = "wipe"
+    kills: int = 10  # kills in the run with the warm standby (0: skip that run)
+    cold_kills: int = 5  # kills in the run without it (0: skip that run)
+    episodes: int = 20
+    seed: int = 0
+    out: str = "benchmarks/results/slow_restart.json"
+
+    def __post_init__(self) -> None:
+        if self.kills < 0 or self.cold_kills < 0 or self.episodes < 1:
+            raise UsageError(f"kills={self.kills} and cold_kills={self.cold_kills} must be >= 0, "
+                             f"episodes={self.episodes} >= 1")
+
+
+@command("benchmarks.slow_restart")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(RestartConfig, "benchmarks/slow_restart", list(sys.argv[1:] if argv is None else argv),
+                   "slow_restart", "kills=2 cold_kills=0 episodes=2")
     from rdp.inference import shipped_run
 
     ckpt = shipped_run(args.task, "rdp")
@@ -232,8 +248,9 @@ def main() -> None:
         "chunk_s": horizon / rate_hz, "cpu_count": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "goal": {"kill_to_chunk_s": GOAL_KILL_TO_CHUNK_S, "stale_ticks": 0}, "runs": runs,
-    }, RESULTS_DIR / "slow_restart.json")
+    }, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,10 +1,10 @@
 """Teleop node: loop rate and operator-to-command latency, with a live robot node behind it.
 
-    python -m benchmarks.teleop_loop [--seconds 5] [--rate 90] [--task wipe]
+    python -m benchmarks.teleop_loop [seconds=5] [rate=90] [task=wipe] [out=FILE]
 
 Starts a realtime robot node and a teleop node (``teleop.collect.Child``: separate processes, random loopback
 ports, no browser), then plays an operator from this process: it presses the clutch and streams hand poses
-(a slow 2 cm circle) at ``--rate`` Hz, like a headset's controller. Measured:
+(a slow 2 cm circle) at ``rate`` Hz, like a headset's controller. Measured:
 
 * ``node_latency``: operator sample stamped -> command published, as the teleop node reports it in each
   command's meta (validation, mapping, guard, encoding: the node's own cost);
@@ -17,17 +17,21 @@ Prints a table; writes benchmarks/results/teleop_loop.json; the last stdout line
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.report import RESULTS_DIR, publish
+from benchmarks.report import publish
+from bus.cli import UsageError, choose, command
+from bus.config import compose
 from bus.process import Child
 from bus.transport import Publisher, Subscriber
 from teleop.collect import ANY
@@ -110,12 +114,27 @@ def run(seconds: float, rate: float, task: str, log_dir: Path) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rate", type=float, default=90.0)
-    parser.add_argument("--task", default="wipe")
-    args = parser.parse_args()
+@dataclass
+class TeleopLoopConfig:
+    """``configs/benchmarks/teleop_loop.yaml``."""
+
+    seconds: float = 5.0
+    rate: float = 90.0  # operator samples per second
+    task: str = "wipe"
+    out: str = "benchmarks/results/teleop_loop.json"
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0 or self.rate <= 0:
+            raise UsageError(f"seconds={self.seconds} and rate={self.rate} must be > 0")
+        from sim.registry import TASKS
+
+        choose("task", self.task, TASKS, "task")
+
+
+@command("benchmarks.teleop_loop")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = compose(TeleopLoopConfig, "benchmarks/teleop_loop", list(sys.argv[1:] if argv is None else argv),
+                   "teleop_loop", "seconds=2 rate=90")
     with tempfile.TemporaryDirectory(prefix="teleop_loop-") as log_dir:  # the children's stderr
         report = run(args.seconds, args.rate, args.task, Path(log_dir))
     n, e = report["node_latency_ms"], report["echo_latency_ms"]
@@ -123,8 +142,9 @@ def main() -> None:
           f"{report['operator_samples']} operator samples at {args.rate:.0f} Hz")
     print(f"operator -> command (node):  p50 {n['p50']} ms  p99 {n['p99']} ms  max {n['max']} ms")
     print(f"operator -> command echo:    p50 {e['p50']} ms  p99 {e['p99']} ms  max {e['max']} ms")
-    publish(report, RESULTS_DIR / "teleop_loop.json")
+    publish(report, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,29 +1,48 @@
 """Realtime against lockstep collection: do the two modes give demonstrations of the same quality?
 
-    python -m benchmarks.teleop_modes --lockstep data/tele-wipe200 [--episodes 20] [--out outputs/teleop_modes]
+    python -m benchmarks.teleop_modes lockstep=data/tele-wipe200 [episodes=20] [out=outputs/teleop_modes]
 
-``--lockstep`` is a lockstep ``teleop.collect`` recording (the one policies train on). This runs ``teleop.collect``
-in realtime (the robot node on the wall clock, the operator's latency in wall time) with the same task, operator
-settings and the first ``--episodes`` seeds of that recording, then compares the two recordings episode by episode
-on the same seeds: success and score, episode length, the wrist's normal force while in contact (mean and 95th
-percentile; the quantity the operator regulates), and the commanded speed (mean TCP target speed). A realtime run
+``lockstep`` (also given without its key) is a lockstep ``teleop.collect`` recording (the one policies train on).
+This runs ``teleop.collect`` in realtime (the robot node on the wall clock, the operator's latency in wall time) with
+the same task, operator settings and the first ``episodes`` seeds of that recording, then compares the two
+recordings episode by episode on the same seeds: success and score, episode length, the wrist's normal force while in
+contact (mean and 95th percentile; the quantity the operator regulates), and the commanded speed (mean TCP target
+speed). A realtime run
 of that name that is complete is reused. Prints a table; writes ``benchmarks/results/teleop_modes_<task>.json``
-(the last stdout line).
+(``result``; the last stdout line is its summary).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bus.cli import CommandError, UsageError, command
+from bus.config import compose
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTACT_N = 1.0  # N: |normal force| above this counts as in contact
+
+
+@dataclass
+class ModesConfig:
+    """``configs/benchmarks/teleop_modes.yaml``."""
+
+    lockstep: str  # a lockstep teleop.collect recording
+    episodes: int = 20
+    out: str = "outputs/teleop_modes"  # where the realtime recording goes
+    result: str | None = None  # the result JSON; None: benchmarks/results/teleop_modes_<task>.json
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise UsageError(f"episodes={self.episodes} must be >= 1")
 
 
 def episode_stats(ep: Path) -> dict[str, Any]:
@@ -53,18 +72,19 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                     "target_speed_m_s")}}
 
 
-def main(argv: list[str] | None = None) -> int:
+@command("benchmarks.teleop_modes")
+def main(argv: Sequence[str] | None = None) -> int:
     from dataset.format import list_episodes, read_meta
 
-    p = argparse.ArgumentParser(prog="benchmarks.teleop_modes", description=__doc__.split("\n")[0])
-    p.add_argument("--lockstep", required=True, help="a lockstep teleop.collect recording")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--out", default="outputs/teleop_modes")
-    args = p.parse_args(argv)
+    args = compose(ModesConfig, "benchmarks/teleop_modes", list(sys.argv[1:] if argv is None else argv),
+                   "teleop_modes", "lockstep=data/tele-wipe200 episodes=20", positional=("lockstep",))
     lock_dir = Path(args.lockstep)
-    run = json.loads((lock_dir / "collect.json").read_text())
+    try:
+        run = json.loads((lock_dir / "collect.json").read_text())
+    except ValueError as e:
+        raise UsageError(f"{lock_dir / 'collect.json'}: not a teleop.collect summary ({e})") from None
     if run.get("mode") != "lockstep":
-        raise SystemExit(f"benchmarks.teleop_modes: error: {lock_dir} was collected in {run.get('mode')!r} mode")
+        raise UsageError(f"lockstep={lock_dir}: was collected in {run.get('mode')!r} mode, not lockstep")
     task, seed = run["task"], int(run["seed"])
     out = Path(args.out) / f"{task}-realtime-{seed}-{args.episodes}"
     if not (out / "collect.json").is_file():
@@ -77,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     lockstep = {read_meta(e)["seed"]: e for e in list_episodes(lock_dir)}
     seeds = sorted(s for s in realtime if s in lockstep)[: args.episodes]
     if not seeds:
-        raise SystemExit(f"benchmarks.teleop_modes: error: no seed recorded in both {out} and {lock_dir}")
+        raise CommandError(f"no seed recorded in both {out} and {lock_dir}")
     rows = {"lockstep": [episode_stats(lockstep[s]) for s in seeds],
             "realtime": [episode_stats(realtime[s]) for s in seeds]}
     agree = sum(a["success"] == b["success"] for a, b in zip(rows["lockstep"], rows["realtime"], strict=True))
@@ -90,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {mode} | {s['successes']}/{s['episodes']} | {s['score']:.3f} | {s['length_s']:.2f} | "
               f"{s['contact_force_mean_n']:.1f} / {s['contact_force_p95_n']:.1f} | {s['target_speed_m_s']:.4f} |")
     print(f"same outcome on {agree} of {len(seeds)} seeds")
-    dest = ROOT / "benchmarks" / "results" / f"teleop_modes_{task}.json"
+    dest = Path(args.result) if args.result else ROOT / "benchmarks" / "results" / f"teleop_modes_{task}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}))
     return 0

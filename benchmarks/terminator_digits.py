@@ -5,18 +5,19 @@ One stratified split shared by every model; each network is trained from several
 so the ablations are config variants. Runs offline on one CPU thread.
 
     python -m benchmarks.terminator_digits                    # full benchmark (~15 min on one thread)
-    python -m benchmarks.terminator_digits --seeds 1 --models terminator_2d cnn_baseline --out /tmp/x.json
+    python -m benchmarks.terminator_digits seeds=1 models=[terminator_2d,cnn_baseline] out=/tmp/x.json
 
 Prints a table, writes JSON to benchmarks/results/terminator_digits.json; the last stdout line is the JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
 from torch import nn
 
+import bus.config
+from bus.cli import UsageError, choose, command
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "encoder"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "terminator_digits.json"
 
 
 @dataclass(frozen=True)
@@ -184,23 +187,37 @@ def write_json(report: dict[str, object], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    defaults = TrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seeds", type=int, default=len(defaults.seeds), help="number of seeds, 0..n-1")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args()
+@dataclass
+class DigitsConfig:
+    """``configs/benchmarks/terminator_digits.yaml`` (the training recipe's defaults are :class:`TrainConfig`'s)."""
+
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    seeds: int = len(TrainConfig().seeds)  # seeds 0 .. seeds-1
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    out: str = "benchmarks/results/terminator_digits.json"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.seeds < 1:
+            raise UsageError(f"epochs={self.epochs}, batch_size={self.batch_size} and seeds={self.seeds} must be >= 1")
+        for name in self.models:
+            choose("models", name, MODELS, "model")
+
+
+@command("benchmarks.terminator_digits")
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = bus.config.compose(DigitsConfig, "benchmarks/terminator_digits", argv, "terminator_digits",
+                              "seeds=1 models=[terminator_2d,cnn_baseline]")
     torch.set_num_threads(1)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seeds=tuple(range(args.seeds)))
     report = run(cfg, args.models)
     print_table(report)
-    write_json(report, args.out)
+    write_json(report, Path(args.out))
     print(json.dumps(report))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

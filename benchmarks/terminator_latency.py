@@ -3,17 +3,19 @@
 Both are built from their hydra configs in configs/encoder/ with camera overrides (3 input channels, no head,
 a stride-4 patchify stem: a 24x24 map after the stem). Extra rows show the other stem stride.
 
-    python -m benchmarks.terminator_latency
+    python -m benchmarks.terminator_latency [warmup=10] [runs=50] [out=FILE]
 
 Prints a table, writes JSON to benchmarks/results/terminator_latency.json; the last stdout line is the JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
+import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,11 +23,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
+import bus.config
 from benchmarks.report import publish
+from bus.cli import UsageError, command
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "encoder"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "terminator_latency.json"
 
 # name -> (config, overrides on top of in_channels=3, num_classes=None)
 VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
@@ -54,12 +57,24 @@ def latency_ms(model: nn.Module, image: torch.Tensor, warmup: int, runs: int) ->
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args()
+@dataclass
+class EncoderLatencyConfig:
+    """``configs/benchmarks/terminator_latency.yaml``."""
+
+    warmup: int = 10
+    runs: int = 50
+    out: str = "benchmarks/results/terminator_latency.json"
+
+    def __post_init__(self) -> None:
+        if self.runs < 2 or self.warmup < 0:  # p90 needs two timings
+            raise UsageError(f"runs={self.runs} must be >= 2 and warmup={self.warmup} >= 0")
+
+
+@command("benchmarks.terminator_latency")
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = bus.config.compose(EncoderLatencyConfig, "benchmarks/terminator_latency", argv, "terminator_latency",
+                              "runs=10")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     image = torch.randn(1, 3, 96, 96)
@@ -87,9 +102,9 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    publish(report, args.out)
+    publish(report, Path(args.out))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

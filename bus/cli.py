@@ -11,7 +11,7 @@ A failure prints ``<prog>: error: <message>`` as one line on stderr and exits wi
 
 * **2** -- a bad argument, config value or input file: :class:`UsageError` (and its subclasses, e.g. a corrupt
   checkpoint or dataset), a ``FileNotFoundError`` / ``FileExistsError`` / ``NotADirectoryError`` /
-  ``IsADirectoryError`` (a path argument that is not what it should be), or an error of :class:`ArgumentParser`.
+  ``IsADirectoryError`` (a path argument that is not what it should be).
   The message names the bad input, what was expected and, where there is a list, the valid choices;
 * **1** -- an expected failure while running (:class:`CommandError`: a child process died, a disk filled up);
 * **130** -- Ctrl-C.
@@ -20,7 +20,7 @@ Any other exception is a bug and keeps Python's traceback (exit 1).
 
 **Debugging: ``SLOWFAST_DEBUG=1``** in the environment re-raises every error with its full traceback. An
 environment variable, not a ``--debug`` flag, because it reaches every process a launcher starts
-(``rdp.run``'s nodes, ``rdp.compare``'s ``sim.eval`` cells) and cannot collide with hydra's or argparse's arguments.
+(``rdp.run``'s nodes, ``rdp.compare``'s ``sim.eval`` cells) and cannot collide with hydra's arguments.
 
 Every command line is hydra overrides. Commands that want hydra's run directory (``sim.eval``, ``rdp.train``) call
 :func:`run_hydra`: it checks the overrides against ``configs/`` first (group choices, keys, value types, required
@@ -32,7 +32,6 @@ application and lets its errors out through the same path. Every other command c
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -123,13 +122,6 @@ def command(prog: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return wrap
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """``argparse`` whose errors are a :class:`UsageError` (one line via :func:`command`, not usage + error)."""
-
-    def error(self, message: str) -> Any:  # argparse's signature says NoReturn
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 # ----------------------------------------------------------------------------------------------- values

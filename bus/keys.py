@@ -1,4 +1,4 @@
-"""CURVE key files for cross-host bus links: ``python -m bus.keys generate DIR [--name NAME]``.
+"""CURVE key files for cross-host bus links: ``python -m bus.keys generate DIR [name=NAME]``.
 
 Writes a key pair in ZeroMQ's certificate format (what ``zmq.auth`` and czmq read)::
 
@@ -9,6 +9,9 @@ A serving endpoint (the side that binds: a ``Publisher``, a ``Server``, a record
 loads its own ``.key_secret`` and the ``.key`` files of the clients it lets in; a connecting endpoint loads its
 own ``.key_secret`` and the server's ``.key`` (see ``bus.curve``). Keys are Z85 text (40 characters), never
 pickled. The last stdout line of ``generate`` is JSON with both paths.
+
+The first argument is the command (``generate``); the rest are hydra overrides of ``configs/bus/keys.yaml``, whose
+``dir`` may be given without its key.
 """
 
 from __future__ import annotations
@@ -18,17 +21,30 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 
-from bus.cli import ArgumentParser, CommandError, UsageError, command, one_line
+from bus.cli import CommandError, UsageError, choose, command, one_line
+from bus.config import compose
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _Z85_RE = re.compile(rb"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+
+
+COMMANDS = ("generate",)
+
+
+@dataclass
+class GenerateConfig:
+    """``configs/bus/keys.yaml``: where ``generate`` writes and the file stem."""
+
+    dir: str
+    name: str = "server"
 
 
 class KeyFileError(UsageError):
@@ -47,7 +63,7 @@ def generate_keypair(directory: str | os.PathLike, name: str = "server") -> tupl
     public, secret = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
     for path in (public, secret):
         if path.exists():
-            raise FileExistsError(f"{path} already exists; choose another --name or remove it first")
+            raise FileExistsError(f"{path} already exists; choose another name= or remove it first")
     old_umask = os.umask(0o077)  # the secret file must never exist readable by others, not even briefly
     try:
         made_public, made_secret = zmq.auth.create_certificates(directory, name)
@@ -106,21 +122,28 @@ def _load(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
 
 @command("bus.keys")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m bus.keys", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    gen = sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (0600) into DIR")
-    gen.add_argument("dir", type=Path)
-    gen.add_argument("--name", default="server", help="file stem, e.g. server, recorder, operator (default server)")
-    args = parser.parse_args(argv)
+    """``python -m bus.keys generate DIR [name=NAME]``; see the module docstring."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        _configure(args)  # the docstring and the yaml; ends the command with exit 0
+    if not args:
+        raise UsageError(f"expected a command ({', '.join(COMMANDS)}), e.g. python -m bus.keys generate DIR")
+    choose("command", args[0], COMMANDS, "bus.keys command")
+    cfg = _configure(args[1:])
     try:
-        public, secret = generate_keypair(args.dir, args.name)
+        public, secret = generate_keypair(cfg.dir, cfg.name)
     except (FileExistsError, UsageError):
         raise
     except OSError as e:  # permissions, a full disk: not the arguments' fault
-        raise CommandError(f"could not write keys into {args.dir}: {one_line(e)}") from e
+        raise CommandError(f"could not write keys into {cfg.dir}: {one_line(e)}") from e
     print(f"wrote {public} (share it) and {secret} (keep it here, mode 0600)")
     print(json.dumps({"public": str(public), "secret": str(secret), "public_key": load_public_key(public).decode()}))
     return 0
+
+
+def _configure(argv: Sequence[str]) -> GenerateConfig:
+    return compose(GenerateConfig, "bus/keys", argv, "bus.keys generate", "DIR name=robot", doc=__doc__,
+                   positional=("dir",))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ RAY_REQUIREMENT = "ray>=2.50"
 TAIL_LINES = 20
 STOP_GRACE_S = 5.0
 RAY_POLL_S = 0.5
+# How often the driver looks for a Ctrl-C / SIGTERM while it waits for commands to finish.
+POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ def run_commands(
     results: list[ShardResult | None] = [None] * len(cmds)
     t0 = time.monotonic()
     # closing(): an error here (in `say`) ends the running commands now, not when the traceback is freed.
-    with _terminate_as_interrupt(), closing(runner(cmds, jobs, extra, ray_address)) as finished:
+    with _signals_stop_the_sweep() as interrupted, closing(runner(cmds, jobs, extra, ray_address, interrupted)
+                                                            ) as finished:
         for done, result in enumerate(finished, start=1):
             results[result.index] = result
             state = "ok" if result.ok else f"FAILED (exit {result.returncode}): {result.error_line()}"
@@ -150,22 +153,31 @@ def run_commands(
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """While a sweep runs, SIGTERM (a scheduler or ``kill`` ending the caller) ends it as Ctrl-C does: the running
-    commands are stopped on the way out instead of being left behind. Only the main thread can set a handler; a
-    sweep started elsewhere keeps the process's own."""
+def _signals_stop_the_sweep() -> Iterator[threading.Event]:
+    """While a sweep runs, Ctrl-C (SIGINT) and SIGTERM (a scheduler or ``kill`` ending the caller) only set the
+    event this yields; the runner checks it between its waits and raises ``KeyboardInterrupt`` there, so the
+    running commands are stopped on the way out. Raising from the handler instead could land inside
+    ``concurrent.futures.wait`` while it holds the futures' locks, and the worker threads would then never finish.
+    Only the main thread can set handlers; a sweep started elsewhere keeps the process's own."""
+    interrupted = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupted
         return
 
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    def note(_signum: int, _frame: object) -> None:
+        interrupted.set()
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield interrupted
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _check(interrupted: threading.Event) -> None:
+    if interrupted.is_set():
+        raise KeyboardInterrupt("the sweep was interrupted (Ctrl-C or SIGTERM)")
 
 
 # ----------------------------------------------------------------------------------------------- one command
@@ -239,8 +251,8 @@ def _result(index: int, cmd: list[str], reply: str) -> ShardResult:
 # ----------------------------------------------------------------------------------------------- local
 
 
-def _run_local(cmds: list[list[str]], jobs: int, env: Mapping[str, str], _address: str | None
-               ) -> Iterator[ShardResult]:
+def _run_local(cmds: list[list[str]], jobs: int, env: Mapping[str, str], _address: str | None,
+               interrupted: threading.Event) -> Iterator[ShardResult]:
     """Subprocesses on this machine, ``jobs`` at a time (a thread waits on each); results as they finish."""
     stop = threading.Event()
     live: set[subprocess.Popen] = set()
@@ -260,7 +272,8 @@ def _run_local(cmds: list[list[str]], jobs: int, env: Mapping[str, str], _addres
     futures: set[Future[ShardResult]] = {pool.submit(work, k) for k in range(len(cmds))}
     try:
         while futures:
-            finished, futures = wait(futures, return_when=FIRST_COMPLETED)
+            finished, futures = wait(futures, timeout=POLL_S, return_when=FIRST_COMPLETED)
+            _check(interrupted)
             for fut in finished:
                 yield fut.result()
     finally:
@@ -287,8 +300,8 @@ def import_ray() -> Any:
     return ray
 
 
-def _run_ray(cmds: list[list[str]], jobs: int, env: Mapping[str, str], address: str | None
-             ) -> Iterator[ShardResult]:
+def _run_ray(cmds: list[list[str]], jobs: int, env: Mapping[str, str], address: str | None,
+             interrupted: threading.Event) -> Iterator[ShardResult]:
     """One Ray task (one CPU) per command, ``jobs`` in flight; results as they finish."""
     ray = import_ray()
     owned = not ray.is_initialized()
@@ -309,6 +322,7 @@ def _run_ray(cmds: list[list[str]], jobs: int, env: Mapping[str, str], address: 
                 pending[task.remote(_spec(cmds[k], {**forwarded, **env}))] = k
             # A timeout, so that Ctrl-C is seen: Python runs signal handlers only between Ray's blocking calls.
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=RAY_POLL_S)
+            _check(interrupted)
             for ref in ready:
                 k = pending.pop(ref)
                 try:

@@ -3,22 +3,44 @@ several shapes and sizes pressed into a MuJoCo gel pad at varied forces, then dr
 through the simulator's contact sensing (``sim.sensing``). It lives in ``sim`` because it needs the simulator;
 ``sensors`` keeps the embedding itself, which the robot, the recorder and the policies use without MuJoCo.
 
-    python -m sim.press_dataset fit --name default --episodes 400 --seed 0
+    python -m sim.press_dataset fit [name=default] [episodes=400] [dim=15] [seed=0] [out=FILE]
+
+The first argument is the command (``fit``); the rest are hydra overrides of ``configs/sim/press_dataset.yaml``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bus.cli import ArgumentParser, UsageError, command
+from bus.cli import UsageError, choose, command
+from bus.config import compose
 from sensors.embedding import DEFAULT_DIM, EMBEDDING_DIR, fit_pca
 from sensors.tactile import GelPad, GelPadSpec
 from sim.sensing import ContactSensing, PadBinding
 from sim.tasks.base import resize_geom
+
+COMMANDS = ("fit",)
+
+
+@dataclass
+class FitConfig:
+    """``configs/sim/press_dataset.yaml``."""
+
+    name: str = "default"
+    episodes: int = 400
+    dim: int = DEFAULT_DIM
+    seed: int = 0
+    out: str | None = None  # None: sensors/embeddings/<name>.npz
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.dim < 1:
+            raise UsageError(f"episodes={self.episodes} and dim={self.dim} must be >= 1")
 
 
 def generate_press_dataset(
@@ -104,34 +126,35 @@ def generate_press_dataset(
 
 
 @command("sim.press_dataset")
-def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="python -m sim.press_dataset", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fit", help="generate the press dataset and fit the PCA embedding")
-    f.add_argument("--name", default="default")
-    f.add_argument("--episodes", type=int, default=400)
-    f.add_argument("--dim", type=int, default=DEFAULT_DIM)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", type=Path, default=None, help="file path (default: sensors/embeddings/<name>.npz)")
-    args = ap.parse_args(argv)
-    if args.episodes < 1 or args.dim < 1:
-        raise UsageError(f"--episodes {args.episodes} and --dim {args.dim} must be >= 1")
-    x = generate_press_dataset(args.episodes, args.seed)
-    emb = fit_pca(x, args.dim)
-    path = args.out or EMBEDDING_DIR / f"{args.name}.npz"
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sim.press_dataset fit [key=value ...]``; see the module docstring."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        _configure(args)  # the docstring and the yaml; ends the command with exit 0
+    if not args:
+        raise UsageError(f"expected a command ({', '.join(COMMANDS)}), e.g. python -m sim.press_dataset fit")
+    choose("command", args[0], COMMANDS, "sim.press_dataset command")
+    cfg = _configure(args[1:])
+    x = generate_press_dataset(cfg.episodes, cfg.seed)
+    emb = fit_pca(x, cfg.dim)
+    path = Path(cfg.out) if cfg.out else EMBEDDING_DIR / f"{cfg.name}.npz"
     recon = emb.decode(emb.encode(x.reshape(-1, *emb.grid, 2))).reshape(len(x), -1)
     rel_err = float(np.linalg.norm(recon - x) / np.linalg.norm(x - x.mean(axis=0)))
     meta = {
         "samples": int(len(x)),
-        "episodes": args.episodes,
-        "seed": args.seed,
+        "episodes": cfg.episodes,
+        "seed": cfg.seed,
         "explained_variance": float(emb.explained_variance_ratio.sum()),
         "relative_reconstruction_error": rel_err,
-        "command": f"python -m sim.press_dataset fit --name {args.name} --episodes {args.episodes} --seed {args.seed}",
+        "command": f"python -m sim.press_dataset fit name={cfg.name} episodes={cfg.episodes} seed={cfg.seed}",
     }
     emb.save(path, meta)
     print(json.dumps({"path": str(path), **meta}))
     return 0
+
+
+def _configure(argv: Sequence[str]) -> FitConfig:
+    return compose(FitConfig, "sim/press_dataset", argv, "press dataset", "episodes=400 seed=0", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import pytest
 
 from bus.cli import (
     DEBUG_ENV,
-    ArgumentParser,
     CommandError,
     UsageError,
     check_hydra_overrides,
@@ -77,21 +76,6 @@ def test_success_and_ctrl_c(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert ok([], extra=3) == 3 and ok([]) == 0
     assert interrupted([]) == 130 and capsys.readouterr().err.strip() == "tool: interrupted"
-
-
-def test_argument_parser_errors_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    @command("python -m tool")
-    def main(argv: list[str] | None = None) -> int:
-        parser = ArgumentParser(prog="python -m tool")
-        sub = parser.add_subparsers(dest="cmd", required=True)
-        sub.add_parser("fit").add_argument("--episodes", type=int, default=1)
-        parser.parse_args(argv)
-        return 0
-
-    assert main(["fit", "--episodes", "abc"]) == 2
-    assert "argument --episodes: invalid int value: 'abc'" in _one_line(capsys.readouterr().err, "python -m tool")
-    assert main(["nosuch"]) == 2
-    assert "invalid choice: 'nosuch'" in _one_line(capsys.readouterr().err, "python -m tool")
 
 
 def test_choose_lists_the_valid_choices() -> None:

@@ -53,12 +53,14 @@ def client_keys(keys: Path, name: str = "operator", server: str = "server") -> C
 
 
 def test_generate_writes_a_private_secret_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
-    assert main(["generate", str(tmp_path / "k"), "--name", "robot"]) == 0
+    assert main(["generate", str(tmp_path / "k"), "name=robot"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     public, secret = Path(out["public"]), Path(out["secret"])
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert load_public_key(public) == out["public_key"].encode() == load_keypair(secret)[0]
-    assert main(["generate", str(tmp_path / "k"), "--name", "robot"]) == 2  # never overwrites a key (exit 2)
+    assert main(["generate", str(tmp_path / "k"), "name=robot"]) == 2  # never overwrites a key (exit 2)
+    assert main(["generate", f"dir={tmp_path / 'k2'}", "--name", "robot"]) == 2  # overrides only: name=robot
+    assert "--name: no such option" in capsys.readouterr().err
     with pytest.raises(KeyFileError, match="no secret key"):
         load_keypair(public)
     with pytest.raises(KeyFileError, match="not a readable"):
