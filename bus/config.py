@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +65,20 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def split_verb(argv: Sequence[str], verbs: Iterable[str], prog: str, example: str, doc: str | None
+               ) -> tuple[str, list[str]]:
+    """``prog VERB [key=value ...]`` -> (VERB, the rest). ``-h`` / ``--help`` first prints ``doc`` and ends the command
+    (exit 0, :class:`bus.cli.EarlyExit`); no verb, or one not in ``verbs``, is a one-line :class:`UsageError`."""
+    args = list(argv)
+    options = list(verbs)
+    if args[:1] in (["-h"], ["--help"]):
+        print(doc or f"{prog} {{{','.join(options)}}} [key=value ...]")
+        raise EarlyExit(0)
+    if not args:
+        raise UsageError(f"expected a command ({', '.join(options)}), e.g. {example}")
+    return choose("command", args[0], options, f"{prog} command"), args[1:]
 
 
 def compose(cls: type[T], config_name: str | Path, argv: Sequence[str], what: str, example: str, *,

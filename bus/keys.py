@@ -27,8 +27,8 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
-from bus.cli import CommandError, UsageError, choose, command, one_line
-from bus.config import compose
+from bus.cli import CommandError, UsageError, command, one_line
+from bus.config import compose, split_verb
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
@@ -123,13 +123,9 @@ def _load(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
 @command("bus.keys")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bus.keys generate DIR [name=NAME]``; see the module docstring."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["-h"], ["--help"]):
-        _configure(args)  # the docstring and the yaml; ends the command with exit 0
-    if not args:
-        raise UsageError(f"expected a command ({', '.join(COMMANDS)}), e.g. python -m bus.keys generate DIR")
-    choose("command", args[0], COMMANDS, "bus.keys command")
-    cfg = _configure(args[1:])
+    _, rest = split_verb(sys.argv[1:] if argv is None else argv, COMMANDS, "bus.keys",
+                         "python -m bus.keys generate DIR", __doc__)
+    cfg = _configure(rest)
     try:
         public, secret = generate_keypair(cfg.dir, cfg.name)
     except (FileExistsError, UsageError):

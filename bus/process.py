@@ -112,7 +112,17 @@ class Child:
             if record.get("event") == event:
                 return record
         raise ChildFailed(f"{self.name} gave no {event!r} record within {timeout:g} s (exit code "
-                          f"{self.proc.poll()}); its log {self.log_path} ends: {self.last_log_line()}")
+                          f"{self._exit_code()}); its log {self.log_path} ends: {self.last_log_line()}")
+
+    def _exit_code(self, grace_s: float = 5.0) -> int | None:
+        """The exit code, waiting up to ``grace_s`` for it once stdout has closed (a child's stdout reaches its end
+        a moment before the child can be reaped); None for a child that still runs."""
+        if self.proc.poll() is None and self.ended_at is not None:
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.proc.poll()
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:
         """The ready record (:meth:`wait_event`)."""

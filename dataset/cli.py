@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.cli import UsageError, choose, command
-from bus.config import compose
+from bus.config import compose, split_verb
 from dataset.format import build_training_set, dataset_info, list_episodes, recover_dataset, verify_dataset
 
 FORMATS = ("lerobot",)
@@ -80,12 +80,9 @@ class ImportConfig:
 @command("dataset")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dataset COMMAND [DIR ...] [key=value ...]``; see the module docstring."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if args else 2
-    name, rest = args[0], args[1:]
-    cls, positional, run = _COMMANDS[choose("command", name, _COMMANDS, "dataset command")]
+    name, rest = split_verb(sys.argv[1:] if argv is None else argv, _COMMANDS, "dataset", "python -m dataset info DIR",
+                            __doc__)
+    cls, positional, run = _COMMANDS[name]
     cfg = compose(cls, f"dataset/{name}", rest, f"dataset {name}", f"{' '.join(p.upper() for p in positional)}",
                   doc=__doc__, positional=positional)
     return run(cfg)

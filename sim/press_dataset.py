@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bus.cli import UsageError, choose, command
-from bus.config import compose
+from bus.cli import UsageError, command
+from bus.config import compose, split_verb
 from sensors.embedding import DEFAULT_DIM, EMBEDDING_DIR, fit_pca
 from sensors.tactile import GelPad, GelPadSpec
 from sim.sensing import ContactSensing, PadBinding
@@ -128,13 +128,9 @@ def generate_press_dataset(
 @command("sim.press_dataset")
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sim.press_dataset fit [key=value ...]``; see the module docstring."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] in (["-h"], ["--help"]):
-        _configure(args)  # the docstring and the yaml; ends the command with exit 0
-    if not args:
-        raise UsageError(f"expected a command ({', '.join(COMMANDS)}), e.g. python -m sim.press_dataset fit")
-    choose("command", args[0], COMMANDS, "sim.press_dataset command")
-    cfg = _configure(args[1:])
+    _, rest = split_verb(sys.argv[1:] if argv is None else argv, COMMANDS, "sim.press_dataset",
+                         "python -m sim.press_dataset fit", __doc__)
+    cfg = _configure(rest)
     x = generate_press_dataset(cfg.episodes, cfg.seed)
     emb = fit_pca(x, cfg.dim)
     path = Path(cfg.out) if cfg.out else EMBEDDING_DIR / f"{cfg.name}.npz"
