@@ -32,6 +32,23 @@ from bus.cli import CommandError
 _PR_SET_PDEATHSIG = 1
 
 
+def terminate(proc: subprocess.Popen, timeout: float) -> int:
+    """End ``proc``: SIGTERM (and SIGCONT: a stopped process handles its SIGTERM only once it runs again), wait up
+    to ``timeout`` s, then SIGKILL; reaps it and returns its exit code. A process that has already ended is only
+    reaped."""
+    if proc.poll() is None:
+        for sig in (signal.SIGTERM, signal.SIGCONT):
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:  # it ended in between
+                break
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 class ChildFailed(CommandError, RuntimeError):
     """A child died or gave no awaited event in time (exit 1 under :func:`bus.cli.command`); the message names its
     log and the log's last line."""
@@ -184,14 +201,7 @@ class Child:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            self.signal(signal.SIGCONT)  # a frozen child handles its SIGTERM only once it runs again
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
+        code = terminate(self.proc, timeout)
         self._reader.join(timeout=2.0)
         if self.proc.stdout is not None:
             self.proc.stdout.close()

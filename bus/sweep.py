@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus.cli import CommandError, UsageError, choose, one_line
+from bus.process import terminate
 
 LAUNCHERS = ("local", "ray")
 # One thread per process for every numeric library a worker may load (torch reads OMP_NUM_THREADS).
@@ -227,14 +228,7 @@ def _run_one(spec_json: str, stop: threading.Event | None = None,
 
 def _stop(proc: subprocess.Popen) -> None:
     """End a running command: SIGTERM, then SIGKILL after ``STOP_GRACE_S``."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    terminate(proc, STOP_GRACE_S)
 
 
 def _spec(cmd: list[str], env: Mapping[str, str]) -> str:

@@ -90,7 +90,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mujoco
 import numpy as np
 
 from bus.cli import UsageError, choose, command
@@ -102,6 +101,7 @@ from bus.resources import config_dir
 from bus.transport import Publisher, Request, Server, Subscriber
 from sim.registry import task_physics_hz
 from sim.robot_interface import TARGET_DIM, Cameras, Reading, Robot, TaskStep
+from spatial.rotations import quat_to_rotvec
 
 log = logging.getLogger("sim.node")
 
@@ -779,7 +779,7 @@ def hold_command(state: Message) -> np.ndarray:
     pos, quat, width = state.arrays["tcp_pos"], state.arrays["tcp_quat"], state.arrays["gripper_width"]
     out = np.zeros((len(pos), 7))
     for i in range(len(pos)):
-        mujoco.mju_quat2Vel(out[i, 3:6], quat[i].copy(), 1.0)
+        out[i, 3:6] = quat_to_rotvec(quat[i])
         out[i, :3], out[i, 6] = pos[i], width[i]
     return out
 

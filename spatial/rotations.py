@@ -103,6 +103,12 @@ def mat_to_rotvec(m: np.ndarray) -> np.ndarray:
     return np.array(_quat_to_rotvec(w, x, y, z))
 
 
+def quat_to_rotvec(q: np.ndarray) -> np.ndarray:
+    """(4,) [w, x, y, z] -> (3,) rotation vector (angle at most pi), MuJoCo's arithmetic (``mju_quat2Vel``, dt 1)."""
+    w, x, y, z = np.asarray(q, dtype=np.float64).tolist()
+    return np.array(_quat_to_rotvec(w, x, y, z))
+
+
 def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
     """(3,) rotation vector that rotates ``current`` onto ``target`` (both (3, 3), world frame)."""
     return mat_to_rotvec(target @ current.T)

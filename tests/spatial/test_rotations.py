@@ -16,6 +16,7 @@ from spatial.rotations import (
     mat_to_rotvec,
     matrix_to_quat,
     quat_to_matrix,
+    quat_to_rotvec,
     rot6d_to_matrix,
     rotation_error,
     rotvec_to_mat,
@@ -63,6 +64,10 @@ def test_one_rotation_functions_equal_mujocos_routines_bit_for_bit() -> None:
         assert matrix_to_quat(m).tobytes() == (q if q[0] >= 0 else -q).tobytes(), m
     for a, b in zip(mats[:1000], mats[1000:2000], strict=True):
         assert rotation_error(a, b).tobytes() == _mj_mat_to_rotvec(a @ b.T).tobytes()
+    for q in [*rng.normal(size=(2000, 4)), np.array([1.0, 0, 0, 0]), np.array([-1.0, 0, 0, 0])]:
+        v = np.zeros(3)
+        mujoco.mju_quat2Vel(v, q, 1.0)
+        assert quat_to_rotvec(q).tobytes() == v.tobytes(), q
     for q in rng.normal(size=(2000, 4)):
         m = np.zeros(9)
         mujoco.mju_quat2Mat(m, q / np.linalg.norm(q[None], axis=-1)[0])
