@@ -89,16 +89,19 @@ def test_browser_page_drives_the_robot_and_shows_touch(tmp_path):
         hand_x = dt.eval("teleop.hands[0].pos[0]")
         dt.hold_until("w", f"teleop.hands[0].pos[0] >= {hand_x + 0.06}")  # 6 cm forward
         wait_for(dt, f"teleop.feedback.tcp_pos[0][0] > {start[0] + 0.03}")
-        for _ in range(20):  # then down onto the surface, 12 mm at a time, until the wrist feels it
-            if np.linalg.norm(feedback(dt)["wrench"][0][:3]) > 3.0:
+        wrench = []  # then down onto the surface, 12 mm at a time, until the wrist feels it
+        for _ in range(20):
+            wrench.append(feedback(dt)["wrench"][0])
+            if np.linalg.norm(wrench[-1][:3]) > 3.0:
                 break
             hand_z = dt.eval("teleop.hands[0].pos[2]")
             dt.hold_until("f", f"teleop.hands[0].pos[2] <= {hand_z - 0.012}")
             # The robot follows at <= 0.25 m/s: give it 0.15 s of simulated time (a loaded machine runs it slower).
             sim_time = dt.eval("teleop.feedback.sim_time")
             wait_for(dt, f"teleop.feedback.sim_time >= {sim_time + 0.15}")
-        fb = feedback(dt)
-        assert np.linalg.norm(fb["wrench"][0][:3]) > 3.0, fb["wrench"]
+        # The reading that ended the descent is the evidence: contact force wobbles around the threshold, so a
+        # second read a moment later can fall back under it.
+        assert np.linalg.norm(wrench[-1][:3]) > 3.0, f"no contact after {len(wrench)} steps down: {wrench[-3:]}"
         # Then press 6 mm further (~7 N more through the impedance), so the touch the page draws below does not
         # depend on where in the last 12 mm step the surface happened to be.
         hand_z = dt.eval("teleop.hands[0].pos[2]")
