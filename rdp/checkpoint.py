@@ -122,6 +122,35 @@ def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Optimizer state without pickle: tensors to optimizer.safetensors, the rest (param groups) to JSON."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entries in sd["state"].items():
+        for k, v in entries.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous().clone()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    directory.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(directory / "optimizer.safetensors"))
+    (directory / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Fill ``optimizer`` from what ``save_optimizer`` wrote to ``directory``."""
+    try:
+        tensors = safetensors.torch.load_file(str(directory / "optimizer.safetensors"))
+        meta = json.loads((directory / "optimizer.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{directory}: unreadable optimizer state ({e})") from e
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
 # --------------------------------------------------------------------------------------------------- loading
 
 

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -48,7 +47,14 @@ from bus.cli import UsageError, command, run_hydra
 from bus.resources import config_dir
 from dataset.durable import fsync_dir, write_file_durably
 from rdp.api import get_method, method_names
-from rdp.checkpoint import RUN_FORMAT, CheckpointError, load_checkpoint, read_json, save_checkpoint
+from rdp.checkpoint import (
+    RUN_FORMAT,
+    load_checkpoint,
+    load_optimizer,
+    read_json,
+    save_checkpoint,
+    save_optimizer,
+)
 from rdp.data import (
     ACTION_DIM,
     ACTION_FRAMES,
@@ -426,11 +432,11 @@ def train_tokenizer(
         ckpt_dir = Path(cfg.out) / st["checkpoint"]
         stored = load_checkpoint(ckpt_dir / "model", tokenizer)
         norm.load_arrays(stored.normalizer)
-        _load_optimizer(optimizer, ckpt_dir)
+        load_optimizer(optimizer, ckpt_dir)
 
     def save(directory: Path) -> None:
         save_checkpoint(directory / "model", tokenizer, tok_cfg, norm.arrays())
-        _save_optimizer(optimizer, directory)
+        save_optimizer(optimizer, directory)
 
     def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch = _batch(cfg, episodes, windows, step, stage=0, obs_keys=(), cond_key=m.cond_key)
@@ -487,12 +493,12 @@ def _train_policy(
         ckpt_dir = Path(cfg.out) / st["checkpoint"]
         policy.load(ckpt_dir / "model")
         ema.model.load(ckpt_dir / "ema")
-        _load_optimizer(optimizer, ckpt_dir)
+        load_optimizer(optimizer, ckpt_dir)
 
     def save(directory: Path) -> None:
         policy.save(directory / "model")
         ema.model.save(directory / "ema")
-        _save_optimizer(optimizer, directory)
+        save_optimizer(optimizer, directory)
 
     generator = torch.Generator()
 
@@ -652,34 +658,6 @@ def _checkpoint(cfg: TrainConfig, stage: str, step: int, seconds: float, done: b
     for old in root.glob(f"{stage}_*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def _save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    """Optimizer state without pickle: tensors to optimizer.safetensors, the rest (param groups) to JSON."""
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, entries in sd["state"].items():
-        for k, v in entries.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous().clone()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    directory.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, str(directory / "optimizer.safetensors"))
-    (directory / "optimizer.json").write_text(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    try:
-        tensors = safetensors.torch.load_file(str(directory / "optimizer.safetensors"))
-        meta = json.loads((directory / "optimizer.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{directory}: unreadable optimizer state ({e})") from e
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in [*tensors.items(), *meta["scalars"].items()]:
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def _write_json(path: Path, obj: Any) -> None:

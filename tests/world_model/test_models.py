@@ -1,0 +1,170 @@
+"""The world model's parts on tiny sizes: autoencoder shapes and scale, the masked loss (only generated frames
+count), chunk generation holding the context, and TEMP-LoRA (a fresh memory changes nothing, a local update changes
+only the adapters and lowers the loss on the chunk it saw, reset and state round trip)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rdp.schedulers import SchedulerConfig
+from world_model.autoencoder import AutoencoderConfig, FrameAutoencoder
+from world_model.temp_lora import LoRALinear, TempLoRAConfig, TempLoRAMemory, attach
+from world_model.video_diffusion import VideoDiffusion, VideoDiffusionConfig
+
+TINY = VideoDiffusionConfig(latent_channels=4, latent_size=4, action_dim=3, context_frames=2, chunk_frames=2,
+                            width=32, depth=2, heads=4,
+                            scheduler=SchedulerConfig(num_train_timesteps=20, num_inference_steps=4))
+
+
+def tiny_batch(B: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, TINY.window, 4, 4, 4, generator=g), torch.randn(B, TINY.window, 3, generator=g))
+
+
+def test_autoencoder_shapes_scale_and_bad_input():
+    ae = FrameAutoencoder(AutoencoderConfig(image_size=16, latent_channels=4, width=8))
+    frames = torch.rand(3, 3, 16, 16)
+    z = ae.encode(frames)
+    assert z.shape == (3, 4, 4, 4)
+    assert ae.decode(z).shape == (3, 3, 16, 16)
+    scale = ae.fit_scale(frames)
+    assert scale > 0 and abs(float(ae.encode(frames).detach().std()) - 1.0) < 1e-4
+    assert float(ae.decode(ae.encode(frames)).min()) >= 0.0
+    with pytest.raises(ValueError, match=r"\(B, 3, 16, 16\)"):
+        ae.encode(torch.rand(3, 16, 16, 3))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        AutoencoderConfig(image_size=18)
+
+
+def test_autoencoder_learns_to_reconstruct():
+    torch.manual_seed(0)
+    ae = FrameAutoencoder(AutoencoderConfig(image_size=16, latent_channels=4, width=8))
+    frames = torch.rand(8, 3, 16, 16)
+    opt = torch.optim.Adam(ae.parameters(), lr=3e-3)
+    first = float(ae.reconstruction_loss(frames))
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ae.reconstruction_loss(frames)
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+
+
+def test_masked_loss_ignores_what_the_context_frames_would_be_scored_on():
+    """The loss depends on the context frames only as conditioning: with the denoiser's output replaced by zeros
+    on the context frames, the loss is unchanged (it is taken over the generated frames alone)."""
+    torch.manual_seed(0)
+    model = VideoDiffusion(TINY)
+    latents, actions = tiny_batch()
+    original = model.denoiser.forward
+
+    def context_zeroed(x, t, ctx, a):
+        out = original(x, t, ctx, a)
+        return out * (~ctx)[:, :, None, None, None]
+
+    base = model.masked_loss(latents, actions, 2, torch.Generator().manual_seed(1))
+    model.denoiser.forward = context_zeroed
+    masked = model.masked_loss(latents, actions, 2, torch.Generator().manual_seed(1))
+    assert torch.equal(base, masked)
+    with pytest.raises(ValueError, match="n_context"):
+        model.masked_loss(latents, actions, TINY.window)
+
+
+def test_generation_is_conditioned_on_context_and_actions_and_checks_shapes():
+    torch.manual_seed(0)
+    model = VideoDiffusion(TINY)
+    for p in model.denoiser.conv_out.parameters():  # zero-initialised output: give it a nonzero map to test with
+        torch.nn.init.normal_(p, std=0.1)
+    latents, actions = tiny_batch()
+    ctx = latents[:, :2]
+    a = model.generate(ctx, actions, torch.Generator().manual_seed(3))
+    assert a.shape == (2, 2, 4, 4, 4)
+    assert torch.equal(a, model.generate(ctx, actions, torch.Generator().manual_seed(3)))
+    assert not torch.allclose(a, model.generate(ctx + 1.0, actions, torch.Generator().manual_seed(3)))
+    assert not torch.allclose(a, model.generate(ctx, actions + 1.0, torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="actions must be"):
+        model.generate(ctx, actions[..., :2])
+    with pytest.raises(ValueError, match="at least one new frame"):
+        model.generate(ctx, actions[:, :2])
+
+
+def test_training_lowers_the_masked_loss():
+    torch.manual_seed(0)
+    model = VideoDiffusion(TINY)
+    latents, actions = tiny_batch(B=4)
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return sum(float(model.masked_loss(latents, actions, 2, torch.Generator().manual_seed(i)))
+                       for i in range(8)) / 8
+
+    before = mean_loss()
+    for _ in range(80):
+        opt.zero_grad()
+        model.masked_loss(latents, actions, 2, g).backward()
+        opt.step()
+    assert mean_loss() < 0.7 * before
+
+
+def test_fresh_temp_lora_changes_nothing_and_update_touches_only_adapters():
+    torch.manual_seed(0)
+    model = VideoDiffusion(TINY)
+    for p in model.denoiser.conv_out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    latents, actions = tiny_batch()
+    ctx = latents[:, :2]
+    before = model.generate(ctx, actions, torch.Generator().manual_seed(0))
+    base_params = [(p, p.detach().clone()) for p in model.parameters()]
+    memory = TempLoRAMemory(model, TempLoRAConfig(rank=4, alpha=4.0, lr=1e-2, steps=1))
+    assert len(memory.adapters) == TINY.depth * 4
+    assert torch.equal(before, model.generate(ctx, actions, torch.Generator().manual_seed(0)))
+
+    memory.update(latents, actions, n_context=2)
+    assert all(torch.equal(p, copy) for p, copy in base_params)  # the base weights are where they were
+    assert any(a.up.weight.abs().sum() > 0 for a in memory.adapters)
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind for an outer optimiser to see
+    assert not torch.equal(before, model.generate(ctx, actions, torch.Generator().manual_seed(0)))
+
+    saved = memory.state()
+    memory.reset()
+    assert torch.equal(before, model.generate(ctx, actions, torch.Generator().manual_seed(0)))
+    memory.load_state(saved)
+    assert torch.equal(saved["0.up"], memory.adapters[0].up.weight)
+    with pytest.raises(ValueError, match="expected"):
+        memory.load_state({"0.up": saved["0.up"]})
+    with pytest.raises(ValueError, match="already has"):
+        attach(model, TempLoRAConfig())
+
+
+def test_local_updates_store_the_chunk_they_saw():
+    """Repeated local updates on one [context ⊕ chunk] lower the masked loss on it (the memory holds it), while the
+    base model's loss on it stays where it was after a reset."""
+    torch.manual_seed(0)
+    model = VideoDiffusion(TINY)
+    for p in model.denoiser.conv_out.parameters():  # as trained: a zero output layer passes no gradient back
+        torch.nn.init.normal_(p, std=0.1)
+    latents, actions = tiny_batch(B=1)
+    memory = TempLoRAMemory(model, TempLoRAConfig(rank=4, alpha=8.0, lr=5e-3, steps=1), seed=1)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return sum(float(model.masked_loss(latents, actions, 2, torch.Generator().manual_seed(i)))
+                       for i in range(16)) / 16
+
+    before = loss()
+    for _ in range(60):
+        memory.update(latents, actions, n_context=2)
+    assert loss() < 0.8 * before
+    memory.reset()
+    assert abs(loss() - before) < 1e-6
+    assert isinstance(model.denoiser.temporal[0].q, LoRALinear)
+
+
+def test_temp_lora_config_is_checked():
+    with pytest.raises(ValueError, match="subset"):
+        TempLoRAConfig(targets=("q", "mlp"))
+    with pytest.raises(ValueError, match="rank"):
+        TempLoRAConfig(rank=0)

@@ -1,0 +1,105 @@
+"""The world model's commands on a tiny revisit set: data (deterministic, revisit pairs show the same view),
+training with a resumable stage, generation with and without TEMP-LoRA writing metrics and a video, and one-line
+errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from world_model.data import RevisitDataConfig, VideoSet, revisit_set
+from world_model.generate import histogram_distance, ssim
+from world_model.revisit import RevisitConfig, render_episode
+from world_model.train import Stage, StageConfig, WorldModelTrainConfig
+
+TINY = ["model.width=32", "model.depth=1", "model.ae_width=8", "model.context_frames=2", "model.chunk_frames=2",
+        "model.inference_steps=2", "model.train_timesteps=20", "ae.steps=20", "ae.batch=8", "diffusion.steps=20",
+        "diffusion.batch=4", "log_every=10", "progress=false"]
+
+
+def test_revisit_episodes_are_deterministic_and_return_to_the_same_view():
+    cfg = RevisitConfig(image_size=16)
+    a, b = render_episode(cfg, 7), render_episode(cfg, 7)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.actions, b.actions)
+    assert not np.array_equal(a.frames[:4], render_episode(cfg, 8).frames[:4])
+    assert len(a.pairs) > 0 and a.back > a.left
+    for i, j in a.pairs:  # the return frame shows exactly what the first visit showed
+        assert np.array_equal(a.frames[i], a.frames[j])
+    assert np.allclose(np.cumsum(a.actions, axis=0)[1:] + a.camera[0], a.camera[1:])
+    gap = a.back - a.left  # frames with A out of view: longer than any context window we train
+    assert gap > 8, gap
+
+
+def test_video_set_round_trip_and_windows(tmp_path):
+    videos = revisit_set(RevisitDataConfig(out=str(tmp_path), episodes=2, seed=3, image_size=16), progress=False)
+    videos.save(tmp_path)
+    loaded = VideoSet.load(tmp_path)
+    assert np.array_equal(loaded.frames, videos.frames) and np.array_equal(loaded.pairs, videos.pairs)
+    w = loaded.windows(6)
+    assert all(loaded.starts[np.searchsorted(loaded.starts, s, side="right") - 1] + 6
+               <= loaded.starts[np.searchsorted(loaded.starts, s, side="right")] for s in w)
+    with pytest.raises(FileNotFoundError, match="no video set"):
+        VideoSet.load(tmp_path / "nothing")
+
+
+def test_ssim_and_histogram_distance():
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
+    assert float(ssim(x, 1 - x).mean()) < 0.5
+    frames = (np.random.default_rng(0).random((3, 16, 16, 3)) * 255).astype(np.uint8)
+    d = histogram_distance(np.stack([frames[0], frames[0], frames[1]]))
+    assert d[0] == pytest.approx(0.0, abs=1e-6) and d[1] > 0
+
+
+def test_a_stage_resumes_from_its_checkpoint(tmp_path):
+    cfg = WorldModelTrainConfig(out=str(tmp_path), checkpoint_every=5, log_every=5, progress=False)
+    from rdp.train import JsonlLog
+
+    model = torch.nn.Linear(3, 1)
+    log = JsonlLog(tmp_path / "log.jsonl")
+    stage = Stage("toy", cfg, StageConfig(steps=10, batch=1, lr=1e-2, warmup=0), model, {"in": 3}, log)
+    stage.run(lambda g: model(torch.randn(4, 3, generator=g)).pow(2).mean())
+    assert (tmp_path / "checkpoints" / "toy" / "state.json").exists()
+    fresh = torch.nn.Linear(3, 1)
+    cfg.resume = True
+    resumed = Stage("toy", cfg, StageConfig(steps=10, batch=1, lr=1e-2, warmup=0), fresh, {"in": 3}, log)
+    assert resumed.step == 10 and torch.equal(fresh.weight, model.weight)
+    assert resumed.optimizer.state_dict()["state"]  # Adam's moments came back too
+
+
+@pytest.mark.heavy
+def test_train_then_generate_with_and_without_memory(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    py = [sys.executable, "-m"]
+    subprocess.run([*py, "world_model.data", "revisit", f"out={data}", "episodes=3", "seed=1", "image_size=16"],
+                   check=True, capture_output=True)
+    done = subprocess.run([*py, "world_model.train", f"data={data}", f"out={run}", *TINY], check=True,
+                          capture_output=True, text=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["episodes"] == 3 and np.isfinite(summary["diffusion_loss"])
+    assert (run / "diffusion" / "model.safetensors").exists() and (run / "autoencoder" / "config.json").exists()
+    assert not (run / "checkpoints" / "diffusion").exists()  # removed once the stage finished
+    results = {}
+    for name, extra in {"memory": [], "none": ["memory=false"], "single": ["memory=false", "context=1"]}.items():
+        out = tmp_path / name
+        proc = subprocess.run([*py, "world_model.generate", f"run={run}", f"data={data}", f"out={out}",
+                               "episodes=2", "videos=1", *extra], check=True, capture_output=True, text=True)
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert len(metrics["episodes"]) == 2 and (out / "episode0.mp4").stat().st_size > 0
+    for r in results.values():
+        assert 0.0 <= r["revisit_ssim"] <= 1.0 and r["scene_cuts"] >= 0
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path):
+    for args, expected in [(["world_model.train", "out=X"], "data=DIR"),
+                           (["world_model.generate", f"run={tmp_path}", f"data={tmp_path}"], "no run.json"),
+                           (["world_model.data"], "expected a command")]:
+        proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

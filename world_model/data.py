@@ -1,0 +1,150 @@
+"""Video datasets for the world model: episodes of camera frames with the action that led into each frame.
+
+    python -m world_model.data revisit out=data/wm-revisit episodes=400 seed=200000 [image_size=32] [jobs=1]
+
+A ``VideoSet`` is one ``videos.npz`` (numpy arrays only, loaded with ``allow_pickle=False``) plus ``meta.json``:
+frames (N, S, S, 3) uint8 and actions (N, Da) float32 of all episodes back to back, ``starts`` (E + 1,) the episode
+boundaries, ``seeds`` (E,), and for revisit episodes ``pairs`` (P, 3) = (episode, first-visit frame, return frame)
+of identical camera poses, episode-relative. Written to a temporary name and renamed, so a stopped run leaves
+either the old set or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bus.cli import UsageError, command
+from bus.config import compose, split_verb
+
+FILE = "videos.npz"
+
+
+@dataclass
+class VideoSet:
+    frames: np.ndarray  # (N, S, S, 3) uint8
+    actions: np.ndarray  # (N, Da) float32
+    starts: np.ndarray  # (E + 1,) int64
+    seeds: np.ndarray  # (E,) int64
+    pairs: np.ndarray  # (P, 3) int64: episode, first-visit frame, return frame (episode-relative)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.frames)
+        if self.frames.ndim != 4 or self.frames.shape[3] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"frames must be (N, S, S, 3) uint8, got {self.frames.shape} {self.frames.dtype}")
+        if self.actions.ndim != 2 or len(self.actions) != n:
+            raise ValueError(f"actions must be ({n}, Da), got {self.actions.shape}")
+        if self.starts[0] != 0 or self.starts[-1] != n or np.any(np.diff(self.starts) < 1):
+            raise ValueError(f"starts must rise from 0 to {n}, got {self.starts[:3]}..{self.starts[-2:]}")
+        if len(self.seeds) != self.episodes:
+            raise ValueError(f"{len(self.seeds)} seeds for {self.episodes} episodes")
+
+    @property
+    def episodes(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def image_size(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    def episode(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frames (T, S, S, 3) and actions (T, Da) of episode ``e``."""
+        a, b = self.starts[e], self.starts[e + 1]
+        return self.frames[a:b], self.actions[a:b]
+
+    def episode_pairs(self, e: int) -> np.ndarray:
+        """(P, 2) first-visit / return frame pairs of episode ``e``."""
+        return self.pairs[self.pairs[:, 0] == e, 1:]
+
+    def save(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{FILE}.tmp.npz"
+        np.savez(tmp, frames=self.frames, actions=self.actions, starts=self.starts, seeds=self.seeds,
+                 pairs=self.pairs)
+        os.replace(tmp, out / FILE)
+        (out / "meta.json").write_text(json.dumps({**self.meta, "episodes": self.episodes,
+                                                   "frames": len(self.frames)}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> VideoSet:
+        path = Path(path)
+        file = path / FILE if path.is_dir() else path
+        if not file.exists():
+            raise FileNotFoundError(f"{file}: no video set (make one: python -m world_model.data revisit out=DIR)")
+        with np.load(file, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("frames", "actions", "starts", "seeds", "pairs")}
+        meta_file = file.parent / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        return cls(**arrays, meta=meta)
+
+    def windows(self, length: int) -> np.ndarray:
+        """(W,) global start indices of every window of ``length`` frames inside one episode."""
+        out = [np.arange(a, b - length + 1) for a, b in zip(self.starts[:-1], self.starts[1:], strict=True)
+               if b - a >= length]
+        if not out:
+            raise ValueError(f"no episode has {length} frames (longest {int(np.diff(self.starts).max())})")
+        return np.concatenate(out)
+
+
+def revisit_set(cfg: RevisitDataConfig, progress: bool = True) -> VideoSet:
+    """Render ``cfg.episodes`` revisit episodes from ``cfg.seed`` on."""
+    from tqdm import tqdm
+
+    from world_model.revisit import RevisitConfig, render_episode
+
+    rcfg = RevisitConfig(image_size=cfg.image_size)
+    episodes = [render_episode(rcfg, cfg.seed + i)
+                for i in tqdm(range(cfg.episodes), desc="revisit episodes", unit="ep", disable=not progress)]
+    lengths = [len(ep.frames) for ep in episodes]
+    pairs = [np.column_stack([np.full(len(ep.pairs), e), ep.pairs]) for e, ep in enumerate(episodes)]
+    return VideoSet(frames=np.concatenate([ep.frames for ep in episodes]),
+                    actions=np.concatenate([ep.actions for ep in episodes]),
+                    starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                    seeds=np.array([ep.seed for ep in episodes], np.int64),
+                    pairs=np.concatenate(pairs).astype(np.int64),
+                    meta={"kind": "revisit", "revisit": asdict(rcfg), "seed": cfg.seed,
+                          "command": f"python -m world_model.data revisit out={cfg.out} episodes={cfg.episodes} "
+                                     f"seed={cfg.seed} image_size={cfg.image_size}"})
+
+
+@dataclass
+class RevisitDataConfig:
+    """``configs/world_model/data.yaml``."""
+
+    out: str = ""
+    episodes: int = 200
+    seed: int = 200000
+    image_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.image_size < 8:
+            raise ValueError(f"episodes must be >= 1 and image_size >= 8, got {self.episodes}, {self.image_size}")
+
+
+@command("world_model.data")
+def main(argv: Sequence[str] | None = None) -> int:
+    verb, rest = split_verb(list(sys.argv[1:] if argv is None else argv), ["revisit"], "world_model.data",
+                            "revisit out=DIR episodes=200", __doc__)
+    cfg = compose(RevisitDataConfig, "world_model/data", rest, "world-model data", "out=DIR episodes=200")
+    if not cfg.out:
+        raise UsageError("out=DIR is required")
+    videos = revisit_set(cfg)
+    videos.save(Path(cfg.out))
+    print(json.dumps({"out": cfg.out, "episodes": videos.episodes, "frames": len(videos.frames),
+                      "revisit_pairs": len(videos.pairs)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
