@@ -16,21 +16,27 @@ evaluation and the node step, score and sense with one piece of code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 
-from sensors.camera import depth_to_pointcloud, intrinsics_from_fovy
+from sensors.camera import intrinsics_from_fovy
 from sensors.tactile import GelPadSpec
 from sim.controller import CartesianImpedanceController, ImpedanceGains
 from sim.kinematics import solve_ik_robust
+from sim.looks import FILL_LIGHT, KEY_LIGHT, SCENE_CAMERA_JITTER, WRIST_CAMERA_JITTER, scene_looks
 from sim.robot import ArmIndex, add_arm
 from sim.robot_interface import Reading, TaskStep
 from sim.sensing import ContactSensing, bind_pad
 from sim.tasks.base import Task
 from spatial.rotations import mat_to_rotvec, rotvec_to_mat
+
+if TYPE_CHECKING:
+    import open3d as o3d
+
+    from sensors.pointcloud import WorkspaceSampler
 
 ACTION_DIM_PER_ARM = 7
 FINGER_PAD = GelPadSpec(half_size=(0.008, 0.011))
@@ -57,6 +63,10 @@ class ContactRichEnv(gym.Env):
         control_hz: float = 50.0,
         physics_hz: float | None = None,
         wrench_noise: float = 0.2,
+        point_cloud: bool = False,
+        point_cloud_points: int = 512,
+        point_cloud_voxel: float = 0.005,
+        looks: str = "none",
     ):
         if physics_hz is None:
             physics_hz = float(task.physics_hz)
@@ -71,11 +81,24 @@ class ContactRichEnv(gym.Env):
         self.perturb = perturb
         self.cameras = cameras
         self.image_size = image_size
+        # point_cloud: the scene camera's depth at image_size as a fixed-size cloud in the task's scene_points_box
+        self.scene_points_sampler: WorkspaceSampler | None = None
+        if point_cloud:
+            from sensors.pointcloud import PointCloudConfig, WorkspaceSampler  # open3d takes ~1 s to import
+
+            lo, hi = task.scene_points_box
+            self.scene_points_sampler = WorkspaceSampler(
+                PointCloudConfig(lo, hi, num_points=point_cloud_points, voxel_size=point_cloud_voxel)
+            )
         self.render_mode = render_mode
         self.render_size = render_size
         self.control_hz = control_hz
         self.physics_hz = physics_hz
         self.substeps = int(round(substeps))
+        # Per-episode lighting, paint, camera offsets and a distractor (sim.looks); None: the one fixed look.
+        jitter = {SCENE_CAMERA: SCENE_CAMERA_JITTER}
+        jitter.update({arm.prefix + WRIST_CAMERA: WRIST_CAMERA_JITTER for arm in task.arms})
+        self.looks = scene_looks(looks, task, jitter)
         self._build(physics_hz)
         self.sensing = ContactSensing(
             self.model,
@@ -108,8 +131,10 @@ class ContactRichEnv(gym.Env):
         spec.visual.global_.offwidth = max(self.render_size, self.image_size)
         spec.visual.global_.offheight = max(self.render_size, self.image_size)
         spec.stat.extent = 1.5
-        spec.worldbody.add_light(pos=[0.4, 0, 2.0], dir=[0, 0, -1], castshadow=False)
-        spec.worldbody.add_light(pos=[1.5, -1.0, 1.5], dir=[-1, 0.6, -1], castshadow=False, diffuse=[0.4] * 3)
+        spec.worldbody.add_light(name=KEY_LIGHT, pos=[0.4, 0, 2.0], dir=[0, 0, -1], castshadow=False)
+        spec.worldbody.add_light(
+            name=FILL_LIGHT, pos=[1.5, -1.0, 1.5], dir=[-1, 0.6, -1], castshadow=False, diffuse=[0.4] * 3
+        )
         spec.worldbody.add_geom(
             name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.05], rgba=[0.35, 0.36, 0.38, 1]
         )
@@ -172,6 +197,8 @@ class ContactRichEnv(gym.Env):
         cam_pos, cam_axes = self.task.scene_camera
         spec.worldbody.add_camera(name=SCENE_CAMERA, pos=list(cam_pos), xyaxes=list(cam_axes))
         self.task.build(spec)
+        if self.looks is not None:
+            self.looks.build(spec)  # last: no body or geom of the scene changes its index
         self.spec = spec
         self.model = spec.compile()
         self.data = mujoco.MjData(self.model)
@@ -179,6 +206,8 @@ class ContactRichEnv(gym.Env):
         self.pads = [bind_pad(self.model, n, g, s, ps) for n, g, s, ps in pad_specs]
         self.pad_names = [p.name for p in self.pads]
         self.task.bind(self.model)
+        if self.looks is not None:
+            self.looks.bind(self.model)
 
     def _subtree_geoms(self, base_body: int, hand_only: bool) -> np.ndarray:
         """Geoms of the hand subtree (link7 and below) of the arm rooted at ``base_body``."""
@@ -216,6 +245,13 @@ class ContactRichEnv(gym.Env):
             s = self.image_size
             spaces["scene_rgb"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
             spaces["wrist_rgb"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
+        if self.scene_points_sampler is not None:
+            cfg = self.scene_points_sampler.cfg
+            shape = (cfg.num_points, 3)  # every point lies in the box
+            spaces["scene_points"] = gym.spaces.Box(
+                np.broadcast_to(np.float32(cfg.box_min), shape), np.broadcast_to(np.float32(cfg.box_max), shape),
+                shape, f32,
+            )
         return gym.spaces.Dict(spaces)
 
     # ------------------------------------------------------------------- API
@@ -234,6 +270,8 @@ class ContactRichEnv(gym.Env):
         rng = self.np_random
         mujoco.mj_resetData(self.model, self.data)
         self.task.reset(self, rng, perturb=self.perturb)
+        if self.looks is not None:
+            self.looks.reset(self.model, seed)  # its own random stream: the physics draws as with looks off
         for arm, setup in zip(self.arms, self.task.arms, strict=True):
             pos, rot = self.task.start_pose(setup)
             solve_ik_robust(self.model, self.data, arm, pos, rot, self.task.q_init)
@@ -341,6 +379,9 @@ class ContactRichEnv(gym.Env):
         if self.cameras:
             for key, camera in self.camera_names.items():
                 obs[key] = self.render_camera(camera, self.image_size)
+        if self.scene_points_sampler is not None:
+            cloud = self.camera_cloud(SCENE_CAMERA, self.image_size, self.scene_points_sampler.cfg.max_depth)
+            obs["scene_points"] = self.scene_points_sampler.sample(cloud)
         return obs
 
     def tcp_pose(self, arm: int) -> tuple[np.ndarray, np.ndarray]:
@@ -377,17 +418,27 @@ class ContactRichEnv(gym.Env):
         finally:
             r.disable_depth_rendering()
 
-    def point_cloud(self, camera: str, size: int = 96, stride: int = 1) -> np.ndarray:
-        """(N, 3) world-frame points seen by ``camera`` (open3d-compatible float64 array)."""
+    def point_cloud(self, camera: str, size: int = 96, stride: int = 1, max_depth: float = 5.0) -> np.ndarray:
+        """(N, 3) float64 world-frame points seen by ``camera``: every ``stride``-th pixel of its (size, size) depth
+        image nearer than ``max_depth`` m, uncropped (the ``scene_points`` observation is this, sampled)."""
+        return np.asarray(self.camera_cloud(camera, size, max_depth, stride).points)
+
+    def camera_cloud(
+        self, camera: str, size: int = 96, max_depth: float = 5.0, stride: int = 1, colors: bool = False
+    ) -> o3d.geometry.PointCloud:
+        """open3d world-frame cloud of ``camera``'s (size, size) depth image (``sensors.pointcloud.camera_cloud``),
+        coloured from its RGB image when ``colors``."""
+        from sensors.pointcloud import camera_cloud  # open3d takes ~1 s to import: only cloud users pay it
+
         cid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
         if cid < 0:
             names = [self.model.camera(i).name for i in range(self.model.ncam)]
             raise KeyError(f"camera {camera!r} not in the scene; cameras: {names}")
         k = intrinsics_from_fovy(float(self.model.cam_fovy[cid]), size, size)
         depth = self.render_depth(camera, size)
-        return depth_to_pointcloud(
-            depth, k, self.data.cam_xpos[cid], self.data.cam_xmat[cid].reshape(3, 3), stride=stride
-        )
+        pos, rot = self.data.cam_xpos[cid], self.data.cam_xmat[cid].reshape(3, 3)
+        rgb = self.render_camera(camera, size) if colors else None
+        return camera_cloud(depth, k, pos, rot, max_depth=max_depth, rgb=rgb, stride=stride)
 
     def render(self):
         if self.render_mode != "rgb_array":

@@ -87,6 +87,10 @@ def evaluate(
     image_size: int = 96,
     wrench_noise: float = 0.2,
     policy_config: dict[str, Any] | None = None,
+    point_cloud: bool = False,
+    point_cloud_points: int = 512,
+    point_cloud_voxel: float = 0.005,
+    looks: str = "none",
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes (seeds ``seed`` ...) and write ``results.json`` (with ``policy_config``, the policy's
     resolved settings, so a result names what made it), a force plot and a video of the first episode."""
@@ -99,6 +103,10 @@ def evaluate(
         cameras=cameras,
         image_size=image_size,
         wrench_noise=wrench_noise,
+        point_cloud=point_cloud,
+        point_cloud_points=point_cloud_points,
+        point_cloud_voxel=point_cloud_voxel,
+        looks=looks,
         render_mode="rgb_array",
     )
     policy = make_policy()
@@ -280,6 +288,10 @@ def _run(cfg: Any) -> None:
             cameras=bool(cfg.sensors.cameras),
             image_size=int(cfg.sensors.image_size),
             wrench_noise=float(cfg.sensors.wrench_noise),
+            point_cloud=bool(cfg.sensors.point_cloud),
+            point_cloud_points=int(cfg.sensors.point_cloud_points),
+            point_cloud_voxel=float(cfg.sensors.point_cloud_voxel),
+            looks=str(cfg.sensors.looks),
             perturbations=perturbations,
             policy_config=policy_config,
         )

@@ -134,5 +134,6 @@ def from_node_config(cfg: RobotNodeConfig) -> MujocoRobot:
         control_hz=cfg.control_hz,
         physics_hz=cfg.physics_hz,
         wrench_noise=cfg.wrench_noise,
+        looks=cfg.looks,
     )
     return MujocoRobot(env, cfg.publish_every)

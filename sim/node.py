@@ -29,7 +29,9 @@ per-topic ``seq`` of the bus header::
     tactile   marker_offset (P,R,C,2) f4 ((R, C) = sensors.types.MARKER_GRID); marker_depth (P,14,18) f4;
               marker_slip (P,2) f4; meta pads (comma-separated pad names)     every tick
     wrench    wrench (A,6) f8, [F, T] in the TCP frame                        every tick
-    image     scene_rgb, wrist_rgb (S,S,3) u1                                 camera_hz
+    image     scene_rgb, wrist_rgb (S,S,3) u1                at each reset, then camera_hz from it
+              (lockstep: rendered in the tick, sent before that tick's state; realtime: by a render thread,
+              sent when done, meta sim_time of the state it shows)
     status    meta: held, reason, episode, seed, counters (accepted, clipped, rej_<kind>...)
                                                    status_hz and on every hold change
     watchdog  meta: engaged, reason (no_command | watchdog | force_limit | latched), cmd_age_ms, force_n
@@ -99,6 +101,7 @@ from bus.message import Message, MetaValue
 from bus.node import log_to_stderr, node_args, serve
 from bus.resources import config_dir
 from bus.transport import Publisher, Request, Server, Subscriber
+from sim.looks import LOOKS
 from sim.registry import task_physics_hz
 from sim.robot_interface import TARGET_DIM, Cameras, Reading, Robot, TaskStep
 from spatial.rotations import quat_to_rotvec
@@ -147,6 +150,7 @@ class RobotNodeConfig:
     camera_hz: float = 10.0
     cameras: bool = True
     image_size: int = 96
+    looks: str = "none"  # sim.looks.LOOKS: per-episode lighting, paint, camera offsets (robot: mujoco)
     status_hz: float = 10.0
     watchdog_ms: float = 100.0
     wrench_noise: float = 0.2
@@ -157,6 +161,8 @@ class RobotNodeConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        if self.looks not in LOOKS:
+            raise ValueError(f"looks={self.looks!r}, expected one of {LOOKS}")
         robot_factory_path(self.robot)
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed={self.seed}, expected an int in 0..{SEED_LIMIT - 1}")
@@ -443,7 +449,7 @@ class RobotNode:
         self._reset_episode(self.cfg.seed)
         if self._images:
             self._cameras = self.robot.open_cameras(self.cfg.image_size)
-            self._publish_images()  # builds the renderers (tens of ms) before the deadline grid starts
+            self._publish_images()  # episode 0's reset frame; builds the renderers (tens of ms) before the loop
             if not self.lockstep:
                 size = self.cfg.image_size
                 self.camera_worker = CameraWorker(lambda: self.robot.open_cameras(size))
@@ -495,9 +501,11 @@ class RobotNode:
         self._drain_commands(now)
         self._update_safety(now)
         self._advance()
+        if self._images and self.camera_worker is None and self._episode_ticks % self._camera_every == 0:
+            self._publish_images()  # lockstep: rendered in the tick and sent before its reading (see _publish_images)
         self._publish_reading()
         self._ticks += 1
-        if self._images:
+        if self.camera_worker is not None:
             self._cameras_tick()
         if self._ticks % self._status_every == 0:
             self._publish_status()
@@ -636,22 +644,25 @@ class RobotNode:
         self.pub.publish("wrench", r.wrench, meta, stamp=stamp)
 
     def _publish_images(self) -> None:
+        """Render the robot as it is now and publish it (lockstep, and the start frame). Frames are due at the reset
+        and every camera period of the episode after it, the frames a recording holds from the episode's start; in
+        a tick they go out before that tick's reading, so a subscriber that reads a tick's reading already has its
+        frame (the slow node holds, per observation, the newest frame at or before it, as in training)."""
         self._cameras.capture()
         self.pub.publish("image", self._cameras.frames(), {"sim_time": self.robot.time})
 
     def _cameras_tick(self) -> None:
-        """Lockstep: render in the tick. Realtime: publish what the render thread finished (frames of an earlier
-        episode are dropped) and hand it the state every camera period."""
-        due = self._ticks % self._camera_every == 0
+        """Realtime: publish what the render thread finished (frames of an earlier episode are dropped) and hand it
+        the state every camera period of the episode."""
         worker = self.camera_worker
-        if worker is None:
-            if due:
-                self._publish_images()
-            return
         done = worker.take()
         if done is not None and done[0] == self._episode:
             self.pub.publish("image", done[2], {"sim_time": done[1]})
-        if due and not worker.submit(self._episode, self.robot.time):
+        if self._episode_ticks % self._camera_every == 0:
+            self._request_frame()
+
+    def _request_frame(self) -> None:
+        if not self.camera_worker.submit(self._episode, self.robot.time):
             self.counts["camera_frames_dropped"] += 1
 
     def _publish_status(self) -> None:
@@ -690,6 +701,10 @@ class RobotNode:
         self.pub.publish(
             "episode", meta={"event": "reset", "episode": self._episode, "seed": seed, **_scalars(info)}
         )
+        if self.camera_worker is not None:  # the episode's first frame shows the reset (a policy's step 0 holds it)
+            self._request_frame()
+        elif self._cameras is not None:
+            self._publish_images()
 
     def _seed_from(self, msg: Message) -> int | None:
         """A reset's seed: meta "seed" if in range, the last seed + 1 (wrapping) without one; None, counted as

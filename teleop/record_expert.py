@@ -13,7 +13,8 @@ that also hold a ``tactile_emb`` stream, which training ignores.
   (A,), ``wrench`` (A, 6), ``marker_offset`` (P, R, C, 2) (each pad's marker field), ``scene`` (the task's
   one-shot object localisation at reset, ``Task.scene_features``) and
   ``action`` (7 A,): the expert's command computed from the observation of the same step;
-* with ``cameras=true``, ``scene_rgb`` / ``wrist_rgb`` (96, 96, 3) uint8 at 10 Hz.
+* with ``cameras=true``, ``scene_rgb`` / ``wrist_rgb`` (96, 96, 3) uint8 at 10 Hz, under a new look every episode
+  with ``looks=train`` (``sim.looks``; the physics, and so every other stream, is the same as with looks off).
 
 Timestamps are the simulation clock rounded to 1 us: MuJoCo accumulates ``time`` in 2 ms physics steps, so the raw
 value drifts by ~1e-15 s, and a ``build`` at a divisor rate (25 Hz) would then hold the *previous* sample at some
@@ -63,6 +64,7 @@ class RecordConfig:
     out: str = ""
     cameras: bool = False
     image_size: int = 96
+    looks: str = "none"  # sim.looks.LOOKS: per-episode lighting, paint, camera offsets and a distractor
     perturb: bool = True
     max_steps: int | None = None  # cap on control steps per episode (tests); None = until the task ends
     progress: bool = True
@@ -92,7 +94,7 @@ def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
     from sim.experts import make_expert
     from sim.registry import make_env
 
-    env = make_env(cfg.task, perturb=cfg.perturb, cameras=False, image_size=cfg.image_size)
+    env = make_env(cfg.task, perturb=cfg.perturb, cameras=False, image_size=cfg.image_size, looks=cfg.looks)
     expert = make_expert(cfg.task, force_feedback=True)
     recorder = EpisodeRecorder(cfg.out)
     camera_every = max(int(round(env.control_hz / CAMERA_HZ)), 1)
@@ -106,7 +108,7 @@ def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
             expert.reset(env)
             recorder.begin(EpisodeMeta(task=cfg.task, seed=seed, user={
                 "expert": "force_aware", "perturbation": info["perturbation"], "control_hz": env.control_hz,
-                "max_steps": cfg.max_steps,
+                "max_steps": cfg.max_steps, "looks": cfg.looks,
             }))
             steps = 0
             while True:

@@ -1,6 +1,8 @@
-"""Perception backbones: (B, C, H, W) images (or (B, C, L) sequences) -> (B, F) features or (B, K) logits."""
+"""Perception backbones: (B, C, H, W) images (or (B, C, L) sequences, or (B, N, C) point clouds) -> (B, F) features
+or (B, K) logits."""
 
+from rdp.encoders.pointnet import PointNetEncoder
 from rdp.encoders.resnet import ResNetEncoder
 from rdp.encoders.terminator import Terminator
 
-__all__ = ["ResNetEncoder", "Terminator"]
+__all__ = ["PointNetEncoder", "ResNetEncoder", "Terminator"]

@@ -86,6 +86,17 @@ class Task:
         (1.1, -0.55, 0.55),
         (0.707, 0.707, 0.0, -0.342, 0.342, 0.875),
     )
+    # Looks (sim.looks): the part each geom plays in the scene's appearance ("floor", "table", "object"; the env's
+    # floor is the table unless the task brings one), and where a visual-only distractor may stand: rectangles
+    # (x0, x1, y0, y1, z of the supporting surface) in the scene camera's view, clear of the arms and the work.
+    look_geoms: dict[str, tuple[str, ...]] = {"table": ("floor",)}
+    distractor_spots: tuple[tuple[float, float, float, float, float], ...] = ()
+    # World-frame (min, max) corners of the box the ``scene_points`` observation keeps (sensors.pointcloud): where
+    # the work happens, tools and hands included, starting just above the floor or table the objects rest on.
+    scene_points_box: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+        (0.3, -0.3, 0.005),
+        (0.85, 0.3, 0.45),
+    )
 
     def __init__(self, perturbations: tuple[str, ...] | None = None):
         kinds = self.perturbation_kinds if perturbations is None else tuple(perturbations)
@@ -226,8 +237,10 @@ def resize_geom(model: mujoco.MjModel, gid: int, size: np.ndarray) -> None:
         half = np.array([r, r, h + r])
     elif t == mujoco.mjtGeom.mjGEOM_SPHERE:
         half = np.full(3, model.geom_size[gid][0])
+    elif t == mujoco.mjtGeom.mjGEOM_ELLIPSOID:
+        half = model.geom_size[gid].copy()
     else:
-        raise ValueError(f"resize_geom supports box, cylinder, capsule and sphere geoms, not type {int(t)}")
+        raise ValueError(f"resize_geom supports box, cylinder, capsule, sphere and ellipsoid geoms, not type {int(t)}")
     model.geom_aabb[gid] = np.concatenate((np.zeros(3), half))
     model.geom_rbound[gid] = float(np.linalg.norm(half))
 

@@ -52,6 +52,11 @@ class LiftTask(Task):
         ArmSetup("right/", (0.0, 0.42, 0.0), 0.0, PADDLE, ((0.3, -0.05, 0.1), (0.8, 0.45, 0.6))),
     )
     scene_camera = ((1.45, -0.55, 0.75), (0.35, 0.94, 0.0, -0.35, 0.13, 0.93))
+    look_geoms = {"floor": ("floor",), "table": ("table",), "object": ("box",)}
+    # On the floor beside the table, on the scene camera's side: below scene_points_box, clear of the arms' bases.
+    distractor_spots = ((0.25, 0.55, -0.55, -0.32, 0.0),)
+    # Above the table top: the box, lifted up to 0.15 m, and both paddles; the table itself is left out.
+    scene_points_box = ((0.3, -0.3, TABLE_TOP + 0.005), (0.8, 0.3, 0.55))
 
     def build(self, spec: mujoco.MjSpec) -> None:
         spec.worldbody.add_geom(

@@ -36,6 +36,10 @@ class PeelTask(SurfaceTask):
     force_target = 8.0
     # Blade: long across the stroke (tool x = world -y), narrow along it.
     arms = single_arm(ToolSpec(half_size=(0.02, 0.006, 0.012), rgba=(0.8, 0.82, 0.85, 1.0)))
+    # Either side of the cucumber, outside scene_points_box, in the scene camera's view.
+    distractor_spots = ((0.3, 0.55, 0.21, 0.4, 0.0), (0.5, 0.62, -0.28, -0.21, 0.0))
+    # The cucumber on the floor (x 0.44-0.76, |y| < 0.1), the blade and the hand above it.
+    scene_points_box = ((0.4, -0.15, 0.005), (0.8, 0.15, 0.35))
 
     def build(self, spec: mujoco.MjSpec) -> None:
         body = spec.worldbody.add_body(name="surface_body", mocap=True, pos=[0.6, 0, 0.03])

@@ -42,6 +42,7 @@ class SurfaceTask(Task):
     force_fail: float = 40.0
     force_target: float = 10.0
     surface_geom_names: tuple[str, ...] = ("surface",)
+    look_geoms = {"table": ("floor",), "object": ("surface",)}
 
     def bind(self, model: mujoco.MjModel) -> None:
         self.model = model

@@ -29,6 +29,10 @@ class WipeTask(SurfaceTask):
     max_seconds = 16.0
     success_fraction = 0.8
     arms = single_arm(ToolSpec(half_size=(0.025, 0.025, 0.015), rgba=(0.95, 0.85, 0.25, 1.0)))
+    # Beyond the ends of the widest vase (|y| < 0.46 on the floor), in the scene camera's view.
+    distractor_spots = ((0.25, 0.5, 0.52, 0.66, 0.0), (0.05, 0.2, 0.3, 0.55, 0.0))
+    # The vase's top (0.10-0.15 m, raised up to 0.03 m) around the marks, the sponge and the hand above it.
+    scene_points_box = ((0.35, -0.25, 0.005), (0.85, 0.25, 0.4))
 
     def build(self, spec: mujoco.MjSpec) -> None:
         body = spec.worldbody.add_body(name="surface_body", mocap=True, pos=[0.5, 0, -0.1])

@@ -1,7 +1,10 @@
+import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 import sim
+from sim.registry import ENV_IDS
 
 
 def test_cameras_render_and_point_cloud_finds_the_table():
@@ -21,4 +24,31 @@ def test_cameras_render_and_point_cloud_finds_the_table():
     assert np.median(np.abs(floor[:, 2])) < 0.02  # the floor plane is at z = 0
     with pytest.raises(KeyError, match="cameras"):
         env.point_cloud("no_such_cam")
+    env.close()
+
+
+def test_scene_points_observation_is_off_by_default_and_fixed_size_when_on():
+    assert "scene_points" not in sim.make_env("peel").observation_space.spaces
+    env = gym.make(ENV_IDS["peel"], point_cloud=True, point_cloud_points=256).unwrapped  # gym's env.spec for check_env
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    pts = obs["scene_points"]
+    assert pts.shape == (256, 3) and pts.dtype == np.float32
+    assert env.observation_space["scene_points"].contains(pts)
+    lo, hi = env.task.scene_points_box
+    assert (pts >= np.float32(lo)).all() and (pts <= np.float32(hi)).all()
+    # The cucumber on the floor (radius 2-3 cm) is in the cloud; the floor (z = 0) is not.
+    assert (pts[:, 2] < 0.065).sum() > 50 and pts[:, 2].min() > 0.004
+    obs2, *_ = env.step(env.hold_action())
+    assert obs2["scene_points"].shape == (256, 3)
+    np.testing.assert_array_equal(env.reset(seed=0)[0]["scene_points"], pts)  # same state, same cloud
+    env.close()
+
+
+@pytest.mark.parametrize("task", ["wipe", "lift"])
+def test_every_task_box_holds_enough_scene_points(task):
+    env = sim.make_env(task, perturb=False, point_cloud=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["scene_points"].shape == (512, 3)
+    assert len(np.unique(obs["scene_points"], axis=0)) == 512  # the box holds more than 512 voxels: no padding
     env.close()

@@ -381,6 +381,39 @@ def test_single_node_ticks_and_the_applied_stream(tmp_path):
         assert not np.array_equal(hold.arrays["applied_target"], target)
 
 
+def test_lockstep_frames_start_at_each_reset_and_precede_the_reading_they_show(tmp_path):
+    """Lockstep frames: one at every reset (the reset pose, sim_time 0), then one every camera period counted from
+    that reset, each sent just before the state of its own tick, so whoever reads a tick's state already holds the
+    frame of that tick (the slow node's rule, as in training: the newest frame at or before the observation)."""
+    with robot_node(tmp_path / "node.log", "mode=lockstep", "perturb=false", "camera_hz=25", "image_size=32") as node, \
+            Subscriber(node.ready["pub"], topics=("episode", "image", "state"), hwm=10_000) as sub, \
+            Client(node.ready["tick"]) as client:
+        for topic in ("episode", "image", "state"):
+            end = time.monotonic() + TIMEOUT
+            while not client.request("ping", meta={"topic": topic}, timeout=TIMEOUT).meta["subscribed"]:
+                assert time.monotonic() < end
+                time.sleep(0.01)
+        client.request("reset", meta={"seed": 1}, timeout=TIMEOUT)
+        client.request("tick", meta={"node_ticks": 3}, timeout=TIMEOUT)  # episode ticks no longer the node's ticks
+        for _ in range(5):
+            client.request("tick", timeout=TIMEOUT)
+        client.request("reset", meta={"seed": 2}, timeout=TIMEOUT)
+        for _ in range(6):  # 30 node ticks of 4 ms: frames due at episode ticks 0, 10, 20, 30 (25 Hz)
+            client.request("tick", timeout=TIMEOUT)
+        stream = []  # all published before the last reply; the node then waits for the next request
+        while (msg := sub.recv(timeout=2.0)) is not None:
+            stream.append(msg)
+    resets = [i for i, m in enumerate(stream) if m.topic == "episode" and m.meta["event"] == "reset"]
+    second = stream[resets[-1]:]  # (the node's own start-up reset may be in the stream too)
+    assert second[0].meta["seed"] == 2
+    assert second[1].topic == "image" and second[1].meta["sim_time"] == 0.0  # the reset frame, before any state
+    images = [i for i, m in enumerate(second) if m.topic == "image"]
+    assert [round(second[i].meta["sim_time"], 6) for i in images] == [0.0, 0.04, 0.08, 0.12]
+    for i in images[1:]:  # the state right after a frame is that frame's tick
+        assert second[i + 1].topic == "state" and second[i + 1].meta["sim_time"] == second[i].meta["sim_time"]
+    assert second[images[0]].arrays["wrist_rgb"].shape == (32, 32, 3)
+
+
 def test_camera_worker_renders_a_snapshot_off_the_loop_and_never_makes_it_wait() -> None:
     """The realtime node's render thread: the frames show the state as it was submitted (the same pixels as
     rendering it in the loop) although the loop stepped on meanwhile; a submit while it renders is refused."""
@@ -459,7 +492,7 @@ def test_realtime_node_publishes_finished_frames_of_its_own_episode_only() -> No
     real_pub = node.pub
     try:
         node.pub, node.camera_worker = Pub(), Worker()
-        node._episode, node._ticks = 4, node._camera_every  # a camera tick
+        node._episode, node._episode_ticks = 4, node._camera_every  # a camera tick (counted from the reset)
         frame = {"scene_rgb": np.zeros((4, 4, 3), np.uint8)}
         node.camera_worker.results = [(3, 1.25, frame)]  # rendered before the reset into episode 4
         node._cameras_tick()
@@ -469,7 +502,7 @@ def test_realtime_node_publishes_finished_frames_of_its_own_episode_only() -> No
         node._cameras_tick()
         assert node.pub.sent == [("image", {"sim_time": 1.5})]
         assert node.counts["camera_frames_dropped"] == 1
-        node._ticks += 1  # not a camera tick: nothing submitted, nothing counted
+        node._episode_ticks += 1  # not a camera tick: nothing submitted, nothing counted
         node.camera_worker.busy = False
         node._cameras_tick()
         assert len(node.camera_worker.submitted) == 1 and node.counts["camera_frames_dropped"] == 1
