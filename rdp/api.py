@@ -214,6 +214,7 @@ class Planner:
         cfg = self.model.cfg
         dims = dict(zip(cfg.lowdim_keys, cfg.lowdim_dims, strict=True))
         obs = {k: torch.zeros(1, cfg.obs_steps, dims[k]) for k in self.obs_keys}
+        obs.update({k: torch.zeros(1, cfg.obs_steps, 3, *cfg.image_size, dtype=torch.uint8) for k in self.image_keys})
         t0 = time.perf_counter()
         self.model.predict(obs, generator=torch.Generator().manual_seed(0),
                            num_inference_steps=self.num_inference_steps, noise_scale=self.noise_scale)

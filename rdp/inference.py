@@ -6,10 +6,10 @@ and ``Decoder`` (fast: one action per step; rdp's tokenizer GRU reads the touch 
 chunk), ``rdp.api``, composed with a simulated inference latency. ``dataset.features.lowdim_features`` turns
 one live observation into the low-dim features the policy was trained on (the same function computed them from the
 recorded streams at training time); ``obs_images`` its camera frames into the policy's image inputs (resized as in
-training). An image policy holds each camera frame until the next one, at the camera rate it was trained with
-(run.json ``image_hz``, 10 Hz from ``teleop.record_expert``): the env renders a frame every control tick, the policy
-keeps the one of every 5th tick (50 / 10 Hz, from the episode's first tick), exactly the frames the recorder stored
-and ``rdp.data`` held.
+training; the runtime's slow node uses it too). An image policy holds each camera frame until the next one, at the
+camera rate it was trained with (run.json ``image_hz``, 10 Hz from ``teleop.record_expert``): the env renders a
+frame every control tick, the policy keeps the one of every 5th tick (50 / 10 Hz, from the episode's first tick),
+exactly the frames the recorder stored and ``rdp.data`` held.
 """
 
 from __future__ import annotations

@@ -6,16 +6,19 @@
 
 Config: ``configs/runtime/default.yaml`` (``rdp.runtime.config.RuntimeConfig``); every node gets the same hydra
 overrides (``key=value``; ``--help``, ``--cfg``) plus the addresses read from the ready lines of the nodes started
-before it (all ports are picked by the OS). Start order: robot node, (relay), fast node (it binds the chunk socket),
-slow node, then the slow node's warm standby. The fast node runs the episodes; the launcher prints one live line per
-fast-node stats record and supervises the children until the fast node finishes, Ctrl-C / SIGTERM, or a child dies
-that may not:
+before it (all ports are picked by the OS). The robot node renders cameras when the policy reads them (at its
+run.json ``image_hz`` and frame size) or for the video, else not (``robot_settings``). Start order: robot node,
+(relay), fast node (it binds the chunk socket), slow node, then the slow node's warm standby. The fast node runs the
+episodes; the launcher prints one live line per fast-node stats record and supervises the children until the fast
+node finishes, Ctrl-C / SIGTERM, or a child dies that may not:
 
 * A child with a ``restart.<name>`` policy (the slow node: it connects to addresses that outlive it) is restarted
   with the same arguments after an exponential back-off (``rdp.runtime.process.Backoff``); more than
-  ``max_restarts`` deaths within ``window_s`` stop the run. With ``standby`` a warm spare (``rdp.runtime.standby``)
-  takes over instead of a cold start. The fast node runs out its chunk and holds the robot meanwhile; in lockstep
-  it stops waiting for a plan the dead node owed once a new slow node is up. One live line per death and restart.
+  ``max_restarts`` deaths within ``window_s`` stop the run, and so does one exit with a usage error (exit 2: its
+  configuration or input is wrong, e.g. an image policy's slow node that gets no camera frames), in its one line.
+  With ``standby`` a warm spare (``rdp.runtime.standby``) takes over instead of a cold start. The fast node runs
+  out its chunk and holds the robot meanwhile; in lockstep it stops waiting for a plan the dead node owed once a new
+  slow node is up. One live line per death and restart.
 * Any other death (fast node, robot node, relay) stops the run.
 
 Stopping: once a stop is decided no command reaches the robot. The fast node is frozen (SIGSTOP) so it sends
@@ -43,19 +46,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bus.cli import command
+from bus.cli import USAGE_EXIT, UsageError, command
 from bus.config import override
 from bus.node import node_args
 from bus.sched import sched_fields
 from bus.transport import Client, Publisher, Subscriber
-from rdp.runtime.config import RestartPolicy, RuntimeConfig, load_config
+from rdp.runtime.config import DEFAULT_CAMERA_HZ, RestartPolicy, RuntimeConfig, load_config
 from rdp.runtime.process import Backoff, Child, robot_node_args
 
 STOP_GRACE_S = 30.0  # a finished fast node's own shutdown (interpreter, torch) on a loaded machine
@@ -105,8 +108,9 @@ class Supervised:
 
 
 class Launcher:
-    def __init__(self, cfg: RuntimeConfig, overrides: list[str], out: Path) -> None:
+    def __init__(self, cfg: RuntimeConfig, overrides: list[str], out: Path, robot: dict[str, Any]) -> None:
         self.cfg = cfg
+        self.robot_settings = robot  # the robot node's settings (robot_settings)
         self.overrides = [o for o in overrides if not o.startswith(("addresses.", "out="))]
         self.out = out
         self.t0 = time.monotonic()
@@ -211,6 +215,8 @@ class Launcher:
         child.stop(timeout=5.0)  # reaped already: closes its pipes and log
         now = child.ended_at or noticed
         name, code = sup.spec.name, child.proc.returncode
+        if code == USAGE_EXIT:  # its configuration or input is wrong: a new process would fail the same way
+            raise ChildDied(f"{name} (pid {child.pid}) failed: {child.last_log_line()}")
         death = {"died_pid": child.pid, "exit_code": code, "died_s": round(now - self.t0, 3),
                  "noticed_s": round(noticed - now, 3), "robot_episode": self._fast_episode(), "died_at": now}
         if key == sup.spare:
@@ -281,11 +287,11 @@ class Launcher:
     def start_all(self) -> None:
         cfg = self.cfg
         robot_spec = ChildSpec("robot", "sim.node", robot_node_args(cfg.task, cfg.mode, cfg.seed, cfg.perturb,
-                                                                     asdict(cfg.robot)))
+                                                                     self.robot_settings))
         robot = self._start_spec(robot_spec)
         self.robot = robot
         self._open_latch(robot)
-        if cfg.video and cfg.robot.cameras:
+        if cfg.video and self.robot_settings["cameras"]:
             self._subscribe_video(robot)
         addr = {"addresses.robot_pub": robot["pub"], "addresses.robot_cmd": robot["cmd"]}
         if robot.get("tick"):
@@ -443,8 +449,10 @@ class Launcher:
                          f"jitter p99 {rate['jitter_p99_ms']} ms)")
             print(line, flush=True)
         elif name == "slow" and event == "stats":
+            age = r.get("image_age_ms")
             print(f"[slow] ep {r['episode']} plans {r['plans']} infer_ms p50/p99 {r['infer_ms']['p50']}/"
-                  f"{r['infer_ms']['p99']} rejects {sum(r['rejects'].values())}", flush=True)
+                  f"{r['infer_ms']['p99']} rejects {sum(r['rejects'].values())}"
+                  + (f" image_age_ms p50/max {age['p50']}/{age['max']}" if age else ""), flush=True)
         elif name == "fast" and event == "episode":
             print(f"[episode {r['index']}] seed {r['seed']} success {r['success']} ({r['ended_by']}, "
                   f"{r['sim_time']} s sim, {r['wall_s']} s wall, {r['chunks']} chunks)", flush=True)
@@ -509,7 +517,7 @@ class Launcher:
         if self.frames:
             import imageio.v2 as imageio
 
-            fps = max(1, round(self.cfg.robot.camera_hz))
+            fps = max(1, round(self.robot_settings["camera_hz"]))
             with imageio.get_writer(self.out / "episode0.mp4", fps=fps, codec="libx264", quality=7,
                                     macro_block_size=8) as w:
                 for f in self.frames:
@@ -586,6 +594,35 @@ def plot_timing(trace: Path, path: Path, title: str, cmd_hz: float | None) -> No
     plt.close(fig)
 
 
+def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]:
+    """The robot node's settings for a run (``robot.*`` with its nulls resolved). Cameras are on when the policy
+    reads them, at the rate and frame size it was trained on (run.json ``image_hz``, ``camera_size``), or when the
+    run records a video; off otherwise (a lockstep robot renders in its tick). A setting that would give an image
+    policy other frames than training did is refused in one line."""
+    r = cfg.robot
+    keys = list(run.get("image_keys") or ())
+    if not keys:
+        out = {"watchdog_ms": r.watchdog_ms, "cameras": cfg.video if r.cameras is None else r.cameras,
+               "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz}
+        return out if r.image_size is None else {**out, "image_size": r.image_size}
+    where = f"{cfg.checkpoint}: the policy reads cameras {keys}"
+    rates = {float(run["image_hz"][k]) for k in keys}
+    sizes = {tuple(run["camera_size"][k]) for k in keys}
+    if r.cameras is False:
+        raise UsageError(f"{where}; robot.cameras=false would send it none (leave robot.cameras null)")
+    if len(rates) != 1 or len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+        raise UsageError(f"{where} recorded at {run['image_hz']} Hz, {run['camera_size']}: the robot node renders "
+                         "square frames of one size at one rate")
+    rate, (side, _) = round(rates.pop(), 6), sizes.pop()  # 10.000000000000002 Hz from a recording's stamps
+    if r.camera_hz is not None and not math.isclose(r.camera_hz, rate):
+        raise UsageError(f"robot.camera_hz={r.camera_hz:g}: {where} at {rate:g} Hz, the rate training held them at "
+                         "(leave robot.camera_hz null)")
+    if r.image_size is not None and r.image_size != side:
+        raise UsageError(f"robot.image_size={r.image_size}: {where} as {side}x{side} frames (leave robot.image_size "
+                         "null)")
+    return {"watchdog_ms": r.watchdog_ms, "cameras": True, "camera_hz": rate, "image_size": side}
+
+
 def _kv(d: dict[str, str]) -> list[str]:
     """Hydra overrides for a child's command line (quoted where hydra would misread a value)."""
     return [override(k, v) for k, v in d.items()]
@@ -597,11 +634,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args, doc=__doc__)  # --help, --cfg end here
     from rdp.inference import load_run
 
-    load_run(cfg.checkpoint)  # a bad checkpoint fails here, in one line, before any node starts
+    run, _, _ = load_run(cfg.checkpoint)  # a bad checkpoint fails here, in one line, before any node starts
+    robot = robot_settings(cfg, run)  # so does a robot setting the policy cannot run with
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = (Path(cfg.out) if cfg.out else Path("outputs/runtime") / f"{cfg.task}-{cfg.mode}-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    launcher = Launcher(cfg, args, out)
+    launcher = Launcher(cfg, args, out, robot)
 
     def _interrupt(*_: object) -> None:
         launcher.interrupted = True
@@ -627,6 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "exhausted", "rejects", "cmd_digest")}
     slow = result["loop"]["slow"] or {}
     summary["slow"] = {k: slow.get(k) for k in ("plans", "infer_ms", "rejects")}
+    summary["slow"].update({k: slow[k] for k in ("image_age_ms", "images_dropped") if k in slow})  # image policies
     print(json.dumps(summary, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
     return 0 if error is None else 1
 

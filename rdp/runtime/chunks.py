@@ -17,6 +17,7 @@ Wire format of topic ``chunk`` (slow -> fast)::
             obs_stamp float       the robot node's stamp of that observation
             plan int              the slow node's plan counter (per process)
             infer_ms float        predict() wall time
+            image_age_ms float    image policies only: sim-time age of the camera frame that observation held
 
 Topic ``alive`` (slow -> fast, ``heartbeat_hz`` and at every episode change): meta episode, plans, rejects, pid, robot
 (bool: the slow node has received the robot node's stream; the fast node's first reset waits for it in realtime).

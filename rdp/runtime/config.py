@@ -22,6 +22,7 @@ HANDOVERS = ("latest", "rtc")  # as rdp.inference.HANDOVERS (not imported: this 
 # socket, the robot node or relay the observations), so a new process with the same arguments finds them again.
 # Those binding an address, and the robot node (a restart would be a new robot), stop the run when they die.
 RESTARTABLE = ("slow",)
+DEFAULT_CAMERA_HZ = 10.0  # the robot node's camera rate for a video when no policy reads cameras
 
 
 @dataclass
@@ -35,6 +36,8 @@ class SlowConfig:
     heartbeat_hz: float = 10.0
     torch_threads: int = 1
     nice: int = 10
+    max_image_age_s: float = 0.25  # an image policy refuses an observation whose held frame is older than this
+    image_timeout_s: float = 2.0  # ... and exits (exit 2, one line) after this long without a usable frame
 
 
 @dataclass
@@ -71,9 +74,12 @@ class RestartPolicy:
 
 @dataclass
 class RobotOverrides:
+    """The robot node's settings a run chooses; null camera settings follow the policy (``rdp.run.robot_settings``)."""
+
     watchdog_ms: float = 50.0
-    cameras: bool = True
-    camera_hz: float = 10.0
+    cameras: bool | None = None  # None: on when the policy reads cameras or the run records a video
+    camera_hz: float | None = None  # None: the run's image_hz (an image policy), else DEFAULT_CAMERA_HZ
+    image_size: int | None = None  # None: the run's camera size (an image policy), else the robot node's default
 
 
 @dataclass
@@ -139,7 +145,9 @@ class RuntimeConfig:
         if not 0 <= self.slow.nice <= 19:
             raise ValueError(f"slow.nice={self.slow.nice} must be in [0, 19] (0: the launcher's own priority)")
         for name, value in (("fast.cmd_hz", self.fast.cmd_hz), ("stats_hz", self.stats_hz),
-                            ("slow.heartbeat_hz", self.slow.heartbeat_hz)):
+                            ("slow.heartbeat_hz", self.slow.heartbeat_hz),
+                            ("slow.max_image_age_s", self.slow.max_image_age_s),
+                            ("slow.image_timeout_s", self.slow.image_timeout_s)):
             if not value > 0:
                 raise ValueError(f"{name}={value} must be > 0")
         period_ms = 1e3 / self.fast.cmd_hz
@@ -148,6 +156,10 @@ class RuntimeConfig:
             if value is not None and not 0 <= value < period_ms:
                 raise ValueError(f"fast.{name}={value} must be in [0, one command period {period_ms} ms) or null "
                                  f"({null})")
+        if self.robot.camera_hz is not None and not self.robot.camera_hz > 0:
+            raise ValueError(f"robot.camera_hz={self.robot.camera_hz} must be > 0 or null (the policy's)")
+        if self.robot.image_size is not None and not self.robot.image_size >= 1:
+            raise ValueError(f"robot.image_size={self.robot.image_size} must be >= 1 or null (the policy's)")
         if self.max_episode_s is not None and not self.max_episode_s > 0:
             raise ValueError(f"max_episode_s={self.max_episode_s} must be > 0 or null")
         if self.secure.enabled and not self.secure.keys:
