@@ -35,7 +35,7 @@ def _runtime_args(run: Path, *extra: str) -> list[str]:
 
 
 @contextmanager
-def _children(tmp: Path) -> Iterator[dict[str, Child]]:
+def stopped_children() -> Iterator[dict[str, Child]]:
     """Started children by name; every one is stopped (SIGTERM, then SIGKILL) and reaped on the way out."""
     children: dict[str, Child] = {}
     try:
@@ -142,7 +142,7 @@ def test_lockstep_launcher_run_is_deterministic(tiny_run: Path, tmp_path: Path) 
 @pytest.mark.timeout(240)
 def test_kill9_slow_node_fast_finishes_chunk_then_holds_and_picks_up_a_restart(tiny_run: Path, tmp_path: Path
                                                                                ) -> None:
-    with _children(tmp_path) as children:
+    with stopped_children() as children:
         stack = _start_stack(children, tmp_path, tiny_run)
         fast = children["fast"]
         # The slow node yields the CPU (slow.nice, default 10) to the fast node and the robot, which keep theirs.
@@ -189,7 +189,7 @@ def test_kill9_slow_node_fast_finishes_chunk_then_holds_and_picks_up_a_restart(t
 
 @pytest.mark.timeout(240)
 def test_kill9_fast_node_robot_watchdog_holds_within_100ms(tiny_run: Path, tmp_path: Path) -> None:
-    with _children(tmp_path) as children:
+    with stopped_children() as children:
         stack = _start_stack(children, tmp_path, tiny_run)
         with Subscriber(stack["robot"]["pub"], topics=("watchdog",)) as events, \
                 Subscriber(stack["robot"]["pub"], topics=("state",), hwm=100_000) as states:
@@ -226,7 +226,7 @@ def test_kill9_fast_node_robot_watchdog_holds_within_100ms(tiny_run: Path, tmp_p
 def test_realtime_episode_starts_only_once_the_slow_node_hears_the_robot(tiny_run: Path, tmp_path: Path) -> None:
     """A realtime robot's clock runs from its reset: the fast node must not reset it while the slow node still
     loads (the first episode then began with the robot idle for 0.1-1 s, a different episode from lockstep's)."""
-    with _children(tmp_path) as children:
+    with stopped_children() as children:
         robot = _start(children, tmp_path, "robot", "sim.node", robot_node_args(
             "wipe", "realtime", 0, False, {"watchdog_ms": 50.0, "cameras": False, "limits.force_n": 20.0}))
         with Subscriber(robot["pub"], topics=("episode",)) as events:
@@ -251,7 +251,7 @@ def test_realtime_episode_starts_only_once_the_slow_node_hears_the_robot(tiny_ru
 
 @pytest.mark.timeout(240)
 def test_without_a_slow_node_the_episode_starts_after_the_timeout_and_holds(tiny_run: Path, tmp_path: Path) -> None:
-    with _children(tmp_path) as children:
+    with stopped_children() as children:
         robot = _start(children, tmp_path, "robot", "sim.node", robot_node_args(
             "wipe", "realtime", 0, False, {"watchdog_ms": 50.0, "cameras": False}))
         addr = [f"addresses.robot_pub={robot['pub']}", f"addresses.robot_cmd={robot['cmd']}"]
@@ -281,7 +281,7 @@ def _observation(seq: int, sim_time: float, bad_tactile: bool = False) -> list[M
 def test_garbage_on_every_socket_is_counted_and_survived(tiny_run: Path, tmp_path: Path) -> None:
     """A fake robot node (this test) feeds both nodes good observations mixed with garbage; a rogue publisher feeds
     the fast node's chunk socket garbage. Everything bad is counted; the nodes keep planning and commanding."""
-    with ExitStack() as stack, _children(tmp_path) as children:
+    with ExitStack() as stack, stopped_children() as children:
         robot_pub = stack.enter_context(Publisher("tcp://127.0.0.1:*"))
         robot_cmd = stack.enter_context(Subscriber("tcp://127.0.0.1:*", topics=("cmd", "reset"), bind=True))
         addr = [f"addresses.robot_pub={robot_pub.address}", f"addresses.robot_cmd={robot_cmd.address}"]

@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_runtime import stopped_children
 from test_runtime_units import make_tiny_run
 
 from bus.cli import UsageError
@@ -38,15 +37,6 @@ def vision_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_run(tmp_path_factory.mktemp("vision_ckpt"), cameras=True)
 
 
-@contextmanager
-def _children() -> Iterator[dict[str, Child]]:
-    """Started children by name; every one is stopped (SIGTERM, then SIGKILL) and reaped on the way out."""
-    children: dict[str, Child] = {}
-    try:
-        yield children
-    finally:
-        for child in children.values():
-            child.stop(timeout=5.0)
 
 
 def _frame(seq: int, sim_time: float, value: int = 0, shape: tuple[int, ...] = (96, 96, 3)) -> Message:
@@ -166,7 +156,7 @@ def test_lockstep_vision_run_plans_on_the_training_frames_and_repeats(vision_run
 def test_slow_node_without_camera_frames_exits_in_one_line(vision_run: Path, tmp_path: Path) -> None:
     """A robot node started without cameras: the image policy's slow node waits image_timeout_s for a frame, then
     ends with exit 2 (which the launcher does not restart) and one line saying what is missing and how to fix it."""
-    with _children() as children, Subscriber("tcp://127.0.0.1:*", topics=("chunk",), bind=True) as chunks:
+    with stopped_children() as children, Subscriber("tcp://127.0.0.1:*", topics=("chunk",), bind=True) as chunks:
         robot = Child("robot", "sim.node", robot_node_args("wipe", "realtime", 0, False, {"cameras": False}),
                       tmp_path / "robot.log")
         children["robot"] = robot
@@ -192,7 +182,7 @@ def test_realtime_vision_stack_plans_on_fresh_frames(vision_run: Path, tmp_path:
     plan's frame no older than slow.max_image_age_s, and the fast node drives the robot from those chunks."""
     args = [f"checkpoint={vision_run}", "slow.replan_every=4", "stats_hz=20", "fast.start_timeout_s=30",
             "episodes=1", "perturb=false", "max_episode_s=1.0"]
-    with _children() as children:
+    with stopped_children() as children:
         robot = Child("robot", "sim.node", robot_node_args("wipe", "realtime", 0, False, {
             "cameras": True, "camera_hz": 10.0, "image_size": 96, "watchdog_ms": 50.0, "limits.force_n": 20.0}),
             tmp_path / "robot.log")
