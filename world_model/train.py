@@ -63,6 +63,7 @@ class ModelSizes:
     width: int = 96
     depth: int = 3
     heads: int = 4
+    attention: str = "time"  # time | spacetime
     train_timesteps: int = 100
     inference_steps: int = 10
 
@@ -90,7 +91,7 @@ def model_configs(sizes: ModelSizes, image_size: int, action_dim: int) -> tuple[
     vd = VideoDiffusionConfig(latent_channels=sizes.latent_channels, latent_size=ae.latent_size,
                               action_dim=action_dim, context_frames=sizes.context_frames,
                               chunk_frames=sizes.chunk_frames, width=sizes.width, depth=sizes.depth,
-                              heads=sizes.heads,
+                              heads=sizes.heads, attention=sizes.attention,
                               scheduler=SchedulerConfig(num_train_timesteps=sizes.train_timesteps,
                                                         num_inference_steps=sizes.inference_steps))
     return ae, vd

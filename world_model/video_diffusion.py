@@ -38,6 +38,7 @@ class VideoDiffusionConfig:
     width: int = 96
     depth: int = 3  # (conv block, temporal attention) pairs
     heads: int = 4
+    attention: str = "time"  # time: across frames at each latent pixel; spacetime: across every frame and pixel
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(num_train_timesteps=100,
                                                                                 num_inference_steps=10))
 
@@ -45,6 +46,8 @@ class VideoDiffusionConfig:
         if self.context_frames < 1 or self.chunk_frames < 1:
             raise ValueError(f"context_frames and chunk_frames must be >= 1, got {self.context_frames}, "
                              f"{self.chunk_frames}")
+        if self.attention not in ("time", "spacetime"):
+            raise ValueError(f"attention must be 'time' or 'spacetime', got {self.attention!r}")
         if self.width % self.heads or self.width % 8:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads} and by 8")
 
@@ -79,28 +82,42 @@ class FiLMResBlock(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Self-attention across the T frames at each latent pixel; ``q, k, v, out`` are plain Linears (LoRA targets)."""
+    """Self-attention across the T frames, at each latent pixel (``spacetime=False``) or over every frame and pixel
+    of the window at once (``spacetime=True``: content can move between pixels, as a moving camera needs); ``q, k,
+    v, out`` are plain Linears (the LoRA targets)."""
 
-    def __init__(self, ch: int, heads: int, max_frames: int) -> None:
+    def __init__(self, ch: int, heads: int, max_frames: int, pixels: int, spacetime: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.spacetime = heads, spacetime
         self.norm = nn.LayerNorm(ch)
         self.pos = nn.Parameter(torch.zeros(max_frames, ch))
+        self.pixel_pos = nn.Parameter(torch.zeros(pixels, ch)) if spacetime else None
         self.q, self.k, self.v, self.out = (nn.Linear(ch, ch) for _ in range(4))
         nn.init.normal_(self.pos, std=0.02)
+        if self.pixel_pos is not None:
+            nn.init.normal_(self.pixel_pos, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, ch, h, w) -> same shape."""
         B, T, C, h, w = x.shape
-        tokens = x.permute(0, 3, 4, 1, 2).reshape(B * h * w, T, C)
-        y = self.norm(tokens + self.pos[:T])
+        tokens = x.permute(0, 1, 3, 4, 2).reshape(B, T, h * w, C) + self.pos[:T, None]  # (B, T, hw, C)
+        if self.pixel_pos is not None:
+            tokens = (tokens + self.pixel_pos).reshape(B, T * h * w, C)  # one sequence per sample
+        else:
+            tokens = tokens.transpose(1, 2).reshape(B * h * w, T, C)  # one sequence per pixel
+        y = self.norm(tokens)
+        N, L = y.shape[:2]
 
-        def split(z: torch.Tensor) -> torch.Tensor:  # (N, T, C) -> (N, heads, T, C / heads)
-            return z.reshape(z.shape[0], T, self.heads, C // self.heads).transpose(1, 2)
+        def split(z: torch.Tensor) -> torch.Tensor:  # (N, L, C) -> (N, heads, L, C / heads)
+            return z.reshape(N, L, self.heads, C // self.heads).transpose(1, 2)
 
         att = F.scaled_dot_product_attention(split(self.q(y)), split(self.k(y)), split(self.v(y)))
-        y = self.out(att.transpose(1, 2).reshape(-1, T, C))
-        return x + y.reshape(B, h, w, T, C).permute(0, 3, 4, 1, 2)
+        y = self.out(att.transpose(1, 2).reshape(N, L, C))
+        if self.pixel_pos is not None:
+            y = y.reshape(B, T, h, w, C)
+        else:
+            y = y.reshape(B, h, w, T, C).permute(0, 3, 1, 2, 4)
+        return x + y.permute(0, 1, 4, 2, 3)
 
 
 class VideoDenoiser(nn.Module):
@@ -115,7 +132,8 @@ class VideoDenoiser(nn.Module):
         self.clean = nn.Embedding(2, E)  # 1 = a context frame, given clean
         self.conv_in = nn.Conv2d(cfg.latent_channels, W, 3, padding=1)
         self.blocks = nn.ModuleList(FiLMResBlock(W, E) for _ in range(cfg.depth))
-        self.temporal = nn.ModuleList(TemporalAttention(W, cfg.heads, cfg.window) for _ in range(cfg.depth))
+        self.temporal = nn.ModuleList(TemporalAttention(W, cfg.heads, cfg.window, cfg.latent_size**2,
+                                                        cfg.attention == "spacetime") for _ in range(cfg.depth))
         self.norm_out, self.conv_out = nn.GroupNorm(8, W), nn.Conv2d(W, cfg.latent_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)

@@ -30,7 +30,7 @@ def test_autoencoder_shapes_scale_and_bad_input():
     assert ae.decode(z).shape == (3, 3, 16, 16)
     scale = ae.fit_scale(frames)
     assert scale > 0 and abs(float(ae.encode(frames).detach().std()) - 1.0) < 1e-4
-    assert float(ae.decode(ae.encode(frames)).min()) >= 0.0
+    assert float(ae.decode(ae.encode(frames)).detach().min()) >= 0.0
     with pytest.raises(ValueError, match=r"\(B, 3, 16, 16\)"):
         ae.encode(torch.rand(3, 16, 16, 3))
     with pytest.raises(ValueError, match="multiple of 4"):
@@ -168,3 +168,24 @@ def test_temp_lora_config_is_checked():
         TempLoRAConfig(targets=("q", "mlp"))
     with pytest.raises(ValueError, match="rank"):
         TempLoRAConfig(rank=0)
+
+
+def test_spacetime_attention_moves_content_between_pixels_and_frames():
+    """A change at one pixel of frame 0 reaches another pixel of frame 2 through space-time attention, and never
+    through time-only attention (which mixes frames at the same pixel only)."""
+    from world_model.video_diffusion import TemporalAttention
+
+    reached = {}
+    for spacetime in (False, True):
+        torch.manual_seed(0)
+        layer = TemporalAttention(32, heads=4, max_frames=4, pixels=64, spacetime=spacetime)
+        x = torch.randn(1, 4, 32, 8, 8)
+        y = x.clone()
+        y[0, 0, :, 0, 0] += torch.randn(32)  # not a constant shift, which the LayerNorm would remove
+        with torch.no_grad():
+            out_x, out_y = layer(x), layer(y)
+        reached[spacetime] = float((out_y - out_x)[0, 2, :, 7, 7].abs().max())
+        assert float((out_y - out_x)[0, 2, :, 0, 0].abs().max()) > 0  # the same pixel: both modes
+    assert reached[False] == 0.0 and reached[True] > 1e-6, reached
+    with pytest.raises(ValueError, match="attention"):
+        VideoDiffusionConfig(attention="space")
