@@ -241,6 +241,8 @@ class ContactRichEnv(gym.Env):
             "marker_slip": gym.spaces.Box(-inf, inf, (p, 2), f32),
             "scene": gym.spaces.Box(-inf, inf, (self.task.scene_dim,), f32),
         }
+        if self.task.goal_conditioned:
+            spaces["goal"] = gym.spaces.Box(*self.task.goal_type.vector_bounds(), dtype=f32)
         if self.cameras:
             s = self.image_size
             spaces["scene_rgb"] = gym.spaces.Box(0, 255, (s, s, 3), np.uint8)
@@ -269,6 +271,7 @@ class ContactRichEnv(gym.Env):
         super().reset(seed=seed)
         rng = self.np_random
         mujoco.mj_resetData(self.model, self.data)
+        self.task.choose_goal(seed)  # its own random stream: the physics draws as with a fixed goal
         self.task.reset(self, rng, perturb=self.perturb)
         if self.looks is not None:
             self.looks.reset(self.model, seed)  # its own random stream: the physics draws as with looks off
@@ -376,6 +379,8 @@ class ContactRichEnv(gym.Env):
             "marker_slip": t["marker_slip"].astype(f32),
             "scene": s["scene"].copy(),
         }
+        if self.task.goal_conditioned:
+            obs["goal"] = self.task.goal.vector()
         if self.cameras:
             for key, camera in self.camera_names.items():
                 obs[key] = self.render_camera(camera, self.image_size)

@@ -2,6 +2,7 @@
 
     python -m sim.eval task=wipe policy=expert episodes=50 seed=0
     python -m sim.eval task=wipe policy=rdp episodes=50 seed=0 jobs=8 [launcher=ray [ray_address=auto]]
+    python -m sim.eval task=wipe policy=expert task.goal=random    # a goal per episode: success per goal too
 
 Policies are resolved from config (``_target_``), so this module never imports a policy package.
 Prints a progress bar, then as its last stdout line one JSON object; writes the same JSON, a video
@@ -33,7 +34,7 @@ from bus.cli import USAGE_EXIT, CommandError, UsageError, command, exit_code, ru
 from bus.config import override
 from bus.resources import config_dir
 from bus.sweep import check_launcher, module_command, run_commands, split_range
-from sim.registry import make_env
+from sim.registry import goal_option, make_env
 
 CONFIG_DIR = config_dir()
 SHARDS_DIR = "shards"  # OUT/shards/K: shard K of a run with jobs > 1, removed once merged
@@ -91,14 +92,18 @@ def evaluate(
     point_cloud_points: int = 512,
     point_cloud_voxel: float = 0.005,
     looks: str = "none",
+    goal: str | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes (seeds ``seed`` ...) and write ``results.json`` (with ``policy_config``, the policy's
-    resolved settings, so a result names what made it), a force plot and a video of the first episode."""
+    resolved settings, so a result names what made it), a force plot and a video of the first episode. ``goal``: the
+    task's goal option (``configs/task``); unless ``default``, every row names its episode's goal and the result
+    has the success per goal."""
     _check_episodes(episodes)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(
         task,
         perturbations=perturbations,
+        goal=goal,
         perturb=perturb,
         cameras=cameras,
         image_size=image_size,
@@ -117,9 +122,11 @@ def evaluate(
         if k == 0:
             trace = tr
         rows.append({"seed": seed + k, **{key: info[key] for key in ("success", "score", "failure", "perturbation")}})
+        if env.task.goal_conditioned:
+            rows[-1].update(goal=info["goal"], goal_miss=info["goal_miss"])
     env.close()
     result = summarize(rows, task=task, policy_name=policy_name, policy_config=policy_config, seed=seed,
-                       perturb=perturb, out_dir=out_dir)
+                       perturb=perturb, out_dir=out_dir, goal=env.task.goal_setting.text)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
     if trace:
         _plot_forces(trace, rows[0], out_dir / "force.png", task, policy_name)
@@ -129,16 +136,13 @@ def evaluate(
 
 
 def summarize(rows: list[dict[str, Any]], *, task: str, policy_name: str, policy_config: dict[str, Any] | None,
-              seed: int, perturb: bool, out_dir: Path) -> dict[str, Any]:
+              seed: int, perturb: bool, out_dir: Path, goal: str = "default") -> dict[str, Any]:
     """The ``results.json`` object of per-episode ``rows`` (seeds ``seed`` ...): one function for a run and for the
-    merge of its shards, so both write the same file."""
+    merge of its shards, so both write the same file. With a goal option other than ``default``, it also holds
+    ``goal`` (the option) and ``per_goal`` (the success per goal the episodes had)."""
     episodes = len(rows)
     n_ok = sum(r["success"] for r in rows)
-    per: dict[str, dict[str, Any]] = {}
-    for kind in sorted({r["perturbation"] for r in rows}):
-        sub = [r for r in rows if r["perturbation"] == kind]
-        ok = sum(r["success"] for r in sub)
-        per[kind] = {"episodes": len(sub), "success_rate": ok / len(sub), "ci95": wilson_interval(ok, len(sub))}
+    goals = {} if goal == "default" else {"goal": goal, "per_goal": _success_by(rows, "goal")}
     return {
         "task": task,
         "policy": policy_name,
@@ -149,10 +153,21 @@ def summarize(rows: list[dict[str, Any]], *, task: str, policy_name: str, policy
         "success_rate": n_ok / episodes,
         "ci95": wilson_interval(n_ok, episodes),
         "mean_score": float(np.mean([r["score"] for r in rows])),
-        "per_perturbation": per,
+        "per_perturbation": _success_by(rows, "perturbation"),
+        **goals,
         "episodes_detail": rows,
         "run_dir": str(out_dir),
     }
+
+
+def _success_by(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """{value of ``key``: episodes, success rate and its 95 % interval over the rows with that value}."""
+    per: dict[str, dict[str, Any]] = {}
+    for value in sorted({r[key] for r in rows}):
+        sub = [r for r in rows if r[key] == value]
+        ok = sum(r["success"] for r in sub)
+        per[value] = {"episodes": len(sub), "success_rate": ok / len(sub), "ci95": wilson_interval(ok, len(sub))}
+    return per
 
 
 def evaluate_in_shards(
@@ -171,8 +186,9 @@ def evaluate_in_shards(
     seed=S episodes=N out=OUT/shards/K jobs=1`` process, merged into the same ``results.json``, plot and video.
 
     ``overrides``: the run's own command-line overrides (task, policy, sensors, ...), passed on to every shard but
-    for ``SHARD_KEYS``. ``header``: ``summarize``'s ``task``, ``policy_name``, ``policy_config``, ``perturb``. A shard
-    that fails fails the run (its one-line error, exit 2 when every failure was a bad input); its directory stays.
+    for ``SHARD_KEYS``. ``header``: ``summarize``'s ``task``, ``policy_name``, ``policy_config``, ``perturb``,
+    ``goal``. A shard that fails fails the run (its one-line error, exit 2 when every failure was a bad input); its
+    directory stays.
     """
     _check_episodes(episodes)
     shards = split_range(seed, episodes, jobs)
@@ -260,6 +276,7 @@ def _run(cfg: Any) -> None:
     name = policy_cfg.pop("name")
     policy_config = {k: v for k, v in policy_cfg.items() if k not in ("_target_", "train")}
     perturbations = tuple(cfg.task.perturbations) if cfg.task.perturbations is not None else None
+    goal = goal_option(cfg.task.name, cfg.task.goal)  # checked here, before any shard starts
     jobs, launcher = int(cfg.jobs), str(cfg.launcher)
     check_launcher(launcher, jobs)
     if (jobs > 1 and int(cfg.episodes) > 1) or launcher != "local":
@@ -273,7 +290,7 @@ def _run(cfg: Any) -> None:
             launcher=launcher,
             ray_address=cfg.ray_address,
             header={"task": cfg.task.name, "policy_name": name, "policy_config": policy_config,
-                    "perturb": bool(cfg.perturb)},
+                    "perturb": bool(cfg.perturb), "goal": goal},
         )
     else:
         result = evaluate(
@@ -294,6 +311,7 @@ def _run(cfg: Any) -> None:
             looks=str(cfg.sensors.looks),
             perturbations=perturbations,
             policy_config=policy_config,
+            goal=goal,
         )
     summary = {k: v for k, v in result.items() if k != "episodes_detail"}
     print(json.dumps(summary))

@@ -1,7 +1,9 @@
 """Scripted experts: they make the demonstrations, so they react only to what the robot senses.
 
 Each expert may read ``task.nominal`` (the privileged initial state) to plan its nominal motion,
-but every reaction to a perturbation comes from the wrist wrench or the tactile pads. The
+but every reaction to a perturbation comes from the wrist wrench or the tactile pads. The episode's goal
+(``task.goal``) reaches them through that plan: the task plans the path over the part of the surface the goal
+asks for, the force level to press with, the height to lift to and the most a gentle grip may squeeze. The
 ``force_feedback=False`` variants replay the same nominal plan with a fixed, calibrated
 penetration/squeeze: the position-only baseline that shows the perturbations need touch.
 
@@ -37,12 +39,39 @@ class SurfaceFollowExpert:
     With force feedback, the commanded depth ``d`` below the nominal surface follows a
     proportional-integral law on the sensed normal force (``-F_z`` of the wrist wrench in the TCP
     frame); without it, ``d`` stays at the calibrated ``F_target / K``.
+
+    A goal's plan may ask for more (the default goal's asks for none of it, and the motion is today's):
+
+    * a force level to keep (``force_tolerance``: a gentle or firm wipe, scored on the median wiping force): it wipes
+      at ``level_speed`` of its speed, so that a transient weighs less, backs off ``backoff`` times faster while
+      over the target (as when the surface rises into the tool) and may retract up to ``level_depth_limit``, where
+      the arm's tracking error presses the tool into a strongly curved surface;
+    * ends to reach (``reach_ends``: a path over part of the surface, stopping short of the rest): at each end it
+      holds until the tool, which friction drags behind its target, is within ``end_tolerance`` of it, for at most
+      ``end_dwell`` seconds.
     """
 
-    def __init__(self, force_feedback: bool = True, speed: float = 0.035, gain: float = 0.008):
+    def __init__(
+        self,
+        force_feedback: bool = True,
+        speed: float = 0.035,
+        gain: float = 0.008,
+        depth_limit: float = 0.05,
+        level_speed: float = 0.65,
+        backoff: float = 2.0,
+        level_depth_limit: float = 0.1,
+        end_dwell: float = 1.0,
+        end_tolerance: float = 0.003,
+    ):
         self.force_feedback = force_feedback
         self.speed = speed
         self.gain = gain  # m/s per N of force error
+        self.depth_limit = depth_limit  # m, the most |d| the force regulation may command
+        self.level_speed = level_speed
+        self.backoff = backoff
+        self.level_depth_limit = level_depth_limit
+        self.end_dwell = end_dwell
+        self.end_tolerance = end_tolerance
 
     def reset(self, env: ContactRichEnv, seed: int | None = None) -> None:
         del seed  # deterministic: nothing to seed
@@ -52,6 +81,12 @@ class SurfaceFollowExpert:
         self.cum = _arc_lengths(self.points)
         self.length = float(self.cum[-1])
         self.force_target = float(nom["force_target"])
+        level = nom.get("force_tolerance") is not None
+        self.traverse_speed = self.speed * self.level_speed if level else self.speed
+        self.gain_over = self.gain * self.backoff if level else self.gain  # m/s per N, while over the target
+        self.d_limit = self.level_depth_limit if level else self.depth_limit
+        self.max_dwell = self.end_dwell if nom.get("reach_ends") else 0.0  # s at a path end
+        self.dwelt = 0.0
         self.stiffness = env.controllers[0].gains.kp_pos
         self.passes = int(nom.get("passes", 1))
         self.reverse = bool(nom.get("reverse", True))
@@ -72,6 +107,12 @@ class SurfaceFollowExpert:
         rot = frame_from_z_and_x(-n, self.x_hint)
         return np.concatenate((p - n * depth, mat_to_rotvec(rot), [self.grip]))
 
+    def _trailing(self, obs: dict[str, np.ndarray]) -> float:
+        """How far (m) the tool's centre is behind its target point along the direction of travel."""
+        t = _interp(self.s, self.cum, self.tangents) * self.direction
+        p = _interp(self.s, self.cum, self.points)
+        return float(np.dot(p - obs["tcp_pos"][0], t / np.linalg.norm(t)))
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         # Normal force along the tool axis; on a slanted contact the total force is the safer reading.
         w = obs["wrench"][0].astype(float)
@@ -83,16 +124,20 @@ class SurfaceFollowExpert:
             if (self.force_feedback and force > 0.5 * self.force_target) or self.d >= self.d_nominal:
                 self.phase = "traverse"
         elif self.phase == "traverse":
-            self.s += self.direction * self.speed * self.dt
+            self.s += self.direction * self.traverse_speed * self.dt
             if self.s >= self.length or self.s <= 0.0:
                 self.s = float(np.clip(self.s, 0.0, self.length))
-                self.pass_index += 1
-                if self.pass_index >= self.passes:
-                    self.phase = "retract"
-                elif self.reverse:
-                    self.direction = -self.direction
+                if self.dwelt < self.max_dwell and self._trailing(obs) > self.end_tolerance:
+                    self.dwelt += self.dt
                 else:
-                    self.phase = "return"
+                    self.dwelt = 0.0
+                    self.pass_index += 1
+                    if self.pass_index >= self.passes:
+                        self.phase = "retract"
+                    elif self.reverse:
+                        self.direction = -self.direction
+                    else:
+                        self.phase = "return"
         elif self.phase == "return":  # lift off, fly back to the start, press again
             self.d = max(self.d - self.speed * self.dt, -self.hover)
             if self.d <= -self.hover + 1e-6:
@@ -103,8 +148,9 @@ class SurfaceFollowExpert:
             self.d = max(self.d - self.speed * self.dt, -self.hover)
         if self.phase == "traverse":
             if self.force_feedback:
-                step = self.gain * (force - self.force_target) * self.dt
-                self.d = float(np.clip(self.d - step, -0.05, 0.05))
+                gain = self.gain_over if force > self.force_target else self.gain
+                step = gain * (force - self.force_target) * self.dt
+                self.d = float(np.clip(self.d - step, -self.d_limit, self.d_limit))
             else:
                 self.d = self.d_nominal
         return self._pose(self.s, self.d)
@@ -138,7 +184,9 @@ class SqueezeLiftExpert:
         lift_speed: float = 0.04,
         squeeze_rate: float = 80.0,
         slip_speed: float = 0.004,
+        limit_margin: float = 0.9,
     ):
+        self.limit_margin = limit_margin
         self.slip_speed = slip_speed
         self.squeeze_rate = squeeze_rate
         self.force_feedback = force_feedback
@@ -156,6 +204,9 @@ class SqueezeLiftExpert:
         self.centre, self.half = nom["centre"], nom["half"]
         self.lift_height = float(nom["lift_height"])
         self.n_min = float(nom["squeeze_target"])
+        # A gentle grip's limit: the squeeze target stays this far under it, so that its overshoot does too.
+        limit = nom.get("squeeze_limit")
+        self.n_max = self.max_squeeze if limit is None else min(self.max_squeeze, self.limit_margin * float(limit))
         self.stiffness = env.controllers[0].gains.kp_pos
         self.dt = 1.0 / env.control_hz
         self.sides = (-1.0, 1.0)
@@ -213,7 +264,7 @@ class SqueezeLiftExpert:
             ratio = float(np.mean(np.linalg.norm(obs["wrench"][:, :2], axis=1) / np.maximum(forces, 1e-3)))
             self.mu_hat = float(np.clip(0.8 * ratio, 0.05, self.mu_hat))
         need = self.safety * 0.5 * self.load_max / self.mu_hat
-        goal = np.clip(max(self.n_min, need), self.n_min, self.max_squeeze)
+        goal = np.clip(max(self.n_min, need), self.n_min, self.n_max)
         # Raise the squeeze at a bounded rate: a step in the setpoint would overshoot into a crush.
         self.target[:] = np.minimum(goal, self.target + self.squeeze_rate * self.dt)
         # Feed-forward on the target (a new target moves the setpoint at once) + integral correction.

@@ -7,7 +7,7 @@ from typing import Any
 import gymnasium as gym
 
 from bus.cli import choose
-from sim.tasks.base import Task
+from sim.tasks.base import GoalSetting, Task
 
 
 def _task_classes() -> dict[str, type[Task]]:
@@ -33,13 +33,20 @@ TASKS = _task_classes()
 ENV_IDS = {name: f"slowfast/{name.capitalize()}-v0" for name in TASKS}
 
 
-def make_env(task: str, perturbations: tuple[str, ...] | None = None, **kwargs: Any):
-    """Build the environment of ``task``; an unknown name raises a ``bus.cli.UsageError`` (a ValueError) listing the
-    valid ones."""
+def make_env(task: str, perturbations: tuple[str, ...] | None = None, goal: str | None = None, **kwargs: Any):
+    """Build the environment of ``task`` with the goal option ``goal`` (None: ``default``); an unknown task or goal
+    raises a ``bus.cli.UsageError`` (a ValueError) listing the valid ones."""
     choose("task", task, TASKS, "task")
     from sim.env import ContactRichEnv
 
-    return ContactRichEnv(TASKS[task](perturbations=perturbations), **kwargs)
+    return ContactRichEnv(TASKS[task](perturbations=perturbations, goal=goal), **kwargs)
+
+
+def goal_option(task: str, goal: str | None) -> str:
+    """The goal option ``goal`` of ``task`` as the env spells it: ``default``, ``random`` or a goal's canonical name
+    (``gentle-left`` -> ``left-gentle``); a bad one raises a ``bus.cli.UsageError`` listing the valid ones."""
+    choose("task", task, TASKS, "task")
+    return GoalSetting(TASKS[task].goal_type, goal).text
 
 
 def task_physics_hz(task: str) -> float:

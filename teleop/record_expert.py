@@ -2,6 +2,7 @@
 
     python -m teleop.record_expert task=wipe episodes=20 seed=0 out=data/wipe [cameras=true] [max_steps=N]
     python -m teleop.record_expert task=wipe episodes=200 seed=100000 out=data/wipes200 jobs=8 [launcher=ray]
+    python -m teleop.record_expert task=wipe goal=random episodes=200 seed=100000 out=data/wipe_goals
 
 The force-aware expert (``sim.experts.make_expert``) drives the environment with perturbations on, and every
 episode is written by :class:`dataset.recorder.EpisodeRecorder` at native rates, stamped with simulation time.
@@ -19,8 +20,11 @@ that also hold a ``tactile_emb`` stream, which training ignores.
 Timestamps are the simulation clock rounded to 1 us: MuJoCo accumulates ``time`` in 2 ms physics steps, so the raw
 value drifts by ~1e-15 s, and a ``build`` at a divisor rate (25 Hz) would then hold the *previous* sample at some
 ticks. Rounded, ``k / 25`` lands exactly on every second sample. Episode meta: ``task``, ``seed``, ``success`` and
-under ``user`` the perturbation, its start time and the expert. This is the expert-demo recorder; teleoperation
-over the bus, recorded by the recorder process, is ``teleop.collect``.
+under ``user`` the perturbation, the expert, the goal option (``goal_option``: ``default``, ``random`` or a goal,
+as ``configs/task`` spells it), the episode's goal (``goal``: its name, ``default`` for today's task) and its
+encoding (``goal_vector``, what a goal-conditioned policy observes as ``goal``; ``sim.tasks``), with which the
+expert planned. This is the expert-demo recorder; teleoperation over the bus, recorded by the recorder process,
+is ``teleop.collect``.
 
 ``jobs=N`` (N > 1) records the seeds as N contiguous shards, each its own ``teleop.record_expert ... jobs=1`` process
 (``bus.sweep``: on this machine, or as Ray tasks with ``launcher=ray``), into ``OUT.shards/K``, then merges them
@@ -66,6 +70,7 @@ class RecordConfig:
     image_size: int = 96
     looks: str = "none"  # sim.looks.LOOKS: per-episode lighting, paint, camera offsets and a distractor
     perturb: bool = True
+    goal: str = "default"  # the task's goal option (configs/task): default | random | a goal of the task
     max_steps: int | None = None  # cap on control steps per episode (tests); None = until the task ends
     progress: bool = True
     jobs: int = 1  # >1: seed shards recorded by this many processes at once, merged into one recording
@@ -80,6 +85,9 @@ class RecordConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
         check_launcher(self.launcher, self.jobs)
+        from sim.registry import goal_option
+
+        goal_option(self.task, self.goal)  # a bad task or goal fails here, before any episode or shard starts
 
 
 def record_expert_episodes(cfg: RecordConfig) -> list[dict[str, Any]]:
@@ -94,7 +102,8 @@ def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
     from sim.experts import make_expert
     from sim.registry import make_env
 
-    env = make_env(cfg.task, perturb=cfg.perturb, cameras=False, image_size=cfg.image_size, looks=cfg.looks)
+    env = make_env(cfg.task, perturb=cfg.perturb, goal=cfg.goal, cameras=False, image_size=cfg.image_size,
+                   looks=cfg.looks)
     expert = make_expert(cfg.task, force_feedback=True)
     recorder = EpisodeRecorder(cfg.out)
     camera_every = max(int(round(env.control_hz / CAMERA_HZ)), 1)
@@ -108,7 +117,8 @@ def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
             expert.reset(env)
             recorder.begin(EpisodeMeta(task=cfg.task, seed=seed, user={
                 "expert": "force_aware", "perturbation": info["perturbation"], "control_hz": env.control_hz,
-                "max_steps": cfg.max_steps, "looks": cfg.looks,
+                "max_steps": cfg.max_steps, "looks": cfg.looks, "goal_option": env.task.goal_setting.text,
+                "goal": info["goal"], "goal_vector": env.task.goal.vector().tolist(),
             }))
             steps = 0
             while True:
@@ -129,7 +139,8 @@ def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
             cut = not (terminated or truncated)
             path = recorder.commit(success=None if cut and not info["success"] else bool(info["success"]))
             rows.append({"episode": path.name, "seed": seed, "steps": steps, "success": bool(info["success"]),
-                         "perturbation": info["perturbation"], "perturbation_time": info["perturbation_time"]})
+                         "perturbation": info["perturbation"], "perturbation_time": info["perturbation_time"],
+                         "goal": info["goal"]})
             bar.set_postfix(ok=f"{sum(r['success'] for r in rows)}/{len(rows)}")
     except BaseException:
         recorder.abort()  # an interrupted demo is incomplete: it must not look like a committed episode

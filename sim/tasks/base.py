@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
+import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import mujoco
 import numpy as np
@@ -15,6 +19,9 @@ if TYPE_CHECKING:
 
 
 FAIL_WINDOW = 0.1  # s, force limits act on the force averaged over this window
+GOAL_STREAM = 0x60A1  # ``random`` goals come from a stream seeded by (GOAL_STREAM, episode seed), not the physics'
+GOAL_MODES = ("default", "random")  # the goal option's values besides a task's own goals
+GOAL_JOIN = "-"  # a goal is written as its non-default values joined by this: "left-gentle"
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,118 @@ class Perturbation:
         return float(min((t - self.time) / self.duration, 1.0))
 
 
+@dataclass(frozen=True)
+class Goal:
+    """What the operator asked of an episode beyond doing the task: which part of it, how hard, how high.
+
+    A task's goal is a frozen dataclass whose every field is a ``Literal`` of named values, the first one the default:
+    ``Goal()`` is the default goal, today's task. A goal is written as its non-default values joined by ``-``
+    (``left-gentle``; the default goal is ``default``) and reaches a policy as ``vector()``, a fixed-size float32
+    encoding: a one-hot per field, then the task's normalised ``scalars()``.
+    """
+
+    task: ClassVar[str] = "task"  # whose goal it is, for messages
+
+    def __post_init__(self) -> None:
+        for name, values in self.choices().items():
+            if getattr(self, name) not in values:
+                raise UsageError(f"{self.task} goal {name}={getattr(self, name)!r}: choose one of {', '.join(values)}")
+
+    @classmethod
+    @functools.cache
+    def choices(cls) -> dict[str, tuple[str, ...]]:
+        """{field: its values, the default first}, read from the fields' ``Literal`` annotations."""
+        hints = typing.get_type_hints(cls)
+        out = {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)}
+        for f in dataclasses.fields(cls):
+            if not out[f.name] or f.default != out[f.name][0]:
+                raise TypeError(f"{cls.__name__}.{f.name}: a Literal of values whose first is the field's default")
+        return out
+
+    @classmethod
+    def every(cls) -> tuple[Goal, ...]:
+        """Every goal of the task, the default first (what ``random`` draws from, uniformly)."""
+        choices = cls.choices()
+        return tuple(cls(**dict(zip(choices, values, strict=True))) for values in itertools.product(*choices.values()))
+
+    @property
+    def name(self) -> str:
+        """``left-gentle``: the non-default values in field order; ``default`` for the default goal."""
+        parts = [getattr(self, k) for k, values in self.choices().items() if getattr(self, k) != values[0]]
+        return GOAL_JOIN.join(parts) or "default"
+
+    @classmethod
+    def parse(cls, text: str) -> Goal:
+        """The goal ``text`` names: values joined by ``-``, each value setting every field that has it (a value
+        several fields share, such as ``normal``, must be the default of each of them: it then changes nothing)."""
+        if text == "default":
+            return cls()
+        chosen: dict[str, str] = {}
+        for token in text.split(GOAL_JOIN):
+            fields = [k for k, values in cls.choices().items() if token in values]
+            if not fields:
+                raise UsageError(f"goal={text}: no such {cls.task} goal value {token!r}; {cls.options()}")
+            if len(fields) > 1:
+                if any(token != cls.choices()[k][0] for k in fields):
+                    raise UsageError(f"goal={text}: {token!r} is a value of {' and '.join(fields)}; {cls.options()}")
+                continue
+            k = fields[0]
+            if chosen.get(k, token) != token:
+                raise UsageError(f"goal={text}: two values of {k} ({chosen[k]}, {token}); {cls.options()}")
+            chosen[k] = token
+        return cls(**chosen)
+
+    @classmethod
+    def options(cls) -> str:
+        """The valid values of the goal option, in one line."""
+        fields = ", ".join(f"{k} {'|'.join(v)}" for k, v in cls.choices().items())
+        example = GOAL_JOIN.join(v[-1] for v in cls.choices().values())
+        return f"choose default, random or a {cls.task} goal: {fields} (values joined by '{GOAL_JOIN}', e.g. {example})"
+
+    def scalars(self) -> tuple[float, ...]:
+        """The goal's numbers, normalised to about 1 (a task's region as fractions of its path, a force or height
+        relative to today's): the end of ``vector()``."""
+        return ()
+
+    def vector(self) -> np.ndarray:
+        """(dim,) float32: a one-hot of each field's value, in field order, then ``scalars()``."""
+        parts = [np.asarray(values) == getattr(self, k) for k, values in self.choices().items()]
+        return np.concatenate([*parts, np.asarray(self.scalars(), dtype=float)]).astype(np.float32)
+
+    @classmethod
+    def vector_bounds(cls) -> tuple[np.ndarray, np.ndarray]:
+        """Elementwise (low, high) of ``vector()`` over every goal: the ``goal`` observation's space."""
+        vectors = np.stack([g.vector() for g in cls.every()])
+        return vectors.min(axis=0), vectors.max(axis=0)
+
+
+class GoalSetting:
+    """The goal option of a task (``configs/task/*.yaml``: ``goal``): ``default`` (today's task, and the observation
+    has no ``goal``), ``random`` (a goal per episode, drawn from the episode seed) or one named goal."""
+
+    def __init__(self, goal_type: type[Goal], text: Any = "default"):
+        text = "default" if text is None else str(text)
+        self.goal_type = goal_type
+        self.fixed: Goal | None = None
+        if text not in GOAL_MODES:
+            self.fixed = goal_type.parse(text)
+        self.text = text if self.fixed is None else self.fixed.name
+        self.conditioned = text != "default"
+        self._rng = np.random.default_rng(GOAL_STREAM)
+
+    def draw(self, seed: int | None) -> Goal:
+        """The goal of the episode ``seed``: drawn, for ``random``, from the goal stream (the same goal for the same
+        seed whatever came before; None: the stream's next), so that no physics draw changes."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.text == "default":
+            return self.goal_type()
+        if seed is not None:
+            self._rng = np.random.default_rng([GOAL_STREAM, seed])
+        goals = self.goal_type.every()
+        return goals[int(self._rng.integers(len(goals)))]
+
+
 class Task:
     """Base class: subclasses fill in the scene, the randomisation, the perturbations and the score."""
 
@@ -98,7 +217,11 @@ class Task:
         (0.85, 0.3, 0.45),
     )
 
-    def __init__(self, perturbations: tuple[str, ...] | None = None):
+    goal_type: type[Goal] = Goal
+
+    def __init__(self, perturbations: tuple[str, ...] | None = None, goal: str | None = None):
+        self.goal_setting = GoalSetting(self.goal_type, goal)
+        self.goal = self.goal_type()  # the episode's goal (``choose_goal``), which reset plans and scores for
         kinds = self.perturbation_kinds if perturbations is None else tuple(perturbations)
         unknown = [k for k in kinds if k not in self.perturbation_kinds]
         if unknown:
@@ -108,6 +231,26 @@ class Task:
         self.perturbation: Perturbation | None = None
         self.failure: str | None = None
         self.nominal: dict[str, Any] = {}
+
+    # -- goal
+    @property
+    def goal_conditioned(self) -> bool:
+        """True when a goal was configured (anything but ``default``): the env observes it as ``goal``."""
+        return self.goal_setting.conditioned
+
+    def choose_goal(self, seed: int | None) -> Goal:
+        """Set the episode's goal (before ``reset``, which plans for it): see :meth:`GoalSetting.draw`."""
+        self.goal = self.goal_setting.draw(seed)
+        return self.goal
+
+    def goal_report(self) -> dict[str, Any]:
+        """The goal and the goal-relevant parts of the score, for ``info``."""
+        return {"goal": self.goal.name, "goal_miss": self.goal_miss}
+
+    @property
+    def goal_miss(self) -> str | None:
+        """Why the episode missed its goal though the task went fine (``success`` is then False), else None."""
+        return None
 
     # -- scene
     def build(self, spec: mujoco.MjSpec) -> None:
@@ -173,6 +316,7 @@ class Task:
             "perturbation": p.kind if p else "none",
             "perturbation_time": p.time if p else None,
             "time": env.time,
+            **self.goal_report(),
         }
 
     def schedule(

@@ -5,17 +5,33 @@ episode), and is crushed if either paddle presses harder than ``crush_force`` (a
 Success = the box held at least ``lift_height`` above its start for ``hold_seconds``.
 Perturbations that only touch reveals: mass added mid-lift (ramped, like pouring into the box)
 and the box's surface turning slippery mid-lift.
+
+Goal (:class:`LiftGoal`): how high and how hard. A height (``HEIGHTS``) is the band the box must be held in for
+``hold_seconds``: ``normal`` today's (at least ``lift_height``), ``low`` a low band, ``high`` twice today's.
+A ``gentle`` grip starts with a lighter squeeze and needs every paddle's force (averaged over 0.1 s, as the crush
+limit) to stay at or under ``GENTLE_LIMIT`` all episode, or the episode misses its goal (``success`` False).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import mujoco
 import numpy as np
 
 from sim.kinematics import frame_from_z_and_x
-from sim.tasks.base import ArmSetup, Perturbation, Task, ToolSpec, body_id, contact_normal_force, geom_id, resize_geom
+from sim.tasks.base import (
+    ArmSetup,
+    Goal,
+    Perturbation,
+    Task,
+    ToolSpec,
+    body_id,
+    contact_normal_force,
+    geom_id,
+    resize_geom,
+)
 
 if TYPE_CHECKING:
     from sim.env import ContactRichEnv
@@ -31,10 +47,37 @@ PADDLE = ToolSpec(
     gel_solimp=(0.9, 0.95, 0.004, 0.5, 2.0),
 )
 TABLE_TOP = 0.12
+LIFT_HEIGHT = 0.10  # m, today's: the box held at least this high
+# Height goals: (lowest, highest) the box is held above its start to count, and the height the plan lifts the
+# paddles to (above the band's floor: a squeezed box sinks a few millimetres in the paddles).
+HEIGHTS: dict[str, tuple[float, float, float]] = {
+    "normal": (LIFT_HEIGHT, np.inf, 0.15),
+    "low": (0.03, 0.07, 0.05),
+    "high": (2 * LIFT_HEIGHT, np.inf, 0.25),
+}
+GENTLE_SQUEEZE = 0.6  # of the nominal squeeze target, where a gentle grip starts
+GENTLE_LIMIT = 25.0  # N, the most a gentle grip may press with either paddle (averaged over 0.1 s)
+CRUSH_FORCE = 60.0  # N
+
+
+@dataclass(frozen=True)
+class LiftGoal(Goal):
+    """How high to lift the box and how hard to squeeze it."""
+
+    task: ClassVar[str] = "lift"
+    height: Literal["normal", "low", "high"] = "normal"
+    grip: Literal["normal", "gentle"] = "normal"
+
+    def scalars(self) -> tuple[float, ...]:
+        """(lowest height to hold relative to today's, squeeze limit relative to the crush force)."""
+        limit = GENTLE_LIMIT if self.grip == "gentle" else CRUSH_FORCE
+        return (HEIGHTS[self.height][0] / LIFT_HEIGHT, limit / CRUSH_FORCE)
 
 
 class LiftTask(Task):
     name = "lift"
+    goal_type = LiftGoal
+    goal: LiftGoal
     perturbation_kinds = ("mass", "friction")
     max_seconds = 12.0
     # The noslip pass removes the soft-contact creep that would let a firmly held box sink slowly.
@@ -42,9 +85,9 @@ class LiftTask(Task):
     # Two paddles squeezing a heavy box stiffly are at the edge of stability at 500 Hz: with an operator's tremor
     # the box was shaken loose in a third of the heavy-box episodes (measured); at 1000 Hz it holds.
     physics_hz = 1000.0
-    lift_height = 0.10
+    lift_height = LIFT_HEIGHT
     hold_seconds = 2.0
-    crush_force = 60.0
+    crush_force = CRUSH_FORCE
     drop_distance = 0.04
     squeeze_target = 10.0  # N per paddle, nominal
     arms = (
@@ -106,17 +149,24 @@ class LiftTask(Task):
         self.base_mass = mass
         self.half = half
         self.z0 = float(centre[2])
-        # Nominal plan (privileged initial state): paddle faces on the box's +-y faces.
+        # Nominal plan (privileged initial state and the goal): paddle faces on the box's +-y faces.
+        lowest, highest, plan = HEIGHTS[self.goal.height]
+        self.height_band = (lowest, highest)
+        gentle = self.goal.grip == "gentle"
+        self.squeeze_limit = GENTLE_LIMIT if gentle else None
         self.nominal = {
             "centre": centre.copy(),
             "half": half.copy(),
-            "squeeze_target": self.squeeze_target,
-            "lift_height": 0.15,
+            "squeeze_target": self.squeeze_target * GENTLE_SQUEEZE if gentle else self.squeeze_target,
+            "squeeze_limit": self.squeeze_limit,
+            "lift_height": plan,
         }
         self.failure = None
         self.held_since: float | None = None
         self.done = False
         self.forces = np.zeros(2)
+        self.max_squeeze = 0.0
+        self.height = 0.0
         self.schedule(rng, perturb, (3.5, 5.5), self._make_perturbation)
 
     def scene_features(self) -> np.ndarray:
@@ -158,17 +208,20 @@ class LiftTask(Task):
         f = np.array([contact_normal_force(m, d, g, {self._box_geom}) for g in self._pads])
         self.forces = f
         sustained = self.sustained(env, f)
+        self.max_squeeze = max(self.max_squeeze, float(sustained.max()))
         if sustained.max() > self.crush_force:
             self.failure = f"box crushed: paddle force {sustained.max():.1f} N over {self.crush_force:.0f} N"
             return -1.0, True
         z = float(d.xpos[self._box][2])
         lifted = z - self.z0
+        self.height = lifted
         tcp_z = np.mean([d.site_xpos[a.tcp_site][2] for a in env.arms])
         # The paddles grasp at the box's mid-height, so paddle rise minus box rise is the slip.
         if tcp_z - self.z0 > 0.03 and (tcp_z - self.z0) - lifted > self.drop_distance:
             self.failure = f"box slipped out ({(tcp_z - self.z0) - lifted:.3f} m below the paddles)"
             return -1.0, True
-        if lifted >= self.lift_height:
+        lowest, highest = self.height_band
+        if lowest <= lifted <= highest:
             if self.held_since is None:
                 self.held_since = env.time
             if env.time - self.held_since >= self.hold_seconds:
@@ -180,11 +233,26 @@ class LiftTask(Task):
 
     @property
     def score(self) -> float:
-        return 1.0 if getattr(self, "done", False) else 0.0
+        return 1.0 if getattr(self, "done", False) and self.goal_miss is None else 0.0
 
     @property
     def success(self) -> bool:
-        return self.failure is None and getattr(self, "done", False)
+        return self.failure is None and getattr(self, "done", False) and self.goal_miss is None
+
+    @property
+    def goal_miss(self) -> str | None:
+        limit = getattr(self, "squeeze_limit", None)
+        if limit is not None and self.max_squeeze > limit:
+            return f"squeezed {self.max_squeeze:.1f} N, over the gentle grip's {limit:.0f} N"
+        return None
+
+    def goal_report(self) -> dict:
+        return {
+            **super().goal_report(),
+            "height": float(getattr(self, "height", 0.0)),
+            "max_squeeze": float(getattr(self, "max_squeeze", 0.0)),
+            "squeeze_limit": getattr(self, "squeeze_limit", None),
+        }
 
 
 def paddle_rotation(side: float) -> np.ndarray:

@@ -4,17 +4,23 @@ A segment is peeled only while the blade moves along the surface (speed along th
 ``MIN_SPEED``) with the normal force inside ``force_band``, over enough of the segment's length.
 Digging in (force above ``force_fail``, averaged over 0.1 s) ruins the cucumber and ends the episode.
 Score = fraction peeled; success = at least ``success_fraction`` peeled without a failure.
+
+Goal (:class:`PeelGoal`): which half of the cucumber to peel. A region (``left``: the four strips nearer the robot,
+``right``: the other four) means only those: score = fraction of the region's strips peeled minus the fraction of
+the others peeled (at least 0); success also needs none of the others peeled, and the episode ends once the region
+is peeled.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import mujoco
 import numpy as np
 
-from sim.tasks.base import ToolSpec, geom_id, place_geom, resize_geom
-from sim.tasks.surface import SurfaceTask, single_arm
+from sim.tasks.base import Goal, ToolSpec, geom_id, place_geom, resize_geom
+from sim.tasks.surface import REGION_SPAN, Region, SurfaceTask, region_mask, single_arm
 
 if TYPE_CHECKING:
     from sim.env import ContactRichEnv
@@ -24,10 +30,25 @@ LENGTH = 0.22  # m of cucumber body (capsule cylinder part)
 MIN_SPEED = 0.01  # m/s along the axis
 PEEL_FRACTION = 0.6  # of a segment's length travelled in band to peel it
 REACH = 0.012  # m, blade centre within this distance of the top line
+END_MARGIN = 0.003  # m, the path stays this far inside the cucumber's ends and a region's boundaries
+
+
+@dataclass(frozen=True)
+class PeelGoal(Goal):
+    """Which half of the cucumber to peel (``all``: the whole of it)."""
+
+    task: ClassVar[str] = "peel"
+    region: Region = "all"
+
+    def scalars(self) -> tuple[float, ...]:
+        """(region start, region end) as fractions of the cucumber's length."""
+        return REGION_SPAN[self.region]
 
 
 class PeelTask(SurfaceTask):
     name = "peel"
+    goal_type = PeelGoal
+    goal: PeelGoal
     perturbation_kinds = ("raise", "lower", "tilt")
     max_seconds = 22.0
     success_fraction = 0.8
@@ -72,13 +93,18 @@ class PeelTask(SurfaceTask):
             m.geom_rgba[self._segs[k]] = [0.15, 0.35, 0.12, 1]
         self.place_surface(env, centre, np.array([1.0, 0, 0, 0]))
         xs = np.linspace(-LENGTH / 2 + 0.003, LENGTH / 2 - 0.003, 60)  # stay off the rounded ends
+        whole = centre + np.stack((xs, np.zeros_like(xs), np.full_like(xs, radius)), axis=1)
+        self.in_region = region_mask(self.goal.region, N_SEGMENTS)
+        if not self.in_region.all():  # the path over the region's strips only, inside their outer edges
+            inside = np.flatnonzero(self.in_region)
+            xs = np.linspace(edges[inside[0]] + END_MARGIN, edges[inside[-1] + 1] - END_MARGIN, 30)
         points = centre + np.stack((xs, np.zeros_like(xs), np.full_like(xs, radius)), axis=1)
         normals = np.tile([0.0, 0.0, 1.0], (len(xs), 1))
         tangents = np.tile([1.0, 0.0, 0.0], (len(xs), 1))
         # A missed segment gets a second stroke on the way back, still in contact (a peeler cuts both ways here),
         # instead of lifting off and flying back: an in-air return at hover height looks like the first descent
         # (same place, same height, no touch), which a policy with a short history cannot tell apart.
-        self.publish_path(points, normals, tangents, passes=2, reverse=True)
+        self.publish_path(points, normals, tangents, whole=whole, passes=2, reverse=True)
         self.travel = np.zeros(N_SEGMENTS)
         self.peeled = np.zeros(N_SEGMENTS, dtype=bool)
         self.reset_scoring()
@@ -105,12 +131,32 @@ class PeelTask(SurfaceTask):
                     self.peeled[k] = True
                     env.model.geom_rgba[self._segs[k]] = [0.85, 0.9, 0.6, 1]
                     reward = 1.0
-        return reward, bool(self.peeled.all())
+        return reward, bool(self.peeled[self.in_region].all())
 
     @property
     def score(self) -> float:
-        return float(self.peeled.mean()) if hasattr(self, "peeled") else 0.0
+        if not hasattr(self, "peeled"):
+            return 0.0
+        if self.in_region.all():
+            return float(self.peeled.mean())
+        return max(float(self.peeled[self.in_region].mean()) - float(self.peeled[~self.in_region].mean()), 0.0)
 
     @property
     def success(self) -> bool:
-        return self.failure is None and self.score >= self.success_fraction
+        if not hasattr(self, "peeled"):
+            return False
+        peeled = float(self.peeled[self.in_region].mean())
+        return self.failure is None and peeled >= self.success_fraction and self.goal_miss is None
+
+    @property
+    def goal_miss(self) -> str | None:
+        outside = int(self.peeled[~self.in_region].sum()) if hasattr(self, "peeled") else 0
+        return f"peeled {outside} strip(s) outside the {self.goal.region} half" if outside else None
+
+    def goal_report(self) -> dict:
+        has = hasattr(self, "peeled")
+        return {
+            **super().goal_report(),
+            "region_peeled": float(self.peeled[self.in_region].mean()) if has else 0.0,
+            "outside_peeled": int(self.peeled[~self.in_region].sum()) if has else 0,
+        }

@@ -8,7 +8,7 @@ but only touch tells them when the surface moved.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import mujoco
 import numpy as np
@@ -20,6 +20,20 @@ if TYPE_CHECKING:
     from sim.env import ContactRichEnv
 
 SURFACE_MOVE_SPEED = 0.03  # m/s, how fast a raise/lower/tilt perturbation moves the surface
+
+# Which part of the work a goal asks for, as a span of the path's length from its start. The path starts near the
+# robot and runs away from it, which the scene camera (the operator's view) sees from left to right: ``left`` is
+# the half nearer the robot. A region means *only* that part: work done outside it counts against the goal.
+Region = Literal["all", "left", "right"]
+REGION_SPAN: dict[str, tuple[float, float]] = {"all": (0.0, 1.0), "left": (0.0, 0.5), "right": (0.5, 1.0)}
+
+
+def region_mask(region: str, n: int) -> np.ndarray:
+    """(n,) bool: which of ``n`` pieces laid out along the path (marks, strips) lie in ``region``, by the
+    position of each piece's centre in the row."""
+    lo, hi = REGION_SPAN[region]
+    centres = (np.arange(n) + 0.5) / n
+    return (centres >= lo) & (centres < hi)
 
 
 def single_arm(tool: ToolSpec) -> tuple[ArmSetup, ...]:
@@ -130,11 +144,17 @@ class SurfaceTask(Task):
         return p0 + n0 * self.hover, frame_from_z_and_x(-n0, self.nominal["x_hint"])
 
     def scene_features(self) -> np.ndarray:
-        """Start and end points of the nominal tool path on the surface as it was at reset (6,)."""
-        pts = self.nominal["points"]
-        return np.concatenate([pts[0], pts[-1]]).astype(np.float32)
+        """Start and end points of the whole nominal tool path on the surface as it was at reset (6,): the same
+        whatever the goal, which the observation carries apart (``goal``)."""
+        return self._scene.copy()
 
-    def publish_path(self, points: np.ndarray, normals: np.ndarray, tangents: np.ndarray, **extra) -> None:
+    def publish_path(
+        self, points: np.ndarray, normals: np.ndarray, tangents: np.ndarray, whole: np.ndarray | None = None, **extra
+    ) -> None:
+        """The plan an expert follows: the path over the part of the surface the goal asks for. ``whole``: the
+        points of the path over all of it when the goal asks for a part (``scene_features`` report its ends)."""
+        ends = points if whole is None else whole
+        self._scene = np.concatenate([ends[0], ends[-1]]).astype(np.float32)
         self.nominal = {
             "points": points,
             "normals": normals,

@@ -76,13 +76,31 @@ def test_command_line_parses_overrides_and_prints_json(tmp_path, capsys) -> None
     assert tuple(meta["streams"]["marker_offset"]["shape"]) == (6, 7, 9, 2)
 
 
+def test_the_episode_goal_is_in_the_meta(tmp_path) -> None:
+    """A goal-conditioned recording names each episode's goal and its encoding; a plain one the default goal."""
+    out = tmp_path / "goals"
+    rows = record_expert_episodes(RecordConfig(task="peel", goal="random", episodes=3, seed=0, out=str(out),
+                                               max_steps=3, progress=False))
+    for ep, row in zip(list_episodes(out), rows, strict=True):
+        user = read_meta(ep)["user"]
+        assert user["goal_option"] == "random" and user["goal"] == row["goal"]
+        assert user["goal"] in ("default", "left", "right") and len(user["goal_vector"]) == 5
+        assert "goal" not in read_meta(ep)["streams"]  # the meta holds it, once
+    plain = record_expert_episodes(RecordConfig(task="peel", episodes=1, seed=0, out=str(tmp_path / "plain"),
+                                                max_steps=3, progress=False))
+    user = read_meta(list_episodes(tmp_path / "plain")[0])["user"]
+    assert (user["goal_option"], user["goal"], plain[0]["goal"]) == ("default", "default", "default")
+    assert user["goal_vector"] == [1.0, 0.0, 0.0, 0.0, 1.0]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["episodes=2"], "out=DIR is required"), (["out=x", "episodes=two"], "episodes=two: expected an integer"),
      (["out=x", "cameras=maybe"], "cameras=maybe: expected true or false"),
      (["out=x", "speed=3"], "speed=3: no such record_expert config key"),
      (["out=x", "episodes=0"], "episodes must be >= 1"), (["out=x", "jobs=0"], "jobs=0: expected an integer >= 1"),
-     (["out=x", "launcher=slurm"], "launcher=slurm: no such launcher; choose one of local, ray")],
+     (["out=x", "launcher=slurm"], "launcher=slurm: no such launcher; choose one of local, ray"),
+     (["out=x", "task=lift", "goal=left"], "goal=left: no such lift goal value 'left'; choose default, random")],
 )
 def test_bad_arguments_name_themselves(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
