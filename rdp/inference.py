@@ -38,6 +38,16 @@ HANDOVERS = ("latest", "rtc")  # how a new plan replaces the running one (see Si
 UNUSABLE_OBSERVATION = (KeyError, ValueError, IndexError, TypeError)
 
 
+def camera_rate(run: Mapping[str, Any]) -> float:
+    """The one camera rate (Hz) an image policy's frames were held at in training (run.json ``image_hz`` of its
+    ``image_keys``; rounded to 1e-6, as a recording's stamps give e.g. 10.000000000000002); refuses several."""
+    keys = list(run.get("image_keys") or ())
+    rates = {round(float(run["image_hz"][k]), 6) for k in keys}
+    if len(rates) != 1:
+        raise UsageError(f"camera rates {run['image_hz']} Hz for {keys}: frames are held at one rate only")
+    return rates.pop()
+
+
 def obs_images(obs: Mapping[str, np.ndarray], image_keys: tuple[str, ...], size: int | None) -> dict[str, np.ndarray]:
     """One observation's camera frames {key: (H, W, 3) uint8} -> resized with ``rdp.data.resize_images`` as in
     training; a missing key names the observation's keys."""
@@ -124,12 +134,12 @@ class SimPolicy:
             if (env.image_size, env.image_size) != (h, w):
                 raise UsageError(f"policy was trained on {key} frames of {h}x{w} pixels, env renders "
                                  f"{env.image_size}x{env.image_size}: set sensors.image_size={h}")
-        rates = set(self.run["image_hz"].values())
-        ratios = [env.control_hz / r for r in rates]
-        if len(rates) != 1 or ratios[0] < 1 or abs(ratios[0] - round(ratios[0])) > 1e-3:
-            raise UsageError(f"camera rates {self.run['image_hz']} Hz: need one rate dividing the env's control rate "
-                             f"{env.control_hz} Hz to hold frames as in training")
-        return int(round(ratios[0]))
+        rate = camera_rate(self.run)
+        ratio = env.control_hz / rate
+        if ratio < 1 or abs(ratio - round(ratio)) > 1e-3:
+            raise UsageError(f"camera rate {rate:g} Hz: need one dividing the env's control rate {env.control_hz} Hz "
+                             "to hold frames as in training")
+        return int(round(ratio))
 
     @torch.inference_mode()
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:

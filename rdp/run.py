@@ -599,6 +599,8 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
     reads them, at the rate and frame size it was trained on (run.json ``image_hz``, ``camera_size``), or when the
     run records a video; off otherwise (a lockstep robot renders in its tick). A setting that would give an image
     policy other frames than training did is refused in one line."""
+    from rdp.inference import camera_rate  # torch: imported only once a run is being launched
+
     r = cfg.robot
     keys = list(run.get("image_keys") or ())
     if not keys:
@@ -606,14 +608,14 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
                "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz}
         return out if r.image_size is None else {**out, "image_size": r.image_size}
     where = f"{cfg.checkpoint}: the policy reads cameras {keys}"
-    rates = {float(run["image_hz"][k]) for k in keys}
     sizes = {tuple(run["camera_size"][k]) for k in keys}
     if r.cameras is False:
         raise UsageError(f"{where}; robot.cameras=false would send it none (leave robot.cameras null)")
-    if len(rates) != 1 or len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
-        raise UsageError(f"{where} recorded at {run['image_hz']} Hz, {run['camera_size']}: the robot node renders "
-                         "square frames of one size at one rate")
-    rate, (side, _) = round(rates.pop(), 6), sizes.pop()  # 10.000000000000002 Hz from a recording's stamps
+    rate = camera_rate(run)
+    if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+        raise UsageError(f"{where} recorded as {run['camera_size']}: the robot node renders square frames of one "
+                         "size")
+    side = sizes.pop()[0]
     if r.camera_hz is not None and not math.isclose(r.camera_hz, rate):
         raise UsageError(f"robot.camera_hz={r.camera_hz:g}: {where} at {rate:g} Hz, the rate training held them at "
                          "(leave robot.camera_hz null)")

@@ -53,7 +53,7 @@ from bus.node import log_to_stderr, node_args
 from bus.node import serve as run_node
 from bus.transport import Publisher, Subscriber
 from rdp.api import load_planner
-from rdp.inference import UNUSABLE_OBSERVATION, obs_images
+from rdp.inference import UNUSABLE_OBSERVATION, camera_rate, obs_images
 from rdp.runtime.chunks import policy_step
 from rdp.runtime.config import RuntimeConfig, load_config
 from rdp.runtime.curve import client_context, with_source
@@ -298,10 +298,7 @@ class HeldFrame:
         self.image_keys = tuple(run["image_keys"])
         self.image_size = run.get("image_size")
         self.camera_size = {k: tuple(run["camera_size"][k]) for k in self.image_keys}
-        rates = {float(run["image_hz"][k]) for k in self.image_keys}
-        if len(rates) != 1:
-            raise UsageError(f"camera rates {run['image_hz']} Hz: the runtime holds frames of one rate only")
-        self.image_hz = rates.pop()
+        self.image_hz = camera_rate(run)
         if max_age_s < 1.0 / self.image_hz:
             raise UsageError(f"slow.max_image_age_s={max_age_s:g} is below one camera period of this policy "
                              f"({1.0 / self.image_hz:g} s at {self.image_hz:g} Hz): the frames training held would "
