@@ -14,7 +14,9 @@ Features per step (any leading shape ``...``; ``A`` arms, ``P`` tactile pads):
 * ``tactile_load`` (..., 3 P): each pad's load read off its marker field (``TactileEmbedding.pad_load``);
 * ``wrench`` (..., 6 A);
 * with a ``scene`` stream (the one-shot object localisation at reset): ``scene`` (..., S) and ``proprio_scene``,
-  ``proprio`` with each tcp position taken relative to the scene anchor (the scene's first 3 numbers).
+  ``proprio`` with each tcp position taken relative to the scene anchor (the scene's first 3 numbers);
+* with a ``goal`` (the episode's goal encoding, ``sim.tasks`` ``Goal.vector``: the env observes it when goals vary,
+  a recording keeps it in the episode's metadata as ``goal_vector``): ``goal`` (..., G), as given.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ OPTIONAL_FEATURE_STREAMS = ("scene",)
 def lowdim_features(raw: Mapping[str, np.ndarray], embedding: TactileEmbedding) -> dict[str, np.ndarray]:
     """Raw per-step arrays ``tcp_pos`` (..., A, 3), ``tcp_quat`` (..., A, 4), ``gripper_width`` (..., A),
     ``marker_offset`` (..., P, R, C, 2), ``wrench`` (..., A, 6) and optionally ``scene`` (..., S) -> {proprio,
-    tactile, tactile_load, wrench[, scene, proprio_scene]} (..., Dk) float32 (see the module docstring). Other keys
+    tactile, tactile_load, wrench[, scene, proprio_scene][, goal]} (..., Dk) float32 (see the module docstring); a
+    ``goal`` (..., G) is passed through. Other keys
     of ``raw`` are ignored; a missing one raises ``KeyError``, a misshapen one ``ValueError``."""
     pos = np.asarray(raw["tcp_pos"], dtype=np.float64)
     r6 = matrix_to_rot6d(quat_to_matrix(raw["tcp_quat"]))
@@ -58,4 +61,9 @@ def lowdim_features(raw: Mapping[str, np.ndarray], embedding: TactileEmbedding) 
         rel = proprio.copy()
         rel[..., :3] -= scene[..., None, :3]  # every arm's TCP relative to the scene anchor
         out["proprio_scene"] = rel.reshape(*rel.shape[:-2], -1).astype(np.float32)
+    if "goal" in raw:
+        goal = np.asarray(raw["goal"], dtype=np.float32)
+        if goal.ndim < 1 or goal.shape[:-1] != proprio.shape[:-2]:
+            raise ValueError(f"goal {goal.shape}: expected (..., G) with the leading shape of tcp_pos {pos.shape[:-2]}")
+        out["goal"] = goal
     return out

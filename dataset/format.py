@@ -669,9 +669,13 @@ def build_training_set(root: Path | Sequence[Path], rate_hz: float, out: Path, s
             np.savez(buf, **arrays)
             file = f"episode_{k:06d}.npz" if pooled else f"{ep.name}.npz"
             write_file_durably(tmp / file, buf.getbuffer())
-            entries.append({"file": file, "source": f"{ep.parent.name}/{ep.name}" if pooled else ep.name,
-                            "num_steps": int(clock.shape[0]),
-                            "success": meta.get("success"), "salvaged": meta.get("salvaged"), "task": meta.get("task")})
+            entry = {"file": file, "source": f"{ep.parent.name}/{ep.name}" if pooled else ep.name,
+                     "num_steps": int(clock.shape[0]),
+                     "success": meta.get("success"), "salvaged": meta.get("salvaged"), "task": meta.get("task")}
+            user = meta["user"] if isinstance(meta.get("user"), dict) else {}
+            if user.get("goal_vector") is not None:  # what a goal-conditioned policy observes (dataset.features)
+                entry.update(goal=user.get("goal"), goal_vector=user["goal_vector"])
+            entries.append(entry)
         summary = {
             "format": BUILT_FORMAT_NAME,
             "schema_version": SCHEMA_VERSION,

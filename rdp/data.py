@@ -331,11 +331,20 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     images: dict[str, list[np.ndarray]] = {k: [] for k in image_keys}
     actions, lengths = [], []
     action_key = action_stream(info["streams"])
+    with_goal = sum(e.get("goal_vector") is not None for e in entries)
+    if 0 < with_goal < len(entries):
+        raise DataError(f"{path}: {with_goal} of {len(entries)} episodes carry a goal; pool recordings made with "
+                        f"the same goal option (task.goal), or none")
     for e in entries:
         arrays = load_training_episode(path / e["file"])
         action = arrays[action_key].reshape(arrays[action_key].shape[0], -1)
         if action.shape[0] < 1:
             raise DataError(f"{path / e['file']}: episode of zero length")
+        if with_goal:  # the episode's goal, the same at every step (what the env observes as ``goal``)
+            goal = np.asarray(e["goal_vector"], dtype=np.float32)
+            if goal.ndim != 1 or not np.all(np.isfinite(goal)):
+                raise DataError(f"{path / e['file']}: goal_vector {e['goal_vector']!r:.60}: expected a list of numbers")
+            arrays["goal"] = np.broadcast_to(goal, (action.shape[0], goal.shape[0]))
         for k, v in lowdim_features(arrays, embedding).items():
             feats.setdefault(k, []).append(v)
         for k in image_keys:

@@ -109,6 +109,10 @@ class SimPolicy:
         if len(env.arms) != self.run["num_arms"] or len(env.pads) != self.run["num_pads"]:
             raise UsageError(f"policy trained for {self.run['num_arms']} arm(s) / {self.run['num_pads']} pads, env has "
                              f"{len(env.arms)} / {len(env.pads)} (task {self.run['task']!r})")
+        if "goal" in self.run["obs_keys"] and not getattr(env.task, "goal_conditioned", False):
+            raise UsageError(f"this policy observes a goal, but the env has the default goal and observes none: "
+                             f"evaluate with task.goal=random or a goal (python -m sim.eval task={self.run['task']} "
+                             f"policy=... task.goal=random)")
         self.ticks_per_step = int(round(ratio))
         if self.image_keys:
             self.camera_every = self._check_cameras(env)

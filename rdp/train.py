@@ -333,7 +333,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     missing = [k for k in cfg.method.obs_keys if k not in episodes.features]
     if missing:
         raise DataError(f"{cfg.data}: the policy observes {list(cfg.method.obs_keys)}, but the dataset has no "
-                        f"{missing} (have {sorted(episodes.features)}); re-record it or drop them from obs_keys")
+                        f"{missing} (have {sorted(episodes.features)}); re-record it or drop them from obs_keys"
+                        + ("; a goal comes from recordings made with goals (teleop.record_expert goal=random)"
+                           if "goal" in missing else ""))
     windows = make_windows(episodes, cfg.obs_steps, cfg.horizon)
     run = _run_info(cfg, episodes)
     state = _open_run(out, cfg, run) if _DIST.main else {}

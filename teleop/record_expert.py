@@ -22,9 +22,9 @@ value drifts by ~1e-15 s, and a ``build`` at a divisor rate (25 Hz) would then h
 ticks. Rounded, ``k / 25`` lands exactly on every second sample. Episode meta: ``task``, ``seed``, ``success`` and
 under ``user`` the perturbation, the expert, the goal option (``goal_option``: ``default``, ``random`` or a goal,
 as ``configs/task`` spells it), the episode's goal (``goal``: its name, ``default`` for today's task) and its
-encoding (``goal_vector``, what a goal-conditioned policy observes as ``goal``; ``sim.tasks``), with which the
-expert planned. This is the expert-demo recorder; teleoperation over the bus, recorded by the recorder process,
-is ``teleop.collect``.
+encoding (``goal_vector``, what a goal-conditioned policy observes as ``goal``; ``sim.tasks``; only when the goal
+option is not ``default``, as the env observes it then), with which the expert planned. This is the expert-demo
+recorder; teleoperation over the bus, recorded by the recorder process, is ``teleop.collect``.
 
 ``jobs=N`` (N > 1) records the seeds as N contiguous shards, each its own ``teleop.record_expert ... jobs=1`` process
 (``bus.sweep``: on this machine, or as Ray tasks with ``launcher=ray``), into ``OUT.shards/K``, then merges them
@@ -118,7 +118,9 @@ def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
             recorder.begin(EpisodeMeta(task=cfg.task, seed=seed, user={
                 "expert": "force_aware", "perturbation": info["perturbation"], "control_hz": env.control_hz,
                 "max_steps": cfg.max_steps, "looks": cfg.looks, "goal_option": env.task.goal_setting.text,
-                "goal": info["goal"], "goal_vector": env.task.goal.vector().tolist(),
+                "goal": info["goal"],
+                # what the env observed as ``goal``: only when goals vary, as a goal-conditioned policy will see them
+                **({"goal_vector": env.task.goal.vector().tolist()} if env.task.goal_conditioned else {}),
             }))
             steps = 0
             while True:

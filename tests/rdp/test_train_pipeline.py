@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from bus.cli import UsageError
 from dataset.features import lowdim_features
 from dataset.format import build_training_set, ensure_dataset_root
 from rdp.checkpoint import load_checkpoint, load_config
@@ -381,3 +382,44 @@ def test_bad_training_command_lines_fail_in_one_line(argv: list[str], says: str,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("rdp.train: error: ") and says in err
+
+
+def test_goal_conditioned_policy_learns_the_recorded_goal_and_reads_the_envs(tmp_path: Path) -> None:
+    import sim
+
+    data = tmp_path / "goals"
+    record_expert_episodes(RecordConfig(task="wipe", episodes=3, seed=0, out=str(data), goal="random",
+                                        max_steps=STEPS_PER_EPISODE, progress=False))
+    # Every step of an episode observes that episode's goal, as recorded in its metadata.
+    episodes = load_episodes(data, 25.0)
+    vectors = [json.loads(p.read_text())["user"]["goal_vector"] for p in sorted(data.glob("episode_*/meta.json"))]
+    for start, length, vector in zip(episodes.starts, episodes.lengths, vectors, strict=True):
+        np.testing.assert_array_equal(episodes.features["goal"][start:start + length],
+                                      np.tile(np.float32(vector), (length, 1)))
+    run = tmp_path / "run"
+    cfg = tiny_config("dp", data, run, steps=3)
+    train(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, obs_keys=("proprio", "goal"))))
+    assert json.loads((run / "run.json").read_text())["obs_keys"] == ["proprio", "goal"]
+    policy = make_policy("wipe", checkpoint=run, method="dp", replan_every=4)
+    env = sim.make_env("wipe", goal="left-gentle")
+    try:
+        obs, _ = env.reset(seed=3)
+        assert policy.planner.features(obs)["goal"].tolist() == env.task.goal.vector().tolist()
+        policy.reset(env)
+        for _ in range(4):
+            obs, *_ = env.step(policy.act(obs))
+    finally:
+        env.close()
+    # The env of the default goal observes none: the policy says what is missing instead of failing deep inside.
+    env = sim.make_env("wipe")
+    try:
+        with pytest.raises(UsageError, match="goal"):
+            policy.reset(env)
+    finally:
+        env.close()
+    # A dataset without goals cannot train a goal-conditioned policy, and says where goals come from.
+    plain = tmp_path / "plain"
+    record_expert_episodes(RecordConfig(task="wipe", episodes=1, seed=5, out=str(plain), max_steps=20, progress=False))
+    with pytest.raises(DataError, match="goal=random"):
+        train(dataclasses.replace(tiny_config("dp", plain, tmp_path / "r2", steps=1),
+                                  method=dataclasses.replace(cfg.method, obs_keys=("proprio", "goal"))))
