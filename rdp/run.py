@@ -465,7 +465,7 @@ class Launcher:
         n_ok = sum(e["success"] for e in episodes)
         trace = _load_trace(self.out / "fast_timing.npz")
         return {
-            "task": self.cfg.task, "mode": self.cfg.mode, "checkpoint": self.cfg.checkpoint,
+            "task": self.cfg.task, "mode": self.cfg.mode, "checkpoint": self.cfg.checkpoint, "goal": self.cfg.goal,
             "episodes": len(episodes), "episodes_requested": self.cfg.episodes, "seed": self.cfg.seed,
             "success_rate": n_ok / len(episodes) if episodes else None,
             "episodes_detail": episodes, "loop": {"fast": last.get("fast"), "slow": last.get("slow"),
@@ -602,10 +602,14 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
     from rdp.inference import camera_rate  # torch: imported only once a run is being launched
 
     r = cfg.robot
+    goal = {} if cfg.goal == "default" else {"goal": cfg.goal}
+    if "goal" in run["obs_keys"] and not goal:
+        raise UsageError(f"{cfg.checkpoint}: the policy observes a goal, but goal=default gives none: run with "
+                         f"goal=random or a goal of the task (python -m rdp.run task={cfg.task} goal=...)")
     keys = list(run.get("image_keys") or ())
     if not keys:
         out = {"watchdog_ms": r.watchdog_ms, "cameras": cfg.video if r.cameras is None else r.cameras,
-               "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz}
+               "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz, **goal}
         return out if r.image_size is None else {**out, "image_size": r.image_size}
     where = f"{cfg.checkpoint}: the policy reads cameras {keys}"
     sizes = {tuple(run["camera_size"][k]) for k in keys}
@@ -622,7 +626,7 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
     if r.image_size is not None and r.image_size != side:
         raise UsageError(f"robot.image_size={r.image_size}: {where} as {side}x{side} frames (leave robot.image_size "
                          "null)")
-    return {"watchdog_ms": r.watchdog_ms, "cameras": True, "camera_hz": rate, "image_size": side}
+    return {"watchdog_ms": r.watchdog_ms, "cameras": True, "camera_hz": rate, "image_size": side, **goal}
 
 
 def _kv(d: dict[str, str]) -> list[str]:

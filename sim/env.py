@@ -116,7 +116,7 @@ class ContactRichEnv(gym.Env):
         self.last_wrench = np.zeros((len(self.arms), 6))
         self.step_count = 0  # control steps since the reset
         self.physics_steps = 0  # physics steps since the reset
-        self._reading = Reading.allocate(len(self.arms), len(self.pads), self.task.scene_dim, FINGER_PAD.depth_shape)
+        self._reading = self.new_reading()
 
     # ----------------------------------------------------------------- scene
     def _build(self, physics_hz: float) -> None:
@@ -344,6 +344,11 @@ class ContactRichEnv(gym.Env):
         truncated = self.time >= self.task.max_seconds and not terminated
         return TaskStep(float(reward), bool(terminated), bool(truncated))
 
+    def new_reading(self) -> Reading:
+        """Buffers for :meth:`read_into` in the published layout; with a ``goal`` when the task's goals vary."""
+        goal_dim = len(self.task.goal.vector()) if self.task.goal_conditioned else 0
+        return Reading.allocate(len(self.arms), len(self.pads), self.task.scene_dim, FINGER_PAD.depth_shape, goal_dim)
+
     def read_into(self, reading: Reading) -> Reading:
         """Fill ``reading`` (float64 state and wrench, float32 tactile: the robot node's published layout) from the
         physics state and the last pad/wrist read; returns it. The one observation builder: ``step``'s float32
@@ -357,6 +362,8 @@ class ContactRichEnv(gym.Env):
             s["joint_vel"][i] = d.qvel[arm.dof]
             s["gripper_width"][i] = d.qpos[arm.finger_qpos].sum()
         s["scene"][:] = self.task.scene_features()
+        if "goal" in s:
+            s["goal"][:] = self.task.goal.vector()
         for k, f in enumerate(self.last_fields):
             t["marker_offset"][k] = f.offset
             t["marker_depth"][k] = _resize_depth(f.depth)
@@ -379,8 +386,8 @@ class ContactRichEnv(gym.Env):
             "marker_slip": t["marker_slip"].astype(f32),
             "scene": s["scene"].copy(),
         }
-        if self.task.goal_conditioned:
-            obs["goal"] = self.task.goal.vector()
+        if "goal" in s:
+            obs["goal"] = s["goal"].copy()
         if self.cameras:
             for key, camera in self.camera_names.items():
                 obs[key] = self.render_camera(camera, self.image_size)

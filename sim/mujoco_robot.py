@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import mujoco
 import numpy as np
 
-from sim.env import ACTION_DIM_PER_ARM, FINGER_PAD, ContactRichEnv
+from sim.env import ACTION_DIM_PER_ARM, ContactRichEnv
 from sim.registry import make_env
 from sim.robot_interface import Reading, TaskStep
 
@@ -63,7 +63,7 @@ class MujocoRobot:
         low, high = env.action_space.low, env.action_space.high
         self._low = low.reshape(len(env.arms), ACTION_DIM_PER_ARM)
         self._high = high.reshape(len(env.arms), ACTION_DIM_PER_ARM)
-        self._reading = Reading.allocate(len(env.arms), len(env.pads), env.task.scene_dim, FINGER_PAD.depth_shape)
+        self._reading = env.new_reading()
 
     # ------------------------------------------------------------------------------ description
     @property
@@ -135,5 +135,6 @@ def from_node_config(cfg: RobotNodeConfig) -> MujocoRobot:
         physics_hz=cfg.physics_hz,
         wrench_noise=cfg.wrench_noise,
         looks=cfg.looks,
+        goal=cfg.goal,
     )
     return MujocoRobot(env, cfg.publish_every)

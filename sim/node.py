@@ -25,7 +25,8 @@ per-topic ``seq`` of the bus header::
 
     state     tcp_pos (A,3) f8 world m; tcp_quat (A,4) f8 [w,x,y,z]; joint_pos, joint_vel (A,7) f8;
               gripper_width (A,) f8; scene (S,) f4 the task's one-shot object localisation at reset
-              (``Task.scene_features``: constant during an episode)           every tick
+              (``Task.scene_features``: constant during an episode); goal (G,) f4 the episode's goal
+              (``Goal.vector``) only when the node runs with goal=random or a goal     every tick
     tactile   marker_offset (P,R,C,2) f4 ((R, C) = sensors.types.MARKER_GRID); marker_depth (P,14,18) f4;
               marker_slip (P,2) f4; meta pads (comma-separated pad names)     every tick
     wrench    wrench (A,6) f8, [F, T] in the TCP frame                        every tick
@@ -102,7 +103,7 @@ from bus.node import log_to_stderr, node_args, serve
 from bus.resources import config_dir
 from bus.transport import Publisher, Request, Server, Subscriber
 from sim.looks import LOOKS
-from sim.registry import task_physics_hz
+from sim.registry import goal_option, task_physics_hz
 from sim.robot_interface import TARGET_DIM, Cameras, Reading, Robot, TaskStep
 from spatial.rotations import quat_to_rotvec
 
@@ -151,6 +152,7 @@ class RobotNodeConfig:
     cameras: bool = True
     image_size: int = 96
     looks: str = "none"  # sim.looks.LOOKS: per-episode lighting, paint, camera offsets (robot: mujoco)
+    goal: str = "default"  # the task's goal option (configs/task): default | random | a goal; else state has `goal`
     status_hz: float = 10.0
     watchdog_ms: float = 100.0
     wrench_noise: float = 0.2
@@ -163,6 +165,8 @@ class RobotNodeConfig:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
         if self.looks not in LOOKS:
             raise ValueError(f"looks={self.looks!r}, expected one of {LOOKS}")
+        if self.robot == "mujoco":
+            goal_option(self.task, self.goal)  # a bad goal fails here, in one line (a driver of your own ignores it)
         robot_factory_path(self.robot)
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed={self.seed}, expected an int in 0..{SEED_LIMIT - 1}")
@@ -397,6 +401,7 @@ class RobotNode:
         self.camera_worker: CameraWorker | None = None
         self._episode = -1
         self._seed = cfg.seed
+        self._episode_goal: object = None
         self._episode_over = False
         self._reset_pending: int | None = None
         self._latched = False  # a "hold" request: hold and refuse commands until the node exits
@@ -690,6 +695,7 @@ class RobotNode:
         self._seed = seed
         self._episode += 1
         info = self.robot.reset(seed)  # holds the start pose
+        self._episode_goal = info.get("goal")  # the task's goal for the episode (a lockstep reset's reply names it)
         self._episode_ticks = 0
         self._episode_over = False
         self._done = (False, False)
@@ -759,7 +765,8 @@ class RobotNode:
                     self.server.reply(req, "error", meta={"reason": reason})
                     continue
                 self._reset_episode(seed)
-                self.server.reply(req, "reset", meta={"episode": self._episode, "seed": self._seed})
+                goal = {"goal": str(self._episode_goal)} if self.cfg.goal != "default" else {}
+                self.server.reply(req, "reset", meta={"episode": self._episode, "seed": self._seed, **goal})
             elif topic == "ping":
                 topic = req.message.meta.get("topic", "state")
                 subscribed = isinstance(topic, str) and self.pub.wait_for_subscriber(topic, timeout=0)

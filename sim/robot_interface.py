@@ -35,7 +35,8 @@ class Reading:
     """One tick's sensor reading, laid out as the node publishes it (one dict per topic).
 
     state:   tcp_pos (A, 3) f8 world m; tcp_quat (A, 4) f8 [w, x, y, z]; joint_pos, joint_vel (A, 7) f8;
-             gripper_width (A,) f8; scene (S,) f4 (the task's one-shot localisation at reset; constant per episode)
+             gripper_width (A,) f8; scene (S,) f4 (the task's one-shot localisation at reset; constant per episode);
+             goal (G,) f4 only for a robot given a goal per episode (the task's ``Goal.vector``; constant per episode)
     tactile: marker_offset (P, R, C, 2) f4; marker_depth (P, H, W) f4; marker_slip (P, 2) f4
     wrench:  wrench (A, 6) f8, [F, T] in each TCP frame (N, N m)
 
@@ -48,10 +49,11 @@ class Reading:
     wrench: dict[str, np.ndarray]
 
     @classmethod
-    def allocate(cls, n_arms: int, n_pads: int, scene_dim: int, depth_shape: tuple[int, int]) -> Reading:
-        """Zeroed buffers with the published shapes and dtypes."""
+    def allocate(cls, n_arms: int, n_pads: int, scene_dim: int, depth_shape: tuple[int, int],
+                 goal_dim: int = 0) -> Reading:
+        """Zeroed buffers with the published shapes and dtypes (``goal_dim`` 0: no ``goal``)."""
         a, p = n_arms, n_pads
-        return cls(
+        reading = cls(
             state={
                 "tcp_pos": np.zeros((a, 3)),
                 "tcp_quat": np.zeros((a, 4)),
@@ -67,6 +69,9 @@ class Reading:
             },
             wrench={"wrench": np.zeros((a, 6))},
         )
+        if goal_dim:
+            reading.state["goal"] = np.zeros(goal_dim, np.float32)
+        return reading
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class RuntimeConfig:
     episodes: int = 1
     seed: int = 0
     perturb: bool = True
+    goal: str = "default"  # the task's goal option (configs/task): default | random | a goal, e.g. left-gentle
     max_episode_s: float | None = None
     out: str | None = None
     video: bool = True
@@ -125,6 +126,9 @@ class RuntimeConfig:
         from sim.registry import TASKS
 
         choose("task", self.task, TASKS, "task")
+        from sim.registry import goal_option
+
+        goal_option(self.task, self.goal)  # a bad goal fails here, in one line
         if self.checkpoint is None:
             from rdp.inference import shipped_run
 

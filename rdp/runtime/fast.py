@@ -94,6 +94,7 @@ class RealtimeLink:
         self.events = Subscriber(a.robot_pub, topics=("episode",))
         self.cmd = Publisher(a.robot_cmd, bind=False, copy=True)
         self.done: dict[str, Any] | None = None
+        self.started: dict[str, Any] = {}  # the meta of the robot's reset that began the current episode
         self.episode = -1  # the robot's newest episode known here
         self._pub_address = a.robot_pub
         self._seed = None
@@ -126,7 +127,7 @@ class RealtimeLink:
                 continue
             episode = msg.meta.get("episode")
             if type(episode) is int and episode > self.episode:
-                self.episode = episode
+                self.episode, self.started = episode, dict(msg.meta)
                 self.obs.drain()
                 self.obs.latest.clear()  # observations of the old episode
                 self.rate.reset()
@@ -178,6 +179,7 @@ class LockstepLink:
         self.client = Client(a.robot_tick)
         self.pending: np.ndarray | None = None
         self.done: dict[str, Any] | None = None
+        self.started: dict[str, Any] = {}  # the meta of the robot's reset that began the current episode
         self._reply: Message | None = None
 
     def connect(self, timeout: float) -> None:
@@ -198,6 +200,7 @@ class LockstepLink:
             return None
         self.obs.drain()
         self.obs.latest.clear()
+        self.started = dict(reply.meta)
         return int(reply.meta["episode"])
 
     def observe(self, warm: Callable[[], None] | None = None) -> None:
@@ -328,6 +331,8 @@ class FastNode:
                 "success": bool(done.get("success")) if done else False,
                 "score": done.get("score") if done else None,
                 "perturbation": done.get("perturbation") if done else None,
+                **({"goal": self.link.started.get("goal"), "goal_miss": done.get("goal_miss") if done else None}
+                   if self.cfg.goal != "default" else {}),
                 "sim_time": round(self._sim_time(), 4), "start_sim_time": round(start_sim, 4),
                 "wall_s": round(time.monotonic() - t0, 3),
                 **{key: self.counts[key] - ep_counts[key] for key in ("chunks", "skipped", "exhausted", "slow_late")},

@@ -18,29 +18,31 @@ from rdp.runtime.config import load_config
 from rdp.runtime.curve import CurveServer, client_context, generate_keys, with_source
 
 
-def make_tiny_run(root: Path, method: str = "rdp", cameras: bool = False) -> Path:
+def make_tiny_run(root: Path, method: str = "rdp", cameras: bool = False, goal: bool = False) -> Path:
     """A seconds-long training run (2 short expert demos, 4 steps per stage): real files, meaningless weights.
-    ``cameras``: an image policy (rdp only) reading the wrist camera (recorded 96x96 at 10 Hz, resized to 16x16)."""
+    ``cameras``: an image policy (rdp only) reading the wrist camera (recorded 96x96 at 10 Hz, resized to 16x16);
+    ``goal``: a goal-conditioned policy (demos recorded with goal=random, ``goal`` observed)."""
     from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, train
     from teleop.record_expert import RecordConfig, record_expert_episodes
 
     torch.set_num_threads(1)
-    demos = root / ("cam_demos" if cameras else "demos")
+    demos = root / ("cam_demos" if cameras else "goal_demos" if goal else "demos")
     if not demos.exists():
         record_expert_episodes(RecordConfig(task="wipe", episodes=2, seed=0, out=str(demos), max_steps=60,
-                                            cameras=cameras, progress=False))
+                                            cameras=cameras, goal="random" if goal else "default", progress=False))
     rdp = method == "rdp"
     vision = {"image_keys": ("wrist_rgb",), "image_size": 16, "encoder": "resnet", "encoder_width": 8,
               "encoder_stem_stride": 4} if cameras else {}
     method_cfg = MethodConfig(
-        name=method, obs_keys=("proprio", "tactile") if rdp else ("proprio",), cond_key="tactile" if rdp else None,
+        name=method, obs_keys=(*(("proprio", "tactile") if rdp else ("proprio",)), *(("goal",) if goal else ())),
+        cond_key="tactile" if rdp else None,
         tokenizer=TokenizerSizes(latent_steps=4, latent_channels=4, encoder_hidden=16, decoder_hidden=16) if rdp
         else None,
         diffusion=DiffusionSizes(down_dims=(16, 32), diffusion_step_embed_dim=16, num_train_timesteps=20,
                                  num_inference_steps=2),
         tokenizer_steps=4 if rdp else 0, policy_steps=4, warmup_steps=2, **vision,
     )
-    out = root / (f"{method}_vision" if cameras else method)
+    out = root / (f"{method}_vision" if cameras else f"{method}_goal" if goal else method)
     train(TrainConfig(task="wipe", method=method_cfg, data=str(demos), out=str(out), horizon=16, batch_size=8,
                       progress=False, log_every=1, checkpoint_every=4))
     return out
