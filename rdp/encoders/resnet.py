@@ -77,7 +77,11 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, num_classes) logits, or (B, feature_dim) features if num_classes is None."""
+        features = self.feature_map(x).mean(dim=(2, 3))  # (B, feature_dim)
+        return features if self.head is None else self.head(features)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, feature_dim, H', W') map of the last stage, before the mean over positions."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"ResNetEncoder expects input (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
-        features = self.stages(self.stem(x)).mean(dim=(2, 3))  # (B, feature_dim)
-        return features if self.head is None else self.head(features)
+        return self.stages(self.stem(x))

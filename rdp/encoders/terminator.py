@@ -331,6 +331,15 @@ class Terminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, *S) -> (B, num_classes) logits, or (B, feature_dim) features if num_classes is None."""
+        features = self.feature_map(x).flatten(2).mean(dim=2)  # (B, C)
+        return features if self.head is None else self.head(features)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, *S) -> (B, feature_dim, *S') map of the last block, before the mean over positions.
+
+        ``S' = S // patch_size``. For consumers that need to know *where* (e.g. tokens per image region); the
+        slow loss of this pass is recorded as in ``forward``.
+        """
         if x.ndim != self.dims + 2 or x.shape[1] != self.in_channels:
             expected = "(B, C, L)" if self.dims == 1 else "(B, C, H, W)"
             raise ValueError(
@@ -344,8 +353,7 @@ class Terminator(nn.Module):
             kernels.append(block_kernels)
         # The slow loss only matters for training; inference skips its cost.
         self._slow_loss = self._feedback_loss(kernels) if self.use_slow_loss and self.training else None
-        features = z.flatten(2).mean(dim=2)  # (B, C)
-        return features if self.head is None else self.head(features)
+        return z
 
     @staticmethod
     def _feedback_loss(kernels: list[dict[str, torch.Tensor]]) -> torch.Tensor:

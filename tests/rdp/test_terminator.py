@@ -29,6 +29,14 @@ def test_feature_mode_returns_feature_dim() -> None:
     assert model(torch.randn(2, 3, 12, 10)).shape == (2, model.feature_dim)
 
 
+def test_feature_map_is_forward_before_the_mean() -> None:
+    model = Terminator(in_channels=3, num_classes=None, patch_size=4, **TINY).eval()
+    x = torch.randn(2, 3, 32, 36)
+    fmap = model.feature_map(x)
+    assert fmap.shape == (2, model.feature_dim, 8, 9)
+    torch.testing.assert_close(fmap.mean(dim=(2, 3)), model(x), rtol=0, atol=0)
+
+
 def test_patchify_stem_on_camera_sized_image() -> None:
     model = Terminator(in_channels=3, num_classes=None, patch_size=4, **TINY)
     assert model(torch.randn(1, 3, 96, 96)).shape == (1, model.feature_dim)

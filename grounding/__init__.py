@@ -1,0 +1,1 @@
+"""Grounding an operator's instruction in the scene video: task, goal and keyframe time from a slow-fast video LM."""
