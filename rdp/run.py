@@ -603,6 +603,7 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
 
     r = cfg.robot
     goal = {} if cfg.goal == "default" else {"goal": cfg.goal}
+    goal.update({} if r.looks == "none" else {"looks": r.looks})  # what the robot node draws besides the defaults
     if "goal" in run["obs_keys"] and not goal:
         raise UsageError(f"{cfg.checkpoint}: the policy observes a goal, but goal=default gives none: run with "
                          f"goal=random or a goal of the task (python -m rdp.run task={cfg.task} goal=...)")

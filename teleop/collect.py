@@ -89,6 +89,7 @@ class CollectConfig:
     seed: int = 0
     perturb: bool = True
     cameras: bool = True
+    looks: str = "none"  # sim.looks: none | train | heldout, per-episode lighting/paint/distractor on the robot node
     latency_ms: list[float] = field(default_factory=lambda: [50.0, 150.0])
     operator_overrides: list[str] = field(default_factory=list)
     mode: str = "realtime"
@@ -107,6 +108,10 @@ class CollectConfig:
         choose("task", self.task, TASKS, "task")  # first: the checks below read per-task settings
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r}, expected one of {MODES}")
+        from sim.looks import LOOKS
+
+        if self.looks not in LOOKS:
+            raise ValueError(f"looks={self.looks!r}, expected one of {LOOKS}")
         if self.press_assist not in PRESS_ASSIST:
             raise ValueError(f"press_assist={self.press_assist!r}, expected one of {PRESS_ASSIST}")
         if self.press_assist_on and not self.press_limit_n.get(self.task, 0.0) > 0:
@@ -475,7 +480,8 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     lockstep = cfg.mode == "lockstep"
     try:
         robot = _child("robot_node", "sim.node", log_dir, _kv(
-            task=cfg.task, seed=cfg.seed, mode=cfg.mode, perturb=cfg.perturb, cameras=cfg.cameras, auto_reset=False,
+            task=cfg.task, seed=cfg.seed, mode=cfg.mode, perturb=cfg.perturb, cameras=cfg.cameras, looks=cfg.looks,
+            auto_reset=False,
             **{"addresses.pub": ANY, "addresses.cmd": ANY, "addresses.tick": ANY}))
         children.append(robot)
         r = robot.wait_ready(cfg.start_timeout_s)

@@ -80,6 +80,7 @@ class RobotOverrides:
     cameras: bool | None = None  # None: on when the policy reads cameras or the run records a video
     camera_hz: float | None = None  # None: the run's image_hz (an image policy), else DEFAULT_CAMERA_HZ
     image_size: int | None = None  # None: the run's camera size (an image policy), else the robot node's default
+    looks: str = "none"  # sim.looks: none | train | heldout (per-episode lighting, paint, distractor; robot: mujoco)
 
 
 @dataclass

@@ -57,3 +57,16 @@ def test_lockstep_run_executes_the_goal_it_was_given(goal_run: Path, tmp_path: P
     assert detail["goal"] == "right-firm" and detail["episodes_detail"][0]["goal"] == "right-firm"
     # The slow node planned (it reads the goal from the robot's state; without it the planner has no input).
     assert detail["loop"]["slow"]["plans"] >= 2
+
+
+def test_robot_settings_pass_the_looks_and_collect_checks_them(goal_run: Path) -> None:
+    from rdp.run import robot_settings
+    from teleop.collect import load_config as collect_config
+
+    run = load_run_info(goal_run)
+    settings = robot_settings(load_config([f"checkpoint={goal_run}", "goal=left", "robot.looks=heldout"]), run)
+    assert settings["looks"] == "heldout" and settings["goal"] == "left"
+    assert "looks" not in robot_settings(load_config([f"checkpoint={goal_run}", "goal=left"]), run)
+    assert collect_config(["out=x", "looks=train"]).looks == "train"
+    with pytest.raises(ValueError, match="looks='shiny'"):
+        collect_config(["out=x", "looks=shiny"])
