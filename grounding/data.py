@@ -36,6 +36,7 @@ from bus.cli import UsageError, choose, command
 from bus.config import compose
 
 if TYPE_CHECKING:
+    from grounding.instructions import Instruction
     from sim.env import ContactRichEnv
 
 FORMAT = "grounding-episode/1"
@@ -518,6 +519,20 @@ def resample(frames: np.ndarray, times: np.ndarray, duration: float, n: int) -> 
     return frames[pick], (times[pick] / max(duration, 1e-9)).astype(np.float32)
 
 
+def episode_instructions(meta: dict[str, Any], split: str, seed: int = 0, rounds: int = 1,
+                         kinds: Sequence[str] | None = None) -> list[Instruction]:
+    """The instructions :class:`GroundingSet` asks about the episode ``meta``: round ``r`` is drawn from ``(seed, the
+    episode's seed, r, split)``. A module function so that a cache of frame tokens that kept the metas gets the very
+    same samples without opening the episode files."""
+    from grounding.instructions import KINDS, SPLITS, generate
+
+    out = []
+    for r in range(rounds):
+        rng = np.random.default_rng([seed, meta["seed"], r, SPLITS.index(split)])
+        out += generate(meta, split, rng, tuple(KINDS if kinds is None else kinds))
+    return out
+
+
 class GroundingSet:
     """(video, instruction, targets) samples from a folder of recorded episodes.
 
@@ -539,7 +554,7 @@ class GroundingSet:
         rounds: int = 1,
         episodes: Sequence[int] | None = None,
     ):
-        from grounding.instructions import KINDS, SPLITS, generate
+        from grounding.instructions import KINDS, SPLITS
 
         self.root = Path(root)
         self.split = choose("split", split, SPLITS, "instruction split")
@@ -566,10 +581,7 @@ class GroundingSet:
         self.metas = {k: read_meta(files[k]) for k in chosen}
         self.samples: list[tuple[int, Any]] = []
         for k in chosen:
-            meta = self.metas[k]
-            for r in range(rounds):
-                rng = np.random.default_rng([seed, meta["seed"], r, SPLITS.index(split)])
-                self.samples += [(k, s) for s in generate(meta, split, rng, kinds)]
+            self.samples += [(k, s) for s in episode_instructions(self.metas[k], split, seed, rounds, kinds)]
         self._videos: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
