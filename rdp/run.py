@@ -466,6 +466,7 @@ class Launcher:
         trace = _load_trace(self.out / "fast_timing.npz")
         return {
             "task": self.cfg.task, "mode": self.cfg.mode, "checkpoint": self.cfg.checkpoint, "goal": self.cfg.goal,
+            "press_guard_n": self.cfg.robot.press_guard_n,
             "episodes": len(episodes), "episodes_requested": self.cfg.episodes, "seed": self.cfg.seed,
             "success_rate": n_ok / len(episodes) if episodes else None,
             "episodes_detail": episodes, "loop": {"fast": last.get("fast"), "slow": last.get("slow"),
@@ -604,7 +605,8 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
     r = cfg.robot
     goal = {} if cfg.goal == "default" else {"goal": cfg.goal}
     goal.update({} if r.looks == "none" else {"looks": r.looks})  # what the robot node draws besides the defaults
-    if "goal" in run["obs_keys"] and not goal:
+    goal.update({} if r.press_guard_n == 0 else {"press_guard_n": r.press_guard_n})  # ... and how it guards a press
+    if "goal" in run["obs_keys"] and cfg.goal == "default":
         raise UsageError(f"{cfg.checkpoint}: the policy observes a goal, but goal=default gives none: run with "
                          f"goal=random or a goal of the task (python -m rdp.run task={cfg.task} goal=...)")
     keys = list(run.get("image_keys") or ())

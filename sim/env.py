@@ -12,10 +12,17 @@ perturbations, one pad/wrist read, task scoring at each control step) and ``read
 robot node's published layout, :class:`sim.robot_interface.Reading`), cast to the float32 observation. The robot
 node drives the same three through :class:`sim.mujoco_robot.MujocoRobot`, one 250 Hz tick per ``advance``, so
 evaluation and the node step, score and sense with one piece of code.
+
+``press_guard_n`` > 0 puts the force-limited press (:class:`sim.press_guard.PressGuard`, the teleop node's assist)
+between the commanded targets and the controllers, whoever commands: ``advance`` runs in guard periods of
+``guard_steps`` physics steps (250 Hz), each setting the guarded targets, stepping, reading the pads and the wrist
+once and updating the guard from that wrench. ``step`` and the robot node's 250 Hz ticks then read and guard at the
+same instants, so both give the same physics for the same commands.
 """
 
 from __future__ import annotations
 
+from math import inf
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -27,6 +34,7 @@ from sensors.tactile import GelPadSpec
 from sim.controller import CartesianImpedanceController, ImpedanceGains
 from sim.kinematics import solve_ik_robust
 from sim.looks import FILL_LIGHT, KEY_LIGHT, SCENE_CAMERA_JITTER, WRIST_CAMERA_JITTER, scene_looks
+from sim.press_guard import PressGuard, PressGuardConfig, guard_steps
 from sim.robot import ArmIndex, add_arm
 from sim.robot_interface import Reading, TaskStep
 from sim.sensing import ContactSensing, bind_pad
@@ -67,6 +75,7 @@ class ContactRichEnv(gym.Env):
         point_cloud_points: int = 512,
         point_cloud_voxel: float = 0.005,
         looks: str = "none",
+        press_guard_n: float = 0.0,
     ):
         if physics_hz is None:
             physics_hz = float(task.physics_hz)
@@ -77,6 +86,12 @@ class ContactRichEnv(gym.Env):
             raise ValueError(f"physics_hz ({physics_hz}) must be a multiple of control_hz ({control_hz})")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        is_number = isinstance(press_guard_n, (int, float)) and not isinstance(press_guard_n, bool)
+        if not (is_number and 0 <= press_guard_n < inf):
+            raise ValueError(f"press_guard_n={press_guard_n!r}: expected a wrist force limit >= 0 N (0 = off)")
+        if press_guard_n > 0 and round(substeps) % guard_steps(physics_hz):
+            raise ValueError(f"press_guard_n={press_guard_n}: the guard's period of {guard_steps(physics_hz)} physics "
+                             f"steps must divide the {round(substeps)} of a control step (physics_hz / control_hz)")
         self.task = task
         self.perturb = perturb
         self.cameras = cameras
@@ -108,6 +123,12 @@ class ContactRichEnv(gym.Env):
             wrench_noise=wrench_noise,
         )
         self.controllers = [CartesianImpedanceController(self.model, a, ImpedanceGains()) for a in self.arms]
+        self.guard = PressGuard(PressGuardConfig(press_force_n=float(press_guard_n)))
+        self.guard_steps = guard_steps(physics_hz)
+        self._commanded: np.ndarray | None = None  # (A, 7) the newest target, before the guard (guard on)
+        self._tcp_quat = np.zeros((len(self.arms), 4))
+        self._guard_max_m = 0.0  # the largest retraction this episode (m)
+        self._guard_periods = 0  # guard periods this episode with a retraction
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self.action_space = self._make_action_space()
         self.observation_space = self._make_observation_space()
@@ -282,10 +303,21 @@ class ContactRichEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)
         for c in self.controllers:
             c.reset(self.data)
+        self.guard.reset(len(self.arms))
+        self._commanded, self._guard_max_m, self._guard_periods = None, 0.0, 0
         self.step_count = 0
         self.physics_steps = 0
         self.last_fields, self.last_wrench = self.sensing.read(self.data, rng)
-        return self._observation(), self.task.info(self)
+        return self._observation(), self.info()
+
+    def info(self) -> dict[str, Any]:
+        """The task's info; with the press guard on also ``guard_retract_m``, the largest retraction this episode
+        (m), and ``guard_active_s``, the sim time it held one (s)."""
+        info = self.task.info(self)
+        if self.guard.enabled:
+            info["guard_retract_m"] = self._guard_max_m
+            info["guard_active_s"] = self._guard_periods * self.guard_steps / self.physics_hz
+        return info
 
     def check_action(self, action: Any) -> np.ndarray:
         """Validate an action before anything reaches the physics; raise ValueError naming the problem."""
@@ -307,12 +339,19 @@ class ContactRichEnv(gym.Env):
         self.apply(a.reshape(len(self.arms), ACTION_DIM_PER_ARM))
         scored = self.advance(self.substeps)
         assert scored is not None  # a whole control step always ends in the task's scoring
-        return self._observation(), scored.reward, scored.terminated, scored.truncated, self.task.info(self)
+        return self._observation(), scored.reward, scored.terminated, scored.truncated, self.info()
 
     # -------------------------------------------------- stepping, shared with the robot node (sim.mujoco_robot)
     def apply(self, target: np.ndarray) -> None:
         """(A, 7) float64 ``[x, y, z, rx, ry, rz, grip]`` targets -> the controllers (which bound the reference
-        speed). Unchecked: ``step`` checks and clips first, the robot node validates every command itself."""
+        speed), through the press guard when it is on. Unchecked: ``step`` checks and clips first, the robot node
+        validates every command itself."""
+        if self.guard.enabled:
+            self._commanded = np.array(target, dtype=np.float64)
+            target = self.guard.apply(self._commanded)
+        self._set_targets(target)
+
+    def _set_targets(self, target: np.ndarray) -> None:
         for i, c in enumerate(self.controllers):
             u = target[i]
             c.set_target(u[:3], rotvec_to_mat(u[3:6]), u[6], self.task.arms[i].grip_force)
@@ -323,12 +362,33 @@ class ContactRichEnv(gym.Env):
         When the last step ends a control step (every ``substeps``), the task scores it (``Task.update``) and the
         verdict is returned; else None. ``steps`` may not run past the end of the current control step, so the
         task scores exactly once per control step whoever steps: ``step`` (a whole control step) or the robot
-        node (one tick of ``publish_every`` steps at a time)."""
+        node (one tick of ``publish_every`` steps at a time). With the press guard on, ``steps`` is a whole number
+        of guard periods, each reading the wrist once (:meth:`_guarded_period`; the pads at the end), so either
+        caller reads the wrist at the same instants."""
         left = self.substeps - self.physics_steps % self.substeps
         if not (type(steps) is int and 1 <= steps <= left):
             raise ValueError(
                 f"steps={steps!r}, expected an int in 1..{left} (the physics steps left in this control step)"
             )
+        if self.guard.enabled:
+            if steps % self.guard_steps:
+                raise ValueError(f"steps={steps}: with the press guard on, a multiple of its period of "
+                                 f"{self.guard_steps} physics steps")
+            periods = steps // self.guard_steps
+            for k in range(periods):
+                self._guarded_period(read_pads=k == periods - 1)
+        else:
+            self._physics(steps)
+            self.last_fields, self.last_wrench = self.sensing.read(self.data, self.np_random)
+        if steps < left:
+            return None
+        self.step_count += 1
+        reward, terminated = self.task.update(self)
+        truncated = self.time >= self.task.max_seconds and not terminated
+        return TaskStep(float(reward), bool(terminated), bool(truncated))
+
+    def _physics(self, steps: int) -> None:
+        """``steps`` physics steps, the task's perturbation and the controllers before each."""
         dt = self.model.opt.timestep
         for _ in range(steps):
             self.task.before_physics(self)
@@ -336,13 +396,26 @@ class ContactRichEnv(gym.Env):
                 c.compute(self.data, dt)
             mujoco.mj_step(self.model, self.data)
         self.physics_steps += steps
-        self.last_fields, self.last_wrench = self.sensing.read(self.data, self.np_random)
-        if steps < left:
-            return None
-        self.step_count += 1
-        reward, terminated = self.task.update(self)
-        truncated = self.time >= self.task.max_seconds and not terminated
-        return TaskStep(float(reward), bool(terminated), bool(truncated))
+
+    def _guarded_period(self, read_pads: bool) -> None:
+        """One guard period: the commanded targets backed off by the guard's retraction, ``guard_steps`` physics
+        steps, one wrist read (and the pads' when ``read_pads``: the last period of an ``advance``; the same noise
+        draws either way), and the guard updated from that wrench and the TCP axes."""
+        if self._commanded is not None:  # nothing commanded since the reset: the controllers hold the start pose
+            self._set_targets(self.guard.apply(self._commanded))
+        self._physics(self.guard_steps)
+        if read_pads:
+            self.last_fields, self.last_wrench = self.sensing.read(self.data, self.np_random)
+        else:
+            self.last_wrench = self.sensing.read_wrench(self.data, self.np_random)
+        for i, arm in enumerate(self.arms):
+            mujoco.mju_mat2Quat(self._tcp_quat[i], self.data.site_xmat[arm.tcp_site])
+        self.guard.on_state(self._tcp_quat)
+        self.guard.on_wrench(self.last_wrench, self.time)
+        retraction = self.guard.retraction()
+        if retraction > 0:
+            self._guard_periods += 1
+            self._guard_max_m = max(self._guard_max_m, retraction)
 
     def new_reading(self) -> Reading:
         """Buffers for :meth:`read_into` in the published layout; with a ``goal`` when the task's goals vary."""

@@ -3,6 +3,7 @@
     python -m sim.eval task=wipe policy=expert episodes=50 seed=0
     python -m sim.eval task=wipe policy=rdp episodes=50 seed=0 jobs=8 [launcher=ray [ray_address=auto]]
     python -m sim.eval task=wipe policy=expert task.goal=random    # a goal per episode: success per goal too
+    python -m sim.eval task=wipe policy=rdp guard=true             # the robot-side press guard at the task's limit
 
 Policies are resolved from config (``_target_``), so this module never imports a policy package.
 Prints a progress bar, then as its last stdout line one JSON object; writes the same JSON, a video
@@ -34,6 +35,7 @@ from bus.cli import USAGE_EXIT, CommandError, UsageError, command, exit_code, ru
 from bus.config import override
 from bus.resources import config_dir
 from bus.sweep import check_launcher, module_command, run_commands, split_range
+from sim.press_guard import task_press_limit
 from sim.registry import goal_option, make_env
 
 CONFIG_DIR = config_dir()
@@ -93,11 +95,13 @@ def evaluate(
     point_cloud_voxel: float = 0.005,
     looks: str = "none",
     goal: str | None = None,
+    press_guard_n: float = 0.0,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes (seeds ``seed`` ...) and write ``results.json`` (with ``policy_config``, the policy's
     resolved settings, so a result names what made it), a force plot and a video of the first episode. ``goal``: the
     task's goal option (``configs/task``); unless ``default``, every row names its episode's goal and the result
-    has the success per goal."""
+    has the success per goal. ``press_guard_n`` > 0: the env's press guard at that limit (N); every row then has
+    the guard's largest retraction and the time it held one."""
     _check_episodes(episodes)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(
@@ -112,6 +116,7 @@ def evaluate(
         point_cloud_points=point_cloud_points,
         point_cloud_voxel=point_cloud_voxel,
         looks=looks,
+        press_guard_n=press_guard_n,
         render_mode="rgb_array",
     )
     policy = make_policy()
@@ -124,9 +129,11 @@ def evaluate(
         rows.append({"seed": seed + k, **{key: info[key] for key in ("success", "score", "failure", "perturbation")}})
         if env.task.goal_conditioned:
             rows[-1].update(goal=info["goal"], goal_miss=info["goal_miss"])
+        if press_guard_n > 0:
+            rows[-1].update(guard_retract_m=info["guard_retract_m"], guard_active_s=info["guard_active_s"])
     env.close()
     result = summarize(rows, task=task, policy_name=policy_name, policy_config=policy_config, seed=seed,
-                       perturb=perturb, out_dir=out_dir, goal=env.task.goal_setting.text)
+                       perturb=perturb, out_dir=out_dir, goal=env.task.goal_setting.text, press_guard_n=press_guard_n)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
     if trace:
         _plot_forces(trace, rows[0], out_dir / "force.png", task, policy_name)
@@ -136,13 +143,16 @@ def evaluate(
 
 
 def summarize(rows: list[dict[str, Any]], *, task: str, policy_name: str, policy_config: dict[str, Any] | None,
-              seed: int, perturb: bool, out_dir: Path, goal: str = "default") -> dict[str, Any]:
+              seed: int, perturb: bool, out_dir: Path, goal: str = "default", press_guard_n: float = 0.0
+              ) -> dict[str, Any]:
     """The ``results.json`` object of per-episode ``rows`` (seeds ``seed`` ...): one function for a run and for the
     merge of its shards, so both write the same file. With a goal option other than ``default``, it also holds
-    ``goal`` (the option) and ``per_goal`` (the success per goal the episodes had)."""
+    ``goal`` (the option) and ``per_goal`` (the success per goal the episodes had). ``press_guard_n`` is the press
+    guard's limit (0: off); with it on, ``guard_acted`` counts the episodes in which it backed a target off."""
     episodes = len(rows)
     n_ok = sum(r["success"] for r in rows)
     goals = {} if goal == "default" else {"goal": goal, "per_goal": _success_by(rows, "goal")}
+    acted = {} if press_guard_n == 0 else {"guard_acted": sum(r["guard_retract_m"] > 0 for r in rows)}
     return {
         "task": task,
         "policy": policy_name,
@@ -150,6 +160,8 @@ def summarize(rows: list[dict[str, Any]], *, task: str, policy_name: str, policy
         "episodes": episodes,
         "seed": seed,
         "perturb": perturb,
+        "press_guard_n": press_guard_n,
+        **acted,
         "success_rate": n_ok / episodes,
         "ci95": wilson_interval(n_ok, episodes),
         "mean_score": float(np.mean([r["score"] for r in rows])),
@@ -277,6 +289,7 @@ def _run(cfg: Any) -> None:
     policy_config = {k: v for k, v in policy_cfg.items() if k not in ("_target_", "train")}
     perturbations = tuple(cfg.task.perturbations) if cfg.task.perturbations is not None else None
     goal = goal_option(cfg.task.name, cfg.task.goal)  # checked here, before any shard starts
+    press_guard_n = task_press_limit(cfg.task.name) if cfg.guard else 0.0
     jobs, launcher = int(cfg.jobs), str(cfg.launcher)
     check_launcher(launcher, jobs)
     if (jobs > 1 and int(cfg.episodes) > 1) or launcher != "local":
@@ -290,7 +303,7 @@ def _run(cfg: Any) -> None:
             launcher=launcher,
             ray_address=cfg.ray_address,
             header={"task": cfg.task.name, "policy_name": name, "policy_config": policy_config,
-                    "perturb": bool(cfg.perturb), "goal": goal},
+                    "perturb": bool(cfg.perturb), "goal": goal, "press_guard_n": press_guard_n},
         )
     else:
         result = evaluate(
@@ -312,6 +325,7 @@ def _run(cfg: Any) -> None:
             perturbations=perturbations,
             policy_config=policy_config,
             goal=goal,
+            press_guard_n=press_guard_n,
         )
     summary = {k: v for k, v in result.items() if k != "episodes_detail"}
     print(json.dumps(summary))

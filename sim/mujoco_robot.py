@@ -3,7 +3,9 @@
 A thin wrapper over :class:`sim.env.ContactRichEnv`: ``apply`` / ``advance`` / ``read`` are the env's own
 ``apply`` / ``advance`` / ``read_into``, the functions ``ContactRichEnv.step`` runs, so the node and evaluation step
 the physics, score the task and build observations with one piece of code. One ``advance`` is one node tick:
-``publish_every`` physics steps; the task scores every ``physics_hz / control_hz`` steps, as in evaluation.
+``publish_every`` physics steps; the task scores every ``physics_hz / control_hz`` steps, as in evaluation. With the
+env's press guard on (``press_guard_n``), a tick is a whole number of guard periods, so a node tick and ``env.step``
+guard and read the wrist at the same instants.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class MujocoRobot:
             raise ValueError(
                 f"steps_per_period={steps_per_period!r}, expected a positive divisor of the env's "
                 f"{env.substeps} physics steps per control step"
+            )
+        if env.guard.enabled and steps_per_period % env.guard_steps:
+            raise ValueError(
+                f"steps_per_period={steps_per_period}: with the press guard on, a multiple of its period of "
+                f"{env.guard_steps} physics steps"
             )
         self.env = env
         self._steps = steps_per_period
@@ -114,7 +121,7 @@ class MujocoRobot:
         return self.env.read_into(self._reading)
 
     def info(self) -> dict[str, Any]:
-        return self.env.task.info(self.env)
+        return self.env.info()
 
     def open_cameras(self, size: int) -> MujocoCameras:
         return MujocoCameras(self.env, size)
@@ -136,5 +143,6 @@ def from_node_config(cfg: RobotNodeConfig) -> MujocoRobot:
         wrench_noise=cfg.wrench_noise,
         looks=cfg.looks,
         goal=cfg.goal,
+        press_guard_n=cfg.press_guard_n,
     )
     return MujocoRobot(env, cfg.publish_every)

@@ -59,7 +59,10 @@ Safety: speed is bounded by the controller (its reference moves at <= 0.25 m/s).
 is (``Robot.hold``) until the first command, whenever the newest valid command is older
 than ``watchdog_ms`` on the node clock (arrival time, so sender clocks need not agree), and while the
 low-passed wrist force exceeds ``limits.force_n`` (released below ``force_release`` of it). A fresh
-command ends a watchdog hold at once; nothing ends a latched hold.
+command ends a watchdog hold at once; nothing ends a latched hold. With ``press_guard_n`` > 0
+(robot: mujoco) the scene's press guard (``sim.press_guard``, the teleop node's assist) backs every target off
+along its tool axis while the wrist presses harder than that, long before the force hold; ``applied`` holds the
+commands, not the guarded targets, and the episode's ``end`` event carries ``guard_retract_m`` and ``guard_active_s``.
 
 Lockstep (``Server`` on ``addresses.tick``; requests from a ``bus.transport.Client``)::
 
@@ -103,6 +106,7 @@ from bus.node import log_to_stderr, node_args, serve
 from bus.resources import config_dir
 from bus.transport import Publisher, Request, Server, Subscriber
 from sim.looks import LOOKS
+from sim.press_guard import GUARD_HZ, guard_steps
 from sim.registry import goal_option, task_physics_hz
 from sim.robot_interface import TARGET_DIM, Cameras, Reading, Robot, TaskStep
 from spatial.rotations import quat_to_rotvec
@@ -156,6 +160,7 @@ class RobotNodeConfig:
     status_hz: float = 10.0
     watchdog_ms: float = 100.0
     wrench_noise: float = 0.2
+    press_guard_n: float = 0.0  # N: the robot-side force-limited press (sim.press_guard; robot: mujoco); 0 = off
     auto_reset: bool = False
     limits: NodeLimits = field(default_factory=NodeLimits)
     addresses: NodeAddresses = field(default_factory=NodeAddresses)
@@ -181,6 +186,7 @@ class RobotNodeConfig:
             raise ValueError(
                 f"publish_every={self.publish_every} must divide the {round(substeps)} physics steps of a control step"
             )
+        self._check_press_guard()
         for name in ("camera_hz", "status_hz", "watchdog_ms"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
@@ -189,6 +195,19 @@ class RobotNodeConfig:
             raise ValueError(
                 f"limits {lim} need force_n > 0, 0 < force_release <= 1, force_filter_s >= 0, cmd_max_bytes > 0"
             )
+
+    def _check_press_guard(self) -> None:
+        if not 0 <= self.press_guard_n < math.inf:
+            raise ValueError(f"press_guard_n={self.press_guard_n}: expected a wrist force limit >= 0 N (0 = off)")
+        if self.press_guard_n == 0:
+            return
+        if self.robot != "mujoco":
+            raise ValueError(f"press_guard_n={self.press_guard_n}: the press guard is part of the MuJoCo scene "
+                             f"(robot: mujoco), not of robot={self.robot}")
+        period = guard_steps(self.physics_hz)
+        if self.publish_every % period:
+            raise ValueError(f"press_guard_n={self.press_guard_n}: publish_every={self.publish_every} must be a "
+                             f"multiple of the guard's period of {period} physics steps ({GUARD_HZ:g} Hz)")
 
     @property
     def tick_hz(self) -> float:

@@ -64,6 +64,7 @@ from bus.message import Message
 from bus.node import log_to_stderr, node_args, serve
 from bus.process import Child, ChildFailed
 from bus.transport import Client, Publisher, Subscriber
+from sim.press_guard import TASK_PRESS_LIMIT_N
 
 log = logging.getLogger("teleop.collect")
 
@@ -95,7 +96,7 @@ class CollectConfig:
     mode: str = "realtime"
     feedback: bool = True
     press_assist: str = "auto"
-    press_limit_n: dict[str, float] = field(default_factory=lambda: {"wipe": 20.0, "peel": 15.0, "lift": 45.0})
+    press_limit_n: dict[str, float] = field(default_factory=lambda: dict(TASK_PRESS_LIMIT_N))
     lockstep_teleop: list[str] = field(default_factory=lambda: ["loop_hz=250", "forward_hz=250"])
     step_timeout_s: float = 5.0
     episode_timeout_s: float = 40.0

@@ -65,6 +65,7 @@ from bus.node import log_to_stderr, node_args, serve
 from bus.resources import config_dir
 from bus.transport import Publisher, Subscriber
 from sim.node import SEED_LIMIT
+from sim.press_guard import PressGuard, PressGuardConfig
 from spatial.rotations import mat_to_rotvec, quat_to_mat, rotation_angle, rotvec_to_mat
 
 log = logging.getLogger("teleop.node")
@@ -102,21 +103,6 @@ class MappingConfig:
 
 
 @dataclass
-class AssistConfig:
-    """Force-limited press (off while ``press_force_n`` is 0); ``PressLimiter`` says how it acts."""
-
-    press_force_n: float = 0.0
-    gain: float = 0.004
-    p_gain: float = 0.0
-    stiffness: float = 1200.0
-    max_retract_m: float = 0.03
-
-    def __post_init__(self) -> None:
-        if self.press_force_n < 0 or min(self.gain, self.p_gain, self.max_retract_m) < 0 or not self.stiffness > 0:
-            raise ValueError(f"assist {self}: press_force_n, gain, p_gain, max_retract_m must be >= 0, stiffness > 0")
-
-
-@dataclass
 class RobotEndpoints:
     pub: str = "tcp://127.0.0.1:5560"
     cmd: str = "tcp://127.0.0.1:5561"
@@ -150,7 +136,7 @@ class TeleopConfig:
     status_hz: float = 10.0
     forward_hz: float = 100.0
     mapping: MappingConfig = field(default_factory=MappingConfig)
-    assist: AssistConfig = field(default_factory=AssistConfig)
+    assist: PressGuardConfig = field(default_factory=PressGuardConfig)  # the force-limited press (sim.press_guard)
     robot: RobotEndpoints = field(default_factory=RobotEndpoints)
     addresses: TeleopAddresses = field(default_factory=TeleopAddresses)
     web: WebConfig = field(default_factory=WebConfig)
@@ -306,63 +292,6 @@ class ArmTeleop:
         return np.concatenate((self.hand_pos, self.hand_quat))
 
 
-# ------------------------------------------------------------------------------------ press assist
-class PressLimiter:
-    """Backs each arm's target off along its tool axis while the wrist feels more than ``press_force_n``.
-
-    An operator who sees the force arrow reacts in 50-150 ms; a stiff contact that a moving surface pushes
-    into builds 40 N in less. This node hears the wrench at the robot's rate, so it caps the press where the
-    operator cannot: per arm a retraction r >= 0 along the tool z axis (the pad normal, the axis the wrench's
-    -F_z is measured on) grows at ``gain`` m/s per newton over the limit and relaxes at the same rate below
-    it, plus ``p_gain * (F - limit) / stiffness`` while over (0 by default: on the stiff contact a proportional
-    retraction turned each impact spike into a bounce). It only ever presses less than the operator commands,
-    never more. Off (``press_force_n`` = 0) it is the identity.
-    """
-
-    def __init__(self, cfg: AssistConfig) -> None:
-        self.cfg = cfg
-        self.retract = np.zeros(0)  # (A,) integral part, m
-        self.extra = np.zeros(0)  # (A,) proportional part, m
-        self.axis = np.zeros((0, 3))  # (A, 3) tool z axes in the world, from the newest state
-        self._t = math.nan
-
-    @property
-    def enabled(self) -> bool:
-        return self.cfg.press_force_n > 0
-
-    def reset(self, n_arms: int) -> None:
-        self.retract, self.extra = np.zeros(n_arms), np.zeros(n_arms)
-        self.axis = np.tile([0.0, 0.0, 1.0], (n_arms, 1))
-        self._t = math.nan
-
-    def on_state(self, tcp_quat: np.ndarray) -> None:
-        self.axis = np.stack([quat_to_mat(q)[:, 2] for q in tcp_quat])
-
-    def on_wrench(self, wrench: np.ndarray, sim_time: float) -> None:
-        """One wrench sample (A, 6) [F, T] in the TCP frame at ``sim_time``."""
-        if not self.enabled or wrench.shape[0] != self.retract.shape[0]:
-            return
-        dt = sim_time - self._t if 0.0 < sim_time - self._t < 0.1 else 0.0
-        self._t = sim_time
-        over = np.maximum(-wrench[:, 2], 0.0) - self.cfg.press_force_n
-        cap = self.cfg.max_retract_m
-        self.retract = np.clip(self.retract + self.cfg.gain * over * dt, 0.0, cap)
-        self.extra = np.minimum(self.cfg.p_gain * np.maximum(over, 0.0) / self.cfg.stiffness, cap)
-
-    def retraction(self) -> float:
-        """The largest retraction over the arms now (m); 0 when off."""
-        return float(np.minimum(self.retract + self.extra, self.cfg.max_retract_m).max(initial=0.0))
-
-    def apply(self, target: np.ndarray) -> np.ndarray:
-        """(A, 7) commands -> the same with each position backed off by its arm's retraction."""
-        if not self.enabled or target.shape[0] != self.retract.shape[0]:
-            return target
-        r = np.minimum(self.retract + self.extra, self.cfg.max_retract_m)
-        out = target.copy()
-        out[:, :3] -= self.axis * r[:, None]
-        return out
-
-
 # ------------------------------------------------------------------------------------------- node
 class TeleopNode:
     """Owns the sockets, the per-arm mappings and the web server; ``run()`` until ``stop()``."""
@@ -370,7 +299,7 @@ class TeleopNode:
     def __init__(self, cfg: TeleopConfig) -> None:
         self.cfg = cfg
         self.arms: list[ArmTeleop] = []
-        self.press = PressLimiter(cfg.assist)
+        self.press = PressGuard(cfg.assist)
         self.counts: Counter[str] = Counter()
         self.op_rejects: Counter[str] = Counter()
         self.episode = -1

@@ -6,6 +6,7 @@ launcher learnt from the ready lines), so one command line configures the whole 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,11 @@ class RobotOverrides:
     camera_hz: float | None = None  # None: the run's image_hz (an image policy), else DEFAULT_CAMERA_HZ
     image_size: int | None = None  # None: the run's camera size (an image policy), else the robot node's default
     looks: str = "none"  # sim.looks: none | train | heldout (per-episode lighting, paint, distractor; robot: mujoco)
+    press_guard_n: float = 0.0  # N: the robot node's press guard (sim.press_guard); 0 = off
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.press_guard_n < math.inf:
+            raise ValueError(f"robot.press_guard_n={self.press_guard_n}: expected a wrist force limit >= 0 N (0 = off)")
 
 
 @dataclass

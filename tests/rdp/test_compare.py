@@ -50,7 +50,7 @@ def test_a_failed_cell_is_its_error_line_and_a_bad_launcher_is_refused(tmp_path:
     out = tmp_path / "out"
     assert main(["tasks=wipe", "policies=dp", "episodes=1", f"out={out}", "extra='nosuchkey=1'"]) == 1
     cell = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["cells"][0]
-    assert cell["error"] == ["sim.eval: error: nosuchkey=1: no such key; the keys are episodes, jobs, launcher, out, "
-                             "perturb, policy, ray_address, seed, sensors, task, video"]
+    assert cell["error"] == ["sim.eval: error: nosuchkey=1: no such key; the keys are episodes, guard, jobs, launcher, "
+                             "out, perturb, policy, ray_address, seed, sensors, task, video"]
     assert main(["tasks=wipe", "policies=dp", "episodes=1", f"out={out}", "launcher=slurm"]) == 2
     assert capsys.readouterr().err.strip().endswith("launcher=slurm: no such launcher; choose one of local, ray")

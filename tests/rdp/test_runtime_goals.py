@@ -70,3 +70,16 @@ def test_robot_settings_pass_the_looks_and_collect_checks_them(goal_run: Path) -
     assert collect_config(["out=x", "looks=train"]).looks == "train"
     with pytest.raises(ValueError, match="looks='shiny'"):
         collect_config(["out=x", "looks=shiny"])
+    with pytest.raises(UsageError, match="observes a goal, but goal=default"):  # looks are no goal
+        robot_settings(load_config([f"checkpoint={goal_run}", "robot.looks=train"]), run)
+
+
+def test_robot_settings_pass_the_press_guard(goal_run: Path) -> None:
+    from rdp.run import robot_settings
+
+    run = load_run_info(goal_run)
+    on = robot_settings(load_config([f"checkpoint={goal_run}", "goal=left", "robot.press_guard_n=20"]), run)
+    assert on["press_guard_n"] == 20.0
+    assert "press_guard_n" not in robot_settings(load_config([f"checkpoint={goal_run}", "goal=left"]), run)
+    with pytest.raises(UsageError, match=r"robot.press_guard_n=-1.0: expected a wrist force limit >= 0 N"):
+        load_config([f"checkpoint={goal_run}", "robot.press_guard_n=-1"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sim.eval import evaluate, main, wilson_interval
+from sim.eval import evaluate, main, summarize, wilson_interval
 from sim.experts import make_expert
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +45,9 @@ def test_unknown_task_name_lists_valid_ones(tmp_path):
     (["episodes=abc"], "episodes=abc: expected an integer (the default is 50)"),
     (["episodes=0"], "episodes=0: expected an integer >= 1"),
     (["perturb=maybe"], "perturb=maybe: expected true or false (the default is true)"),
-    (["nosuchkey=1"], "nosuchkey=1: no such key; the keys are episodes, jobs, launcher, out, perturb, policy, "
-                      "ray_address, seed, sensors, task, video"),
+    (["nosuchkey=1"], "nosuchkey=1: no such key; the keys are episodes, guard, jobs, launcher, out, perturb, "
+                      "policy, ray_address, seed, sensors, task, video"),
+    (["guard=20"], "guard=20: expected true or false (the default is false)"),
     (["launcher=slurm"], "launcher=slurm: no such launcher; choose one of local, ray"),
     (["jobs=0"], "jobs=0: expected an integer >= 1"),
     (["task.perturbations=[nosuch]"], "no such wipe perturbation nosuch; choose from raise, lower"),
@@ -120,6 +121,19 @@ def test_a_failed_shard_fails_the_run_in_one_line(tmp_path: Path, capsys, monkey
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and err.startswith("sim.eval: error: /nonexistent/run: no such directory"), err
     assert "2 of 2 shards failed" in err and not (tmp_path / "results.json").exists()
+
+
+def test_the_press_guard_option_is_recorded_in_the_results(tmp_path: Path) -> None:
+    """guard=true: the env guards at the task's teleop press limit, and results.json says so, per episode too."""
+    assert main(["task=wipe", "policy=expert", "episodes=1", "seed=3", "video=false", "guard=true",
+                 f"out={tmp_path}", f"hydra.run.dir={tmp_path}"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["press_guard_n"] == 20.0 and result["guard_acted"] in (0, 1)
+    row = result["episodes_detail"][0]
+    assert 0.0 <= row["guard_retract_m"] <= 0.03 and row["guard_active_s"] >= 0.0
+    off = summarize([{k: row[k] for k in ("seed", "success", "score", "failure", "perturbation")}], task="wipe",
+                    policy_name="expert", policy_config=None, seed=3, perturb=True, out_dir=tmp_path)
+    assert off["press_guard_n"] == 0.0 and "guard_acted" not in off
 
 
 def test_jobs_on_ray_gives_the_sequential_results(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The scripted operator's contact regulation from displayed force (PressShaping), the teleop node's force-limited
-press (PressLimiter), and the operator's guard against observations of an ended episode."""
+press (sim.press_guard.PressGuard), and the operator's guard against observations of an ended episode."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bus.message import Message
-from teleop.node import AssistConfig, PressLimiter
+from sim.press_guard import PressGuard, PressGuardConfig
 from teleop.operators import PressConfig, PressShaping, ScriptedConfig, displayed_normal_force
 
 K = 1200.0  # N/m, the arm's Cartesian stiffness
@@ -67,7 +67,7 @@ def test_displayed_force_reads_the_press_or_most_of_a_slanted_push():
 
 
 def test_press_limiter_retracts_along_the_tool_axis_only_while_over_the_limit():
-    limiter = PressLimiter(AssistConfig(press_force_n=20.0, gain=0.004, p_gain=0.0))
+    limiter = PressGuard(PressGuardConfig(press_force_n=20.0, gain=0.004, p_gain=0.0))
     limiter.reset(1)
     limiter.on_state(np.array([[0.0, 1.0, 0.0, 0.0]]))  # tool z axis = world -z (rotated 180 deg about x)
     target = np.array([[0.5, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0]])
@@ -82,7 +82,7 @@ def test_press_limiter_retracts_along_the_tool_axis_only_while_over_the_limit():
         t += 0.004
         limiter.on_wrench(np.array([[0.0, 0.0, -5.0, 0, 0, 0]]), t)
     assert np.array_equal(limiter.apply(target), target)
-    off = PressLimiter(AssistConfig())
+    off = PressGuard(PressGuardConfig())
     off.reset(1)
     off.on_wrench(np.array([[0.0, 0.0, -100.0, 0, 0, 0]]), 0.004)
     assert off.apply(target) is target
