@@ -55,13 +55,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, round(centre + half, 12)))
 
 
-def run_episode(env, policy, seed: int, record: bool = False) -> tuple[dict[str, Any], dict[str, list]]:
+def run_episode(env, policy, seed: int, record: bool = False, observe: Callable[[dict], dict] | None = None,
+                max_seconds: float | None = None) -> tuple[dict[str, Any], dict[str, list]]:
+    """One episode of ``policy`` on ``env`` with env seed ``seed``: the last step's info and, with ``record``, its
+    trace. ``observe``: what the policy sees instead of each observation (e.g. another goal in ``obs["goal"]``;
+    the env scores what it was asked). ``max_seconds``: end the episode at this simulated time (info ``cut``)."""
     obs, info = env.reset(seed=seed)
     policy.reset(env, seed=seed)  # a sampling policy draws this episode's own noise
     trace: dict[str, list] = defaultdict(list)
     frame_every = max(int(round(env.control_hz / 25)), 1)
     while True:
-        action = policy.act(obs)
+        action = policy.act(obs if observe is None else observe(obs))
         obs, _, terminated, truncated, info = env.step(action)
         if record:
             trace["time"].append(env.time)
@@ -70,6 +74,9 @@ def run_episode(env, policy, seed: int, record: bool = False) -> tuple[dict[str,
             if env.step_count % frame_every == 0:
                 trace["frames"].append(env.render())
         if terminated or truncated:
+            break
+        if max_seconds is not None and env.time >= max_seconds - 1e-9:
+            info = {**info, "cut": True}
             break
     if record:
         trace["perturbation_time"] = info.get("perturbation_time")
