@@ -14,6 +14,7 @@ benchmarks/results/grounding_prefill.json; the last stdout line is that JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -41,6 +42,7 @@ class PrefillConfig:
     text_len: int = 24
     warmup: int = 2
     runs: int = 7
+    run: str = ""  # a grounding LM run (grounding.train stage=lm): its model sizes; empty: GroundingConfig's defaults
     out: str = "benchmarks/results/grounding_prefill.json"
 
     def __post_init__(self) -> None:
@@ -67,6 +69,18 @@ def measure(model: GroundingModel, frames: int, text_len: int, warmup: int, runs
             "median_ms": round(float(np.median(ms)), 3), "sequence_tokens": _sequence_tokens(cfg, frames, text_len)}
 
 
+def _sizes(run: str) -> GroundingConfig:
+    """The model sizes of a grounding run (its ``model/config.json``), or the defaults."""
+    if not run:
+        return GroundingConfig()
+    from rdp.checkpoint import load_config
+
+    path = Path(run) / "model"
+    if not (path / "config.json").is_file():
+        raise UsageError(f"run={run}: no {path / 'config.json'} (a grounding.train stage=lm run folder)")
+    return GroundingConfig.from_dict(load_config(path)[1])
+
+
 def _sequence_tokens(cfg: GroundingConfig, frames: int, text_len: int) -> int:
     return (frames * cfg.slots if cfg.mode == "full" else cfg.num_fast) + text_len
 
@@ -78,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     results: dict[str, list[dict[str, float | int]]] = {}
+    base = _sizes(args.run)
     for mode in args.modes:
-        model = GroundingModel(GroundingConfig(mode=mode)).eval()
+        model = GroundingModel(dataclasses.replace(base, mode=mode)).eval()
         results[mode] = [measure(model, T, args.text_len, args.warmup, args.runs) for T in args.frames]
     first, last = args.frames[0], args.frames[-1]
     growth = {mode: {key: round(100.0 * (rows[-1][key] / rows[0][key] - 1.0), 1) for key in ("flops", "median_ms")}
@@ -98,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, flops in encoder_flops.items():
         print(f"frame encoder ({name}, 96x96): {flops / 1e6:.1f} MFLOPs per frame")
     report = {
-        "benchmark": "grounding LM prefill (given frame tokens), batch 1, default GroundingConfig, random weights, "
-                     "eval + inference_mode",
+        "benchmark": "grounding LM prefill (given frame tokens), batch 1, random weights, eval + inference_mode",
+        "model": {**dataclasses.asdict(base), "mode": None, "from_run": args.run or None},
         "text_len": args.text_len,
         "threads": torch.get_num_threads(),
         "warmup": args.warmup,

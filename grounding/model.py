@@ -29,7 +29,6 @@ training the language model never re-runs the backbone. Normalised time ``t = i 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grounding.text import InstructionTokenizer
-from rdp.checkpoint import CheckpointError, load_checkpoint, load_config, save_checkpoint
+from rdp.checkpoint import CheckpointError, config_from_dict, load_checkpoint, load_config, save_checkpoint
 from rdp.encoders import ResNetEncoder, Terminator
 
 TASKS = ("wipe", "peel", "lift")
@@ -123,11 +122,8 @@ class GroundingConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GroundingConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"GroundingConfig: unknown fields {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        """Inverse of ``dataclasses.asdict`` after a JSON round trip; unknown keys raise."""
+        return config_from_dict(cls, d)
 
 
 def time_embedding(t: torch.Tensor, dim: int, max_frequency: float = 1000.0) -> torch.Tensor:

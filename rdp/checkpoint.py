@@ -64,6 +64,16 @@ class Checkpoint:
 # --------------------------------------------------------------------------------------------------- saving
 
 
+def config_from_dict(cls: type, d: Mapping[str, Any]) -> Any:
+    """A config dataclass from its ``dataclasses.asdict`` after a JSON round trip (top-level lists back to tuples);
+    unknown keys raise ``ValueError`` naming them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown fields {unknown}; known: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 def save_checkpoint(
     directory: str | os.PathLike[str],
     model: nn.Module,

@@ -24,7 +24,6 @@ deterministic DDIM (``rdp.schedulers``). Checkpoints (``save`` / ``load`` / ``fr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdp.checkpoint import CheckpointError, load_checkpoint, load_config, save_checkpoint
+from rdp.checkpoint import CheckpointError, config_from_dict, load_checkpoint, load_config, save_checkpoint
 from rdp.encoders import ResNetEncoder, Terminator
 from rdp.normalizer import Normalizer, NormMode
 from rdp.schedulers import NoiseScheduler, SchedulerConfig
@@ -126,11 +125,7 @@ class DiffusionPolicyConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DiffusionPolicyConfig:
         """Inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples); unknown keys raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"DiffusionPolicyConfig: unknown fields {unknown}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return config_from_dict(cls, d)
 
 
 class ObservationEncoder(nn.Module):
