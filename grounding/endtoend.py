@@ -55,6 +55,7 @@ class EndToEndConfig:
     data: str = ""
     policies: list[str] = field(default_factory=list)
     episodes: int = 50
+    tasks: list[str] = field(default_factory=list)  # only episodes of these tasks; empty: every task
     seed: int = 700000
     split: str = "heldout"
     kinds: list[str] = field(default_factory=lambda: list(GOAL_KINDS))
@@ -72,6 +73,8 @@ class EndToEndConfig:
         choose("split", self.split, SPLITS, "instruction split")
         if not self.kinds:
             raise UsageError(f"kinds= is empty; choose from {', '.join(GOAL_KINDS)}")
+        for task in self.tasks:
+            choose("tasks", task, TASKS, "task")
         for kind in self.kinds:
             if kind == "when":
                 raise UsageError(f"kinds: 'when' asks for a moment, not a goal to carry out; choose from "
@@ -261,9 +264,10 @@ def evaluate(cfg: EndToEndConfig) -> dict[str, Any]:
 
     torch.set_num_threads(cfg.threads)
     data = GroundingSet(cfg.data, cfg.split, instructions=cfg.kinds, num_frames=2)  # checks the folder and metas
-    chosen = sorted(data.files)[:cfg.episodes]
+    chosen = [i for i in sorted(data.files) if not cfg.tasks or data.metas[i]["task"] in cfg.tasks][:cfg.episodes]
     if len(chosen) < cfg.episodes:
-        raise UsageError(f"data={cfg.data} holds {len(chosen)} episodes, episodes={cfg.episodes} asked for more")
+        raise UsageError(f"data={cfg.data} holds {len(chosen)} episodes of tasks {cfg.tasks or 'any'}, "
+                         f"episodes={cfg.episodes} asked for more")
     grounder = Grounder(cfg.run)
     policies = load_policies(cfg, [data.metas[i]["task"] for i in chosen])
     rows, skipped = [], []
