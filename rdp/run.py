@@ -603,16 +603,17 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
     from rdp.inference import camera_rate  # torch: imported only once a run is being launched
 
     r = cfg.robot
-    goal = {} if cfg.goal == "default" else {"goal": cfg.goal}
-    goal.update({} if r.looks == "none" else {"looks": r.looks})  # what the robot node draws besides the defaults
-    goal.update({} if r.press_guard_n == 0 else {"press_guard_n": r.press_guard_n})  # ... and how it guards a press
+    # The scene settings passed on where they differ from the robot node's defaults.
+    defaults = {"goal": "default", "looks": "none", "press_guard_n": 0.0}
+    scene = {k: v for k, v in {"goal": cfg.goal, "looks": r.looks, "press_guard_n": r.press_guard_n}.items()
+             if v != defaults[k]}
     if "goal" in run["obs_keys"] and cfg.goal == "default":
         raise UsageError(f"{cfg.checkpoint}: the policy observes a goal, but goal=default gives none: run with "
                          f"goal=random or a goal of the task (python -m rdp.run task={cfg.task} goal=...)")
     keys = list(run.get("image_keys") or ())
     if not keys:
         out = {"watchdog_ms": r.watchdog_ms, "cameras": cfg.video if r.cameras is None else r.cameras,
-               "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz, **goal}
+               "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz, **scene}
         return out if r.image_size is None else {**out, "image_size": r.image_size}
     where = f"{cfg.checkpoint}: the policy reads cameras {keys}"
     sizes = {tuple(run["camera_size"][k]) for k in keys}
@@ -629,7 +630,7 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
     if r.image_size is not None and r.image_size != side:
         raise UsageError(f"robot.image_size={r.image_size}: {where} as {side}x{side} frames (leave robot.image_size "
                          "null)")
-    return {"watchdog_ms": r.watchdog_ms, "cameras": True, "camera_hz": rate, "image_size": side, **goal}
+    return {"watchdog_ms": r.watchdog_ms, "cameras": True, "camera_hz": rate, "image_size": side, **scene}
 
 
 def _kv(d: dict[str, str]) -> list[str]:
