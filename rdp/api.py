@@ -170,7 +170,7 @@ class Planner:
 
     def __init__(self, run: Mapping[str, Any], model: DiffusionPolicy, codec: PlanCodec | None,
                  num_inference_steps: int | None = None, noise_scale: float | None = None, seed: int = 0,
-                 embedding: Any = None) -> None:
+                 embedding: Any = None, perception: Any = None) -> None:
         from sensors.embedding import TactileEmbedding
 
         noise_scale = deploy_noise_scale(run, noise_scale)
@@ -190,14 +190,33 @@ class Planner:
         self.relative = self.run.get("action_frame", "absolute") == "relative"
         self.plan_shape = tuple(model.cfg.target_shape)
         self.generator = torch.Generator()
+        # A run trained with a perception head (rdp.perception) reads the scene off the episode's first camera frame.
+        self.perception = perception
+        self.perception_camera: str | None = perception.cfg.reads if perception is not None else None
+        self.scene_seen: np.ndarray | None = None  # this episode's estimate, made on its first reading
 
     def new_episode(self, env_seed: int | None = None) -> None:
-        """Seed the sampler for an episode: ``episode_noise_seed(seed, env_seed)``; None: the sampler seed alone."""
+        """Seed the sampler for an episode: ``episode_noise_seed(seed, env_seed)``; None: the sampler seed alone.
+        Forgets the last episode's scene estimate."""
         self.generator.manual_seed(self.seed if env_seed is None else episode_noise_seed(self.seed, env_seed))
+        self.scene_seen = None
 
     def features(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One live reading -> the low-dim features the policy was trained on."""
-        return lowdim_features(obs, self.embedding)
+        """One live reading -> the low-dim features the policy was trained on. With a perception head, the first
+        reading of an episode must carry the scene camera's frame: the estimate made from it is the episode's
+        ``scene_seen``, and the simulator's ``scene`` is never read."""
+        if self.perception is None:
+            return lowdim_features(obs, self.embedding)
+        if self.scene_seen is None:
+            frame = obs.get(self.perception_camera)
+            if frame is None:
+                raise UsageError(f"this policy reads the scene off the {self.perception_camera!r} camera's first "
+                                 f"frame of each episode, but the first reading has none (has {sorted(obs)}): "
+                                 f"evaluate with sensors=vision, or start the robot node with cameras=true")
+            self.scene_seen = self.perception.estimate(np.asarray(frame))
+        raw = {k: v for k, v in obs.items() if k != "scene"}
+        raw["scene_seen"] = self.scene_seen
+        return lowdim_features(raw, self.embedding)
 
     def plan(self, history: Sequence[Mapping[str, np.ndarray]],
              guide: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -331,5 +350,6 @@ def load_planner(root: str | os.PathLike[str], task: str | None = None, num_infe
 
     run, model, parts = load_run(root)
     _check_task(Path(root), run, task)
-    return Planner(run, model, get_method(run["method"]).codec(run, parts), num_inference_steps, noise_scale, seed)
+    return Planner(run, model, get_method(run["method"]).codec(run, parts), num_inference_steps, noise_scale, seed,
+                   perception=parts.get("perception"))
 

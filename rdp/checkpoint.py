@@ -314,6 +314,8 @@ RUN_FIELDS: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "image_size": (_or_null(_int_at_least(1)), "an integer >= 1 or null", False),
     "camera_size": (lambda v: isinstance(v, dict), "a mapping camera -> [height, width]", False),
     "image_hz": (lambda v: isinstance(v, dict), "a mapping camera -> Hz", False),
+    "perception": (lambda v: isinstance(v, dict) and isinstance(v.get("camera"), str),
+                   "a mapping with the camera the perception head reads (rdp.perception)", False),
     "inference": (lambda v: isinstance(v, dict) and isinstance(v.get("noise_scale"), (int, float))
                   and not isinstance(v.get("noise_scale"), bool) and math.isfinite(v["noise_scale"])
                   and v["noise_scale"] >= 0,

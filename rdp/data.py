@@ -49,7 +49,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,9 +71,12 @@ from dataset.format import (
 from sensors.embedding import TactileEmbedding
 from spatial.rotations import matrix_to_rot6d, matrix_to_rotvec, rot6d_to_matrix, rotvec_to_matrix
 
+if TYPE_CHECKING:
+    from rdp.perception import SceneEstimator
+
 ENV_ACTION_DIM = 7  # per arm: x, y, z, rx, ry, rz, grip
 ACTION_DIM = 10  # per arm: x, y, z, r6 (6), grip
-LOWDIM_KEYS = ("proprio", "tactile", "wrench", "scene", "proprio_scene")
+LOWDIM_KEYS = ("proprio", "tactile", "wrench", "scene", "proprio_scene", "scene_seen", "proprio_scene_seen")
 OPTIONAL_STREAMS = OPTIONAL_FEATURE_STREAMS  # loaded when recorded: the one-shot object localisation at reset
 REQUIRED_STREAMS = tuple(sorted(("action", *FEATURE_STREAMS)))  # the raw streams the features and actions need
 # The action label, first recorded one wins: ``applied_target`` (A, 7) is the target the robot's controllers took at
@@ -192,11 +195,14 @@ class Episodes:
 
 def load_episodes(
     path: str | Path, rate_hz: float, image_keys: Sequence[str] = (), image_size: int | None = None,
-    embedding: TactileEmbedding | str = "default",
+    embedding: TactileEmbedding | str = "default", perception: SceneEstimator | None = None,
 ) -> Episodes:
     """Load a built training set (its rate must equal ``rate_hz``) or build a raw recorded dataset at ``rate_hz``.
     ``image_keys``: camera streams to load as held uint8 frames, area-resized to ``image_size`` squared (None: as
-    recorded); ``embedding``: the tactile embedding (or its name) the ``tactile`` features are computed with."""
+    recorded); ``embedding``: the tactile embedding (or its name) the ``tactile`` features are computed with;
+    ``perception``: a scene estimator (``rdp.perception``): every episode gets ``scene_seen`` (and
+    ``proprio_scene_seen``), its estimate from the episode's first scene-camera frame, and loses the simulator's
+    ``scene``."""
     path = Path(path)
     image_keys = tuple(image_keys)
     if not isinstance(embedding, TactileEmbedding):
@@ -215,20 +221,23 @@ def load_episodes(
         raise DataError(f"{info_file}: unreadable ({one_line(e)})") from e
     fmt = info.get("format") if isinstance(info, dict) else None
     if fmt == BUILT_FORMAT_NAME:
-        return _load_built(path, info, rate_hz, image_keys=image_keys, image_size=image_size, embedding=embedding)
+        return _load_built(path, info, rate_hz, image_keys=image_keys, image_size=image_size, embedding=embedding,
+                           perception=perception)
     if fmt == FORMAT_NAME:
-        _check_raw(path, rate_hz, image_keys)
+        cameras = (*image_keys, *([perception.cfg.reads] if perception is not None else []))
+        _check_raw(path, rate_hz, cameras)
         with tempfile.TemporaryDirectory(prefix="rdp-build-") as tmp:
             built = Path(tmp) / "built"
             try:
                 recorded = read_meta(list_episodes(path)[0])["streams"]
                 optional = tuple(s for s in OPTIONAL_STREAMS if s in recorded)
-                streams = (*FEATURE_STREAMS, action_stream(recorded), *optional, *image_keys)
+                streams = (*FEATURE_STREAMS, action_stream(recorded), *optional, *dict.fromkeys(cameras))
                 build_training_set(path, rate_hz, built, streams=streams)
             except DatasetError as e:
                 raise DataError(f"{path}: cannot build a training set at {rate_hz:g} Hz: {e}") from e
             return _load_built(built, json.loads((built / DATASET_FILE).read_text()), rate_hz, source=str(path),
-                               image_keys=image_keys, image_size=image_size, embedding=embedding)
+                               image_keys=image_keys, image_size=image_size, embedding=embedding,
+                               perception=perception)
     raise DataError(f"{info_file}: unknown format {fmt!r}; expected {FORMAT_NAME!r} or {BUILT_FORMAT_NAME!r}")
 
 
@@ -299,7 +308,8 @@ def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = None, image_keys: Sequence[str] = (),
-                image_size: int | None = None, embedding: TactileEmbedding | None = None) -> Episodes:
+                image_size: int | None = None, embedding: TactileEmbedding | None = None,
+                perception: SceneEstimator | None = None) -> Episodes:
     built_rate = float(info.get("rate_hz", float("nan")))
     if not math.isclose(built_rate, rate_hz, rel_tol=1e-9):
         raise DataError(f"{path}: built at {built_rate:g} Hz, but training was asked for {rate_hz:g} Hz; rebuild "
@@ -319,6 +329,9 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
     if not entries:
         raise DataError(f"{path}: every episode is marked failed (success=false); nothing to learn from")
     _check_image_streams(path, info["streams"], image_keys)
+    if perception is not None and perception.cfg.reads not in info["streams"]:
+        raise DataError(f"{path}: lacks the {perception.cfg.reads!r} stream the perception head reads; record with "
+                        f"cameras=true (python -m teleop.record_expert ... cameras=true)")
     held_hz = info.get("held_streams", {})
     slow = [k for k in image_keys if k not in held_hz and not info["streams"][k].get("rate_hz")]
     if slow:
@@ -345,6 +358,10 @@ def _load_built(path: Path, info: dict, rate_hz: float, source: str | None = Non
             if goal.ndim != 1 or not np.all(np.isfinite(goal)):
                 raise DataError(f"{path / e['file']}: goal_vector {e['goal_vector']!r:.60}: expected a list of numbers")
             arrays["goal"] = np.broadcast_to(goal, (action.shape[0], goal.shape[0]))
+        if perception is not None:  # the estimate from the first frame, as the planner makes it (rdp.api)
+            seen = perception.estimate(arrays[perception.cfg.reads][0])
+            arrays["scene_seen"] = np.broadcast_to(seen, (action.shape[0], seen.shape[0]))
+            arrays.pop("scene", None)
         for k, v in lowdim_features(arrays, embedding).items():
             feats.setdefault(k, []).append(v)
         for k in image_keys:

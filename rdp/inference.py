@@ -201,6 +201,10 @@ def load_run(checkpoint: str | os.PathLike[str]) -> tuple[dict[str, Any], Diffus
     method = get_method(run["method"])
     slow = DiffusionPolicy.from_checkpoint(_part(root, "policy"))
     parts = method.load_parts(root, run)
+    if run.get("perception"):  # the scene estimator the run was trained with (rdp.perception)
+        from rdp.perception import SceneEstimator
+
+        parts["perception"] = SceneEstimator.load(_part(root, "perception"))
     check_run_against_weights(root, run, slow.cfg)
     if run["action_dim"] != ACTION_DIM * run["num_arms"]:
         raise CheckpointError(f"{root / 'run.json'}: num_arms is {run['num_arms']} but the weights' action_dim "
@@ -271,7 +275,8 @@ def make_policy(
         raise UsageError(f"latency_s must be a finite number >= 0, got {latency_s}")
     impl = get_method(run["method"])
     embedding = TactileEmbedding.load(run["tactile_embedding"])
-    planner = Planner(run, slow, impl.codec(run, parts), num_inference_steps, noise_scale, seed, embedding)
+    planner = Planner(run, slow, impl.codec(run, parts), num_inference_steps, noise_scale, seed, embedding,
+                      perception=parts.get("perception"))
     return SimPolicy(planner, impl.decoder(run, parts, embedding), replan_every,
                      latency_steps=int(round(latency_s * float(run["rate_hz"]))), latency_matching=latency_matching,
                      handover=handover)

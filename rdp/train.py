@@ -175,6 +175,10 @@ class TrainConfig:
     log_every: int = 25
     checkpoint_every: int = 500
     keep_checkpoints: bool = True  # false: delete RUN/checkpoints/ (weights + optimizer) once training finished
+    # A scene estimator (python -m rdp.perception stage=train out=DIR): the policy observes its estimate from each
+    # episode's first scene-camera frame (scene_seen, proprio_scene_seen), never the simulator's scene; RUN keeps
+    # a copy.
+    perception: str | None = None
 
     @classmethod
     def from_hydra(cls, cfg: Mapping[str, Any]) -> TrainConfig:
@@ -326,8 +330,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.num_threads)
     _DIST = Dist.from_env(cfg.device)
     out = Path(cfg.out)
+    perception = _load_perception(cfg)
     episodes = load_episodes(cfg.data, cfg.rate_hz, cfg.method.image_keys, cfg.method.image_size,
-                             embedding=TactileEmbedding.load(cfg.tactile_embedding))
+                             embedding=TactileEmbedding.load(cfg.tactile_embedding), perception=perception)
     if episodes.task != cfg.task:
         raise DataError(f"{cfg.data}: episodes of task {episodes.task!r}, but training was asked for {cfg.task!r}")
     missing = [k for k in cfg.method.obs_keys if k not in episodes.features]
@@ -338,7 +343,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                            if "goal" in missing else ""))
     windows = make_windows(episodes, cfg.obs_steps, cfg.horizon)
     run = _run_info(cfg, episodes)
+    if perception is not None:
+        run["perception"] = {"camera": perception.cfg.reads, "encoder": perception.cfg.encoder,
+                             "image_size": perception.cfg.image_size, "source": str(cfg.perception)}
     state = _open_run(out, cfg, run) if _DIST.main else {}
+    if perception is not None and _DIST.main:
+        perception.save(out / "perception")
     _DIST.barrier()
     if not _DIST.main:
         state = json.loads((out / "state.json").read_text())
@@ -361,6 +371,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         (out / "state.json").unlink(missing_ok=True)
     return summary
+
+
+def _load_perception(cfg: TrainConfig) -> Any:
+    """The scene estimator of ``cfg.perception`` (None without one), checked against the task."""
+    if not cfg.perception:
+        return None
+    from rdp.perception import SceneEstimator
+
+    estimator = SceneEstimator.load(cfg.perception)
+    if estimator.cfg.task != cfg.task:
+        raise UsageError(f"perception={cfg.perception} estimates the {estimator.cfg.task!r} scene, not {cfg.task!r}")
+    return estimator
 
 
 def _run_info(cfg: TrainConfig, episodes: Episodes) -> dict[str, Any]:

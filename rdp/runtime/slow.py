@@ -87,6 +87,7 @@ class SlowNode:
         self.counts: Counter[str] = Counter()
         self.image_keys = self.planner.image_keys
         self.cameras = HeldFrame(run, cfg.slow.max_image_age_s, self.counts) if self.image_keys else None
+        self.first_frame = FirstFrame(self.planner, self.counts) if self.planner.perception is not None else None
         self.history: deque[dict[str, np.ndarray]] = deque(maxlen=int(run["obs_steps"]))
         self.latest: dict[str, Message] = {}
         self.episode: int | None = None
@@ -107,7 +108,7 @@ class SlowNode:
         self.pub: Publisher | None = None
         try:
             # "image" ahead of "episode": the robot has the image subscription once it has the episode one
-            topics = (IMAGE_TOPIC, *OBS_TOPICS) if self.image_keys else OBS_TOPICS
+            topics = (IMAGE_TOPIC, *OBS_TOPICS) if self.image_keys or self.first_frame else OBS_TOPICS
             self.sub = Subscriber(with_source(cfg.addresses.obs, source), topics=topics, hwm=20_000, ctx=self._ctx)
             self.pub = Publisher(with_source(cfg.addresses.chunk, source), bind=False, ctx=self._ctx)
         except Exception:
@@ -175,8 +176,11 @@ class SlowNode:
             ep = msg.meta.get("episode")
             if type(ep) is int and ep != self.episode:
                 self._new_episode(ep, msg.meta.get("seed"))
-        elif topic == IMAGE_TOPIC and self.cameras is not None:
-            self.cameras.offer(msg)
+        elif topic == IMAGE_TOPIC and (self.cameras is not None or self.first_frame is not None):
+            if self.cameras is not None:
+                self.cameras.offer(msg)
+            if self.first_frame is not None:
+                self.first_frame.offer(msg)
         else:  # a prefix match such as "statex"
             self.counts["rej_topic"] += 1
 
@@ -191,6 +195,8 @@ class SlowNode:
         self.waiting_since = None
         if self.cameras is not None:
             self.cameras.clear()  # frames of the last episode are never held in this one
+        if self.first_frame is not None:
+            self.first_frame.clear()
         if type(seed) is int and seed >= 0:  # SeedSequence refuses negative seeds
             self.planner.new_episode(seed)
         else:
@@ -211,8 +217,17 @@ class SlowNode:
         step = policy_step(sim_time, self.rate_hz)
         if self.hist_step is not None and step <= self.hist_step:
             return
+        raw = {**state.arrays, **tactile.arrays, **wrench.arrays}
+        if self.first_frame is not None and self.planner.scene_seen is None:  # the estimate is read off this frame
+            frame = self.first_frame.at(sim_time)
+            if frame is None:
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
+                return
+            raw[self.first_frame.camera] = frame
+            self.waiting_since = None
         try:
-            features = self.planner.features({**state.arrays, **tactile.arrays, **wrench.arrays})
+            features = self.planner.features(raw)
         except UNUSABLE_OBSERVATION as exc:
             self.counts["rej_schema"] += 1
             if self.counts["rej_schema"] == 1:
@@ -241,7 +256,13 @@ class SlowNode:
         return True
 
     def _no_frames(self) -> UsageError:
-        assert self.cameras is not None
+        if self.cameras is None:
+            assert self.first_frame is not None
+            side = self.first_frame.side
+            return UsageError(
+                f"no usable camera frame for {self.cfg.slow.image_timeout_s:g} s of episode {self.episode} "
+                f"({self.first_frame.problem}); the policy reads the scene off the {self.first_frame.camera!r} "
+                f"camera's first frame ({side}x{side}): start the robot node with cameras=true image_size={side}")
         return UsageError(
             f"no usable camera frame for {self.cfg.slow.image_timeout_s:g} s of episode {self.episode} "
             f"({self.cameras.problem}); the policy reads {list(self.image_keys)} "
@@ -374,6 +395,48 @@ class HeldFrame:
         except KeyError as exc:
             self._problem = str(exc.args[0]) if exc.args else str(exc)
             return None
+
+
+class FirstFrame:
+    """A perception policy's camera input (``rdp.perception``): the episode's first frame from the robot, which the
+    planner reads the scene estimate off at the episode's first observation step, as training read it off the
+    episode's first recorded frame. Later frames are not needed (only counted)."""
+
+    def __init__(self, planner: Any, counts: Counter[str]) -> None:
+        self.camera = planner.perception_camera
+        self.side = int(planner.perception.cfg.image_size)
+        self.counts = counts
+        self.frame: np.ndarray | None = None
+        self.sim_time = 0.0
+        self.problem = "no image message since the reset"
+
+    def clear(self) -> None:
+        self.frame, self.problem = None, "no image message since the reset"
+
+    def offer(self, msg: Message) -> None:
+        self.counts["images"] += 1
+        if self.frame is not None:
+            return
+        t, a = msg.meta.get("sim_time"), msg.arrays.get(self.camera)
+        if not (isinstance(t, float) and 0.0 <= t < MAX_SIM_TIME_S):
+            self.problem = f"an image with meta sim_time {t!r:.40}, expected seconds since the reset"
+        elif a is None or a.dtype != np.uint8 or a.shape != (self.side, self.side, 3):
+            got = "none" if a is None else f"{a.dtype} {a.shape}"
+            self.problem = (f"{self.camera} frames are {got}, the perception head reads uint8 "
+                            f"({self.side}, {self.side}, 3)")
+        else:
+            self.frame, self.sim_time = a, t
+            return
+        self.counts["rej_image"] += 1
+        if self.counts["rej_image"] == 1:
+            log.warning("%s; further ones are only counted as rej_image", self.problem)
+
+    def at(self, sim_time: float) -> np.ndarray | None:
+        """The episode's first frame if it is not from after ``sim_time``, else None (counted)."""
+        if self.frame is None or self.sim_time > sim_time:
+            self.counts["awaiting_image"] += 1
+            return None
+        return self.frame
 
 
 def _sizes(camera_size: dict[str, tuple[int, int]]) -> str:
