@@ -124,6 +124,16 @@ def read_answer(cfg: GroundingConfig, logits: Mapping[str, torch.Tensor], instru
                      confidence)
 
 
+SHIPPED_RUN = "grounding/slowfast"  # under checkpoints/: the shipped grounding run (checkpoints/README.md)
+
+
+def shipped_run() -> Path:
+    """The shipped grounding run, ``checkpoints/grounding/slowfast``."""
+    from bus.resources import checkpoint_dir
+
+    return checkpoint_dir() / SHIPPED_RUN
+
+
 class Grounder:
     """A grounding run ready to answer: its model, the backbone its tokens came from, its tokenizer.
 

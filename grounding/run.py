@@ -31,7 +31,7 @@ from typing import Any
 from bus.cli import CommandError, UsageError, choose, command
 from bus.config import compose, override
 from bus.process import Child
-from grounding.ground import Grounder, Grounding, goal_option, load_video
+from grounding.ground import Grounder, Grounding, goal_option, load_video, shipped_run
 
 EXECUTE = ("none", "lockstep", "realtime")
 GOAL_POLICY = "rdp_goal"  # the shipped goal-conditioned run of each task: checkpoints/<task>/rdp_goal
@@ -57,9 +57,10 @@ class GroundingRunConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        missing = [k for k in ("run", "video") if not getattr(self, k)]
-        if missing:
-            raise UsageError(f"{', '.join(f'{k}=' for k in missing)} required (e.g. {EXAMPLE})")
+        if not self.video:
+            raise UsageError(f"video= required (e.g. {EXAMPLE})")
+        if not self.run:
+            self.run = str(shipped_run())
         if not self.instruction.strip():
             raise UsageError(f"instruction is empty: say what to do (e.g. {EXAMPLE})")
         choose("execute", self.execute, EXECUTE, "execution mode")
