@@ -235,11 +235,18 @@ class Video:
 
 
 def load_video(path: str | Path) -> Video:
-    """The scene video of ``path``: a grounding episode file (``grounding.data``, ``episode_XXXXXX.npz``) or a
-    recorded episode directory of a dataset (``dataset.format``) with a ``scene_rgb`` stream."""
+    """The scene video of ``path``: a grounding episode file (``grounding.data``, ``episode_XXXXXX.npz``), a scene
+    video file (``dataset.video``: ``rdp.run``'s ``episode0.npz``) or a recorded episode directory of a dataset
+    (``dataset.format``) with a ``scene_rgb`` stream."""
+    from dataset.video import is_scene_video, read_scene_video
     from grounding.data import read_episode
 
     p = Path(path)
+    if p.is_file() and is_scene_video(p):  # rdp.run's episode0.npz
+        frames, times, meta = read_scene_video(p)
+        if len(frames) < 2:
+            raise UsageError(f"video={path} holds {len(frames)} frame(s); grounding needs at least 2")
+        return Video(frames, times - times[0], float(meta["duration"]) - float(times[0]), "scene video")
     if p.is_file():
         frames, times, meta = read_episode(p)
         return Video(frames, times, float(meta["duration"]), "grounding episode")

@@ -122,6 +122,7 @@ class Launcher:
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.interrupted = False
         self.frames: list[np.ndarray] = []
+        self.frame_times: list[float] = []  # sim_time of each captured frame
         self.video_sub: Subscriber | None = None
         self.fast_sched: dict[str, Any] = {}
         self.robot: dict[str, Any] = {}  # the robot node's ready record
@@ -434,8 +435,10 @@ class Launcher:
                     if msg.topic == "episode" and msg.meta.get("event") == "reset" and capturing is not False:
                         capturing = msg.meta.get("seed") == self.cfg.seed
                         self.frames.clear()
+                        self.frame_times.clear()
                     elif msg.topic == "image" and capturing:
                         self.frames.append(msg.arrays["scene_rgb"].copy())
+                        self.frame_times.append(float(msg.meta.get("sim_time", math.nan)))
 
     def _print_live(self, name: str, r: dict[str, Any]) -> None:
         event = r.get("event")
@@ -523,10 +526,28 @@ class Launcher:
                                     macro_block_size=8) as w:
                 for f in self.frames:
                     w.append_data(f)
+            self._write_scene_video(result)
         trace = self.out / "fast_timing.npz"
         if trace.is_file():
             plot_timing(trace, self.out / "timing.png", f"{self.cfg.task} / {self.cfg.mode}",
                         None if self.cfg.mode == "lockstep" else self.cfg.fast.cmd_hz)
+
+
+    def _write_scene_video(self, result: Mapping[str, Any]) -> None:
+        """``episode0.npz`` (``dataset.video``): the first episode's scene frames with their times, what
+        ``grounding.run video=`` reads; frames without a usable time, or from before a later one, are left out."""
+        from dataset.video import write_scene_video
+
+        keep_f, keep_t = [], []
+        for f, t in zip(self.frames, self.frame_times, strict=True):
+            if math.isfinite(t) and t >= 0.0 and (not keep_t or t > keep_t[-1]):
+                keep_f.append(f)
+                keep_t.append(t)
+        detail = (result.get("episodes_detail") or [{}])[0]
+        duration = max(float(detail.get("sim_time") or 0.0), keep_t[-1] if keep_t else 0.0)
+        if keep_f:
+            write_scene_video(self.out / "episode0.npz", keep_f, keep_t, duration=duration, task=self.cfg.task,
+                              seed=self.cfg.seed, camera="scene_rgb", source="rdp.run")
 
 
 def _s(x: float | None) -> str:

@@ -150,6 +150,10 @@ def test_lockstep_vision_run_plans_on_the_training_frames_and_repeats(vision_run
     slow = detail["loop"]["slow"]
     assert not any(k.startswith("rej_image") for k in slow) and slow["images"] >= 6
     assert (tmp_path / "a" / "episode0.mp4").is_file()
+    from dataset.video import read_scene_video
+
+    frames, times, meta = read_scene_video(tmp_path / "a" / "episode0.npz")  # what grounding.run video= reads
+    assert len(frames) >= 6 and times[0] == 0.0 and meta["task"] == "wipe" and meta["duration"] >= times[-1]
 
 
 @pytest.mark.timeout(180)
