@@ -125,6 +125,8 @@ class WebConfig:
     feedback_hz: float = 30.0
     allow_remote: bool = False
     allowed_hosts: list[str] = field(default_factory=list)
+    grounding: str = ""  # a grounding node's ask address (grounding.node): the page's instruction box asks it
+    grounding_timeout_s: float = 30.0
 
 
 @dataclass

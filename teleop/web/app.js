@@ -85,6 +85,7 @@ function connect() {
     if (typeof ev.data === "string") {
       const msg = JSON.parse(ev.data);
       if (msg.type === "hello") { state.hello = msg; if (msg.arms) ensureHands(msg.arms); return; }
+      if (msg.type === "grounded") { showAnswer(msg); return; }
       if (msg.type === "feedback") {
         state.feedback = msg; state.received += 1; state.lastFeedbackAt = performance.now();
         if (msg.arms) ensureHands(msg.arms);
@@ -94,6 +95,15 @@ function connect() {
     }
   };
 }
+function showAnswer(a) {  // what the grounding node made of the last instruction (or why it could not)
+  const el = document.getElementById("answer");
+  if (a.error) { el.textContent = `"${a.instruction}": ${a.error}`; el.style.color = "#f99"; return; }
+  const fields = Object.entries(a.fields || {}).map(([k, v]) => `${k} ${v}`).join(", ");
+  el.style.color = "#cfd";
+  el.textContent = `"${a.instruction}" -> task ${a.task}, goal ${a.goal} (${fields}), confidence ` +
+    `${(a.confidence || 0).toFixed(2)}, from ${a.frames} frames of episode ${a.episode}\nrun: ${a.run}`;
+}
+
 function sendPoses(frame) {
   if (!state.arms) return;
   const arms = state.hands.slice(0, state.arms).map((h, i) => ({
@@ -246,6 +256,7 @@ function fallbackTick() {  // in XR the XR frames send the poses; the 2-D views 
 }
 
 window.addEventListener("keydown", (ev) => {
+  if (ev.target instanceof HTMLInputElement) return;  // typing an instruction never moves the arm or the clutch
   const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
   if (key === "Tab") { state.arm = (state.arm + 1) % Math.max(1, state.arms); ev.preventDefault(); return; }
   if (key === "c" && !ev.repeat) state.clutchLatch = !state.clutchLatch;
@@ -268,6 +279,11 @@ view.addEventListener("mousemove", (ev) => {
 });
 view.addEventListener("wheel", (ev) => { state.nudge(0, 0, -Math.sign(ev.deltaY) * 0.005); ev.preventDefault(); });
 document.getElementById("reset-button").addEventListener("click", () => state.reset());
+document.getElementById("ask").addEventListener("submit", (ev) => {  // typing must not drive the arm
+  ev.preventDefault();
+  const text = document.getElementById("instruction").value.trim();
+  if (text && send({ type: "instruction", text })) document.getElementById("answer").textContent = "grounding ...";
+});
 
 // ------------------------------------------------------------------------------------------- WebXR
 // Immersive AR, TactAR-style: each controller's grip pose drives its arm (XR_ARM_HANDS), the squeeze holds the

@@ -2,8 +2,9 @@
 
     GET /         the page (``index.html``), opened as /?token=T       GET /app.js   its script
     WS  /ws?token=T  browser -> node: JSON {"type": "pose", "frame": "robot"|"xr", "arms": [{"pos": [x, y, z],
-                  "quat": [w, x, y, z], "grip": 0..1, "clutch": bool}, ...]} or {"type": "reset"}
-                  node -> browser: JSON {"type": "hello" | "feedback", ...} and binary camera frames
+                  "quat": [w, x, y, z], "grip": 0..1, "clutch": bool}, ...]}, {"type": "reset"} or
+                  {"type": "instruction", "text": "..."} (grounded by the grounding node at ``web.grounding``)
+                  node -> browser: JSON {"type": "hello" | "feedback" | "grounded", ...} and binary camera frames
                   [u8 camera index][u16 height][u16 width][height * width * 3 RGB bytes] (big-endian sizes)
 
 Why a thread and an inproc socket: the node's control loop is a ZeroMQ poll loop; the WebSocket side is
@@ -69,6 +70,7 @@ STATIC_DIR = package_dir("teleop.web")
 STATIC_FILES = {"/": ("index.html", "text/html"), "/index.html": ("index.html", "text/html"),
                 "/app.js": ("app.js", "text/javascript")}
 CAMERAS = ("scene_rgb", "wrist_rgb")
+MAX_INSTRUCTION_CHARS = 300
 MAX_ARMS = 8
 IMAGE_HEADER = struct.Struct(">BHH")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
@@ -136,6 +138,7 @@ class WebOperatorServer:
         self._stop_event: asyncio.Event | None = None
         self._conns: set[Any] = set()
         self._busy: set[Any] = set()
+        self._asking = threading.Lock()  # one instruction at a time goes to the grounding node
         self._static = {path: ((STATIC_DIR / name).read_bytes(), ctype) for path, (name, ctype) in STATIC_FILES.items()}
 
     # --------------------------------------------------------------------------- node thread side
@@ -271,14 +274,54 @@ class WebOperatorServer:
             elif kind == "reset":
                 seed = msg.get("seed")
                 self._pub.publish("reset", meta={"seed": seed} if type(seed) is int else {})
+            elif kind == "instruction":
+                self._instruction(msg.get("text"))
             else:
-                raise ValueError(f"type {kind!r}, expected 'pose' or 'reset'")
+                raise ValueError(f"type {kind!r}, expected 'pose', 'reset' or 'instruction'")
             self.received += 1
         except (ValueError, TypeError, KeyError) as exc:
             kind = type(exc).__name__
             if self.rejects[kind] == 0:
                 log.warning("dropped a browser message (%s); further %s are only counted", exc, kind)
             self.rejects[kind] += 1
+
+    def _instruction(self, text: Any) -> None:
+        """An instruction typed on the page: asked of the grounding node in a worker thread (the answer, or why
+        there is none, goes to every page as a ``grounded`` message); one at a time."""
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_INSTRUCTION_CHARS:
+            raise ValueError(f"instruction text must be 1..{MAX_INSTRUCTION_CHARS} characters")
+        if not self.cfg.grounding:
+            self._answer({"error": "no grounding node: start the teleop node with web.grounding=ADDRESS (the ask "
+                                   "address a python -m grounding.node prints)", "instruction": text})
+            return
+        if not self._asking.acquire(blocking=False):
+            self._answer({"error": "still grounding the last instruction", "instruction": text})
+            return
+        threading.Thread(target=self._ask, args=(text,), name="teleop-ground", daemon=True).start()
+
+    def _ask(self, text: str) -> None:
+        from bus.transport import Client
+
+        try:
+            with Client(self.cfg.grounding) as client:
+                client.send("ground", meta={"instruction": text, "video": "last"})
+                reply = client.recv(timeout=self.cfg.grounding_timeout_s)
+            if reply.topic == "grounded":
+                answer = json.loads(str(reply.meta.get("grounding", "{}")))
+                answer.update({k: reply.meta.get(k) for k in ("episode", "frames", "video_s")})
+                answer["run"] = (f"python -m rdp.run task={answer.get('task')} policy=rdp_goal "
+                                 f"goal={answer.get('goal')}")
+            else:
+                answer = {"error": str(reply.meta.get("error", reply.topic))}
+        except (TimeoutError, ValueError, OSError) as exc:
+            answer = {"error": f"grounding node at {self.cfg.grounding}: {exc}"}
+        finally:
+            self._asking.release()
+        self._answer({**answer, "instruction": text})
+
+    def _answer(self, answer: dict[str, Any]) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._broadcast, json.dumps({"type": "grounded", **answer}))
 
     def _publish_pose(self, msg: dict[str, Any]) -> None:
         arms = msg["arms"]

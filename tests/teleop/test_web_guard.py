@@ -188,3 +188,53 @@ def test_the_node_reports_the_page_address_with_its_token_and_the_refusals():
     finally:
         node.close()
     assert node.summary()["web_rejects"] == {"bad_origin": 1}
+
+
+def _grounded(ws: ClientConnection) -> dict:
+    while True:
+        msg = json.loads(ws.recv(timeout=10))
+        if msg.get("type") == "grounded":
+            return msg
+
+
+def test_the_instruction_box_asks_the_grounding_node_and_shows_its_answer_or_why_not():
+    """The page's instruction goes to the grounding node (a stand-in Server here) and its answer comes back to
+    the page; without a grounding node, with a bad instruction or with one that answers an error, the page is
+    told why, and no pose or reset ever reaches the operator socket."""
+    import threading
+
+    from bus.transport import Server
+
+    with Server("tcp://127.0.0.1:*") as grounding:
+        def answer_two() -> None:
+            for topic, meta in (("grounded", {"grounding": json.dumps({"task": "wipe", "goal": "left",
+                                                                       "fields": {"region": "left"},
+                                                                       "confidence": 0.8}),
+                                              "episode": 3, "frames": 40, "video_s": 5.0}),
+                                ("error", {"error": "no last episode video yet"})):
+                req = grounding.recv(timeout=10)
+                assert req is not None and req.message.topic == "ground"
+                assert req.message.meta["instruction"] == "wipe the left half again"
+                grounding.reply(req, topic, meta=meta)
+
+        worker = threading.Thread(target=answer_two, daemon=True)
+        worker.start()
+        with operator_server(WebConfig(port=0, grounding=grounding.address)) as (server, sub):
+            port = port_of(server)
+            with open_ws(server, "127.0.0.1", f"http://127.0.0.1:{port}", f"?token={server.token}") as ws:
+                ws.send(json.dumps({"type": "instruction", "text": "wipe the left half again"}))
+                got = _grounded(ws)
+                assert got["task"] == "wipe" and got["goal"] == "left" and got["episode"] == 3
+                assert got["run"] == "python -m rdp.run task=wipe policy=rdp_goal goal=left"
+                ws.send(json.dumps({"type": "instruction", "text": "wipe the left half again"}))
+                assert _grounded(ws)["error"] == "no last episode video yet"
+                ws.send(json.dumps({"type": "instruction", "text": ""}))
+                ws.send(json.dumps({"type": "instruction", "text": "x" * 301}))
+                ws.send(json.dumps({"type": "instruction"}))
+            assert server.rejects == {"ValueError": 3} and sub.recv(timeout=0.2) is None
+        worker.join(timeout=10)
+    with operator_server() as (server, _):
+        port = port_of(server)
+        with open_ws(server, "127.0.0.1", f"http://127.0.0.1:{port}", f"?token={server.token}") as ws:
+            ws.send(json.dumps({"type": "instruction", "text": "lift it higher"}))
+            assert "no grounding node" in _grounded(ws)["error"]
