@@ -228,7 +228,7 @@ def shipped_run(task: str, name: str) -> Path:
     shipped = checkpoint_dir()
     path = shipped / task / name
     if not (path / "run.json").is_file():
-        have = sorted(str(p.parent.relative_to(shipped)) for p in shipped.glob("*/*/run.json"))
+        have = sorted(str(p.parent.relative_to(shipped)) for t in TASKS for p in shipped.glob(f"{t}/*/run.json"))
         raise FileNotFoundError(f"no shipped {name!r} checkpoint for task {task!r} at {path}; shipped: "
                                 f"{', '.join(have)}; train one (python -m rdp.train task={task} ... out=RUN) and "
                                 "pass its directory (sim.eval: policy.checkpoint=RUN, rdp.run: checkpoint=RUN)")
