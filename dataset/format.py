@@ -38,7 +38,8 @@ No pickle anywhere: every load uses ``allow_pickle=False`` and object dtypes are
 
 ``build`` turns the mixed-rate episodes into training arrays on one clock (zero-order hold, no look-ahead):
 ``OUT/episode_XXXXXX.npz`` with ``timestamp`` (N,) and one (N, ...) array per stream, plus ``OUT/dataset.json``.
-Camera streams (``is_image_stream``: uint8 (H, W, C)) may be slower than the clock -- each step then repeats the
+Camera streams (``is_camera_stream``: images, uint8 (H, W, C), and depth clouds, float32 ``*_points`` (N, 3)) may be
+slower than the clock -- each step then repeats the
 latest frame at or before it, as a live policy would see it -- and are listed with their native rates under
 ``held_streams``; a low-dim stream more than 2x slower than the clock is refused as mis-rated.
 """
@@ -513,6 +514,19 @@ def is_image_stream(stream: Mapping[str, Any]) -> bool:
     return uint8 and len(shape) == 3 and shape[-1] in (1, 3, 4)
 
 
+def is_camera_stream(name: str, stream: Mapping[str, Any]) -> bool:
+    """A stream the cameras make at their rate, which ``build`` holds: an image (``is_image_stream``) or a depth
+    point cloud (``*_points``: float32 (N, 3), e.g. ``scene_points`` of ``teleop.record_expert point_cloud=true``)."""
+    if is_image_stream(stream):
+        return True
+    shape = list(stream.get("shape", []))
+    try:
+        f32 = np.dtype(stream.get("dtype")) == np.float32
+    except TypeError:
+        return False
+    return name.endswith("_points") and f32 and len(shape) == 2 and shape[1] == 3
+
+
 def series_streams(meta: Mapping[str, Any]) -> list[str]:
     """The streams of an episode that are time series (at least two samples), sorted. A one-sample stream is an
     episode-level value (``outcome_score`` of older teleop recordings): it has no span to resample, and on a
@@ -646,7 +660,7 @@ def build_training_set(root: Path | Sequence[Path], rate_hz: float, out: Path, s
         times = {n: load_times(ep, n, meta) for n in names}
         for n, t in times.items():
             native = measured_rate_hz(t)
-            if is_image_stream(meta["streams"][n]):
+            if is_camera_stream(n, meta["streams"][n]):
                 if native is not None and n not in held:
                     held[n] = native
                 continue

@@ -225,7 +225,7 @@ def load_episodes(
                            perception=perception)
     if fmt == FORMAT_NAME:
         cameras = (*image_keys, *([perception.cfg.reads] if perception is not None else []))
-        _check_raw(path, rate_hz, cameras)
+        _check_raw(path, rate_hz, image_keys)
         with tempfile.TemporaryDirectory(prefix="rdp-build-") as tmp:
             built = Path(tmp) / "built"
             try:

@@ -635,17 +635,16 @@ def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]
     perception = run.get("perception")
     if perception and not keys:  # the first scene frame of each episode, at the size the estimator reads
         where = f"{cfg.checkpoint}: the policy reads the scene off the {perception['camera']!r} camera"
-        if perception["camera"] != "scene_rgb":
-            raise UsageError(f"{where}: the robot node sends camera images, not {perception['camera']}; "
-                             "evaluate a point-cloud perception head with sim.eval")
         if r.cameras is False:
             raise UsageError(f"{where}; robot.cameras=false would send it none (leave robot.cameras null)")
         side = int(perception.get("image_size", 96))
         if r.image_size is not None and r.image_size != side:
             raise UsageError(f"robot.image_size={r.image_size}: {where} as {side}x{side} frames (leave "
                              "robot.image_size null)")
+        points = {"point_cloud": True} if perception["camera"] == "scene_points" else {}
         return {"watchdog_ms": r.watchdog_ms, "cameras": True,
-                "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz, "image_size": side, **scene}
+                "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz, "image_size": side,
+                **points, **scene}
     if not keys:
         out = {"watchdog_ms": r.watchdog_ms, "cameras": cfg.video if r.cameras is None else r.cameras,
                "camera_hz": DEFAULT_CAMERA_HZ if r.camera_hz is None else r.camera_hz, **scene}

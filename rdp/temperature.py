@@ -37,6 +37,7 @@ class TemperatureConfig:
     task: str = ""
     policy: str = ""  # a shipped run name (checkpoints/<task>/<policy>) when no checkpoint is given
     checkpoint: str = ""
+    sensors: str = ""  # sim.eval's sensors; empty: vision for a run that reads cameras (images, perception)
     candidates: list[float] = field(default_factory=lambda: [0.0, 1.0])
     episodes: int = 20
     seed: int = 1000
@@ -54,6 +55,10 @@ def _eval(task: str, checkpoint: Path, policy: str, noise: float, cfg: Temperatu
     out = work / f"ns{noise:g}"
     values = {"task": task, "policy": policy, "policy.checkpoint": str(checkpoint), "policy.noise_scale": noise,
               "episodes": cfg.episodes, "seed": cfg.seed, "out": str(out), "video": False}
+    run = json.loads((checkpoint / "run.json").read_text())
+    sensors = cfg.sensors or ("vision" if run.get("image_keys") or run.get("perception") else "")
+    if sensors:
+        values["sensors"] = sensors
     cmd = [sys.executable, "-m", "sim.eval", *(override(k, v) for k, v in values.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **{k: "1" for k in THREAD_VARS}})
     if proc.returncode != 0:
@@ -103,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     inference = {"noise_scale": chosen, "chosen_on": {
         "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1], "success": {f"{t:g}": s for t, s in results.items()},
         "command": f"python -m rdp.temperature task={cfg.task} " + (f"checkpoint={cfg.checkpoint}" if cfg.checkpoint
-                                                                     else f"policy={cfg.policy}")}}
+                                                                     else f"policy={cfg.policy}")
+        + (f" sensors={cfg.sensors}" if cfg.sensors else "")}}
     write_inference(run_dir, inference)
     summary = {"task": cfg.task, "run": str(run_dir), "method": run["method"], **inference}
     out = Path(cfg.out)

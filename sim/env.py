@@ -98,13 +98,9 @@ class ContactRichEnv(gym.Env):
         self.image_size = image_size
         # point_cloud: the scene camera's depth at image_size as a fixed-size cloud in the task's scene_points_box
         self.scene_points_sampler: WorkspaceSampler | None = None
+        self._cloud_settings = (point_cloud_points, point_cloud_voxel)
         if point_cloud:
-            from sensors.pointcloud import PointCloudConfig, WorkspaceSampler  # open3d takes ~1 s to import
-
-            lo, hi = task.scene_points_box
-            self.scene_points_sampler = WorkspaceSampler(
-                PointCloudConfig(lo, hi, num_points=point_cloud_points, voxel_size=point_cloud_voxel)
-            )
+            self.scene_points_sampler = self._points_sampler()
         self.render_mode = render_mode
         self.render_size = render_size
         self.control_hz = control_hz
@@ -465,9 +461,23 @@ class ContactRichEnv(gym.Env):
             for key, camera in self.camera_names.items():
                 obs[key] = self.render_camera(camera, self.image_size)
         if self.scene_points_sampler is not None:
-            cloud = self.camera_cloud(SCENE_CAMERA, self.image_size, self.scene_points_sampler.cfg.max_depth)
-            obs["scene_points"] = self.scene_points_sampler.sample(cloud)
+            obs["scene_points"] = self.scene_points_now()
         return obs
+
+    def _points_sampler(self) -> WorkspaceSampler:
+        from sensors.pointcloud import PointCloudConfig, WorkspaceSampler  # open3d takes ~1 s to import
+
+        lo, hi = self.task.scene_points_box
+        points, voxel = self._cloud_settings
+        return WorkspaceSampler(PointCloudConfig(lo, hi, num_points=points, voxel_size=voxel))
+
+    def scene_points_now(self) -> np.ndarray:
+        """The ``scene_points`` observation of the scene as it is now (what ``point_cloud=True`` adds to every
+        observation; a recorder takes it at the camera rate only): (n, 3) float32."""
+        if self.scene_points_sampler is None:
+            self.scene_points_sampler = self._points_sampler()
+        cloud = self.camera_cloud(SCENE_CAMERA, self.image_size, self.scene_points_sampler.cfg.max_depth)
+        return self.scene_points_sampler.sample(cloud)
 
     def tcp_pose(self, arm: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.arms[arm].tcp_site
@@ -495,13 +505,7 @@ class ContactRichEnv(gym.Env):
 
     def render_depth(self, camera: str, size: int) -> np.ndarray:
         """(size, size) metric depth image from ``camera`` (m)."""
-        r = self._renderer(size)
-        r.enable_depth_rendering()
-        try:
-            r.update_scene(self.data, camera)
-            return r.render().copy()
-        finally:
-            r.disable_depth_rendering()
+        return render_depth(self._renderer(size), self.data, camera)
 
     def point_cloud(self, camera: str, size: int = 96, stride: int = 1, max_depth: float = 5.0) -> np.ndarray:
         """(N, 3) float64 world-frame points seen by ``camera``: every ``stride``-th pixel of its (size, size) depth
@@ -513,17 +517,8 @@ class ContactRichEnv(gym.Env):
     ) -> o3d.geometry.PointCloud:
         """open3d world-frame cloud of ``camera``'s (size, size) depth image (``sensors.pointcloud.camera_cloud``),
         coloured from its RGB image when ``colors``."""
-        from sensors.pointcloud import camera_cloud  # open3d takes ~1 s to import: only cloud users pay it
-
-        cid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-        if cid < 0:
-            names = [self.model.camera(i).name for i in range(self.model.ncam)]
-            raise KeyError(f"camera {camera!r} not in the scene; cameras: {names}")
-        k = intrinsics_from_fovy(float(self.model.cam_fovy[cid]), size, size)
-        depth = self.render_depth(camera, size)
-        pos, rot = self.data.cam_xpos[cid], self.data.cam_xmat[cid].reshape(3, 3)
         rgb = self.render_camera(camera, size) if colors else None
-        return camera_cloud(depth, k, pos, rot, max_depth=max_depth, rgb=rgb, stride=stride)
+        return depth_cloud(self.model, self.data, self._renderer(size), camera, max_depth, rgb, stride)
 
     def render(self):
         if self.render_mode != "rgb_array":
@@ -549,3 +544,29 @@ def _resize_depth(depth: np.ndarray) -> np.ndarray:
     if depth.shape == shape:
         return depth
     raise ValueError(f"pad depth map has shape {depth.shape}, expected {shape}")
+
+
+def render_depth(renderer: mujoco.Renderer, data: mujoco.MjData, camera: str) -> np.ndarray:
+    """(size, size) metric depth image (m) of ``camera`` in the state ``data``, by ``renderer`` (of that size)."""
+    renderer.enable_depth_rendering()
+    try:
+        renderer.update_scene(data, camera)
+        return renderer.render().copy()
+    finally:
+        renderer.disable_depth_rendering()
+
+
+def depth_cloud(model: mujoco.MjModel, data: mujoco.MjData, renderer: mujoco.Renderer, camera: str,
+                max_depth: float = 5.0, rgb: np.ndarray | None = None, stride: int = 1) -> o3d.geometry.PointCloud:
+    """open3d world-frame cloud of ``camera``'s depth image in the state ``data`` (``sensors.pointcloud.camera_cloud``;
+    the env's ``camera_cloud`` and the robot node's camera thread, which renders a copy of the state, share it)."""
+    from sensors.pointcloud import camera_cloud  # open3d takes ~1 s to import: only cloud users pay it
+
+    cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cid < 0:
+        names = [model.camera(i).name for i in range(model.ncam)]
+        raise KeyError(f"camera {camera!r} not in the scene; cameras: {names}")
+    k = intrinsics_from_fovy(float(model.cam_fovy[cid]), renderer.width, renderer.height)
+    depth = render_depth(renderer, data, camera)
+    pos, rot = data.cam_xpos[cid], data.cam_xmat[cid].reshape(3, 3)
+    return camera_cloud(depth, k, pos, rot, max_depth=max_depth, rgb=rgb, stride=stride)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import mujoco
 import numpy as np
 
-from sim.env import ACTION_DIM_PER_ARM, ContactRichEnv
+from sim.env import ACTION_DIM_PER_ARM, SCENE_CAMERA, ContactRichEnv, depth_cloud
 from sim.registry import make_env
 from sim.robot_interface import Reading, TaskStep
 
@@ -29,11 +29,13 @@ class MujocoCameras:
     microseconds, on the loop), ``frames`` renders the copy (milliseconds; MuJoCo releases the GIL meanwhile), so
     the loop may step on while a render thread draws what it captured."""
 
-    def __init__(self, env: ContactRichEnv, size: int) -> None:
+    def __init__(self, env: ContactRichEnv, size: int, point_cloud: bool = False) -> None:
         self._model, self._data = env.model, env.data
         self._cameras = dict(env.camera_names)
         self._snapshot = mujoco.MjData(env.model)
         self._renderer = mujoco.Renderer(env.model, size, size)  # its GL context belongs to this thread
+        # point_cloud: also ``scene_points``, the scene camera's depth as the env's point_cloud observation makes it
+        self._points = env._points_sampler() if point_cloud else None
 
     def capture(self) -> None:
         mujoco.mj_copyData(self._snapshot, self._model, self._data)
@@ -43,6 +45,9 @@ class MujocoCameras:
         for key, camera in self._cameras.items():
             self._renderer.update_scene(self._snapshot, camera)
             out[key] = self._renderer.render().copy()
+        if self._points is not None:
+            cloud = depth_cloud(self._model, self._snapshot, self._renderer, SCENE_CAMERA, self._points.cfg.max_depth)
+            out["scene_points"] = self._points.sample(cloud)
         return out
 
     def close(self) -> None:
@@ -53,7 +58,7 @@ class MujocoRobot:
     """:class:`~sim.robot_interface.Robot` over a :class:`ContactRichEnv`; ``steps_per_period`` physics steps per
     ``advance`` (a divisor of the env's steps per control step, so the task scores at the end of an advance)."""
 
-    def __init__(self, env: ContactRichEnv, steps_per_period: int) -> None:
+    def __init__(self, env: ContactRichEnv, steps_per_period: int, point_cloud: bool = False) -> None:
         if not (isinstance(steps_per_period, int) and steps_per_period >= 1 and env.substeps % steps_per_period == 0):
             raise ValueError(
                 f"steps_per_period={steps_per_period!r}, expected a positive divisor of the env's "
@@ -65,6 +70,7 @@ class MujocoRobot:
                 f"{env.guard_steps} physics steps"
             )
         self.env = env
+        self.point_cloud = point_cloud  # the camera frames carry scene_points too
         self._steps = steps_per_period
         self._period = steps_per_period / env.physics_hz
         low, high = env.action_space.low, env.action_space.high
@@ -124,7 +130,7 @@ class MujocoRobot:
         return self.env.info()
 
     def open_cameras(self, size: int) -> MujocoCameras:
-        return MujocoCameras(self.env, size)
+        return MujocoCameras(self.env, size, self.point_cloud)
 
     def close(self) -> None:
         self.env.close()
@@ -145,4 +151,4 @@ def from_node_config(cfg: RobotNodeConfig) -> MujocoRobot:
         goal=cfg.goal,
         press_guard_n=cfg.press_guard_n,
     )
-    return MujocoRobot(env, cfg.publish_every)
+    return MujocoRobot(env, cfg.publish_every, point_cloud=cfg.point_cloud)

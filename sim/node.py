@@ -31,6 +31,7 @@ per-topic ``seq`` of the bus header::
               marker_slip (P,2) f4; meta pads (comma-separated pad names)     every tick
     wrench    wrench (A,6) f8, [F, T] in the TCP frame                        every tick
     image     scene_rgb, wrist_rgb (S,S,3) u1                at each reset, then camera_hz from it
+              [scene_points (n,3) f4 with point_cloud=true: the scene camera's depth as a cloud (sim.env)]
               (lockstep: rendered in the tick, sent before that tick's state; realtime: by a render thread,
               sent when done, meta sim_time of the state it shows)
     status    meta: held, reason, episode, seed, counters (accepted, clipped, rej_<kind>...)
@@ -156,6 +157,7 @@ class RobotNodeConfig:
     cameras: bool = True
     image_size: int = 96
     looks: str = "none"  # sim.looks.LOOKS: per-episode lighting, paint, camera offsets (robot: mujoco)
+    point_cloud: bool = False  # image messages carry scene_points too (robot: mujoco; a point-cloud perception head)
     goal: str = "default"  # the task's goal option (configs/task): default | random | a goal; else state has `goal`
     status_hz: float = 10.0
     watchdog_ms: float = 100.0

@@ -69,6 +69,7 @@ class RecordConfig:
     cameras: bool = False
     image_size: int = 96
     looks: str = "none"  # sim.looks.LOOKS: per-episode lighting, paint, camera offsets and a distractor
+    point_cloud: bool = False  # with cameras: also scene_points (sim's point_cloud observation) at the camera rate
     perturb: bool = True
     goal: str = "default"  # the task's goal option (configs/task): default | random | a goal of the task
     max_steps: int | None = None  # cap on control steps per episode (tests); None = until the task ends
@@ -82,6 +83,8 @@ class RecordConfig:
             raise ValueError("out=DIR is required: the dataset directory to record into")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.point_cloud and not self.cameras:
+            raise ValueError("point_cloud=true records the scene camera's depth with its frames: set cameras=true")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
         check_launcher(self.launcher, self.jobs)
@@ -132,6 +135,8 @@ def _record_here(cfg: RecordConfig) -> list[dict[str, Any]]:
                 if cfg.cameras and steps % camera_every == 0:
                     recorder.append("scene_rgb", t, env.render_camera("scene_cam", cfg.image_size))
                     recorder.append("wrist_rgb", t, env.render_camera(wrist_camera, cfg.image_size))
+                    if cfg.point_cloud:
+                        recorder.append("scene_points", t, env.scene_points_now())
                 obs, _, terminated, truncated, info = env.step(action)
                 steps += 1
                 if terminated or truncated or (cfg.max_steps is not None and steps >= cfg.max_steps):

@@ -261,8 +261,9 @@ class SlowNode:
             side = self.first_frame.side
             return UsageError(
                 f"no usable camera frame for {self.cfg.slow.image_timeout_s:g} s of episode {self.episode} "
-                f"({self.first_frame.problem}); the policy reads the scene off the {self.first_frame.camera!r} "
-                f"camera's first frame ({side}x{side}): start the robot node with cameras=true image_size={side}")
+                f"({self.first_frame.problem}); the policy reads the scene off the episode's first "
+                f"{self.first_frame.camera!r} ({side}x{side} camera): start the robot node with "
+                f"{self.first_frame.how_to_start()}")
         return UsageError(
             f"no usable camera frame for {self.cfg.slow.image_timeout_s:g} s of episode {self.episode} "
             f"({self.cameras.problem}); the policy reads {list(self.image_keys)} "
@@ -398,13 +399,18 @@ class HeldFrame:
 
 
 class FirstFrame:
-    """A perception policy's camera input (``rdp.perception``): the episode's first frame from the robot, which the
-    planner reads the scene estimate off at the episode's first observation step, as training read it off the
-    episode's first recorded frame. Later frames are not needed (only counted)."""
+    """A perception policy's camera input (``rdp.perception``): the episode's first frame from the robot (its
+    ``scene_rgb`` image, or its ``scene_points`` cloud for a point-cloud head), which the planner reads the scene
+    estimate off at the episode's first observation step, as training read it off the episode's first recorded
+    frame. Later frames are not needed (only counted)."""
 
     def __init__(self, planner: Any, counts: Counter[str]) -> None:
+        cfg = planner.perception.cfg
         self.camera = planner.perception_camera
-        self.side = int(planner.perception.cfg.image_size)
+        self.side = int(cfg.image_size)
+        self.points = cfg.encoder == "pointnet"
+        self.shape = (int(cfg.points), 3) if self.points else (self.side, self.side, 3)
+        self.dtype = np.dtype(np.float32 if self.points else np.uint8)
         self.counts = counts
         self.frame: np.ndarray | None = None
         self.sim_time = 0.0
@@ -420,10 +426,9 @@ class FirstFrame:
         t, a = msg.meta.get("sim_time"), msg.arrays.get(self.camera)
         if not (isinstance(t, float) and 0.0 <= t < MAX_SIM_TIME_S):
             self.problem = f"an image with meta sim_time {t!r:.40}, expected seconds since the reset"
-        elif a is None or a.dtype != np.uint8 or a.shape != (self.side, self.side, 3):
+        elif a is None or a.dtype != self.dtype or a.shape != self.shape or (self.points and not np.isfinite(a).all()):
             got = "none" if a is None else f"{a.dtype} {a.shape}"
-            self.problem = (f"{self.camera} frames are {got}, the perception head reads uint8 "
-                            f"({self.side}, {self.side}, 3)")
+            self.problem = f"{self.camera} is {got}, the perception head reads {self.dtype} {self.shape}"
         else:
             self.frame, self.sim_time = a, t
             return
@@ -437,6 +442,9 @@ class FirstFrame:
             self.counts["awaiting_image"] += 1
             return None
         return self.frame
+
+    def how_to_start(self) -> str:
+        return (f"cameras=true image_size={self.side}" + (" point_cloud=true" if self.points else ""))
 
 
 def _sizes(camera_size: dict[str, tuple[int, int]]) -> str:

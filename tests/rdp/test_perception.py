@@ -201,3 +201,53 @@ def test_lockstep_run_reads_the_first_frame(tiny: dict[str, Path], tmp_path: Pat
     assert result["error"] is None and result["exit_codes"] == {"fast": 0, "slow": 0, "robot": 0}
     slow = json.loads((tmp_path / "out" / "results.json").read_text())["loop"]["slow"]
     assert slow["plans"] >= 3 and slow["images"] >= 1 and not any(k.startswith("rej_image") for k in slow)
+
+
+def test_a_point_cloud_head_reads_the_same_cloud_in_training_in_sim_eval_and_from_the_robot_node(
+        tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The depth path: teleop.record_expert point_cloud=true records scene_points with the frames, the env's
+    point_cloud observation and the robot node's camera thread (a copy of the state) make the same cloud, and the
+    estimate a policy trains on is the one its planner makes at the reset."""
+    from rdp.api import load_planner
+    from rdp.data import load_episodes
+    from rdp.runtime.slow import FirstFrame
+    from rdp.train import DiffusionSizes, MethodConfig, TokenizerSizes, TrainConfig, train
+    from sim.mujoco_robot import MujocoCameras
+    from sim.registry import make_env
+    from teleop.record_expert import RecordConfig, record_expert_episodes
+
+    head = tmp_path / "head"
+    assert main(["stage=train", f"data={tiny['frames']}", "steps=2", "batch=4", "model.encoder=pointnet",
+                 "model.width=4", f"out={head}", "progress=false"]) == 0
+    demos = tmp_path / "demos"
+    record_expert_episodes(RecordConfig(task="peel", episodes=1, seed=3, out=str(demos), max_steps=20, cameras=True,
+                                        looks="train", point_cloud=True, progress=False))
+    method = MethodConfig(
+        name="rdp", obs_keys=("proprio_scene_seen", "tactile"), cond_key="tactile",
+        tokenizer=TokenizerSizes(latent_steps=4, latent_channels=4, encoder_hidden=16, decoder_hidden=16),
+        diffusion=DiffusionSizes(down_dims=(16, 32), diffusion_step_embed_dim=16, num_train_timesteps=20,
+                                 num_inference_steps=2), tokenizer_steps=2, policy_steps=2, warmup_steps=1)
+    run = tmp_path / "run"
+    train(TrainConfig(task="peel", method=method, data=str(demos), out=str(run), horizon=16, batch_size=4,
+                      progress=False, log_every=1, checkpoint_every=2, perception=str(head)))
+    assert json.loads((run / "run.json").read_text())["perception"]["camera"] == "scene_points"
+    episodes = load_episodes(demos, 25.0, perception=SceneEstimator.load(run / "perception"))
+    planner = load_planner(run, task="peel")
+    env = make_env("peel", perturb=True, cameras=True, image_size=96, looks="train", point_cloud=True)
+    try:
+        obs, _ = env.reset(seed=3)
+        planner.new_episode(3)
+        assert np.array_equal(planner.features(obs)["scene_seen"], episodes.features["scene_seen"][0])
+        cameras = MujocoCameras(env, 96, point_cloud=True)
+        cameras.capture()
+        sent = cameras.frames()
+        cameras.close()
+        assert np.array_equal(sent["scene_points"], obs["scene_points"])
+    finally:
+        env.close()
+    counts: Counter[str] = Counter()
+    first = FirstFrame(planner, counts)
+    first.offer(Message("image", 0.0, 0, {"scene_points": np.zeros((10, 3), np.float32)}, {"sim_time": 0.0}))
+    assert counts["rej_image"] == 1 and "reads float32 (512, 3)" in first.problem
+    first.offer(Message("image", 0.0, 1, {"scene_points": sent["scene_points"]}, {"sim_time": 0.0}))
+    assert np.array_equal(first.at(0.0), sent["scene_points"]) and "point_cloud=true" in first.how_to_start()
