@@ -45,7 +45,9 @@ $(WEBXR_STAMP): $(WEBXR)/package.json $(WEBXR)/package-lock.json
 	fi
 
 demo: $(STAMP)
-	$(PY) -m rdp.run task=wipe episodes=3 seed=100 out=outputs/demo
+	$(PY) -m rdp.run task=peel policy=rdp_perception robot.looks=train episodes=3 seed=100 out=outputs/demo
+	$(PY) -m grounding.run "peel it again, only the left half" video=outputs/demo/episode0.npz execute=realtime \
+	  seed=200 out=outputs/demo/instruction
 
 test: $(STAMP) $(WEBXR_STAMP)
 	$(PY) -m ruff check .

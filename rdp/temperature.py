@@ -56,7 +56,9 @@ def _eval(task: str, checkpoint: Path, policy: str, noise: float, cfg: Temperatu
     values = {"task": task, "policy": policy, "policy.checkpoint": str(checkpoint), "policy.noise_scale": noise,
               "episodes": cfg.episodes, "seed": cfg.seed, "out": str(out), "video": False}
     run = json.loads((checkpoint / "run.json").read_text())
-    sensors = cfg.sensors or ("vision" if run.get("image_keys") or run.get("perception") else "")
+    points = (run.get("perception") or {}).get("camera") == "scene_points"
+    sensors = cfg.sensors or ("vision_points" if points else "vision" if run.get("image_keys") or run.get("perception")
+                              else "")
     if sensors:
         values["sensors"] = sensors
     cmd = [sys.executable, "-m", "sim.eval", *(override(k, v) for k, v in values.items())]
