@@ -3,7 +3,7 @@
     python -m benchmarks.perception_plan runs=[checkpoints/peel/rdp_perception,...] [repeats=30] [out=FILE]
 
 For each policy run trained with a perception head (``rdp.train perception=...``): the median CPU time (one
-thread, batch 1) of the head's estimate from one 96x96 scene frame (once per episode), of ``Planner.features``
+thread, batch 1) of the head's estimate from one 96x96 scene frame or its depth cloud (once per episode), of ``Planner.features``
 for a reading, and of one plan at the run's DDIM steps (8 for the shipped runs) on a real observation history from
 a reset of the task's scene under the training looks. ``plan_hz`` is the rate the slow node can plan at (one plan
 per replan at most; the robot's 25 Hz training rate over ``replan_every`` = 8 asks for 3.1 Hz); ``first_plan_ms``
@@ -65,7 +65,8 @@ def measure(run: str, cfg: PerceptionPlanConfig) -> dict[str, object]:
     if planner.perception is None:
         raise UsageError(f"{run}: not a perception policy (trained without perception=...)")
     task = planner.run["task"]
-    env = make_env(task, perturb=True, cameras=True, image_size=planner.perception.cfg.image_size, looks="train")
+    env = make_env(task, perturb=True, cameras=True, image_size=planner.perception.cfg.image_size, looks="train",
+                   point_cloud=planner.perception_camera == "scene_points")
     try:
         obs, _ = env.reset(seed=cfg.seed)
     finally:
