@@ -2,12 +2,12 @@
 
     python -m benchmarks.perception_plan runs=[checkpoints/peel/rdp_perception,...] [repeats=30] [out=FILE]
 
-For each policy run trained with a perception head (``rdp.train perception=...``): the median CPU time (one
-thread, batch 1) of the head's estimate from one 96x96 scene frame or its depth cloud (once per episode), of ``Planner.features``
-for a reading, and of one plan at the run's DDIM steps (8 for the shipped runs) on a real observation history from
-a reset of the task's scene under the training looks. ``plan_hz`` is the rate the slow node can plan at (one plan
-per replan at most; the robot's 25 Hz training rate over ``replan_every`` = 8 asks for 3.1 Hz); ``first_plan_ms``
-adds the estimate to the episode's first plan.
+For each policy run trained with a perception head (``rdp.train perception=...``): the median CPU time (one thread,
+batch 1) of the head's estimate from one 96x96 scene frame or its depth cloud (once per episode), of
+``Planner.features`` for a reading, and of one plan at the run's DDIM steps (8 for the shipped runs) on a real
+observation history from a reset of the task's scene under the training looks. ``plan_hz`` is the rate the slow node
+can plan at (one plan per replan at most; the robot's 25 Hz training rate over ``replan_every`` = 8 asks for 3.1
+Hz); ``first_plan_ms`` adds the estimate to the episode's first plan.
 
 Prints a table, writes JSON to benchmarks/results/perception_plan.json; the last stdout line is that JSON.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import platform
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.rdp_ldp_latency import time_ms
 from benchmarks.report import publish
 from bus.cli import UsageError, command
 from bus.config import compose
@@ -47,14 +47,7 @@ class PerceptionPlanConfig:
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return round(float(np.median(times)), 3)
+    return round(float(np.median(time_ms(fn, repeats, warmup))), 3)
 
 
 def measure(run: str, cfg: PerceptionPlanConfig) -> dict[str, object]:
