@@ -14,6 +14,16 @@ it read (episode, frames, seconds); anything it cannot answer -> an ``error``
 reply whose meta ``error`` says why in one line (no instruction, one too long, an unknown ``video``, no video yet,
 fewer than two frames). A bad request, a malformed message or a frame of the wrong shape never ends the node.
 
+Carrying it out. A ``ground`` request with meta ``execute`` true also starts the grounded task's goal policy on it:
+``python -m rdp.run task=<task> checkpoint=<goal policy> goal=<goal> mode=<execute>`` as a child process
+(``grounding.run.Execution``; the policy: ``policies.<task>`` or the shipped ``checkpoints/<task>/rdp_goal``; its
+results in ``out/<id>-<task>-<goal>``). The ``grounded`` reply then carries ``execution`` (its id), or
+``execution_error`` saying why none started (no goal policy for the task, one still running, ``execute=none``).
+``execution`` requests answer the state of the latest one (``running``, ``succeeded``, ``failed``, ``stopped``,
+``error``; with ``successes`` / ``episodes`` and the outcome line once it has ended), ``stop`` requests stop it the
+way Ctrl-C stops rdp.run (its nodes stopped in order, its results written). One runs at a time. In the simulator the
+run has a robot node of its own (a new scene at ``seed``), as ``grounding.run execute=`` does.
+
 The first stdout line is a JSON ready record (``ask``: the address to send requests to); then stats lines every
 ``stats_s``; an exit record on SIGINT/SIGTERM.
 """
@@ -23,10 +33,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +52,7 @@ from bus.transport import Client, Server, Subscriber
 
 log = logging.getLogger("grounding.node")
 REQUEST_TOPIC = "ground"
+STATUS_TOPIC, STOP_TOPIC = "execution", "stop"
 VIDEOS = ("last", "current")
 
 
@@ -56,6 +69,13 @@ class GroundingNodeConfig:
     max_instruction_chars: int = 300
     stats_s: float = 5.0
     threads: int = 1
+    # carrying out a grounding (requests with execute=true)
+    execute: str = "realtime"
+    policies: dict[str, str] = field(default_factory=dict)
+    episodes: int = 1
+    seed: int = 0
+    max_episode_s: float | None = None
+    out: str = "outputs/grounding"
     # client mode: send one instruction to a running node and print its answer
     ask_address: str = ""
     instruction: str = ""
@@ -75,6 +95,9 @@ class GroundingNodeConfig:
             from grounding.ground import shipped_run
 
             self.run = str(shipped_run())
+        from grounding.run import check_execute_options
+
+        check_execute_options(self)
         if not self.frame_hz > 0 or self.max_frames < 2 or self.max_instruction_chars < 1:
             raise UsageError(f"need frame_hz > 0, max_frames >= 2 and max_instruction_chars >= 1, got "
                              f"{self.frame_hz}, {self.max_frames}, {self.max_instruction_chars}")
@@ -108,6 +131,55 @@ class EpisodeVideo:
         return np.stack(self.frames), times - times[0]
 
 
+class Carrying:
+    """One grounding being carried out by ``rdp.run`` (``grounding.run.Execution``), followed in a worker thread;
+    :meth:`status` is what an ``execution`` request is answered."""
+
+    def __init__(self, ident: int, task: str, goal: str, mode: str, args: list[str], out: Path) -> None:
+        from grounding.run import Execution
+
+        self.ident, self.task, self.goal, self.mode, self.out = ident, task, goal, mode, out
+        self.started = time.monotonic()
+        self.ended: float | None = None
+        self.result: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.execution = Execution(args, out)
+        self.thread = threading.Thread(target=self._follow, name=f"execution-{ident}", daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        try:
+            self.result = self.execution.wait(echo=False)
+        except Exception as e:  # its one-line reason goes to whoever asks
+            self.error = str(e).splitlines()[0]
+        self.ended = time.monotonic()
+
+    @property
+    def running(self) -> bool:
+        return self.ended is None
+
+    def status(self) -> dict[str, Any]:
+        from grounding.run import outcome_line
+
+        state = "running"
+        meta: dict[str, Any] = {"execution": self.ident, "task": self.task, "goal": self.goal, "mode": self.mode,
+                                "out": str(self.out), "elapsed_s": round((self.ended or time.monotonic())
+                                                                          - self.started, 1)}
+        if self.result is not None:
+            n, rate = int(self.result.get("episodes") or 0), self.result.get("success_rate")
+            state = ("stopped" if self.execution.cancelled else
+                     "succeeded" if rate is not None and n and rate == 1.0 and self.result["exit_code"] == 0
+                     else "failed")
+            meta.update({"episodes": n, "successes": 0 if rate is None else round(rate * n),
+                         "outcome": outcome_line(self.result)})
+            if self.result.get("error"):
+                meta["error"] = str(self.result["error"])
+        elif self.error is not None:
+            state = "error"
+            meta["error"] = self.error
+        return {"state": state, **meta}
+
+
 class GroundingNode:
     """See the module docstring."""
 
@@ -122,6 +194,7 @@ class GroundingNode:
         self.counts: Counter[str] = Counter()
         self.current = EpisodeVideo(None, cfg.frame_hz, cfg.max_frames)
         self.last: EpisodeVideo | None = None
+        self.carrying: Carrying | None = None
         self._stop = False
         self.sub: Subscriber | None = None
         self.server: Server | None = None
@@ -141,6 +214,9 @@ class GroundingNode:
         self._stop = True
 
     def close(self) -> None:
+        if self.carrying is not None and self.carrying.running:  # a run the node started ends with it
+            self.carrying.execution.cancel()
+            self.carrying.thread.join(timeout=90.0)
         for sock in (self.sub, self.server):
             if sock is not None:
                 sock.close()
@@ -205,8 +281,11 @@ class GroundingNode:
 
     # ------------------------------------------------------------------------------------ requests
     def answer(self, request: Message) -> tuple[str, dict[str, Any]]:
-        """A request -> (reply topic, reply meta): ``grounded`` with the grounding, or ``error`` with why."""
+        """A request -> (reply topic, reply meta): ``grounded`` with the grounding, ``execution`` with the state of
+        the run carrying one out, or ``error`` with why."""
         try:
+            if request.topic in (STATUS_TOPIC, STOP_TOPIC):
+                return STATUS_TOPIC, self._execution(request.topic)
             return "grounded", self._ground(request)
         except UsageError as e:
             self.counts["rej_request"] += 1
@@ -218,7 +297,11 @@ class GroundingNode:
 
     def _ground(self, request: Message) -> dict[str, Any]:
         if request.topic != REQUEST_TOPIC:
-            raise UsageError(f"unknown request {request.topic!r:.40}; send {REQUEST_TOPIC!r} with meta instruction")
+            raise UsageError(f"unknown request {request.topic!r:.40}; send {REQUEST_TOPIC!r} with meta instruction, "
+                             f"{STATUS_TOPIC!r} or {STOP_TOPIC!r}")
+        execute = request.meta.get("execute", False)
+        if type(execute) is not bool:
+            raise UsageError(f"execute={execute!r:.40}: true or false")
         text, which = request.meta.get("instruction"), request.meta.get("video", "last")
         if not isinstance(text, str) or not text.strip():
             raise UsageError("the request has no instruction (meta 'instruction': what to do, as text)")
@@ -235,10 +318,44 @@ class GroundingNode:
         grounding = self.grounder.ground(frames, text, times=times, duration=float(times[-1]))
         self.counts["answered"] += 1
         full = grounding.to_json()
-        return {"task": grounding.task, "goal": full["goal"], "confidence": full["confidence"],
-                "keyframe_s": full["keyframe_s"], "video": which, "episode": video.episode, "frames": len(video),
-                "video_s": round(float(times[-1]), 3), "ground_ms": round((time.perf_counter() - t0) * 1e3, 1),
-                "grounding": json.dumps(full)}
+        answer = {"task": grounding.task, "goal": full["goal"], "confidence": full["confidence"],
+                  "keyframe_s": full["keyframe_s"], "video": which, "episode": video.episode, "frames": len(video),
+                  "video_s": round(float(times[-1]), 3), "ground_ms": round((time.perf_counter() - t0) * 1e3, 1),
+                  "grounding": json.dumps(full)}
+        if execute:
+            try:
+                answer["execution"] = self._carry_out(grounding).ident
+            except (ValueError, OSError) as e:  # grounded, but not carried out: the reply says why
+                self.counts["rej_execute"] += 1
+                answer["execution_error"] = str(e).splitlines()[0]
+        return answer
+
+    def _carry_out(self, grounding: Any) -> Carrying:
+        from grounding.ground import goal_option
+        from grounding.run import goal_policy, rdp_run_args
+
+        if self.cfg.execute == "none":
+            raise UsageError("this grounding node carries nothing out (execute=none)")
+        if self.carrying is not None and self.carrying.running:
+            c = self.carrying
+            raise UsageError(f"still carrying out execution {c.ident} ({c.task}, goal {c.goal}, "
+                             f"{time.monotonic() - c.started:.0f} s): stop it or wait")
+        policy = goal_policy(grounding.task, self.cfg.policies.get(grounding.task))
+        ident = 1 if self.carrying is None else self.carrying.ident + 1
+        goal = goal_option(grounding.goal)
+        out = Path(self.cfg.out) / f"{ident:03d}-{grounding.task}-{goal}"
+        args = rdp_run_args(self.cfg, grounding, policy, out)
+        self.carrying = Carrying(ident, grounding.task, goal, self.cfg.execute, args, out)
+        self.counts["executions"] += 1
+        log.info("carrying out %s goal %s: python -m rdp.run %s", grounding.task, goal, " ".join(args))
+        return self.carrying
+
+    def _execution(self, topic: str) -> dict[str, Any]:
+        if self.carrying is None:
+            raise UsageError("nothing carried out yet: send a ground request with execute=true")
+        if topic == STOP_TOPIC and self.carrying.running:
+            self.carrying.execution.cancel()
+        return self.carrying.status()
 
 
 def ask(address: str, instruction: str, video: str = "last", timeout_s: float = 30.0) -> dict[str, Any]:

@@ -21,12 +21,13 @@ the grounded task), else the shipped ``checkpoints/<task>/rdp_goal``. A default 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bus.cli import CommandError, UsageError, choose, command
 from bus.config import compose, override
@@ -63,11 +64,7 @@ class GroundingRunConfig:
             self.run = str(shipped_run())
         if not self.instruction.strip():
             raise UsageError(f"instruction is empty: say what to do (e.g. {EXAMPLE})")
-        choose("execute", self.execute, EXECUTE, "execution mode")
-        if self.episodes < 1 or self.seed < 0:
-            raise UsageError(f"episodes={self.episodes} must be >= 1 and seed={self.seed} >= 0")
-        if self.max_episode_s is not None and not self.max_episode_s > 0:
-            raise UsageError(f"max_episode_s={self.max_episode_s} must be > 0 or null")
+        check_execute_options(self)
         if self.threads < 1:
             raise UsageError(f"threads={self.threads}: expected an integer >= 1")
 
@@ -100,7 +97,25 @@ def goal_policy(task: str, checkpoint: str | None) -> Path:
     return path
 
 
-def rdp_run_args(cfg: GroundingRunConfig, grounding: Grounding, checkpoint: Path, out: Path) -> list[str]:
+class ExecuteOptions(Protocol):
+    """How a grounding is carried out (``grounding.run`` and ``grounding.node`` configs both have these)."""
+
+    execute: str
+    episodes: int
+    seed: int
+    max_episode_s: float | None
+
+
+def check_execute_options(cfg: ExecuteOptions) -> None:
+    """A UsageError naming the first bad one."""
+    choose("execute", cfg.execute, EXECUTE, "execution mode")
+    if cfg.episodes < 1 or cfg.seed < 0:
+        raise UsageError(f"episodes={cfg.episodes} must be >= 1 and seed={cfg.seed} >= 0")
+    if cfg.max_episode_s is not None and not cfg.max_episode_s > 0:
+        raise UsageError(f"max_episode_s={cfg.max_episode_s} must be > 0 or null")
+
+
+def rdp_run_args(cfg: ExecuteOptions, grounding: Grounding, checkpoint: Path, out: Path) -> list[str]:
     """``python -m rdp.run`` overrides that carry out ``grounding``."""
     values: dict[str, Any] = {"task": grounding.task, "checkpoint": str(checkpoint),
                               "goal": goal_option(grounding.goal), "mode": cfg.execute, "episodes": cfg.episodes,
@@ -110,29 +125,49 @@ def rdp_run_args(cfg: GroundingRunConfig, grounding: Grounding, checkpoint: Path
     return [override(k, v) for k, v in values.items()]
 
 
-def launch(args: Sequence[str], out: Path) -> dict[str, Any]:
-    """Run ``python -m rdp.run ARGS`` to its end, its live lines to stderr; its summary and exit code. Ctrl-C stops it
-    as its own Ctrl-C would (SIGTERM: it stops its nodes in order and writes its results)."""
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "launcher.log"
-    child = Child("rdp.run", "rdp.run", list(args), log)
-    try:
+class Execution:
+    """``python -m rdp.run ARGS`` carrying out a grounding, started at once (its log in OUT/launcher.log, its results
+    in OUT). :meth:`wait` follows it to its end (its live lines to stderr) and returns its summary; :meth:`cancel`,
+    from any thread, stops it as its own Ctrl-C would (SIGTERM: it stops its nodes in order and writes its
+    results), so a cancelled run still ends in ``wait`` with what it did."""
+
+    def __init__(self, args: Sequence[str], out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out, self.log = out, out / "launcher.log"
+        self.child = Child("rdp.run", "rdp.run", list(args), self.log)
+        self.cancelled = False
+
+    def wait(self, echo: bool = True) -> dict[str, Any]:
+        """Its summary (``exit_code``, ``log`` and rdp.run's summary line); a run that wrote none is a UsageError
+        (exit 2: its configuration) or a CommandError naming the log's last line."""
         while True:
-            _, record = child.lines.get()
+            _, record = self.child.lines.get()
             if record is None:
                 break
-            if "text" in record:
+            if echo and "text" in record:
                 print(record["text"], file=sys.stderr, flush=True)
+        code = self.child.stop(timeout=STOP_TIMEOUT_S, grace=STOP_TIMEOUT_S)
+        summary = self.child.last if self.child.last is not None and "success_rate" in self.child.last else None
+        if summary is None:
+            kind = UsageError if code == 2 else CommandError
+            raise kind(f"rdp.run exited {code} without results: {self.child.last_log_line()} (log: {self.log})")
+        return {"exit_code": code, "log": str(self.log), **summary}
+
+    def cancel(self) -> bool:
+        """Ask the run to stop (False if it had already ended); :meth:`wait` returns once it has."""
+        self.cancelled = self.child.signal(signal.SIGTERM) or self.cancelled
+        return self.cancelled
+
+
+def launch(args: Sequence[str], out: Path) -> dict[str, Any]:
+    """Run ``python -m rdp.run ARGS`` to its end (:class:`Execution`); Ctrl-C stops it the way its own would."""
+    execution = Execution(args, out)
+    try:
+        return execution.wait()
     except KeyboardInterrupt:
-        print(f"stopping rdp.run (pid {child.pid}) ...", file=sys.stderr, flush=True)
-        child.stop(timeout=STOP_TIMEOUT_S)
+        print(f"stopping rdp.run (pid {execution.child.pid}) ...", file=sys.stderr, flush=True)
+        execution.child.stop(timeout=STOP_TIMEOUT_S)
         raise
-    code = child.stop(timeout=STOP_TIMEOUT_S, grace=STOP_TIMEOUT_S)
-    summary = child.last if child.last is not None and "success_rate" in child.last else None
-    if summary is None:
-        kind = UsageError if code == 2 else CommandError
-        raise kind(f"rdp.run exited {code} without results: {child.last_log_line()} (log: {log})")
-    return {"exit_code": code, "log": str(log), **summary}
 
 
 def outcome_line(result: dict[str, Any]) -> str:

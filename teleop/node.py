@@ -127,6 +127,7 @@ class WebConfig:
     allowed_hosts: list[str] = field(default_factory=list)
     grounding: str = ""  # a grounding node's ask address (grounding.node): the page's instruction box asks it
     grounding_timeout_s: float = 30.0
+    grounding_poll_s: float = 1.0  # how often the page's run (an instruction carried out) is asked for its state
 
 
 @dataclass

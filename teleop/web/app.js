@@ -86,6 +86,7 @@ function connect() {
       const msg = JSON.parse(ev.data);
       if (msg.type === "hello") { state.hello = msg; if (msg.arms) ensureHands(msg.arms); return; }
       if (msg.type === "grounded") { showAnswer(msg); return; }
+      if (msg.type === "execution") { showRun(msg); return; }
       if (msg.type === "feedback") {
         state.feedback = msg; state.received += 1; state.lastFeedbackAt = performance.now();
         if (msg.arms) ensureHands(msg.arms);
@@ -102,6 +103,16 @@ function showAnswer(a) {  // what the grounding node made of the last instructio
   el.style.color = "#cfd";
   el.textContent = `"${a.instruction}" -> task ${a.task}, goal ${a.goal} (${fields}), confidence ` +
     `${(a.confidence || 0).toFixed(2)}, from ${a.frames} frames of episode ${a.episode}\nrun: ${a.run}`;
+  if (a.execution_error) showRun({ error: `not carried out: ${a.execution_error}` });
+}
+function showRun(r) {  // the state of the run carrying out the last grounding (grounding.node's rdp.run)
+  const el = document.getElementById("run");
+  const running = r.state === "running";
+  document.getElementById("stop-run").disabled = !running;
+  if (r.error && !r.state) { el.textContent = r.error; el.style.color = "#f99"; return; }
+  el.style.color = running ? "#ffd" : r.state === "succeeded" ? "#cfd" : "#f99";
+  el.textContent = `run ${r.execution} (${r.task}, goal ${r.goal}, ${r.mode}): ${r.state}, ${r.elapsed_s} s` +
+    (r.outcome ? `\n${r.outcome}` : "") + (r.error ? `\n${r.error}` : "");
 }
 
 function sendPoses(frame) {
@@ -279,11 +290,14 @@ view.addEventListener("mousemove", (ev) => {
 });
 view.addEventListener("wheel", (ev) => { state.nudge(0, 0, -Math.sign(ev.deltaY) * 0.005); ev.preventDefault(); });
 document.getElementById("reset-button").addEventListener("click", () => state.reset());
-document.getElementById("ask").addEventListener("submit", (ev) => {  // typing must not drive the arm
-  ev.preventDefault();
+function ask(execute) {  // typing must not drive the arm
   const text = document.getElementById("instruction").value.trim();
-  if (text && send({ type: "instruction", text })) document.getElementById("answer").textContent = "grounding ...";
-});
+  if (text && send({ type: "instruction", text, execute })) document.getElementById("answer").textContent =
+    execute ? "grounding, then running ..." : "grounding ...";
+}
+document.getElementById("ask").addEventListener("submit", (ev) => { ev.preventDefault(); ask(false); });
+document.getElementById("ground-run").addEventListener("click", () => ask(true));
+document.getElementById("stop-run").addEventListener("click", () => send({ type: "stop_run" }));
 
 // ------------------------------------------------------------------------------------------- WebXR
 // Immersive AR, TactAR-style: each controller's grip pose drives its arm (XR_ARM_HANDS), the squeeze holds the

@@ -3,8 +3,10 @@
     GET /         the page (``index.html``), opened as /?token=T       GET /app.js   its script
     WS  /ws?token=T  browser -> node: JSON {"type": "pose", "frame": "robot"|"xr", "arms": [{"pos": [x, y, z],
                   "quat": [w, x, y, z], "grip": 0..1, "clutch": bool}, ...]}, {"type": "reset"} or
-                  {"type": "instruction", "text": "..."} (grounded by the grounding node at ``web.grounding``)
-                  node -> browser: JSON {"type": "hello" | "feedback" | "grounded", ...} and binary camera frames
+                  {"type": "instruction", "text": "...", "execute": false|true} (grounded by the grounding node at
+                  ``web.grounding``; with execute, also carried out by it) or {"type": "stop_run"}
+                  node -> browser: JSON {"type": "hello" | "feedback" | "grounded" | "execution", ...} and binary
+                  camera frames
                   [u8 camera index][u16 height][u16 width][height * width * 3 RGB bytes] (big-endian sizes)
 
 Why a thread and an inproc socket: the node's control loop is a ZeroMQ poll loop; the WebSocket side is
@@ -139,6 +141,7 @@ class WebOperatorServer:
         self._conns: set[Any] = set()
         self._busy: set[Any] = set()
         self._asking = threading.Lock()  # one instruction at a time goes to the grounding node
+        self._closing = False
         self._static = {path: ((STATIC_DIR / name).read_bytes(), ctype) for path, (name, ctype) in STATIC_FILES.items()}
 
     # --------------------------------------------------------------------------- node thread side
@@ -151,6 +154,7 @@ class WebOperatorServer:
             raise RuntimeError(f"web server failed to start on {self.cfg.host}:{self.cfg.port}: {self._error}")
 
     def stop(self) -> None:
+        self._closing = True
         if self._loop is not None and self._stop_event is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._stop_event.set)
             self._thread.join(timeout=5)
@@ -275,9 +279,11 @@ class WebOperatorServer:
                 seed = msg.get("seed")
                 self._pub.publish("reset", meta={"seed": seed} if type(seed) is int else {})
             elif kind == "instruction":
-                self._instruction(msg.get("text"))
+                self._instruction(msg.get("text"), msg.get("execute", False))
+            elif kind == "stop_run":
+                self._stop_run()
             else:
-                raise ValueError(f"type {kind!r}, expected 'pose', 'reset' or 'instruction'")
+                raise ValueError(f"type {kind!r}, expected 'pose', 'reset', 'instruction' or 'stop_run'")
             self.received += 1
         except (ValueError, TypeError, KeyError) as exc:
             kind = type(exc).__name__
@@ -285,11 +291,15 @@ class WebOperatorServer:
                 log.warning("dropped a browser message (%s); further %s are only counted", exc, kind)
             self.rejects[kind] += 1
 
-    def _instruction(self, text: Any) -> None:
+    def _instruction(self, text: Any, execute: Any) -> None:
         """An instruction typed on the page: asked of the grounding node in a worker thread (the answer, or why
-        there is none, goes to every page as a ``grounded`` message); one at a time."""
+        there is none, goes to every page as a ``grounded`` message); one at a time. With ``execute`` the grounding
+        node also carries it out (``grounding.node``: rdp.run with the task's goal policy), and every page follows
+        that run's state in ``execution`` messages until it ends."""
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_INSTRUCTION_CHARS:
             raise ValueError(f"instruction text must be 1..{MAX_INSTRUCTION_CHARS} characters")
+        if type(execute) is not bool:
+            raise ValueError("instruction execute must be true or false")
         if not self.cfg.grounding:
             self._answer({"error": "no grounding node: start the teleop node with web.grounding=ADDRESS (the ask "
                                    "address a python -m grounding.node prints)", "instruction": text})
@@ -297,20 +307,27 @@ class WebOperatorServer:
         if not self._asking.acquire(blocking=False):
             self._answer({"error": "still grounding the last instruction", "instruction": text})
             return
-        threading.Thread(target=self._ask, args=(text,), name="teleop-ground", daemon=True).start()
+        threading.Thread(target=self._ask, args=(text, execute), name="teleop-ground", daemon=True).start()
 
-    def _ask(self, text: str) -> None:
+    def _request(self, topic: str, meta: dict[str, Any] | None = None) -> Any:
+        """One request to the grounding node; its reply (TimeoutError, ValueError or OSError if none)."""
         from bus.transport import Client
 
+        with Client(self.cfg.grounding) as client:
+            client.send(topic, meta=meta or {})
+            return client.recv(timeout=self.cfg.grounding_timeout_s)
+
+    def _ask(self, text: str, execute: bool) -> None:
+        ident = None
         try:
-            with Client(self.cfg.grounding) as client:
-                client.send("ground", meta={"instruction": text, "video": "last"})
-                reply = client.recv(timeout=self.cfg.grounding_timeout_s)
+            reply = self._request("ground", {"instruction": text, "video": "last", "execute": execute})
             if reply.topic == "grounded":
                 answer = json.loads(str(reply.meta.get("grounding", "{}")))
-                answer.update({k: reply.meta.get(k) for k in ("episode", "frames", "video_s")})
+                answer.update({k: reply.meta.get(k) for k in ("episode", "frames", "video_s", "execution",
+                                                              "execution_error") if k in reply.meta})
                 answer["run"] = (f"python -m rdp.run task={answer.get('task')} policy=rdp_goal "
                                  f"goal={answer.get('goal')}")
+                ident = answer.get("execution")
             else:
                 answer = {"error": str(reply.meta.get("error", reply.topic))}
         except (TimeoutError, ValueError, OSError) as exc:
@@ -318,10 +335,36 @@ class WebOperatorServer:
         finally:
             self._asking.release()
         self._answer({**answer, "instruction": text})
+        if type(ident) is int:
+            self._follow(ident)
 
-    def _answer(self, answer: dict[str, Any]) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._broadcast, json.dumps({"type": "grounded", **answer}))
+    def _follow(self, ident: int) -> None:
+        """Every page gets the state of execution ``ident`` each ``grounding_poll_s`` until it has ended."""
+        while self._loop is not None and not self._closing:
+            status = self._status("execution")
+            self._answer(status, "execution")
+            if status.get("execution") != ident or status.get("state") != "running":
+                return
+            time.sleep(self.cfg.grounding_poll_s)
+
+    def _status(self, topic: str) -> dict[str, Any]:
+        try:
+            reply = self._request(topic)
+        except (TimeoutError, ValueError, OSError) as exc:
+            return {"error": f"grounding node at {self.cfg.grounding}: {exc}"}
+        return dict(reply.meta) if reply.topic == "execution" else {"error": str(reply.meta.get("error", reply.topic))}
+
+    def _stop_run(self) -> None:
+        if not self.cfg.grounding:
+            self._answer({"error": "no grounding node, so no run to stop"}, "execution")
+            return
+        threading.Thread(target=lambda: self._answer(self._status("stop"), "execution"), name="teleop-stop-run",
+                         daemon=True).start()
+
+    def _answer(self, answer: dict[str, Any], kind: str = "grounded") -> None:
+        loop = self._loop
+        if loop is not None and not self._closing:
+            loop.call_soon_threadsafe(self._broadcast, json.dumps({"type": kind, **answer}), False)
 
     def _publish_pose(self, msg: dict[str, Any]) -> None:
         arms = msg["arms"]
@@ -336,17 +379,23 @@ class WebOperatorServer:
         self._pub.publish("operator", {"pose": pose, "grip": grip, "clutch": clutch},
                           {"frame": str(frame), "sent": time.monotonic(), "source": "web"})
 
-    def _broadcast(self, payload: str | bytes) -> None:
+    def _broadcast(self, payload: str | bytes, droppable: bool = True) -> None:
+        """To every page. A droppable payload (feedback, frames) skips a page still sending the last one; an answer
+        is sent to every page all the same."""
         for ws in list(self._conns):
+            if not droppable:
+                asyncio.ensure_future(self._send(ws, payload, mark=False))
+                continue
             if ws in self._busy:
                 continue  # still sending the previous frame: skip, do not queue
             self._busy.add(ws)
             asyncio.ensure_future(self._send(ws, payload))
 
-    async def _send(self, ws: Any, payload: str | bytes) -> None:
+    async def _send(self, ws: Any, payload: str | bytes, mark: bool = True) -> None:
         try:
             await ws.send(payload)
         except Exception:
             pass  # the handler sees the close
         finally:
-            self._busy.discard(ws)
+            if mark:
+                self._busy.discard(ws)

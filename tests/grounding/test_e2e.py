@@ -245,3 +245,67 @@ def test_endtoend_writes_both_arms_per_episode(runs, tmp_path, capsys):
     assert endtoend.main([*common, f"data={data}", f"out={tmp_path / 'x'}", "kinds=[when]"]) == 2
     assert "asks for a moment" in capsys.readouterr().err
 
+
+
+# ------------------------------------------------------------------------------------------- grounding.node executes
+@pytest.mark.timeout(400)
+def test_the_grounding_node_carries_out_a_grounding_and_answers_its_state(runs, tmp_path):
+    """A grounding handed to the node's execution starts rdp.run (lockstep here) with the task's goal policy; the
+    node answers its state while it runs and once it has ended, refuses a second one meanwhile, stops one on a stop
+    request with its results written, and says why when the task has no goal policy."""
+    import time
+    from collections import Counter
+
+    from bus.cli import UsageError
+    from bus.message import Message
+    from grounding.node import EpisodeVideo, GroundingNode, GroundingNodeConfig
+
+    cfg = GroundingNodeConfig(robot_pub="tcp://127.0.0.1:*", run=str(runs["ground"]), execute="lockstep",
+                              policies={"wipe": str(runs["policy"])}, max_episode_s=1.0, out=str(tmp_path / "ex"))
+    node = GroundingNode.__new__(GroundingNode)  # the request logic only: no sockets, no model
+    node.cfg, node.last, node.current, node.carrying = cfg, None, EpisodeVideo(None, 8.0, 10), None
+    node.counts = Counter()
+    wipe = read_answer(GroundingConfig(), one_hot_logits(GroundingConfig(), {"task": 0}), TEXT, 1.0)
+
+    def status(topic: str = "execution") -> dict:
+        reply_topic, meta = node.answer(Message(topic, 0.0, 0, {}, {}))
+        assert reply_topic == "execution", meta
+        return meta
+
+    def until_ended(timeout: float = 240.0) -> dict:
+        end = time.monotonic() + timeout
+        while (meta := status())["state"] == "running":
+            assert time.monotonic() < end, meta
+            time.sleep(0.5)
+        return meta
+
+    assert node.answer(Message("execution", 0.0, 0, {}, {}))[0] == "error"  # nothing carried out yet
+    first = node._carry_out(wipe)
+    assert first.ident == 1 and status()["state"] == "running" and status()["task"] == "wipe"
+    with pytest.raises(UsageError, match="still carrying out execution 1"):
+        node._carry_out(wipe)
+    done = until_ended()
+    assert done["state"] in ("succeeded", "failed") and done["episodes"] == 1, done
+    assert done["outcome"].startswith("executed: rdp.run mode=lockstep task=wipe goal=all-normal")
+    assert (tmp_path / "ex" / "001-wipe-all-normal" / "results.json").is_file()
+
+    node.cfg.episodes = 100_000  # one that would run for hours, stopped
+    second = node._carry_out(wipe)
+    assert second.ident == 2
+    deadline = time.monotonic() + 120
+    while not (second.out / "fast.log").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)  # its nodes started, not still loading
+    time.sleep(3.0)
+    assert status("stop")["state"] in ("running", "stopped")
+    stopped = until_ended()
+    assert stopped["state"] == "stopped" and stopped["execution"] == 2, stopped
+    assert (second.out / "results.json").is_file() and not second.execution.child.alive()
+
+    gcfg = GroundingConfig()
+    lift = read_answer(gcfg, one_hot_logits(gcfg, {"task": gcfg.tasks.index("lift")}), "lift the box", 1.0)
+    assert lift.task == "lift"
+    with pytest.raises(FileNotFoundError, match="no goal-conditioned lift policy"):
+        node._carry_out(lift)
+    node.cfg.execute = "none"
+    with pytest.raises(UsageError, match="execute=none"):
+        node._carry_out(wipe)

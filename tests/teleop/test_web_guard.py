@@ -238,3 +238,56 @@ def test_the_instruction_box_asks_the_grounding_node_and_shows_its_answer_or_why
         with open_ws(server, "127.0.0.1", f"http://127.0.0.1:{port}", f"?token={server.token}") as ws:
             ws.send(json.dumps({"type": "instruction", "text": "lift it higher"}))
             assert "no grounding node" in _grounded(ws)["error"]
+
+
+def test_ground_and_run_follows_the_run_the_grounding_node_started_and_stop_reaches_it():
+    """"Ground and run": the instruction goes with execute=true; every page then gets the run's state until it has
+    ended; "Stop run" asks the grounding node to stop it; a bad execute flag is refused and counted."""
+    import threading
+
+    from bus.transport import Server
+
+    asked: list[tuple[str, dict]] = []
+    with Server("tcp://127.0.0.1:*") as grounding:
+        def answer() -> None:
+            states = iter(["running", "running", "succeeded"])
+            for _ in range(5):
+                req = grounding.recv(timeout=10)
+                assert req is not None
+                asked.append((req.message.topic, dict(req.message.meta)))
+                run = {"execution": 1, "task": "wipe", "goal": "left", "mode": "realtime", "elapsed_s": 1.0}
+                if req.message.topic == "ground":
+                    grounding.reply(req, "grounded", meta={
+                        "grounding": json.dumps({"task": "wipe", "goal": "left", "fields": {}, "confidence": 0.9}),
+                        "episode": 1, "frames": 10, "video_s": 2.0, "execution": 1})
+                elif req.message.topic == "stop":
+                    grounding.reply(req, "execution", meta={**run, "state": "stopped"})
+                else:
+                    state = next(states)
+                    grounding.reply(req, "execution", meta={**run, "state": state, **(
+                        {"outcome": "executed: 1/1 episodes succeeded"} if state == "succeeded" else {})})
+
+        worker = threading.Thread(target=answer, daemon=True)
+        worker.start()
+        cfg = WebConfig(port=0, grounding=grounding.address, grounding_poll_s=0.05)
+        with operator_server(cfg) as (server, sub):
+            port = port_of(server)
+            with open_ws(server, "127.0.0.1", f"http://127.0.0.1:{port}", f"?token={server.token}") as ws:
+                ws.send(json.dumps({"type": "instruction", "text": "wipe the left half", "execute": "yes"}))
+                ws.send(json.dumps({"type": "instruction", "text": "wipe the left half", "execute": True}))
+                got = _grounded(ws)
+                assert got["execution"] == 1 and got["task"] == "wipe"
+                states = []
+                while not states or states[-1] == "running":
+                    msg = json.loads(ws.recv(timeout=10))
+                    if msg.get("type") == "execution":
+                        states.append(msg["state"])
+                assert states == ["running", "running", "succeeded"]
+                ws.send(json.dumps({"type": "stop_run"}))
+                while (msg := json.loads(ws.recv(timeout=10))).get("type") != "execution":
+                    pass
+                assert msg["state"] == "stopped"
+            assert server.rejects == {"ValueError": 1} and sub.recv(timeout=0.2) is None
+        worker.join(timeout=10)
+    assert [t for t, _ in asked] == ["ground", "execution", "execution", "execution", "stop"]
+    assert asked[0][1]["execute"] is True and asked[0][1]["instruction"] == "wipe the left half"
