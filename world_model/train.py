@@ -2,6 +2,7 @@
 its latents.
 
     python -m world_model.train data=DIR out=RUN [ae.steps=N] [diffusion.steps=N] [resume=true]
+    python -m world_model.train data=DIR out=RUN2 autoencoder=RUN model.motion=warp   # RUN's autoencoder, a new model
 
 Writes (every file complete before it is named; weights as safetensors + readable config, no pickle)::
 
@@ -64,6 +65,7 @@ class ModelSizes:
     depth: int = 3
     heads: int = 4
     attention: str = "time"  # time | spacetime
+    motion: str = "none"  # none | warp (world_model.motion)
     train_timesteps: int = 100
     inference_steps: int = 10
 
@@ -78,6 +80,7 @@ class WorldModelTrainConfig:
     resume: bool = False
     progress: bool = True
     threads: int = 1
+    autoencoder: str = ""  # a trained run whose autoencoder to reuse (its sizes must match); empty: train one
     log_every: int = 50
     checkpoint_every: int = 500
     model: ModelSizes = field(default_factory=ModelSizes)
@@ -91,7 +94,7 @@ def model_configs(sizes: ModelSizes, image_size: int, action_dim: int) -> tuple[
     vd = VideoDiffusionConfig(latent_channels=sizes.latent_channels, latent_size=ae.latent_size,
                               action_dim=action_dim, context_frames=sizes.context_frames,
                               chunk_frames=sizes.chunk_frames, width=sizes.width, depth=sizes.depth,
-                              heads=sizes.heads, attention=sizes.attention,
+                              heads=sizes.heads, attention=sizes.attention, motion=sizes.motion,
                               scheduler=SchedulerConfig(num_train_timesteps=sizes.train_timesteps,
                                                         num_inference_steps=sizes.inference_steps))
     return ae, vd
@@ -187,7 +190,17 @@ def train(cfg: WorldModelTrainConfig) -> dict:
     summary: dict = {"out": str(out), "frames": len(videos.frames), "episodes": videos.episodes}
 
     ae = FrameAutoencoder(ae_cfg)
-    if (out / "autoencoder" / "model.safetensors").exists() and cfg.resume:
+    if cfg.autoencoder and not (cfg.resume and (out / "autoencoder" / "model.safetensors").exists()):
+        source = Path(cfg.autoencoder) / "autoencoder"
+        if not (source / "model.safetensors").exists():
+            raise UsageError(f"autoencoder={cfg.autoencoder}: no trained autoencoder in it ({source})")
+        theirs = json.loads((Path(cfg.autoencoder) / "run.json").read_text())["autoencoder"]
+        if theirs != json.loads(json.dumps(asdict(ae_cfg))):
+            raise UsageError(f"autoencoder={cfg.autoencoder} has other sizes ({theirs}) than this run's "
+                             f"({asdict(ae_cfg)}): match model.latent_channels / model.ae_width")
+        shutil.copytree(source, out / "autoencoder", dirs_exist_ok=True)
+        summary["autoencoder_from"] = cfg.autoencoder
+    if (out / "autoencoder" / "model.safetensors").exists() and (cfg.resume or cfg.autoencoder):
         load_checkpoint(out / "autoencoder", ae)
     else:
         stage = Stage("autoencoder", cfg, cfg.ae, ae, ae_cfg, log)
@@ -208,6 +221,12 @@ def train(cfg: WorldModelTrainConfig) -> dict:
                              for i in range(0, len(videos.frames), 512)])
     actions = torch.from_numpy(videos.actions)
     model = VideoDiffusion(vd_cfg)
+    if model.denoiser.motion is not None:  # the camera's image motion per action, from the videos (a resume loads it)
+        from world_model.motion import estimate_motion
+
+        motion = estimate_motion(videos.frames, videos.actions, videos.windows(2) + 1, seed=cfg.seed)
+        model.denoiser.motion.weight.data.copy_(torch.from_numpy(motion))
+        summary["motion_estimate"] = np.round(motion, 4).tolist()
     stage = Stage("diffusion", cfg, cfg.diffusion, model, vd_cfg, log)
     window = vd_cfg.window
     starts = torch.from_numpy(videos.windows(window))

@@ -12,6 +12,11 @@ timesteps (B, T) int (0 for context frames, which also carry a learned "clean" f
 The network factorises space and time: per-frame residual conv blocks with FiLM from the frame's condition, then
 self-attention across the window's frames at every latent pixel. The temporal attention projections (``q, k, v,
 out``) are where TEMP-LoRA attaches (``world_model.temp_lora``).
+
+``motion=warp`` hands every frame of the window, as extra input channels, the last clean context frame warped by
+the camera's displacement since it (``world_model.motion``: a learned map from actions to image shifts, started
+from an estimate on the training videos) and where that warp left the frame: content then moves with the camera,
+and the network fills in what came into view.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdp.schedulers import NoiseScheduler, SchedulerConfig
+from world_model.motion import warp
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class VideoDiffusionConfig:
     depth: int = 3  # (conv block, temporal attention) pairs
     heads: int = 4
     attention: str = "time"  # time: across frames at each latent pixel; spacetime: across every frame and pixel
+    motion: str = "none"  # none | warp: the last context frame moved with the camera, as input (world_model.motion)
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(num_train_timesteps=100,
                                                                                 num_inference_steps=10))
 
@@ -48,6 +55,8 @@ class VideoDiffusionConfig:
                              f"{self.chunk_frames}")
         if self.attention not in ("time", "spacetime"):
             raise ValueError(f"attention must be 'time' or 'spacetime', got {self.attention!r}")
+        if self.motion not in ("none", "warp"):
+            raise ValueError(f"motion must be 'none' or 'warp', got {self.motion!r}")
         if self.width % self.heads or self.width % 8:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads} and by 8")
 
@@ -130,7 +139,11 @@ class VideoDenoiser(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E))
         self.action_mlp = nn.Sequential(nn.Linear(cfg.action_dim, E), nn.SiLU(), nn.Linear(E, E))
         self.clean = nn.Embedding(2, E)  # 1 = a context frame, given clean
-        self.conv_in = nn.Conv2d(cfg.latent_channels, W, 3, padding=1)
+        warp = cfg.motion == "warp"
+        self.conv_in = nn.Conv2d(cfg.latent_channels * (2 if warp else 1) + int(warp), W, 3, padding=1)
+        self.motion = nn.Linear(cfg.action_dim, 2, bias=False) if warp else None  # action -> image shift
+        if self.motion is not None:
+            nn.init.zeros_(self.motion.weight)  # world_model.train sets it from world_model.motion.estimate_motion
         self.blocks = nn.ModuleList(FiLMResBlock(W, E) for _ in range(cfg.depth))
         self.temporal = nn.ModuleList(TemporalAttention(W, cfg.heads, cfg.window, cfg.latent_size**2,
                                                         cfg.attention == "spacetime") for _ in range(cfg.depth))
@@ -153,11 +166,32 @@ class VideoDenoiser(nn.Module):
         cond = (self.time_mlp(timestep_embedding(timesteps, cfg.width)) + self.action_mlp(actions)
                 + self.clean(context.long()))  # (B, T, E)
         cond = cond.reshape(B * T, -1)
-        x = self.conv_in(latents.reshape(B * T, *expected))
+        frames = latents.reshape(B * T, *expected)
+        if self.motion is not None:
+            frames = torch.cat([frames, *self.warped(latents, context, actions)], dim=1)
+        x = self.conv_in(frames)
         for block, temporal in zip(self.blocks, self.temporal, strict=True):
             x = block(x, cond)
             x = temporal(x.reshape(B, T, *x.shape[1:])).reshape(B * T, *x.shape[1:])
         return self.conv_out(F.silu(self.norm_out(x))).reshape(B, T, *expected)
+
+
+    def warped(self, latents: torch.Tensor, context: torch.Tensor,
+               actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last context frame moved to every frame of the window: ((B*T, C, h, w) latents, (B*T, 1, h, w) the
+        share inside it). ``context`` must mark the same first frames of every sample (as masked_loss and generate
+        do); with none, both are zero."""
+        assert self.motion is not None
+        B, T, C, h, w = latents.shape
+        n = int(context[0].sum())
+        if not bool((context == (torch.arange(T) < n)[None]).all()):
+            raise ValueError("motion=warp needs the same leading context frames in every sample")
+        if n == 0:
+            return latents.new_zeros((B * T, C, h, w)), latents.new_zeros((B * T, 1, h, w))
+        travelled = actions.cumsum(dim=1)
+        shift = self.motion(travelled - travelled[:, n - 1:n])  # (B, T, 2): displacement since frame n - 1
+        anchor = latents[:, n - 1, None].expand(B, T, C, h, w).reshape(B * T, C, h, w)
+        return warp(anchor, shift.reshape(B * T, 2))
 
 
 class VideoDiffusion(nn.Module):

@@ -4,13 +4,14 @@ only the adapters and lowers the loss on the chunk it saw, reset and state round
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from rdp.schedulers import SchedulerConfig
 from world_model.autoencoder import AutoencoderConfig, FrameAutoencoder
 from world_model.temp_lora import LoRALinear, TempLoRAConfig, TempLoRAMemory, attach
-from world_model.video_diffusion import VideoDiffusion, VideoDiffusionConfig
+from world_model.video_diffusion import VideoDenoiser, VideoDiffusion, VideoDiffusionConfig
 
 TINY = VideoDiffusionConfig(latent_channels=4, latent_size=4, action_dim=3, context_frames=2, chunk_frames=2,
                             width=32, depth=2, heads=4,
@@ -189,3 +190,49 @@ def test_spacetime_attention_moves_content_between_pixels_and_frames():
     assert reached[False] == 0.0 and reached[True] > 1e-6, reached
     with pytest.raises(ValueError, match="attention"):
         VideoDiffusionConfig(attention="space")
+
+
+def test_motion_estimate_recovers_a_known_camera_shift():
+    """Frames that slide by a known number of pixels per unit of action: the fitted map gives that shift (in
+    normalised coordinates), for each action axis and its sign, and ignores the axis that never moves the view."""
+    from world_model.motion import estimate_motion
+
+    rng = np.random.default_rng(0)
+    world = rng.integers(0, 255, (200, 200, 3)).astype(np.uint8)
+    S, px_per_unit = 32, np.array([3.0, -2.0])  # action x moves the view 3 px right, action y 2 px up
+    pos, frames, actions = np.array([80.0, 80.0]), [], []
+    for k in range(60):
+        a = np.zeros(3, np.float32) if k == 0 else np.array([*rng.integers(-1, 2, 2), rng.normal()], np.float32)
+        pos = pos + px_per_unit * a[:2]
+        x, y = int(round(pos[0])), int(round(pos[1]))
+        frames.append(world[y:y + S, x:x + S])
+        actions.append(a)
+    m = estimate_motion(np.stack(frames), np.stack(actions), np.arange(1, 60), radius=4)
+    assert m.shape == (2, 3)
+    assert m[:, :2] == pytest.approx(np.diag(px_per_unit) * 2 / S, abs=0.01) and abs(m[0, 2]) < 0.01
+
+
+def test_warp_input_moves_the_last_context_frame_with_the_camera():
+    """motion=warp: each frame of the window gets the last context frame shifted by the displacement since it (none
+    for that frame itself), with a zero 'inside' share where the shift brought in unseen ground."""
+    cfg = VideoDiffusionConfig(latent_channels=2, latent_size=8, action_dim=2, context_frames=2, chunk_frames=2,
+                               width=32, depth=1, heads=4, motion="warp")
+    den = VideoDenoiser(cfg)
+    den.motion.weight.data = torch.tensor([[0.25, 0.0], [0.0, 0.25]])  # one unit of action: 1 latent pixel
+    latents = torch.randn(1, 4, 2, 8, 8)
+    actions = torch.tensor([[[0.0, 0.0], [5.0, 5.0], [1.0, 0.0], [1.0, 0.0]]])  # frame 1 is the anchor
+    context = torch.tensor([[True, True, False, False]])
+    moved, inside = den.warped(latents, context, actions)
+    moved, inside = moved.reshape(4, 2, 8, 8), inside.reshape(4, 1, 8, 8)
+    anchor = latents[0, 1]
+    assert torch.allclose(moved[1], anchor, atol=1e-6) and torch.allclose(moved[2][:, :, :7], anchor[:, :, 1:])
+    assert torch.allclose(moved[3][:, :, :6], anchor[:, :, 2:], atol=1e-6)
+    assert float(inside[3, 0, :, 6:].max()) == 0.0 and float(inside[3, 0, :, :6].min()) == 1.0
+    assert torch.allclose(moved[0][:, 5:, 5:], anchor[:, :3, :3], atol=1e-6)  # frame 0: 5 px back along x and y
+    eps = den(latents, torch.tensor([[0, 0, 5, 5]]), context, actions)
+    assert eps.shape == latents.shape
+    with pytest.raises(ValueError, match="same leading context"):
+        den(latents.expand(2, -1, -1, -1, -1), torch.zeros(2, 4, dtype=torch.long),
+            torch.tensor([[True, True, False, False], [True, False, False, False]]), actions.expand(2, -1, -1))
+    with pytest.raises(ValueError, match="motion"):
+        VideoDiffusionConfig(motion="flow")

@@ -94,6 +94,20 @@ def test_train_then_generate_with_and_without_memory(tmp_path):
         assert len(metrics["episodes"]) == 2 and (out / "episode0.mp4").stat().st_size > 0
     for r in results.values():
         assert 0.0 <= r["revisit_ssim"] <= 1.0 and r["scene_cuts"] >= 0
+    # A second model on the first one's autoencoder, with the camera-motion warp.
+    warped = tmp_path / "warp"
+    done = subprocess.run([*py, "world_model.train", f"data={data}", f"out={warped}", f"autoencoder={run}",
+                           "model.motion=warp", *TINY], check=True, capture_output=True, text=True)
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["autoencoder_from"] == str(run) and "ae_loss" not in summary
+    assert np.array(summary["motion_estimate"]).shape == (2, 3) and np.abs(summary["motion_estimate"]).max() > 0
+    assert (warped / "autoencoder" / "model.safetensors").read_bytes() == \
+        (run / "autoencoder" / "model.safetensors").read_bytes()
+    subprocess.run([*py, "world_model.generate", f"run={warped}", f"data={data}", f"out={tmp_path / 'gw'}",
+                    "episodes=1", "videos=0"], check=True, capture_output=True, text=True)
+    bad = subprocess.run([*py, "world_model.train", f"data={data}", f"out={tmp_path / 'x'}", f"autoencoder={run}",
+                          *TINY, "model.ae_width=16"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "other sizes" in bad.stderr
 
 
 def test_bad_command_lines_are_one_line_errors(tmp_path):
