@@ -14,7 +14,9 @@ but never updates them: the "no local update" ablation). Metrics, per episode an
 - ``revisit_self_ssim``: SSIM between the imagined return frame and the imagined (or given) first-visit frame;
 - ``frame_ssim``: SSIM of every imagined frame with the real one;
 - ``scene_cuts``: imagined frame-to-frame changes larger than any the real videos of the set contain (colour
-  histogram distance above the real videos' maximum), per video.
+  histogram distance above the real videos' maximum), per video;
+- ``horizon_ssim``: SSIM with the real frame against how many frames past the given ones it was imagined (per
+  episode; the summary averages each horizon over the episodes that reach it, drawn in ``OUT/horizon.png``).
 
 Writes ``OUT/metrics.json`` (the last stdout line is its summary) and ``OUT/episode<i>.mp4`` for the first
 ``videos`` episodes: real | imagined, with the revisit frames marked.
@@ -113,8 +115,10 @@ def episode_metrics(real: np.ndarray, imagined: np.ndarray, pairs: np.ndarray, c
     r, m = frames_tensor(real), frames_tensor(imagined)
     gen = slice(context, None)
     pairs = pairs[pairs[:, 1] >= context]
-    out = {"frame_ssim": float(ssim(m[gen], r[gen]).mean()),
-           "scene_cuts": int((histogram_distance(imagined[context - 1:]) > cut_threshold).sum())}
+    per_frame = ssim(m[gen], r[gen])
+    out = {"frame_ssim": float(per_frame.mean()),
+           "scene_cuts": int((histogram_distance(imagined[context - 1:]) > cut_threshold).sum()),
+           "horizon_ssim": [round(float(v), 4) for v in per_frame]}
     if len(pairs):
         out["revisit_ssim"] = float(ssim(m[pairs[:, 1]], r[pairs[:, 1]]).mean())
         out["revisit_self_ssim"] = float(ssim(m[pairs[:, 1]], m[pairs[:, 0]]).mean())
@@ -132,6 +136,22 @@ def write_video(path: Path, real: np.ndarray, imagined: np.ndarray, revisit: set
             colour = (0, 200, 0) if t < context else (255, 160, 0) if t in revisit else (90, 90, 90)
             cv2.rectangle(frame, (0, 0), (frame.shape[1] - 1, frame.shape[0] - 1), colour, 2)
             w.append_data(frame)
+
+
+def plot_horizon(path: Path, curve: Sequence[float], title: str) -> None:
+    """SSIM with the real frame against frames imagined past the given ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(np.arange(1, len(curve) + 1), curve, marker=".")
+    ax.set(xlabel="frames imagined past the given ones", ylabel="SSIM with the real frame", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 @dataclass
@@ -180,7 +200,12 @@ def evaluate(cfg: GenerateConfig) -> dict:
         if e < cfg.videos:
             write_video(out / f"episode{e}.mp4", frames, imagined, set(pairs[:, 1].tolist()), cfg.context)
     keys = ("frame_ssim", "revisit_ssim", "revisit_self_ssim", "scene_cuts")
-    summary = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    summary: dict = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    longest = max(len(r["horizon_ssim"]) for r in rows)
+    summary["horizon_ssim"] = [round(float(np.mean([r["horizon_ssim"][h] for r in rows
+                                                    if len(r["horizon_ssim"]) > h])), 4) for h in range(longest)]
+    kind = "TEMP-LoRA" if cfg.memory and cfg.update else "no memory"
+    plot_horizon(out / "horizon.png", summary["horizon_ssim"], f"{cfg.run} ({kind}, context {cfg.context})")
     result = {"config": asdict(cfg), "cut_threshold": cut, "summary": summary, "episodes": rows}
     (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     return {"out": str(out), **summary}

@@ -92,6 +92,8 @@ def test_train_then_generate_with_and_without_memory(tmp_path):
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         metrics = json.loads((out / "metrics.json").read_text())
         assert len(metrics["episodes"]) == 2 and (out / "episode0.mp4").stat().st_size > 0
+        assert (out / "horizon.png").stat().st_size > 0
+        assert len(metrics["summary"]["horizon_ssim"]) == max(len(r["horizon_ssim"]) for r in metrics["episodes"])
     for r in results.values():
         assert 0.0 <= r["revisit_ssim"] <= 1.0 and r["scene_cuts"] >= 0
     # A second model on the first one's autoencoder, with the camera-motion warp.
