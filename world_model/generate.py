@@ -81,6 +81,7 @@ class RolloutOptions:
     lora_rank: int = 8
     lora_lr: float = 1e-3
     lora_steps: int = 1
+    memorize_given: bool = False
 
 
 @torch.no_grad()
@@ -95,6 +96,9 @@ def imagine(ae: FrameAutoencoder, model: VideoDiffusion, frames: np.ndarray, act
     g = torch.Generator().manual_seed(seed)
     if memory is not None:
         memory.reset()
+        if opts.memorize_given and opts.update and tc >= 2:  # what the camera saw, stored before imagining
+            with torch.enable_grad():
+                memory.update(torch.stack(latents)[None], acts[:tc][None], n_context=1)
     while len(latents) < len(frames):
         t0 = len(latents) - tc
         n_new = min(tg, len(frames) - len(latents))
@@ -169,6 +173,7 @@ class GenerateConfig:
     lora_rank: int = 8
     lora_lr: float = 1e-3
     lora_steps: int = 1
+    memorize_given: bool = False  # also one local update on the given frames themselves before imagining
     seed: int = 0
     threads: int = 1
 
@@ -183,7 +188,8 @@ def evaluate(cfg: GenerateConfig) -> dict:
     cfg.context = cfg.context or model.cfg.context_frames
     if not 1 <= cfg.context <= model.cfg.context_frames:
         raise UsageError(f"context={cfg.context}: the model takes 1 .. {model.cfg.context_frames} context frames")
-    opts = RolloutOptions(cfg.memory, cfg.update, cfg.context, cfg.lora_rank, cfg.lora_lr, cfg.lora_steps)
+    opts = RolloutOptions(cfg.memory, cfg.update, cfg.context, cfg.lora_rank, cfg.lora_lr, cfg.lora_steps,
+                          cfg.memorize_given)
     memory = TempLoRAMemory(model, TempLoRAConfig(rank=cfg.lora_rank, lr=cfg.lora_lr, steps=cfg.lora_steps),
                             seed=cfg.seed) if cfg.memory else None
     cut = float(max(histogram_distance(videos.episode(e)[0]).max() for e in range(videos.episodes)))

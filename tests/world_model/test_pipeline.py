@@ -85,7 +85,9 @@ def test_train_then_generate_with_and_without_memory(tmp_path):
     assert (run / "diffusion" / "model.safetensors").exists() and (run / "autoencoder" / "config.json").exists()
     assert not (run / "checkpoints" / "diffusion").exists()  # removed once the stage finished
     results = {}
-    for name, extra in {"memory": [], "none": ["memory=false"], "single": ["memory=false", "context=1"]}.items():
+    variants = {"memory": [], "none": ["memory=false"], "single": ["memory=false", "context=1"],
+                "given": ["memorize_given=true"]}
+    for name, extra in variants.items():
         out = tmp_path / name
         proc = subprocess.run([*py, "world_model.generate", f"run={run}", f"data={data}", f"out={out}",
                                "episodes=2", "videos=1", *extra], check=True, capture_output=True, text=True)
