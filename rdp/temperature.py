@@ -61,6 +61,8 @@ def _eval(task: str, checkpoint: Path, policy: str, noise: float, cfg: Temperatu
                               else "")
     if sensors:
         values["sensors"] = sensors
+    if "goal" in run.get("obs_keys", ()):  # a goal-conditioned run: validated over the task's goals
+        values["task.goal"] = "random"
     cmd = [sys.executable, "-m", "sim.eval", *(override(k, v) for k, v in values.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **{k: "1" for k in THREAD_VARS}})
     if proc.returncode != 0:

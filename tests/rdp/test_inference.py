@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -166,3 +167,30 @@ def test_sampling_temperature_is_explicit_else_the_runs_else_the_methods() -> No
     assert choose_temperature({0.0: 1.0, 1.0: 0.0}, 1.0) == 0.0
     assert choose_temperature({0.0: 0.5, 1.0: 0.5}, 1.0) == 1.0
     assert choose_temperature({0.5: 0.5, 1.0: 0.5}, 0.0) == 0.5
+
+
+def test_temperature_validates_a_goal_conditioned_run_over_the_tasks_goals(tmp_path, monkeypatch) -> None:
+    """A run that observes a goal is validated with task.goal=random (a goal-free scene would give it none); other
+    runs are validated as before."""
+    import json
+    import subprocess
+
+    from rdp import temperature
+
+    seen: list[list[str]] = []
+
+    def fake_run(cmd, **_):
+        seen.append(cmd)
+        out = next(a.split("=", 1)[1] for a in cmd if a.startswith("out="))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "results.json").write_text(json.dumps({"success_rate": 0.5}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(temperature.subprocess, "run", fake_run)
+    for keys, expect in ((["proprio", "tactile", "goal"], True), (["proprio", "tactile"], False)):
+        run = tmp_path / f"run{len(seen)}"
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"obs_keys": keys}))
+        cfg = temperature.TemperatureConfig(task="wipe")
+        assert temperature._eval("wipe", run, "rdp", 0.0, cfg, tmp_path / f"w{len(seen)}") == 0.5
+        assert ("task.goal=random" in seen[-1]) is expect
