@@ -66,6 +66,7 @@ class ModelSizes:
     heads: int = 4
     attention: str = "time"  # time | spacetime
     motion: str = "none"  # none | warp (world_model.motion)
+    prediction: str = "epsilon"  # epsilon | sample
     train_timesteps: int = 100
     inference_steps: int = 10
 
@@ -95,6 +96,7 @@ def model_configs(sizes: ModelSizes, image_size: int, action_dim: int) -> tuple[
                               action_dim=action_dim, context_frames=sizes.context_frames,
                               chunk_frames=sizes.chunk_frames, width=sizes.width, depth=sizes.depth,
                               heads=sizes.heads, attention=sizes.attention, motion=sizes.motion,
+                              prediction=sizes.prediction,
                               scheduler=SchedulerConfig(num_train_timesteps=sizes.train_timesteps,
                                                         num_inference_steps=sizes.inference_steps))
     return ae, vd

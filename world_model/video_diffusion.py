@@ -16,7 +16,9 @@ out``) are where TEMP-LoRA attaches (``world_model.temp_lora``).
 ``motion=warp`` hands every frame of the window, as extra input channels, the last clean context frame warped by
 the camera's displacement since it (``world_model.motion``: a learned map from actions to image shifts, started
 from an estimate on the training videos) and where that warp left the frame: content then moves with the camera,
-and the network fills in what came into view.
+and the network fills in what came into view. With ``prediction=sample`` as well the network predicts the clean
+frames as a correction added to that moved frame (inside the view), so an untrained model already copies what stays
+in view, and training teaches it the rest.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class VideoDiffusionConfig:
     heads: int = 4
     attention: str = "time"  # time: across frames at each latent pixel; spacetime: across every frame and pixel
     motion: str = "none"  # none | warp: the last context frame moved with the camera, as input (world_model.motion)
+    prediction: str = "epsilon"  # epsilon: the noise | sample: the clean frames (with warp: a correction of the warp)
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig(num_train_timesteps=100,
                                                                                 num_inference_steps=10))
 
@@ -57,6 +60,8 @@ class VideoDiffusionConfig:
             raise ValueError(f"attention must be 'time' or 'spacetime', got {self.attention!r}")
         if self.motion not in ("none", "warp"):
             raise ValueError(f"motion must be 'none' or 'warp', got {self.motion!r}")
+        if self.prediction not in ("epsilon", "sample"):
+            raise ValueError(f"prediction must be 'epsilon' or 'sample', got {self.prediction!r}")
         if self.width % self.heads or self.width % 8:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads} and by 8")
 
@@ -130,7 +135,8 @@ class TemporalAttention(nn.Module):
 
 
 class VideoDenoiser(nn.Module):
-    """eps prediction for a window of latent frames: (B, T, C, h, w), timesteps (B, T), actions (B, T, Da)."""
+    """eps (or, with ``prediction=sample``, clean-frame) prediction for a window of latent frames: (B, T, C, h, w),
+    timesteps (B, T), actions (B, T, Da)."""
 
     def __init__(self, cfg: VideoDiffusionConfig | None = None) -> None:
         super().__init__()
@@ -167,13 +173,18 @@ class VideoDenoiser(nn.Module):
                 + self.clean(context.long()))  # (B, T, E)
         cond = cond.reshape(B * T, -1)
         frames = latents.reshape(B * T, *expected)
+        prior = None
         if self.motion is not None:
-            frames = torch.cat([frames, *self.warped(latents, context, actions)], dim=1)
+            moved, inside = self.warped(latents, context, actions)
+            frames = torch.cat([frames, moved, inside], dim=1)
+            if cfg.prediction == "sample":  # the clean frame is predicted as a correction of the moved one
+                prior = moved * inside
         x = self.conv_in(frames)
         for block, temporal in zip(self.blocks, self.temporal, strict=True):
             x = block(x, cond)
             x = temporal(x.reshape(B, T, *x.shape[1:])).reshape(B * T, *x.shape[1:])
-        return self.conv_out(F.silu(self.norm_out(x))).reshape(B, T, *expected)
+        out = self.conv_out(F.silu(self.norm_out(x)))
+        return (out if prior is None else out + prior).reshape(B, T, *expected)
 
 
     def warped(self, latents: torch.Tensor, context: torch.Tensor,
@@ -206,7 +217,8 @@ class VideoDiffusion(nn.Module):
     def masked_loss(self, latents: torch.Tensor, actions: torch.Tensor, n_context: int,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Noise frames ``n_context:`` at one random timestep per sample, keep the first ``n_context`` clean, and
-        return the eps MSE over the noised frames only. latents (B, T, C, h, w), actions (B, T, Da)."""
+        return the MSE of the prediction (eps, or the clean frames) over the noised frames only. latents (B, T, C, h,
+        w), actions (B, T, Da)."""
         B, T = latents.shape[:2]
         if not 0 <= n_context < T:
             raise ValueError(f"n_context must be in [0, {T}), got {n_context}")
@@ -217,8 +229,8 @@ class VideoDiffusion(nn.Module):
         inputs = torch.cat([latents[:, :n_context], noised], dim=1)
         timesteps = torch.cat([torch.zeros(B, n_context, dtype=torch.long), t[:, None].expand(B, T - n_context)], 1)
         context = torch.arange(T)[None, :].expand(B, T) < n_context
-        eps = self.denoiser(inputs, timesteps, context, actions)
-        return F.mse_loss(eps[:, n_context:], noise)
+        pred = self.denoiser(inputs, timesteps, context, actions)[:, n_context:]
+        return F.mse_loss(pred, target if self.cfg.prediction == "sample" else noise)
 
     @torch.no_grad()
     def generate(self, context: torch.Tensor, actions: torch.Tensor,
@@ -234,6 +246,9 @@ class VideoDiffusion(nn.Module):
         is_context = torch.arange(Tc + Tg)[None, :].expand(B, -1) < Tc
         for t in self.scheduler.timesteps:
             steps = torch.cat([torch.zeros(B, Tc, dtype=torch.long), torch.full((B, Tg), int(t))], dim=1)
-            eps = self.denoiser(torch.cat([context, x], dim=1), steps, is_context, actions)[:, Tc:]
-            x = self.scheduler.ddim_step(eps, int(t), x)
+            pred = self.denoiser(torch.cat([context, x], dim=1), steps, is_context, actions)[:, Tc:]
+            if self.cfg.prediction == "sample":  # the noise that clean-frame estimate implies, for the DDIM step
+                abar = float(self.scheduler.alphas_cumprod[int(t)])
+                pred = (x - math.sqrt(abar) * pred) / math.sqrt(1.0 - abar)
+            x = self.scheduler.ddim_step(pred, int(t), x)
         return x

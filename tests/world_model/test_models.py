@@ -236,3 +236,22 @@ def test_warp_input_moves_the_last_context_frame_with_the_camera():
             torch.tensor([[True, True, False, False], [True, False, False, False]]), actions.expand(2, -1, -1))
     with pytest.raises(ValueError, match="motion"):
         VideoDiffusionConfig(motion="flow")
+
+
+def test_sample_prediction_with_warp_copies_what_stays_in_view_before_any_training():
+    """prediction=sample with motion=warp: an untrained model's clean-frame estimate is the last context frame moved
+    by the camera's motion, and generation from it reproduces that moved frame where it is in view."""
+    cfg = VideoDiffusionConfig(latent_channels=2, latent_size=8, action_dim=2, context_frames=2, chunk_frames=2,
+                               width=32, depth=1, heads=4, motion="warp", prediction="sample")
+    model = VideoDiffusion(cfg)
+    model.denoiser.motion.weight.data = torch.tensor([[0.25, 0.0], [0.0, 0.25]])
+    context = torch.randn(1, 2, 2, 8, 8)
+    actions = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]]])
+    new = model.generate(context, actions, torch.Generator().manual_seed(0))
+    anchor = context[0, 1]
+    assert torch.allclose(new[0, 0][:, :, :7], anchor[:, :, 1:], atol=1e-4)
+    assert torch.allclose(new[0, 1][:, :, :6], anchor[:, :, 2:], atol=1e-4)
+    loss = model.masked_loss(torch.randn(3, 4, 2, 8, 8), actions.expand(3, -1, -1), 2)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="prediction"):
+        VideoDiffusionConfig(prediction="v")
