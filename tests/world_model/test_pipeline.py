@@ -109,6 +109,10 @@ def test_train_then_generate_with_and_without_memory(tmp_path):
         (run / "autoencoder" / "model.safetensors").read_bytes()
     subprocess.run([*py, "world_model.generate", f"run={warped}", f"data={data}", f"out={tmp_path / 'gw'}",
                     "episodes=1", "videos=0"], check=True, capture_output=True, text=True)
+    bench = subprocess.run([*py, "benchmarks.world_model_chunk", f"runs=[{run},{warped}]", "repeats=1", "warmup=0",
+                            "batch=2", f"out={tmp_path / 'bench.json'}"], check=True, capture_output=True, text=True)
+    rows = json.loads(bench.stdout.strip().splitlines()[-1])["results"]
+    assert [r["motion"] for r in rows] == ["none", "warp"] and all(r["generate_ms"] > 0 for r in rows)
     bad = subprocess.run([*py, "world_model.train", f"data={data}", f"out={tmp_path / 'x'}", f"autoencoder={run}",
                           *TINY, "model.ae_width=16"], capture_output=True, text=True)
     assert bad.returncode == 2 and "other sizes" in bad.stderr
