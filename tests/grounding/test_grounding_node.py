@@ -70,7 +70,8 @@ def test_node_grounds_the_last_episode_and_survives_bad_requests(tmp_path: Path)
             assert current["episode"] == 2 and current["frames"] == 3
             for meta, why in (({"instruction": ""}, "no instruction"), ({"instruction": 3}, "no instruction"),
                               ({"instruction": "x" * 301}, "at most 300"),
-                              ({"instruction": "again", "video": "yesterday"}, "choose one of last, current")):
+                              ({"instruction": "again", "video": "yesterday"}, "choose one of last, current"),
+                              ({"instruction": "again", "execute": "yes"}, "true or false")):
                 with Client(address) as c:
                     c.send("ground", meta=meta)
                     reply = c.recv(timeout=30.0)
@@ -78,6 +79,9 @@ def test_node_grounds_the_last_episode_and_survives_bad_requests(tmp_path: Path)
             with Client(address) as c:
                 c.send("shutdown")
                 assert c.recv(timeout=30.0).topic == "error"
+                c.send("stop")  # no run to stop
+                reply = c.recv(timeout=30.0)
+                assert reply.topic == "error" and "nothing carried out yet" in reply.meta["error"]
                 c.socket.send_multipart([b"12345678", b"garbage"])  # a malformed request: dropped, counted
             assert node.alive()
             assert ask(address, "peel the strip again", timeout_s=30.0)["episode"] == 1
@@ -86,7 +90,7 @@ def test_node_grounds_the_last_episode_and_survives_bad_requests(tmp_path: Path)
         assert code == 0
         exit_record = node.last
         assert exit_record is not None and exit_record["event"] == "exit" and exit_record["answered"] == 3
-        assert exit_record["rejects"]["rej_image"] == 3 and exit_record["rejects"]["rej_request"] == 6
+        assert exit_record["rejects"]["rej_image"] == 3 and exit_record["rejects"]["rej_request"] == 8
 
 
 def test_answer_in_process_refuses_unknown_topics() -> None:
