@@ -1,7 +1,7 @@
 """Imagine long videos with the world model and measure how consistent they stay; side-by-side mp4s.
 
-    python -m world_model.generate run=RUN data=DIR [episodes=20] [memory=true] [context=N] [update=true]
-                                   [out=DIR] [videos=2]   # context=0: the model's
+    python -m world_model.generate data=DIR [run=RUN] [episodes=20] [memory=true] [context=N] [update=true]
+                                   [out=DIR] [videos=2]   # context=0: the model's; run: the shipped model
 
 For each episode of a revisit set (held-out seeds: make it with another ``seed=``) the model is given the first
 ``context`` real frames and the whole action sequence, and generates the rest chunk by chunk (each chunk's context:
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -193,7 +194,7 @@ def evaluate(cfg: GenerateConfig) -> dict:
     memory = TempLoRAMemory(model, TempLoRAConfig(rank=cfg.lora_rank, lr=cfg.lora_lr, steps=cfg.lora_steps),
                             seed=cfg.seed) if cfg.memory else None
     cut = float(max(histogram_distance(videos.episode(e)[0]).max() for e in range(videos.episodes)))
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "generate"
+    out = Path(cfg.out) if cfg.out else Path("outputs/world_model") / f"generate-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     n = min(cfg.episodes, videos.episodes)
@@ -221,8 +222,12 @@ def evaluate(cfg: GenerateConfig) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = compose(GenerateConfig, "world_model/generate", list(sys.argv[1:] if argv is None else argv),
                   "world-model generation", "run=RUN data=DIR")
-    if not cfg.run or not cfg.data:
-        raise UsageError("run=RUN (python -m world_model.train) and data=DIR (a video set) are required")
+    if not cfg.data:
+        raise UsageError("data=DIR (a video set: python -m world_model.data revisit out=DIR) is required")
+    if not cfg.run:
+        from world_model.train import shipped_run
+
+        cfg.run = str(shipped_run())
     print(json.dumps(evaluate(cfg)))
     return 0
 

@@ -247,6 +247,16 @@ def train(cfg: WorldModelTrainConfig) -> dict:
     return summary
 
 
+SHIPPED_RUN = "world_model/revisit"
+
+
+def shipped_run() -> Path:
+    """The shipped world model, ``checkpoints/world_model/revisit``."""
+    from bus.resources import checkpoint_dir
+
+    return checkpoint_dir() / SHIPPED_RUN
+
+
 def load_world_model(run_dir: Path) -> tuple[FrameAutoencoder, VideoDiffusion, dict]:
     """A trained run's autoencoder and video diffusion model (eval mode) and its run.json."""
     run_dir = Path(run_dir)
