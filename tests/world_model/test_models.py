@@ -255,3 +255,18 @@ def test_sample_prediction_with_warp_copies_what_stays_in_view_before_any_traini
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="prediction"):
         VideoDiffusionConfig(prediction="v")
+
+
+def test_the_shipped_world_model_loads_and_imagines_a_chunk():
+    """checkpoints/world_model/revisit (what world_model.generate uses when no run= is given) loads from its
+    safetensors and run.json and generates a chunk of the right shape from frames it has never seen."""
+    from world_model.train import frames_tensor, load_world_model, shipped_run
+
+    ae, model, info = load_world_model(shipped_run())
+    assert model.cfg.motion == "warp" and model.cfg.prediction == "sample" and info["image_size"] == 32
+    frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+    with torch.no_grad():
+        context = ae.encode(frames_tensor(frames))[None]
+    actions = torch.zeros(1, model.cfg.window, info["action_dim"])
+    new = model.generate(context, actions, torch.Generator().manual_seed(0))
+    assert new.shape == (1, model.cfg.chunk_frames, *context.shape[2:]) and torch.isfinite(new).all()
