@@ -4,9 +4,10 @@
 
 For each ``world_model.train`` run: the median CPU time (one thread) of generating one chunk (``chunk_frames`` new
 latent frames from ``context_frames`` given ones, at the run's DDIM steps), of decoding it to frames, and of one
-TEMP-LoRA local update on [context ⊕ chunk] (rank 8, the default of ``world_model.generate``), on latents of real
-frames of the run's own training set. ``overhead_pct`` is the update in percent of the generation; ``batch`` > 1
-times ``batch`` imagined futures at once (what a planner scoring candidate plans does).
+TEMP-LoRA local update on [context ⊕ chunk] (rank 8, the default of ``world_model.generate``), on latents of the
+first frames of a revisit episode rendered at ``seed`` (so no recorded data is needed). ``overhead_pct`` is the
+update in percent of the generation; ``batch`` > 1 times ``batch`` imagined futures at once (what a planner scoring
+candidate plans does).
 
 Prints a table, writes JSON to benchmarks/results/world_model_chunk.json; the last stdout line is that JSON.
 """
@@ -34,6 +35,7 @@ class WorldModelChunkConfig:
     runs: list[str] = field(default_factory=list)
     batch: int = 1
     lora_rank: int = 8
+    seed: int = 300000
     repeats: int = 10
     warmup: int = 2
     out: str = "benchmarks/results/world_model_chunk.json"
@@ -47,19 +49,18 @@ class WorldModelChunkConfig:
 
 
 def measure(run: str, cfg: WorldModelChunkConfig) -> dict[str, object]:
-    from world_model.data import VideoSet
+    from world_model.revisit import RevisitConfig, render_episode
     from world_model.temp_lora import TempLoRAConfig, TempLoRAMemory
     from world_model.train import frames_tensor, load_world_model
 
     ae, model, info = load_world_model(Path(run))
-    videos = VideoSet.load(Path(info["data"]))
+    episode = render_episode(RevisitConfig(image_size=info["image_size"]), cfg.seed)  # needs no recorded data
     mc = model.cfg
     window = mc.context_frames + mc.chunk_frames
-    start = int(videos.windows(window)[0])
     with torch.no_grad():
-        latents = ae.encode(frames_tensor(videos.frames[start:start + window]))[None].expand(cfg.batch, -1, -1, -1,
-                                                                                             -1).contiguous()
-    actions = torch.from_numpy(videos.actions[start:start + window])[None].expand(cfg.batch, -1, -1).contiguous()
+        latents = ae.encode(frames_tensor(episode.frames[:window]))[None].expand(cfg.batch, -1, -1, -1,
+                                                                                 -1).contiguous()
+    actions = torch.from_numpy(episode.actions[:window])[None].expand(cfg.batch, -1, -1).contiguous()
     context = latents[:, :mc.context_frames]
     params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
