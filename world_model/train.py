@@ -223,13 +223,14 @@ def train(cfg: WorldModelTrainConfig) -> dict:
                              for i in range(0, len(videos.frames), 512)])
     actions = torch.from_numpy(videos.actions)
     model = VideoDiffusion(vd_cfg)
-    if model.denoiser.motion is not None:  # the camera's image motion per action, from the videos (a resume loads it)
+    stage = Stage("diffusion", cfg, cfg.diffusion, model, vd_cfg, log)
+    # The camera's image motion per action, estimated from the videos; a resumed stage has learned it further.
+    if model.denoiser.motion is not None and stage.step == 0:
         from world_model.motion import estimate_motion
 
         motion = estimate_motion(videos.frames, videos.actions, videos.windows(2) + 1, seed=cfg.seed)
         model.denoiser.motion.weight.data.copy_(torch.from_numpy(motion))
         summary["motion_estimate"] = np.round(motion, 4).tolist()
-    stage = Stage("diffusion", cfg, cfg.diffusion, model, vd_cfg, log)
     window = vd_cfg.window
     starts = torch.from_numpy(videos.windows(window))
     offsets = torch.arange(window)
