@@ -110,7 +110,7 @@ class TempLoRAMemory:
             for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
                 p.grad = g
             self.optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
         for p in params:
             p.grad = None
         self.updates += 1

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,10 +111,13 @@ def frames_tensor(frames: np.ndarray) -> torch.Tensor:
 class Stage:
     """One optimisation stage with resumable checkpoints under RUN/checkpoints/<name>/."""
 
-    def __init__(self, name: str, cfg: WorldModelTrainConfig, stage: StageConfig, model: nn.Module,
-                 model_cfg: object, log: JsonlLog) -> None:
+    def __init__(self, name: str, cfg: Any, stage: StageConfig, model: nn.Module, model_cfg: object, log: JsonlLog,
+                 params: list[nn.Parameter] | None = None) -> None:
+        """``cfg``: a config with out, seed, resume, progress, log_every and checkpoint_every; ``params``: what
+        the optimiser trains (default: all of ``model``'s parameters)."""
         self.name, self.cfg, self.stage, self.model, self.model_cfg, self.log = name, cfg, stage, model, model_cfg, log
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=1e-4)
+        self.params = list(model.parameters()) if params is None else params
+        self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=1e-4)
         self.dir = Path(cfg.out) / "checkpoints" / name
         self.step, self.seconds = 0, 0.0
         state = self.dir / "state.json"
@@ -138,7 +142,7 @@ class Stage:
                 raise FloatingPointError(f"{self.name} loss is {float(loss)} at step {step}; lower {self.name}.lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            nn.utils.clip_grad_norm_(self.params, 1.0)
             self.optimizer.step()
             losses.append(float(loss.detach()))
             self.step = step + 1
@@ -149,13 +153,13 @@ class Stage:
                                seconds=round(self.seconds + time.perf_counter() - t0, 2))
                 bar.set_postfix(loss=f"{last:.4f}")
             if self.step % self.cfg.checkpoint_every == 0:
-                self._checkpoint(self.seconds + time.perf_counter() - t0)
+                self.checkpoint(self.seconds + time.perf_counter() - t0)
         bar.close()
         self.seconds += time.perf_counter() - t0
         self.model.eval()
         return last
 
-    def _checkpoint(self, seconds: float) -> None:
+    def checkpoint(self, seconds: float) -> None:
         tmp = self.dir.with_name(f".{self.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_checkpoint(tmp / "model", self.model, self.model_cfg)

@@ -1,0 +1,262 @@
+"""The planner process on the bus: the third, slowest loop, above the slow policy.
+
+    python -m world_model.node [run=RUN] [scorer=DIR] [memory=true] [address=tcp://127.0.0.1:*]
+
+It holds a world model, a scoring head and (``memory=true``) a TEMP-LoRA episodic memory, and answers requests on a
+ROUTER socket (``bus.transport.Server``; loopback by default, the address in its ready line):
+
+- ``reset`` (meta ``seed``: int, optional): a new episode; the memory goes back to zero effect -> ``reset``;
+- ``observe`` (arrays ``frames`` (T, S, S, 3) uint8 and ``actions`` (T, Da) float32): real frames and the actions
+  into them; every completed chunk is written into the memory -> ``observed`` (meta ``frames``: seen so far,
+  ``memory_updates``, ``update_ms`` of this request);
+- ``plan`` (array ``plans`` (K, L, Da) float32: K candidate action sequences; meta ``imagined`` true to get the
+  imagined frames back) -> ``plan`` (meta ``index``: the chosen candidate, ``seconds``; arrays ``scores`` (K,), and
+  ``imagined`` (K, L, S, S, 3) uint8 when asked).
+
+Anything it cannot answer (an unknown request, arrays of the wrong dtype or shape, non-finite actions, more than
+``max_candidates`` candidates or ``max_plan_frames`` frames, planning before any frame was observed) gets an
+``error`` reply whose meta ``error`` says why in one line; the node keeps running and its state is unchanged.
+``RemotePlanner`` is the client with ``WorldModelPlanner``'s interface, so ``world_model.plan eval planner=process``
+runs the plan -> act -> observe loop through this process.
+
+The first stdout line is a JSON ready record (``address``); stats lines every ``stats_s``; an exit record on
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bus.cli import UsageError, command
+from bus.config import compose
+from bus.message import Message, MessageError
+from bus.node import emit, log_to_stderr
+from bus.node import serve as run_node
+from bus.transport import Client, Server
+
+log = logging.getLogger("world_model.node")
+
+
+@dataclass
+class PlannerNodeConfig:
+    """``configs/world_model/node.yaml``."""
+
+    run: str = ""  # world model run; empty: the shipped one
+    scorer: str = ""  # scoring head; empty: the shipped one
+    address: str = "tcp://127.0.0.1:*"
+    memory: bool = True
+    context: int = 0
+    score_frames: int = 2
+    lora_rank: int = 8
+    lora_lr: float = 1e-3
+    lora_steps: int = 1
+    reverse: bool = False  # also write each observed chunk into the memory played backwards
+    replay: int = 0  # passes over all stored chunks before a decision that follows new frames
+    max_candidates: int = 16
+    max_plan_frames: int = 128
+    max_observe_frames: int = 256
+    threads: int = 1
+    stats_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_candidates, self.max_plan_frames, self.max_observe_frames, self.score_frames) < 1:
+            raise ValueError("max_candidates, max_plan_frames, max_observe_frames and score_frames must be >= 1")
+        if not self.stats_s > 0:
+            raise ValueError(f"stats_s must be > 0, got {self.stats_s}")
+
+
+def build_planner(run: str, scorer: str, memory: bool, context: int, score_frames: int, lora_rank: int,
+                  lora_lr: float, lora_steps: int, reverse: bool = False, replay: int = 0,
+                  scorer_model: Any = None) -> Any:
+    """A ``WorldModelPlanner`` from a world model run and a scorer (empty: the shipped ones; ``scorer_model``: this
+    one instead, e.g. one being trained)."""
+    from world_model.plan import load_scorer, shipped
+    from world_model.planner import WorldModelPlanner
+    from world_model.temp_lora import TempLoRAConfig, TempLoRAMemory
+    from world_model.train import load_world_model
+
+    ae, model, _ = load_world_model(Path(run) if run else shipped("revisit"))
+    head = scorer_model if scorer_model is not None else load_scorer(Path(scorer) if scorer else
+                                                                      shipped("marker_scorer"))
+    if head.cfg.image_size != ae.cfg.image_size:
+        raise UsageError(f"the scorer reads {head.cfg.image_size}px frames, the world model makes "
+                         f"{ae.cfg.image_size}px")
+    mem = TempLoRAMemory(model, TempLoRAConfig(rank=lora_rank, lr=lora_lr, steps=lora_steps)) if memory else None
+    return WorldModelPlanner(ae, model, head, mem, context, score_frames, reverse=reverse, replay=replay)
+
+
+class PlannerNode:
+    """See the module docstring."""
+
+    def __init__(self, cfg: PlannerNodeConfig) -> None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.planner = build_planner(cfg.run, cfg.scorer, cfg.memory, cfg.context, cfg.score_frames,
+                                     cfg.lora_rank, cfg.lora_lr, cfg.lora_steps, cfg.reverse, cfg.replay)
+        self.size = self.planner.ae.cfg.image_size
+        self.action_dim = self.planner.model.cfg.action_dim
+        self.counts: Counter[str] = Counter()
+        self._stop = False
+        self.server = Server(cfg.address)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        self.server.close()
+
+    def run(self) -> None:
+        next_stats = time.monotonic() + self.cfg.stats_s
+        while not self._stop:
+            request = self.server.recv(timeout=0.05)
+            if request is not None:
+                topic, arrays, meta = self.answer(request.message)
+                try:
+                    self.server.reply(request, topic, arrays=arrays, meta=meta)
+                except MessageError as e:  # an answer that cannot go out (too large): say so, keep serving
+                    self.counts["errors"] += 1
+                    self.server.reply(request, "error", meta={"error": f"reply not sent: {e}"})
+            if time.monotonic() >= next_stats:
+                emit(self.stats("stats"))
+                next_stats += self.cfg.stats_s
+
+    def stats(self, event: str) -> dict[str, Any]:
+        return {"event": event, "node": "planner", "frames": len(self.planner.latents),
+                "memory_updates": self.planner.updates,
+                "rejects": dict(Counter(self.server.rejects) + Counter({k: v for k, v in self.counts.items()
+                                                                       if k.startswith("rej_")})),
+                **{k: v for k, v in self.counts.items() if not k.startswith("rej_")}}
+
+    def answer(self, request: Message) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
+        try:
+            if request.topic == "reset":
+                seed = request.meta.get("seed", 0)
+                if type(seed) is not int:
+                    raise UsageError(f"reset: seed must be an int, got {type(seed).__name__}")
+                self.planner.reset(seed=seed)
+                self.counts["resets"] += 1
+                return "reset", {}, {"seed": seed}
+            if request.topic == "observe":
+                return self._observe(request)
+            if request.topic == "plan":
+                return self._plan(request)
+            raise UsageError(f"unknown request {request.topic!r:.40}; send reset, observe or plan")
+        except UsageError as e:
+            self.counts["rej_request"] += 1
+            return "error", {}, {"error": str(e)}
+        except Exception as e:  # a model failure on strange input must not end the node
+            self.counts["errors"] += 1
+            log.exception("planner request failed")
+            return "error", {}, {"error": f"planning failed: {type(e).__name__}: {e}"}
+
+    def _observe(self, request: Message) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
+        frames, actions = request.arrays.get("frames"), request.arrays.get("actions")
+        s, da = self.size, self.action_dim
+        if frames is None or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (s, s, 3):
+            got = "none" if frames is None else f"{frames.dtype} {frames.shape}"
+            raise UsageError(f"observe: frames must be uint8 (T, {s}, {s}, 3), got {got}")
+        if not 1 <= len(frames) <= self.cfg.max_observe_frames:
+            raise UsageError(f"observe: 1 .. {self.cfg.max_observe_frames} frames a request, got {len(frames)}")
+        self._check_actions(actions, (len(frames), da), "observe: actions")
+        before, t0 = self.planner.updates, time.perf_counter()
+        self.planner.observe(frames, actions.astype(np.float32))
+        self.counts["frames_observed"] += len(frames)
+        return "observed", {}, {"frames": len(self.planner.latents), "memory_updates": self.planner.updates,
+                                "new_updates": self.planner.updates - before,
+                                "update_ms": round(1000 * (time.perf_counter() - t0), 3)}
+
+    def _plan(self, request: Message) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
+        plans = request.arrays.get("plans")
+        if plans is None or plans.ndim != 3:
+            raise UsageError(f"plan: plans must be (K, L, {self.action_dim}) float32, got "
+                             f"{'none' if plans is None else plans.shape}")
+        k, length = plans.shape[:2]
+        if not 1 <= k <= self.cfg.max_candidates or not 1 <= length <= self.cfg.max_plan_frames:
+            raise UsageError(f"plan: 1 .. {self.cfg.max_candidates} candidates of 1 .. {self.cfg.max_plan_frames} "
+                             f"frames, got {k} x {length}")
+        self._check_actions(plans, (k, length, self.action_dim), "plan: plans")
+        if not self.planner.latents:
+            raise UsageError("plan: no frame observed yet in this episode; send observe first")
+        decision = self.planner.decide(plans.astype(np.float32))
+        self.counts["plans"] += 1
+        arrays = {"scores": decision.scores.astype(np.float32)}
+        if request.meta.get("imagined") is True:
+            arrays["imagined"] = np.ascontiguousarray(decision.imagined)
+        return "plan", arrays, {"index": decision.index, "seconds": round(decision.seconds, 4)}
+
+    @staticmethod
+    def _check_actions(a: np.ndarray | None, shape: tuple[int, ...], what: str) -> None:
+        if a is None or a.shape != shape or a.dtype.kind != "f":
+            got = "none" if a is None else f"{a.dtype} {a.shape}"
+            raise UsageError(f"{what} must be float {shape}, got {got}")
+        if not np.isfinite(a).all():
+            raise UsageError(f"{what} hold non-finite values")
+
+
+class RemotePlanner:
+    """``WorldModelPlanner``'s interface (reset / observe / decide, ``updates``, ``update_seconds``) over a planner
+    node at ``address``. An ``error`` reply raises ``UsageError`` with the node's reason."""
+
+    def __init__(self, address: str, timeout_s: float = 120.0) -> None:
+        self.client = Client(address)
+        self.timeout_s = timeout_s
+        self.updates, self.update_seconds = 0, 0.0
+
+    def _request(self, topic: str, arrays: dict | None = None, meta: dict | None = None) -> Message:
+        reply = self.client.request(topic, arrays=arrays, meta=meta, timeout=self.timeout_s)
+        if reply.topic == "error":
+            raise UsageError(f"the planner node answered: {reply.meta.get('error')}")
+        return reply
+
+    def reset(self, seed: int | None = None) -> None:
+        self._request("reset", meta={"seed": int(seed or 0)})
+        self.updates, self.update_seconds = 0, 0.0
+
+    def observe(self, frames: np.ndarray, actions: np.ndarray) -> None:
+        if len(frames) == 0:
+            return
+        reply = self._request("observe", {"frames": np.ascontiguousarray(frames),
+                                          "actions": np.ascontiguousarray(actions, np.float32)})
+        self.updates = int(reply.meta["memory_updates"])
+        if int(reply.meta["new_updates"]):
+            self.update_seconds += float(reply.meta["update_ms"]) / 1000
+
+    def decide(self, plans: np.ndarray) -> Any:
+        from world_model.planner import Decision
+
+        t0 = time.perf_counter()
+        reply = self._request("plan", {"plans": np.ascontiguousarray(plans, np.float32)}, {"imagined": True})
+        return Decision(int(reply.meta["index"]), reply.arrays["scores"], reply.arrays["imagined"],
+                        time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@command("world_model.node")
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = compose(PlannerNodeConfig, "world_model/node", list(sys.argv[1:] if argv is None else argv),
+                  "planner node", "run=RUN scorer=DIR")
+    log_to_stderr()
+    node = PlannerNode(cfg)
+    return run_node(node, lambda: {"event": "ready", "node": "planner", "address": node.address,
+                                   "memory": cfg.memory}, lambda _: node.stats("exit"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
