@@ -8,10 +8,12 @@ ROUTER socket (``bus.transport.Server``; loopback by default, the address in its
 - ``reset`` (meta ``seed``: int, optional): a new episode; the memory goes back to zero effect -> ``reset``;
 - ``observe`` (arrays ``frames`` (T, S, S, 3) uint8 and ``actions`` (T, Da) float32): real frames and the actions
   into them; every completed chunk is written into the memory -> ``observed`` (meta ``frames``: seen so far,
-  ``memory_updates``, ``update_ms`` of this request);
+  ``memory_updates`` and ``update_s``: local updates and their seconds in this episode, ``observe_ms`` of this
+  request);
 - ``plan`` (array ``plans`` (K, L, Da) float32: K candidate action sequences; meta ``imagined`` true to get the
   imagined frames back) -> ``plan`` (meta ``index``: the chosen candidate, ``seconds``; arrays ``scores`` (K,), and
-  ``imagined`` (K, L, S, S, 3) uint8 when asked).
+  ``imagined`` (K, L, S, S, 3) uint8 when asked; meta ``memory_updates`` / ``update_s`` as above, since a decision
+  may rehearse the memory first).
 
 Anything it cannot answer (an unknown request, arrays of the wrong dtype or shape, non-finite actions, more than
 ``max_candidates`` candidates or ``max_plan_frames`` frames, planning before any frame was observed) gets an
@@ -178,7 +180,8 @@ class PlannerNode:
         self.counts["frames_observed"] += len(frames)
         return "observed", {}, {"frames": len(self.planner.latents), "memory_updates": self.planner.updates,
                                 "new_updates": self.planner.updates - before,
-                                "update_ms": round(1000 * (time.perf_counter() - t0), 3)}
+                                "observe_ms": round(1000 * (time.perf_counter() - t0), 3),
+                                "update_s": round(self.planner.update_seconds, 6)}
 
     def _plan(self, request: Message) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
         plans = request.arrays.get("plans")
@@ -197,7 +200,9 @@ class PlannerNode:
         arrays = {"scores": decision.scores.astype(np.float32)}
         if request.meta.get("imagined") is True:
             arrays["imagined"] = np.ascontiguousarray(decision.imagined)
-        return "plan", arrays, {"index": decision.index, "seconds": round(decision.seconds, 4)}
+        return "plan", arrays, {"index": decision.index, "seconds": round(decision.seconds, 4),
+                                "memory_updates": self.planner.updates,
+                                "update_s": round(self.planner.update_seconds, 6)}
 
     @staticmethod
     def _check_actions(a: np.ndarray | None, shape: tuple[int, ...], what: str) -> None:
@@ -232,15 +237,18 @@ class RemotePlanner:
             return
         reply = self._request("observe", {"frames": np.ascontiguousarray(frames),
                                           "actions": np.ascontiguousarray(actions, np.float32)})
+        self._memory(reply)
+
+    def _memory(self, reply: Message) -> None:
         self.updates = int(reply.meta["memory_updates"])
-        if int(reply.meta["new_updates"]):
-            self.update_seconds += float(reply.meta["update_ms"]) / 1000
+        self.update_seconds = float(reply.meta["update_s"])
 
     def decide(self, plans: np.ndarray) -> Any:
         from world_model.planner import Decision
 
         t0 = time.perf_counter()
         reply = self._request("plan", {"plans": np.ascontiguousarray(plans, np.float32)}, {"imagined": True})
+        self._memory(reply)  # a decision may rehearse the memory first (replay)
         return Decision(int(reply.meta["index"]), reply.arrays["scores"], reply.arrays["imagined"],
                         time.perf_counter() - t0)
 

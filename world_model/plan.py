@@ -368,7 +368,9 @@ def evaluate(cfg: PlanConfig) -> dict:
                    "decisions_per_s": round(decisions / seconds, 2) if seconds > 0 else None}
         if condition == "temp_lora":
             updates = sum(r["memory_updates"] for r in rows)
+            # one local update writes one chunk (and its reversed copy with reverse=true); replay passes count too
             summary["memory_update_ms"] = round(1000 * sum(r["memory_update_s"] for r in rows) / max(updates, 1), 2)
+            summary["memory_updates_per_episode"] = round(updates / len(rows), 1)
         results["conditions"][condition] = {"summary": summary, "episodes": rows}
         (out / "metrics.json").write_text(json.dumps(results, indent=1) + "\n")
     return {"out": str(out), **{c: v["summary"] for c, v in results["conditions"].items()}}

@@ -10,9 +10,11 @@ weights take one optimiser step (the outer loop). The memory is treated as given
 order): the base learns to read what the adapters store, so frames that left the context window long ago -- the
 revisit frames at an episode's end -- are predicted from the memory rather than invented.
 
-``init``: the trained run to start from (its autoencoder and diffusion model; default the shipped one). Writes a
-run like ``world_model.train`` (``run.json``, ``autoencoder/``, ``diffusion/`` without the adapters, ``log.jsonl``,
-resumable ``checkpoints/slowfast/``), so ``world_model.generate`` and ``world_model.plan`` read it as any other.
+``inner=false`` skips the memory's updates: the same episodes, chunks and optimiser steps as plain fine-tuning,
+the control that separates what the loop adds from what more training adds. ``init``: the trained run to start
+from (its autoencoder and diffusion model; default the shipped one). Writes a run like ``world_model.train``
+(``run.json``, ``autoencoder/``, ``diffusion/`` without the adapters, ``log.jsonl``, resumable
+``checkpoints/slowfast/``), so ``world_model.generate`` and ``world_model.plan`` read it as any other.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class SlowFastConfig:
     lora_rank: int = 8
     lora_lr: float = 1e-3
     lora_steps: int = 1
+    inner: bool = True  # false: no memory updates (the same episodes and chunks, plain fine-tuning: the control)
     outer: StageConfig = field(default_factory=lambda: StageConfig(steps=2000, batch=1, lr=1e-4, warmup=50))
 
 
@@ -67,7 +70,7 @@ def detach_adapters(model: nn.Module) -> None:
 
 
 def episode_loss(model: nn.Module, memory: TempLoRAMemory, latents: torch.Tensor, actions: torch.Tensor,
-                 g: torch.Generator) -> float:
+                 g: torch.Generator, inner: bool = True) -> float:
     """One episode through the inner loop: the chunk losses' gradients accumulate in the base weights (each
     divided by the number of chunks); the memory writes every chunk in after its loss. Returns the mean loss."""
     cfg = model.cfg
@@ -80,7 +83,8 @@ def episode_loss(model: nn.Module, memory: TempLoRAMemory, latents: torch.Tensor
         loss = model.masked_loss(window, acts, tc, g)
         (loss / len(starts)).backward()
         total += float(loss.detach())
-        memory.update(window, acts, n_context=tc)
+        if inner:
+            memory.update(window, acts, n_context=tc)
     return total / max(len(starts), 1)
 
 
@@ -122,7 +126,7 @@ def train_slowfast(cfg: SlowFastConfig) -> dict:
         e = int(torch.randint(0, videos.episodes, (1,), generator=g))
         a, b = int(videos.starts[e]), int(videos.starts[e + 1])
         stage.optimizer.zero_grad(set_to_none=True)
-        loss = episode_loss(model, memory, latents[a:b], actions[a:b], g)
+        loss = episode_loss(model, memory, latents[a:b], actions[a:b], g, cfg.inner)
         if not np.isfinite(loss):
             raise FloatingPointError(f"slow-fast loss is {loss} at step {step}; lower outer.lr")
         nn.utils.clip_grad_norm_(base, 1.0)
