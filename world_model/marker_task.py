@@ -4,7 +4,8 @@ The camera looks down at a revisit table (a new random layout and look every epi
 marker -- a white plate with a black dot, the only white thing on the table -- lies under the camera's first
 position A. The camera hovers over A, is carried far away to B and dwells there for longer than the world model's
 context window, so nothing of A is in the last frames. Then the task starts: the robot is offered ``candidates``
-destinations (the marker's spot and decoys a full view away from it, in a random order) and
+destinations (the marker's spot and decoys a full view away from it, all exactly as far from the camera, in a
+random order) and
 must move the camera to the one over the marker. Success: the camera ends within ``success_radius`` of the marker.
 
 The current view shows none of the destinations, so a policy that sees the last frames (even two of them, or four)
@@ -66,35 +67,41 @@ class MarkerWorld:
         self.cfg, self.seed = cfg, seed
         rng = np.random.default_rng(seed)
         xml = scene_xml(cfg.revisit, rng)
-        path, _, _, _ = camera_path(cfg.revisit, rng)
-        n_seen = (len(path) + cfg.revisit.dwell) // 2  # hover, travel to B, dwell; the retraced half is dropped
-        self.path = path[:n_seen]
-        self.marker = path[0, :2].copy()
+        for _ in range(100):  # a camera path whose circle of destinations fits on the table
+            path, _, _, _ = camera_path(cfg.revisit, rng)
+            n_seen = (len(path) + cfg.revisit.dwell) // 2  # hover, travel to B, dwell; the retraced half is dropped
+            self.path = path[:n_seen]
+            self.marker = path[0, :2].copy()
+            destinations = self._destinations(rng)
+            if destinations is not None:
+                break
+        else:
+            raise RuntimeError(f"seed {seed}: no camera path leaves room for {cfg.candidates} destinations")
         xml = xml.replace('<body name="eye"', marker_xml(cfg, self.marker) + '\n    <body name="eye"')
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)
         size = cfg.revisit.image_size
         self.renderer = mujoco.Renderer(self.model, size, size)
-        self.destinations = self._destinations(rng)
+        self.destinations = destinations
         self.answer = int(np.flatnonzero((self.destinations == self.marker).all(1))[0])
 
-    def _destinations(self, rng: np.random.Generator) -> np.ndarray:
-        """(K, 2): the marker's spot and K - 1 decoys, shuffled. A decoy is a full view from the marker (its view
-        shows none of it) and half a view from the other decoys."""
+    def _destinations(self, rng: np.random.Generator) -> np.ndarray | None:
+        """(K, 2): the marker's spot and K - 1 decoys on the circle through it around the camera's last seen
+        position, shuffled (None where the table leaves no room on that circle). A decoy is a full view from the
+        marker (its view shows none of it) and half a view from the other decoys; every destination is exactly as far
+        from the camera, so how far one is tells nothing about which one is the marker."""
         cfg, reach = self.cfg, self.cfg.reach
+        start = self.path[-1, :2]
+        radius = float(np.linalg.norm(self.marker - start))
         points = [self.marker]
-        for _ in range(10_000):
-            if len(points) == cfg.candidates:
-                break
-            p = rng.uniform(-reach, reach)
-            if np.abs(p - self.marker).max() > cfg.view and min(np.abs(p - q).max() for q in points) > cfg.view / 2:
+        for angle in rng.uniform(0, 2 * np.pi, 2000):
+            p = start + radius * np.array([np.cos(angle), np.sin(angle)])
+            if np.all(np.abs(p) <= reach) and np.abs(p - self.marker).max() > cfg.view \
+                    and min(np.abs(p - q).max() for q in points) > cfg.view / 2:
                 points.append(p)
-        else:
-            raise RuntimeError(f"seed {self.seed}: no room for {cfg.candidates} destinations apart")
-        if len(points) < cfg.candidates:
-            raise RuntimeError(f"seed {self.seed}: no room for {cfg.candidates} destinations apart")
-        order = rng.permutation(cfg.candidates)
-        return np.array(points)[order]
+                if len(points) == cfg.candidates:
+                    return np.array(points)[rng.permutation(cfg.candidates)]
+        return None
 
     def render(self, position: np.ndarray) -> np.ndarray:
         self.data.mocap_pos[0] = position

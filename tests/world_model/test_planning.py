@@ -34,6 +34,8 @@ def test_the_marker_is_out_of_view_when_the_task_starts_and_one_destination_is_i
             assert np.array_equal(world.destinations[world.answer], world.marker)
             decoys = np.delete(world.destinations, world.answer, axis=0)
             assert (np.abs(decoys - world.marker).max(1) > cfg.view).all()
+            dist = np.linalg.norm(world.destinations - world.path[-1, :2], axis=1)
+            assert np.allclose(dist, dist[0])  # how far a destination is says nothing about which is the marker
             plans = world.plans()
             assert plans.shape[0] == cfg.candidates and np.allclose(plans[:, -1, :2], world.destinations)
             assert world.success(plans[world.answer, -1])
