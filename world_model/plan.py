@@ -43,7 +43,7 @@ from bus.config import compose, split_verb
 from world_model.marker_task import MarkerTaskConfig, MarkerWorld, displacements, scorer_frames
 from world_model.planner import MarkerScorer, ScorerConfig, WorldModelPlanner, train_scorer
 from world_model.revisit import RevisitConfig
-from world_model.train import load_world_model
+from world_model.train import frames_tensor, load_world_model
 
 CONDITIONS = ("temp_lora", "no_memory", "current_view", "true_frames", "frame_buffer")
 WORLD_MODEL_CONDITIONS = ("temp_lora", "no_memory")
@@ -170,8 +170,6 @@ def fit_scorer(cfg: ScorerTrainConfig) -> dict:
         frames, labels = scorer_frames(task, train_seeds, cfg.per_episode)
         val_frames, val_labels = scorer_frames(task, val_seeds, cfg.per_episode, np.random.default_rng(1))
         history = train_scorer(scorer, frames, labels, ae, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.progress)
-        from world_model.train import frames_tensor
-
         with torch.no_grad():
             roundtrip = (ae.decode(ae.encode(frames_tensor(val_frames))).movedim(1, -1) * 255).round().byte().numpy()
         acc = {name: float(((scorer.score(f) > 0.5) == (val_labels > 0.5)).mean())
@@ -207,22 +205,13 @@ def imagined_frames(task: MarkerTaskConfig, seeds: range, planner: WorldModelPla
     return np.concatenate(frames), np.concatenate(labels)
 
 
-def _path_to(start: np.ndarray, goal: np.ndarray, step: float) -> np.ndarray:
-    n = max(1, int(np.ceil(np.linalg.norm(goal - start[:2]) / step)))
-    frac = (np.arange(1, n + 1) / n)[:, None]
-    out = np.repeat(start[None], n, axis=0)
-    out[:, :2] = start[:2] + (goal - start[:2]) * frac
-    return out
-
-
 def run_episode(world: MarkerWorld, condition: str, planner: WorldModelPlanner | Any, scorer: MarkerScorer,
-                cfg: PlanConfig, rng: np.random.Generator) -> tuple[dict, dict]:
-    """One episode under ``condition``: (its row, what the video needs)."""
+                cfg: PlanConfig, rng: np.random.Generator, video: bool = False) -> tuple[dict, dict]:
+    """One episode under ``condition``: (its row, what the video needs: filled where ``video``)."""
     seen, seen_actions = world.seen()
     pos = world.path[-1].copy()
     row: dict = {"seed": world.seed, "answer": world.answer, "decisions": 0, "decision_s": 0.0}
     media: dict = {"seen": seen}
-    step = world.cfg.revisit.step
     if condition in WORLD_MODEL_CONDITIONS:
         planner.reset(seed=world.seed)
         planner.observe(seen, seen_actions)
@@ -234,7 +223,7 @@ def run_episode(world: MarkerWorld, condition: str, planner: WorldModelPlanner |
             row["decision_s"] += decision.seconds
             choices.append(decision.index)
             row.setdefault("first_scores", [round(float(v), 4) for v in decision.scores])
-            if "imagined" not in media:
+            if video and "imagined" not in media:
                 media.update(imagined=decision.imagined, real=world.render_path(plans.reshape(-1, 3)).reshape(
                     *plans.shape[:2], *seen.shape[1:]), chosen=decision.index, scores=decision.scores)
             take = plans[decision.index][:min(cfg.replan_every, cfg.max_frames - frames_used)]
@@ -253,16 +242,15 @@ def run_episode(world: MarkerWorld, condition: str, planner: WorldModelPlanner |
         t0 = time.perf_counter()
         if condition == "current_view":
             chosen = int(rng.integers(len(world.destinations)))
-        elif condition == "true_frames":
-            ends = np.stack([world.render_path(_path_to(pos, d, step)[-1:].repeat(cfg.score_frames, 0))
-                             for d in world.destinations])
-            chosen = int(np.argmax(scorer.score(ends).mean(1)))
+        elif condition == "true_frames":  # the real view at every destination (a held frame repeats it)
+            ends = world.render_path(np.column_stack([world.destinations, np.full(len(world.destinations), pos[2])]))
+            chosen = int(np.argmax(scorer.score(ends)))
         else:  # frame_buffer
             best = world.path[int(np.argmax(scorer.score(seen)))]
             chosen = int(np.argmin(np.linalg.norm(world.destinations - best[:2], axis=1)))
         row["decision_s"] = time.perf_counter() - t0
         row["decisions"] = 1
-        pos = _path_to(pos, world.destinations[chosen], step)[-1]
+        pos = np.array([*world.destinations[chosen], pos[2]])  # the straight path's end
     row.update(chosen=chosen, success=world.success(pos), final_error_m=round(float(np.linalg.norm(
         pos[:2] - world.marker)), 4))
     return row, media
@@ -356,9 +344,9 @@ def evaluate(cfg: PlanConfig) -> dict:
         with _planner(cfg, condition, run, out) as planner:
             for e in tqdm(range(cfg.episodes), desc=condition, unit="ep", disable=not cfg.progress):
                 with MarkerWorld(task, cfg.seed + e) as world:
-                    row, media = run_episode(world, condition, planner, scorer, cfg, rng)
+                    row, media = run_episode(world, condition, planner, scorer, cfg, rng, video=e < cfg.videos)
                 rows.append(row)
-                if e < cfg.videos and "imagined" in media:
+                if "imagined" in media:
                     write_plan_video(out / f"{condition}-ep{e}.mp4", media, row["answer"])
         wins = sum(r["success"] for r in rows)
         decisions = sum(r["decisions"] for r in rows)

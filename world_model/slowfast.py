@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from bus.cli import UsageError, command
 from bus.config import compose
 from rdp.checkpoint import save_checkpoint
-from rdp.train import JsonlLog, lr_at
+from rdp.train import JsonlLog
 from world_model.data import VideoSet
 from world_model.temp_lora import LoRALinear, TempLoRAConfig, TempLoRAMemory
 from world_model.train import Stage, StageConfig, frames_tensor, load_world_model, shipped_run
@@ -114,35 +112,14 @@ def train_slowfast(cfg: SlowFastConfig) -> dict:
     memory = TempLoRAMemory(model, TempLoRAConfig(rank=cfg.lora_rank, lr=cfg.lora_lr, steps=cfg.lora_steps),
                             seed=cfg.seed)
     log = JsonlLog(out / "log.jsonl")
-    stage = Stage("slowfast", cfg, cfg.outer, model, model.cfg, log, params=base)
-    g = torch.Generator().manual_seed(cfg.seed * 7919 + stage.step)
-    t0, losses = time.perf_counter(), []
-    model.train()
-    bar = tqdm(range(stage.step, cfg.outer.steps), initial=stage.step, total=cfg.outer.steps, desc="slow-fast",
-               unit="episode", file=sys.stderr, disable=not cfg.progress)
-    for step in bar:
-        for group in stage.optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.outer.steps, cfg.outer.lr, cfg.outer.warmup)
+    stage = Stage("slowfast", cfg, cfg.outer, model, model.cfg, log, params=base, config_key="outer")
+
+    def outer_step(g: torch.Generator) -> float:
         e = int(torch.randint(0, videos.episodes, (1,), generator=g))
         a, b = int(videos.starts[e]), int(videos.starts[e + 1])
-        stage.optimizer.zero_grad(set_to_none=True)
-        loss = episode_loss(model, memory, latents[a:b], actions[a:b], g, cfg.inner)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"slow-fast loss is {loss} at step {step}; lower outer.lr")
-        nn.utils.clip_grad_norm_(base, 1.0)
-        stage.optimizer.step()
-        losses.append(loss)
-        stage.step = step + 1
-        if stage.step % cfg.log_every == 0 or stage.step == cfg.outer.steps:
-            log.write(stage="slowfast", step=stage.step, loss=float(np.mean(losses)),
-                      seconds=round(stage.seconds + time.perf_counter() - t0, 2))
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-            losses.clear()
-        if stage.step % cfg.checkpoint_every == 0:
-            stage.checkpoint(stage.seconds + time.perf_counter() - t0)
-    bar.close()
-    stage.seconds += time.perf_counter() - t0
-    model.eval()
+        return episode_loss(model, memory, latents[a:b], actions[a:b], g, cfg.inner)
+
+    stage.run(outer_step)
     detach_adapters(model)
     save_checkpoint(out / "diffusion", model, model.cfg)
     shutil.rmtree(stage.dir, ignore_errors=True)

@@ -112,10 +112,12 @@ class Stage:
     """One optimisation stage with resumable checkpoints under RUN/checkpoints/<name>/."""
 
     def __init__(self, name: str, cfg: Any, stage: StageConfig, model: nn.Module, model_cfg: object, log: JsonlLog,
-                 params: list[nn.Parameter] | None = None) -> None:
+                 params: list[nn.Parameter] | None = None, config_key: str | None = None) -> None:
         """``cfg``: a config with out, seed, resume, progress, log_every and checkpoint_every; ``params``: what
-        the optimiser trains (default: all of ``model``'s parameters)."""
+        the optimiser trains (default: all of ``model``'s parameters); ``config_key``: the stage's section in
+        the config, named in errors (default ``name``)."""
         self.name, self.cfg, self.stage, self.model, self.model_cfg, self.log = name, cfg, stage, model, model_cfg, log
+        self.config_key = config_key or name
         self.params = list(model.parameters()) if params is None else params
         self.optimizer = torch.optim.AdamW(self.params, lr=stage.lr, weight_decay=1e-4)
         self.dir = Path(cfg.out) / "checkpoints" / name
@@ -127,8 +129,10 @@ class Stage:
             load_optimizer(self.optimizer, self.dir / "optimizer")
             self.step, self.seconds = int(meta["step"]), float(meta["seconds"])
 
-    def run(self, loss_fn: Callable[[torch.Generator], torch.Tensor]) -> float:
-        """Train to ``stage.steps``; returns the last logged mean loss."""
+    def run(self, loss_fn: Callable[[torch.Generator], torch.Tensor | float]) -> float:
+        """Train to ``stage.steps``; returns the last logged mean loss. ``loss_fn`` returns the step's loss as a
+        tensor (the stage takes its gradient), or as a float when it has accumulated the gradients itself (the
+        stage has zeroed them before calling it)."""
         generator = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.step)
         t0, losses, last = time.perf_counter(), [], float("nan")
         bar = tqdm(range(self.step, self.stage.steps), initial=self.step, total=self.stage.steps, desc=self.name,
@@ -137,14 +141,16 @@ class Stage:
         for step in bar:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(step, self.stage.steps, self.stage.lr, self.stage.warmup)
-            loss = loss_fn(generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{self.name} loss is {float(loss)} at step {step}; lower {self.name}.lr")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = loss_fn(generator)
+            value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+            if not np.isfinite(value):
+                raise FloatingPointError(f"{self.name} loss is {value} at step {step}; lower {self.config_key}.lr")
+            if isinstance(loss, torch.Tensor):
+                loss.backward()
             nn.utils.clip_grad_norm_(self.params, 1.0)
             self.optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(value)
             self.step = step + 1
             if self.step % self.cfg.log_every == 0 or self.step == self.stage.steps:
                 last = float(np.mean(losses))
