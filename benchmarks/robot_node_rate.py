@@ -1,6 +1,6 @@
 """Robot node in realtime: achieved publish rate, inter-message jitter and watchdog stop latency.
 
-    python -m benchmarks.robot_node_rate [seconds=5] [trials=10] [task=wipe] [out=FILE]
+    python -m benchmarks.robot_node_rate [seconds=5] [trials=10] [task=wipe] [node=[...]] [out=FILE]
 
 Starts ``python -m sim.node`` (realtime, cameras on, random loopback ports) as a subprocess, commands it
 at 100 Hz (a slow circle, so the controllers work) and, over ``seconds``, records every state / tactile /
@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,9 @@ STREAMS = ("state", "tactile", "wrench")
 ANY_PORT = ["addresses.pub=tcp://127.0.0.1:*", "addresses.cmd=tcp://127.0.0.1:*", "addresses.tick=tcp://127.0.0.1:*"]
 
 
-def _start_node(task: str) -> tuple[subprocess.Popen, dict, queue.Queue]:
+def _start_node(task: str, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, dict, queue.Queue]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.node", f"task={task}", "perturb=false", *ANY_PORT],
+        [sys.executable, "-m", "sim.node", f"task={task}", "perturb=false", *ANY_PORT, *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     lines: queue.Queue = queue.Queue()
@@ -144,6 +144,7 @@ class NodeRateConfig:
     seconds: float = 5.0
     trials: int = 10
     task: str = "wipe"
+    node: list[str] = field(default_factory=list)  # extra robot-node overrides, e.g. ['point_cloud=true','looks=train']
     out: str = "benchmarks/results/robot_node_rate.json"
 
     def __post_init__(self) -> None:
@@ -158,7 +159,7 @@ class NodeRateConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = compose(NodeRateConfig, "benchmarks/robot_node_rate", list(sys.argv[1:] if argv is None else argv),
                    "robot_node_rate", "seconds=2 trials=3")
-    proc, ready, lines = _start_node(args.task)
+    proc, ready, lines = _start_node(args.task, args.node)
     try:
         with Subscriber(ready["pub"], topics=STREAMS, hwm=100_000) as sub, \
                 Subscriber(ready["pub"], topics=("watchdog",)) as events, \
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "benchmark": "robot_node_rate",
         "task": args.task,
+        "node": list(args.node),
         "seconds": args.seconds,
         "tick_hz": ready["tick_hz"],
         "cpu_count": os.cpu_count(),
