@@ -52,7 +52,7 @@ demo: $(STAMP)
 test: $(STAMP) $(WEBXR_STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
