@@ -4,11 +4,11 @@
 
 Each encoder is built at the size the shipped and compared heads use (``rdp.perception``: ResNet-style width 16,
 4x4 stem; Terminator width 40, 8x8 patches, two slow-fast blocks; PointNet width 32) on random inputs of the real
-shapes (96x96 RGB frames, 512-point clouds). A training step is the loop of ``rdp.perception.train_estimator``:
-batch 64, smooth-L1 loss plus the Terminator's slow-net loss, backward, gradient clipping, AdamW. The estimate is
-``SceneEstimator.estimate`` on one frame. One thread. The encoders take turns in ``rounds`` rounds, so a change in
-the machine's load falls on all of them alike; the median over rounds is reported. A head's `train s` in a run's
-summary was measured under whatever else ran then; this benchmark is the fair ratio.
+shapes (96x96 RGB frames, 512-point clouds). A training step is ``rdp.perception.train_step``, what
+``train_estimator`` runs: batch 64, smooth-L1 loss plus the Terminator's slow-net loss, backward, clipping,
+AdamW. The estimate is ``SceneEstimator.estimate`` on one frame. One thread. The encoders take turns in ``rounds``
+rounds, so a change in the machine's load falls on all of them alike; the median over rounds is reported. A head's
+`train s` in a run's summary was measured under whatever else ran then; this benchmark is the fair ratio.
 
 Prints a table, writes JSON to benchmarks/results/perception_heads.json; the last stdout line is that JSON.
 """
@@ -18,16 +18,14 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from benchmarks.rdp_ldp_latency import time_ms
 from benchmarks.report import publish
 from bus.cli import UsageError, command
 from bus.config import compose
@@ -76,29 +74,17 @@ class _Head:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
 
     def train_step(self) -> None:
+        from rdp.perception import train_step
+
         self.model.train()
-        loss = F.smooth_l1_loss(self.model(self.x), self.y, beta=0.1)
-        slow = getattr(self.model.encoder, "slow_loss", None)
-        if callable(slow) and slow() is not None:
-            loss = loss + slow()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
+        train_step(self.model, self.opt, self.x, self.y)
 
     def estimate(self) -> None:
         self.model.estimate(self.frame)
 
 
 def _median_ms(fn, n: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    return float(np.median(time_ms(fn, n, warmup)))
 
 
 @command("benchmarks.perception_heads")

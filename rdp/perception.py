@@ -302,6 +302,20 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return ((f * bright * gain + offset).clamp(0.0, 1.0) * 2.0 - 1.0)
 
 
+def train_step(model: SceneEstimator, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on a batch: smooth-L1 on the standardised scene (plus a Terminator's slow-net loss),
+    gradients clipped to norm 1. Returns the (detached) loss."""
+    loss = F.smooth_l1_loss(model(x), y, beta=0.1)
+    slow = getattr(model.encoder, "slow_loss", None)
+    if callable(slow) and slow() is not None:
+        loss = loss + slow()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.detach()
+
+
 def train_estimator(cfg: PerceptionCommand) -> dict[str, Any]:
     """Train a ``SceneEstimator`` on ``cfg.data``; write ``cfg.out`` (config.json, model.safetensors, log.jsonl,
     summary.json) and return the summary (validation errors when ``cfg.val`` is given)."""
@@ -344,15 +358,7 @@ def train_estimator(cfg: PerceptionCommand) -> dict[str, Any]:
             xb = xb.float()
         elif cfg.augment:
             xb = _augment(xb, gen)  # float frames (B, S, S, 3) in [-1, 1]
-        loss = F.smooth_l1_loss(model(xb), yn[idx], beta=0.1)
-        slow = getattr(model.encoder, "slow_loss", None)
-        if callable(slow) and slow() is not None:
-            loss = loss + slow()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        running += float(loss.detach())
+        running += float(train_step(model, opt, xb, yn[idx]))
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
             log.write(json.dumps({"step": step + 1, "loss": running / n, "lr": lr,
