@@ -33,8 +33,9 @@ node sent (its sim time from the node's newest state and the shared monotonic cl
 (A, 7) float64 = each target the robot's controllers actually took, stamped with the start of the tick that
 took it (what ``teleop.replay`` re-applies), ``clutch`` (A,) u1 (teleop status), ``robot_held`` u1 (robot
 status). Every stamp lies inside its own episode: the teleop node stamps with the newest robot state it has,
-which right after a reset is still the last episode's, so such samples are dropped and counted (``stale_*``),
-as is any sample earlier than its stream's last (``out_of_order_*``). The episode's outcome (score, failure,
+which right after a reset is still the last episode's (its status: 0.0 until the first state of the new one
+arrives), so such samples are dropped and counted (``stale_*``), as is any sample earlier than its stream's last
+(``out_of_order_*``). The episode's outcome (score, failure,
 end time, those counts, ``dropped`` publisher messages) goes to ``meta.json`` under ``outcome``.
 
 Children die with this process (``PR_SET_PDEATHSIG``) and are stopped in order on exit; their stderr goes to
@@ -268,8 +269,11 @@ class RecorderNode:
                 self.pending.append(msg)  # sent in an episode whose reset has not reached us yet
                 del self.pending[:-1000]
         elif msg.topic == "teleop" and self.episode is not None and episode == self.episode and "engaged" in msg.arrays:
-            if msg.meta.get("event") == "reset":  # sent as the node hears the reset: stamped on the last episode's
-                self.episode_counts["stale_clutch"] += 1  # clock (it has no state of the new one yet)
+            # Sent as the node hears the reset (stamped on the last episode's clock), or before it has any state of
+            # the new episode (stamped 0.0: the robot's own stamps start a tick after the reset): no clock of this
+            # episode yet.
+            if msg.meta.get("event") == "reset" or not _sim_t(msg) > 0.0:
+                self.episode_counts["stale_clutch"] += 1
                 return
             self._append_teleop("clutch", _sim_t(msg), msg.arrays["engaged"])
 

@@ -44,6 +44,7 @@ def _episode(feed: _Feed, episode: int, seed: int, t_end: float, stale_t: float 
         feed.status(episode, stale_t, 0, event="reset")
         feed.status(episode, stale_t, 0)
         feed.command(episode, stale_t + 0.004)
+        feed.status(episode, 0.0, 0)  # its periodic status before the new episode's first state: no clock yet
     for k in range(1, round(t_end / 0.004) + 1):
         t = round(k * 0.004, 6)
         feed.state(t)
@@ -71,7 +72,7 @@ def test_second_episode_streams_stay_on_their_own_clock_and_the_outcome_is_metad
         meta = read_meta(ep)
         assert "outcome_score" not in meta["streams"]
         assert meta["outcome"]["score"] == 0.75 and meta["outcome"]["sim_time"] == t_end and meta["success"] is True
-        assert meta["outcome"]["stale_clutch"] == 2 and meta["outcome"]["stale_action"] == 1
+        assert meta["outcome"]["stale_clutch"] == 3 and meta["outcome"]["stale_action"] == 1
         for name, spec in meta["streams"].items():
             assert 0.0 < spec["t_first"] <= spec["t_last"] <= t_end + 0.004 + 1e-9, (ep.name, name, spec)
         t, engaged = load_stream(ep, "clutch", meta)
