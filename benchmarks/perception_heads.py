@@ -30,12 +30,7 @@ from benchmarks.report import publish
 from bus.cli import UsageError, command
 from bus.config import compose
 
-# encoder -> EstimatorConfig overrides: the sizes of the heads in docs/results.md ("Policies that see").
-HEADS: dict[str, dict[str, int | str]] = {
-    "resnet": {"encoder": "resnet", "width": 16, "stem_stride": 4},
-    "terminator": {"encoder": "terminator", "width": 40, "stem_stride": 8, "depth": 2},
-    "pointnet": {"encoder": "pointnet", "width": 32},
-}
+HEADS = ("resnet", "terminator", "pointnet")  # each at its default sizes (rdp.perception.ENCODER_SIZES)
 
 
 @dataclass
@@ -60,7 +55,7 @@ class _Head:
     def __init__(self, name: str, batch: int) -> None:
         from rdp.perception import EstimatorConfig, SceneEstimator, count_parameters
 
-        self.model = SceneEstimator(EstimatorConfig(task="lift", **HEADS[name]))  # the task only names the box
+        self.model = SceneEstimator(EstimatorConfig(task="lift", encoder=name))  # the task only names the box
         self.encoder_parameters = count_parameters(self.model.encoder)
         self.parameters = count_parameters(self.model)
         gen = torch.Generator().manual_seed(0)
@@ -104,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, head in heads.items():
         step = float(np.median(step_ms[name]))
         rows[name] = {"encoder_parameters": head.encoder_parameters, "parameters": head.parameters,
-                      "config": HEADS[name], "train_step_ms": round(step, 2),
+                      "config": {k: getattr(head.model.cfg, k) for k in ("encoder", "width", "stem_stride", "depth")},
+                      "train_step_ms": round(step, 2),
                       "train_3000_steps_s": round(step * 3.0, 1), "estimate_ms": round(float(np.median(
                           estimate_ms[name])), 3)}
     print(f"{'encoder':11s} {'enc params':>10s} {'train step ms':>13s} {'3000 steps s':>12s} {'estimate ms':>11s}")

@@ -13,8 +13,8 @@ The policy run keeps a copy of the estimator in ``RUN/perception/``.
 
     python -m rdp.perception stage=data task=lift episodes=3000 seed=500000 looks=train out=data/percept-lift.npz
     python -m rdp.perception stage=train data=data/percept-lift.npz val=data/percept-lift-val.npz \\
-        model.encoder=resnet out=runs/percept-lift-resnet
-    python -m rdp.perception stage=evaluate run=runs/percept-lift-resnet data=data/percept-lift-heldout.npz
+        out=runs/percept-lift-pointnet          # model.encoder=terminator | resnet: from RGB alone
+    python -m rdp.perception stage=evaluate run=runs/percept-lift-pointnet data=data/percept-lift-heldout.npz
 
 Glossary: ``S`` image side, ``P`` points per cloud, ``D`` the scene vector's size (6 for every task).
 """
@@ -47,6 +47,9 @@ from rdp.encoders.terminator import Terminator
 CAMERA = "scene_rgb"  # the frame the estimate is read from: the episode's first
 POINTS = "scene_points"
 ENCODERS = ("resnet", "terminator", "pointnet")
+# encoder -> (width, stem_stride) when the config leaves them out: ~78 k encoder parameters for either RGB encoder
+# (the equal-parameter comparison in docs/results.md), 28 k for the PointNet; 96x96 frames -> 24x24 / 12x12 maps.
+ENCODER_SIZES: dict[str, tuple[int, int]] = {"resnet": (16, 4), "terminator": (40, 8), "pointnet": (32, 4)}
 STAGES = ("data", "train", "evaluate")
 # What each task's scene vector holds (sim.tasks ``scene_features``), for the error report.
 SURFACE_PARTS = ("path start", "path end")
@@ -58,9 +61,11 @@ class EstimatorConfig:
     """The estimator's sizes; saved with its weights."""
 
     task: str = "lift"
-    encoder: str = "resnet"  # resnet | terminator (RGB) | pointnet (the depth's point cloud)
-    width: int = 16  # resnet: stages width / 2 width / 4 width; terminator: block width; pointnet: first layer
-    stem_stride: int = 4  # resnet patchify stem / Terminator patch size
+    encoder: str = "pointnet"  # pointnet (the depth's point cloud) | resnet | terminator (RGB)
+    # resnet: stages width / 2 width / 4 width; terminator: block width; pointnet: first layer. None: the
+    # encoder's size in ENCODER_SIZES (the heads measured in docs/results.md).
+    width: int | None = None
+    stem_stride: int | None = None  # resnet patchify stem / Terminator patch size (None: ENCODER_SIZES)
     depth: int = 2  # terminator blocks
     image_size: int = 96
     points: int = 512
@@ -71,6 +76,11 @@ class EstimatorConfig:
 
     def __post_init__(self) -> None:
         choose("encoder", self.encoder, ENCODERS, "perception encoder")
+        width, stem_stride = ENCODER_SIZES[self.encoder]
+        if self.width is None:
+            object.__setattr__(self, "width", width)
+        if self.stem_stride is None:
+            object.__setattr__(self, "stem_stride", stem_stride)
         if min(self.width, self.stem_stride, self.depth, self.image_size, self.points, self.hidden, self.out_dim) < 1:
             raise UsageError(f"perception sizes must be >= 1, got {asdict(self)}")
         if len(self.box) != 6:

@@ -16,7 +16,15 @@ import torch
 
 from bus.cli import UsageError
 from bus.message import Message
-from rdp.perception import EstimatorConfig, SceneEstimator, SpatialSoftmax, main, scene_errors
+from rdp.perception import (
+    ENCODER_SIZES,
+    EstimatorConfig,
+    SceneEstimator,
+    SpatialSoftmax,
+    count_parameters,
+    main,
+    scene_errors,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,8 +40,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("perception")
     frames, est = root / "frames.npz", root / "est"
     assert main(["stage=data", "task=peel", "episodes=6", "seed=7", f"out={frames}", "progress=false"]) == 0
-    assert main(["stage=train", f"data={frames}", f"val={frames}", "steps=3", "batch=4", "model.width=4",
-                 f"out={est}", "progress=false"]) == 0
+    assert main(["stage=train", f"data={frames}", f"val={frames}", "steps=3", "batch=4", "model.encoder=resnet",
+                 "model.width=4", f"out={est}", "progress=false"]) == 0
     demos = root / "demos"
     record_expert_episodes(RecordConfig(task="peel", episodes=2, seed=3, out=str(demos), max_steps=40, cameras=True,
                                         looks="train", progress=False))
@@ -50,6 +58,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------------------------- the model
+
+
+def test_each_encoder_has_its_own_default_sizes_and_the_rgb_pair_match_in_parameters() -> None:
+    assert EstimatorConfig().encoder == "pointnet"
+    sizes = {e: (EstimatorConfig(encoder=e).width, EstimatorConfig(encoder=e).stem_stride) for e in ENCODER_SIZES}
+    assert sizes == ENCODER_SIZES
+    assert EstimatorConfig(encoder="terminator", width=8).width == 8  # an explicit size wins
+    resnet, term = (count_parameters(SceneEstimator(EstimatorConfig(encoder=e)).encoder)
+                    for e in ("resnet", "terminator"))
+    assert abs(resnet - term) / resnet < 0.01, (resnet, term)  # the equal-parameter comparison in docs/results.md
 
 
 @pytest.mark.parametrize("encoder", ["resnet", "terminator", "pointnet"])
