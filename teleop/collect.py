@@ -1,6 +1,7 @@
 """Headless demonstration collection through the full process graph, and the recorder process it runs.
 
     python -m teleop.collect task=<wipe|peel|lift> operator=scripted episodes=N out=DIR [seed=S] [cameras=false]
+        [looks=train point_cloud=true]      # what a perception policy trains on (rdp.perception)
                              [mode=realtime|lockstep] [feedback=true|false] [press_assist=auto|always|never]
     python -m teleop.collect recorder robot=ADDR teleop=ADDR out=DIR [task=NAME]     # the recorder process alone
 
@@ -26,17 +27,17 @@ its plan's position-only press. ``press_assist`` (the teleop node's force-limite
 task) is part of the force feedback: ``auto`` turns it on exactly when ``feedback`` is, so the comparison is
 force-aware teleoperation against position-only teleoperation; ``always`` / ``never`` separate the two parts.
 
-Recorded streams (``dataset.format`` format), each at its native rate, stamped with the robot's simulation
-time (1 us resolution, as ``teleop.record_expert``): every array of ``state``, ``tactile`` and ``wrench``
-(250 Hz), ``scene_rgb`` / ``wrist_rgb`` (camera rate), ``action`` (7 A,) float32 = each command the teleop
-node sent (its sim time from the node's newest state and the shared monotonic clock), ``applied_target``
-(A, 7) float64 = each target the robot's controllers actually took, stamped with the start of the tick that
-took it (what ``teleop.replay`` re-applies), ``clutch`` (A,) u1 (teleop status), ``robot_held`` u1 (robot
-status). Every stamp lies inside its own episode: the teleop node stamps with the newest robot state it has,
-which right after a reset is still the last episode's (its status: 0.0 until the first state of the new one
-arrives), so such samples are dropped and counted (``stale_*``), as is any sample earlier than its stream's last
-(``out_of_order_*``). The episode's outcome (score, failure,
-end time, those counts, ``dropped`` publisher messages) goes to ``meta.json`` under ``outcome``.
+Recorded streams (``dataset.format`` format), each at its native rate, stamped with the robot's simulation time (1
+us resolution, as ``teleop.record_expert``): every array of ``state``, ``tactile`` and ``wrench`` (250 Hz),
+``scene_rgb`` / ``wrist_rgb`` (camera rate; ``scene_points`` too with ``point_cloud=true``), ``action`` (7 A,)
+float32 = each command the teleop node sent (its sim time from the node's newest state and the shared monotonic
+clock), ``applied_target`` (A, 7) float64 = each target the robot's controllers actually took, stamped with the
+start of the tick that took it (what ``teleop.replay`` re-applies), ``clutch`` (A,) u1 (teleop status),
+``robot_held`` u1 (robot status). Every stamp lies inside its own episode: the teleop node stamps with the newest
+robot state it has, which right after a reset is still the last episode's (its status: 0.0 until the first state of
+the new one arrives), so such samples are dropped and counted (``stale_*``), as is any sample earlier than its
+stream's last (``out_of_order_*``). The episode's outcome (score, failure, end time, those counts, ``dropped``
+publisher messages) goes to ``meta.json`` under ``outcome``.
 
 Children die with this process (``PR_SET_PDEATHSIG``) and are stopped in order on exit; their stderr goes to
 ``OUT/logs/``. Progress goes to stderr; the last stdout line is a JSON summary (also ``OUT/collect.json``).
@@ -91,6 +92,7 @@ class CollectConfig:
     seed: int = 0
     perturb: bool = True
     cameras: bool = True
+    point_cloud: bool = False  # the scene camera's depth as a cloud too (``scene_points``): a depth perception head
     looks: str = "none"  # sim.looks: none | train | heldout, per-episode lighting/paint/distractor on the robot node
     latency_ms: list[float] = field(default_factory=lambda: [50.0, 150.0])
     operator_overrides: list[str] = field(default_factory=list)
@@ -127,6 +129,8 @@ class CollectConfig:
             raise ValueError("out=DIR is required: the dataset directory to record into")
         if self.episodes < 1:
             raise ValueError(f"episodes={self.episodes} must be >= 1")
+        if self.point_cloud and not self.cameras:
+            raise ValueError("point_cloud=true needs cameras=true: the cloud comes with the scene camera's frames")
 
     @property
     def press_assist_on(self) -> bool:
@@ -486,7 +490,7 @@ def collect(cfg: CollectConfig) -> dict[str, Any]:
     try:
         robot = _child("robot_node", "sim.node", log_dir, _kv(
             task=cfg.task, seed=cfg.seed, mode=cfg.mode, perturb=cfg.perturb, cameras=cfg.cameras, looks=cfg.looks,
-            auto_reset=False,
+            point_cloud=cfg.point_cloud, auto_reset=False,
             **{"addresses.pub": ANY, "addresses.cmd": ANY, "addresses.tick": ANY}))
         children.append(robot)
         r = robot.wait_ready(cfg.start_timeout_s)

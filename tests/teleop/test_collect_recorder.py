@@ -97,3 +97,11 @@ def test_recordings_with_a_one_sample_outcome_stream_still_read_and_build(tmp_pa
     assert recorded_outcome(ep, meta) == (False, 0.5, 0.4)
     built = build_training_set(tmp_path / "old", 25.0, tmp_path / "built")
     assert sorted(built["streams"]) == ["action", "tcp_pos"] and built["episodes"][0]["num_steps"] == 10
+
+
+def test_a_point_cloud_collection_needs_the_cameras():
+    from teleop.collect import load_config
+
+    assert load_config(["out=d", "point_cloud=true"]).point_cloud is True
+    with pytest.raises(ValueError, match="point_cloud=true needs cameras=true"):
+        load_config(["out=d", "point_cloud=true", "cameras=false"])
