@@ -8,7 +8,8 @@
 Every cell is one ``python -m sim.eval task=T policy=P policy.checkpoint=RUN`` process (perturbations on, the
 same seeds ``seed .. seed+episodes-1`` for every policy), where RUN is ``checkpoints/T/R`` (``runs=shipped``, the
 default) or ``RUNS/T-R``, and R the training run a policy config evaluates: its own name, except inference-time
-ablations of another run (``rdp_nolm`` evaluates the ``rdp`` run).
+ablations of another run (``rdp_nolm`` evaluates the ``rdp`` run). A run that sees gets the cameras it reads
+(``sensors=vision``, or ``vision_points`` for a depth head; ``run_sensors``) unless ``extra`` sets ``sensors``.
 ``jobs`` cells run at once, one torch thread each (``bus.sweep``: processes on this machine, or Ray tasks with
 ``launcher=ray``, on a local Ray or the cluster at ``ray_address``). A cell whose ``OUT/T-P/results.json`` already
 exists with the same episodes and seed is not re-run, so an interrupted comparison resumes. Writes
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,24 @@ def run_cells(cfg: CompareConfig) -> list[dict[str, Any]]:
     return [cells[pair] for pair in pairs]
 
 
+def run_sensors(run: Mapping[str, Any]) -> str:
+    """The ``sensors`` config a training run observes in ``sim.eval`` (its ``run.json``): ``vision_points`` for a
+    depth perception head, ``vision`` for one that reads RGB (images or an RGB head), else "" (the default)."""
+    if (run.get("perception") or {}).get("camera") == "scene_points":
+        return "vision_points"
+    return "vision" if run.get("image_keys") or run.get("perception") else ""
+
+
 def _cell_command(cfg: CompareConfig, task: str, policy: str) -> list[str]:
-    """One cell's ``python -m sim.eval`` command line (perturbations on, the comparison's seeds, no video)."""
+    """One cell's ``python -m sim.eval`` command line (perturbations on, the comparison's seeds, no video; the
+    cameras a run that sees needs, unless ``extra`` chooses the sensors)."""
     out = Path(cfg.out) / f"{task}-{policy}"
     run = run_dir(cfg, task, policy)
     values = {"task": task, "policy": policy, "policy.checkpoint": str(run), "episodes": cfg.episodes,
               "seed": cfg.seed, "out": str(out), "video": False}
+    sensors = run_sensors(json.loads((run / "run.json").read_text()))
+    if sensors and not any(a.startswith("sensors=") for a in cfg.extra.split()):
+        values["sensors"] = sensors
     return module_command("sim.eval", *(override(k, v) for k, v in values.items()), *cfg.extra.split())
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bus.cli import UsageError, command
 from bus.config import compose, override
+from rdp.compare import run_sensors
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -56,9 +57,7 @@ def _eval(task: str, checkpoint: Path, policy: str, noise: float, cfg: Temperatu
     values = {"task": task, "policy": policy, "policy.checkpoint": str(checkpoint), "policy.noise_scale": noise,
               "episodes": cfg.episodes, "seed": cfg.seed, "out": str(out), "video": False}
     run = json.loads((checkpoint / "run.json").read_text())
-    points = (run.get("perception") or {}).get("camera") == "scene_points"
-    sensors = cfg.sensors or ("vision_points" if points else "vision" if run.get("image_keys") or run.get("perception")
-                              else "")
+    sensors = cfg.sensors or run_sensors(run)
     if sensors:
         values["sensors"] = sensors
     if "goal" in run.get("obs_keys", ()):  # a goal-conditioned run: validated over the task's goals

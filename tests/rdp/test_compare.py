@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rdp.compare import ROOT, main, parse_args, run_dir
+from rdp.compare import ROOT, _cell_command, main, parse_args, run_dir
 
 
 def test_the_default_evaluates_the_shipped_rdp_and_dp_trained_on_the_same_teleoperated_data() -> None:
@@ -14,6 +14,15 @@ def test_the_default_evaluates_the_shipped_rdp_and_dp_trained_on_the_same_teleop
     assert run_dir(cfg, "wipe", "rdp_teleop") == ROOT / "checkpoints" / "wipe" / "rdp_teleop"
     assert run_dir(cfg, "peel", "dp") == ROOT / "checkpoints" / "peel" / "dp"
     assert run_dir(cfg, "wipe", "rdp_nolm") == ROOT / "checkpoints" / "wipe" / "rdp"  # an inference-time ablation
+
+
+def test_a_policy_that_sees_is_evaluated_with_the_cameras_its_head_reads() -> None:
+    cfg = parse_args([])
+    shipped = {p: _cell_command(cfg, t, p) for t, p in (("peel", "rdp_perception"), ("lift", "dp"))}
+    assert "sensors=vision_points" in shipped["rdp_perception"]  # a depth head: the cloud too
+    assert not any(a.startswith("sensors=") for a in shipped["dp"])  # blind: the default sensors
+    chosen = _cell_command(parse_args(["extra='sensors=vision_points_heldout'"]), "peel", "rdp_perception")
+    assert [a for a in chosen if a.startswith("sensors=")] == ["sensors=vision_points_heldout"]  # extra wins
 
 
 def test_a_runs_directory_holds_task_run_folders(tmp_path: Path) -> None:
