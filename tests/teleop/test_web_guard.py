@@ -25,6 +25,17 @@ POSE = {"type": "pose", "frame": "robot",
         "arms": [{"pos": [0.5, 0.0, 0.3], "quat": [1.0, 0.0, 0.0, 0.0], "grip": 0.25, "clutch": True}]}
 
 
+def rejects_once_counted(server: WebOperatorServer, expected: dict[str, int], timeout: float = 5.0) -> dict:
+    """The server's reject counts once they reach ``expected`` (it reads a page's messages on its own thread, so a
+    count lags the send), or as they stand at ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while dict(server.rejects) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return dict(server.rejects)
+
+
 def port_of(server: WebOperatorServer) -> int:
     return urlsplit(server.url).port
 
@@ -231,7 +242,8 @@ def test_the_instruction_box_asks_the_grounding_node_and_shows_its_answer_or_why
                 ws.send(json.dumps({"type": "instruction", "text": ""}))
                 ws.send(json.dumps({"type": "instruction", "text": "x" * 301}))
                 ws.send(json.dumps({"type": "instruction"}))
-            assert server.rejects == {"ValueError": 3} and sub.recv(timeout=0.2) is None
+            assert rejects_once_counted(server, {"ValueError": 3}) == {"ValueError": 3}
+            assert sub.recv(timeout=0.2) is None
         worker.join(timeout=10)
     with operator_server() as (server, _):
         port = port_of(server)
@@ -287,7 +299,8 @@ def test_ground_and_run_follows_the_run_the_grounding_node_started_and_stop_reac
                 while (msg := json.loads(ws.recv(timeout=10))).get("type") != "execution":
                     pass
                 assert msg["state"] == "stopped"
-            assert server.rejects == {"ValueError": 1} and sub.recv(timeout=0.2) is None
+            assert rejects_once_counted(server, {"ValueError": 1}) == {"ValueError": 1}
+            assert sub.recv(timeout=0.2) is None
         worker.join(timeout=10)
     assert [t for t, _ in asked] == ["ground", "execution", "execution", "execution", "stop"]
     assert asked[0][1]["execute"] is True and asked[0][1]["instruction"] == "wipe the left half"
