@@ -1,8 +1,8 @@
 """Headless demonstration collection through the full process graph, and the recorder process it runs.
 
     python -m teleop.collect task=<wipe|peel|lift> operator=scripted episodes=N out=DIR [seed=S] [cameras=false]
-        [looks=train point_cloud=true]      # what a perception policy trains on (rdp.perception)
                              [mode=realtime|lockstep] [feedback=true|false] [press_assist=auto|always|never]
+                             [looks=train point_cloud=true]   # what a perception policy trains on
     python -m teleop.collect recorder robot=ADDR teleop=ADDR out=DIR [task=NAME]     # the recorder process alone
 
 Processes (each its own ``python -m``; config ``configs/teleop/collect.yaml``)::
@@ -276,10 +276,11 @@ class RecorderNode:
             # Sent as the node hears the reset (stamped on the last episode's clock), or before it has any state of
             # the new episode (stamped 0.0: the robot's own stamps start a tick after the reset): no clock of this
             # episode yet.
-            if msg.meta.get("event") == "reset" or not _sim_t(msg) > 0.0:
+            t = _sim_t(msg)
+            if msg.meta.get("event") == "reset" or not t > 0.0:
                 self.episode_counts["stale_clutch"] += 1
                 return
-            self._append_teleop("clutch", _sim_t(msg), msg.arrays["engaged"])
+            self._append_teleop("clutch", t, msg.arrays["engaged"])
 
     def _on_command(self, msg: Message) -> None:
         self._append_teleop("action", _sim_t(msg), msg.arrays["target"].reshape(-1).astype(np.float32))
