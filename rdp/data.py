@@ -141,13 +141,14 @@ def shift_positions(action: np.ndarray, anchor_proprio: np.ndarray, sign: float)
     return a
 
 
-COND_PARTS = ("tactile", "tactile_load", "wrench", "tcp_rel")
+COND_PARTS = ("tactile", "tactile_load", "wrench", "tcp_rel", "goal")
 
 
 def cond_parts(cond_key: str) -> tuple[str, ...]:
     """``"tactile"`` or ``"tactile+tcp_rel"`` -> its parts, checked: what the fast decoder reads every tick.
     ``tcp_rel`` is each arm's TCP position relative to the pose the chunk was planned from (3 A,); ``tactile_load``
-    each pad's load read off its marker field (3 P,; ``lowdim_features``)."""
+    each pad's load read off its marker field (3 P,; ``lowdim_features``); ``goal`` the episode's goal (G,; in every
+    state reading of a goal-conditioned episode), so the decoder knows e.g. how hard it may squeeze."""
     parts = tuple(cond_key.split("+"))
     bad = [p for p in parts if p not in COND_PARTS]
     if bad or len(set(parts)) != len(parts):

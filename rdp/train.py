@@ -335,10 +335,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              embedding=TactileEmbedding.load(cfg.tactile_embedding), perception=perception)
     if episodes.task != cfg.task:
         raise DataError(f"{cfg.data}: episodes of task {episodes.task!r}, but training was asked for {cfg.task!r}")
-    missing = [k for k in cfg.method.obs_keys if k not in episodes.features]
+    cond = [p for p in cond_parts(cfg.method.cond_key) if p != "tcp_rel"] if cfg.method.cond_key else []
+    missing = [k for k in dict.fromkeys([*cfg.method.obs_keys, *cond]) if k not in episodes.features]
     if missing:
-        raise DataError(f"{cfg.data}: the policy observes {list(cfg.method.obs_keys)}, but the dataset has no "
-                        f"{missing} (have {sorted(episodes.features)}); re-record it or drop them from obs_keys"
+        raise DataError(f"{cfg.data}: the policy observes {list(cfg.method.obs_keys)} and its decoder reads "
+                        f"{cfg.method.cond_key!r}, but the dataset has no {missing} "
+                        f"(have {sorted(episodes.features)}); re-record it or drop them from obs_keys / cond_key"
                         + ("; a goal comes from recordings made with goals (teleop.record_expert goal=random)"
                            if "goal" in missing else ""))
     windows = make_windows(episodes, cfg.obs_steps, cfg.horizon)

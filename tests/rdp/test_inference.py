@@ -105,6 +105,14 @@ def test_cond_features_tcp_rel_and_unknown_parts() -> None:
         cond_parts("tactile+force")
 
 
+def test_cond_features_can_carry_the_goal_to_the_decoder() -> None:
+    feats = {"tactile_load": np.full((4, 6), 2.0), "goal": np.tile([1.0, 25 / 60], (4, 1))}
+    cond = cond_features(feats, np.zeros(20), "tactile_load+goal")
+    assert cond.shape == (4, 8) and cond[:, -2:].tolist() == [[1.0, pytest.approx(25 / 60)]] * 4
+    with pytest.raises(KeyError):
+        cond_features({"tactile_load": feats["tactile_load"]}, np.zeros(20), "tactile_load+goal")
+
+
 class _NoiseSlow(_CountingSlow):
     """Entry x of every chunk is the first number the sampler's generator draws: the episode's noise made visible."""
 

@@ -423,3 +423,18 @@ def test_goal_conditioned_policy_learns_the_recorded_goal_and_reads_the_envs(tmp
     with pytest.raises(DataError, match="goal=random"):
         train(dataclasses.replace(tiny_config("dp", plain, tmp_path / "r2", steps=1),
                                   method=dataclasses.replace(cfg.method, obs_keys=("proprio", "goal"))))
+    # The fast decoder can read the goal too (how hard it may press), from the same per-step features.
+    rdp_cfg = tiny_config("rdp", data, tmp_path / "rdp-goal", steps=2)
+    rdp_method = dataclasses.replace(rdp_cfg.method, obs_keys=("proprio", "goal"), cond_key="tactile_load+goal")
+    train(dataclasses.replace(rdp_cfg, method=rdp_method))
+    policy = make_policy("wipe", checkpoint=tmp_path / "rdp-goal", method="rdp", replan_every=4)
+    env = sim.make_env("wipe", goal="left-gentle")
+    try:
+        obs, _ = env.reset(seed=3)
+        policy.reset(env)
+        assert np.all(np.isfinite(policy.act(obs)))
+    finally:
+        env.close()
+    with pytest.raises(DataError, match=r"decoder reads 'tactile_load\+goal'.*goal=random"):
+        train(dataclasses.replace(tiny_config("rdp", plain, tmp_path / "r3", steps=1),
+                                  method=dataclasses.replace(rdp_method, obs_keys=("proprio",))))
