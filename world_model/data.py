@@ -1,6 +1,13 @@
 """Video datasets for the world model: episodes of camera frames with the action that led into each frame.
 
     python -m world_model.data revisit out=data/wm-revisit episodes=400 seed=200000 [image_size=32] [jobs=1]
+    python -m world_model.data recording data=RECORDING out=data/wm-wipe [camera=wrist_rgb] [image_size=32]
+
+``recording`` turns a robot recording (``teleop.collect``, ``teleop.record_expert``, any recording in the dataset
+format with a camera stream) into a video set: every frame of ``camera``, area-resized, with the action that led
+into it: each arm's TCP displacement since the previous frame (3 per arm, m), each arm's gripper width (1 per arm,
+m), and with ``touch`` each pad's load at the frame (3 per pad, ``dataset.features``). An episode's first frame
+gets a zero displacement.
 
 A ``VideoSet`` is one ``videos.npz`` (numpy arrays only, loaded with ``allow_pickle=False``) plus ``meta.json``:
 frames (N, S, S, 3) uint8 and actions (N, Da) float32 of all episodes back to back, ``starts`` (E + 1,) the episode
@@ -132,10 +139,110 @@ class RevisitDataConfig:
             raise ValueError(f"episodes must be >= 1 and image_size >= 8, got {self.episodes}, {self.image_size}")
 
 
+@dataclass
+class RecordingDataConfig:
+    """``configs/world_model/recording.yaml``."""
+
+    data: str = ""
+    out: str = ""
+    camera: str = "wrist_rgb"
+    image_size: int = 32
+    touch: bool = True
+    successful_only: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+
+
+def recording_episode(episode: Path, camera: str, image_size: int, touch: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One recorded episode -> frames (T, S, S, 3) uint8 and actions (T, 4 A [+ 3 P]) float32 (module docstring).
+    Frames stamped before the first robot state are dropped; raises ``DatasetError`` naming a missing stream."""
+    from dataset.format import DatasetError, load_stream, read_meta
+    from rdp.data import resize_images
+
+    meta = read_meta(episode)
+    needed = [camera, "tcp_pos", "gripper_width"] + (["marker_offset"] if touch else [])
+    missing = [n for n in needed if n not in meta["streams"]]
+    if missing:
+        cams = sorted(n for n in meta["streams"] if n.endswith("_rgb"))
+        raise DatasetError(f"{episode}: no stream {missing} (camera streams here: {cams}; record with cameras=true"
+                           f"{', or touch=false' if missing == ['marker_offset'] else ''})")
+    t_frame, frames = load_stream(episode, camera, meta)
+    t_pos, pos = load_stream(episode, "tcp_pos", meta)
+    t_grip, grip = load_stream(episode, "gripper_width", meta)
+    keep = t_frame >= max(t_pos[0], t_grip[0]) if len(t_pos) and len(t_grip) else np.zeros(len(t_frame), bool)
+    t_frame, frames = t_frame[keep], frames[keep]
+    at = np.searchsorted(t_pos, t_frame, side="right") - 1  # the state held at each frame (never a later one)
+    here = pos[at].reshape(len(at), -1)
+    step = np.diff(here, axis=0, prepend=here[:1])
+    grip_at = grip[np.searchsorted(t_grip, t_frame, side="right") - 1].reshape(len(at), -1)
+    parts = [step, grip_at]
+    if touch:
+        from sensors.embedding import TactileEmbedding
+
+        t_mark, marks = load_stream(episode, "marker_offset", meta)
+        held = marks[np.clip(np.searchsorted(t_mark, t_frame, side="right") - 1, 0, None)]
+        embedding = TactileEmbedding.load("default")
+        parts.append(embedding.pad_load(embedding.encode(held)).reshape(len(at), -1))
+    actions = np.concatenate(parts, axis=1).astype(np.float32)
+    return resize_images(frames, image_size), actions
+
+
+def recording_set(cfg: RecordingDataConfig, progress: bool = True) -> VideoSet:
+    """Every (successful, with ``successful_only``) committed episode of ``cfg.data`` as a video set; episodes with
+    fewer than two frames are skipped (and counted in ``meta``)."""
+    from tqdm import tqdm
+
+    from dataset.format import DatasetError, list_episodes, read_meta
+
+    root = Path(cfg.data)
+    episodes = list_episodes(root) if root.is_dir() else []
+    if not episodes:
+        raise DatasetError(f"{root}: no committed episodes (a recording folder: teleop.collect out=DIR)")
+    frames, actions, seeds, skipped = [], [], [], 0
+    for episode in tqdm(episodes, desc="episodes", unit="ep", disable=not progress):
+        meta = read_meta(episode)
+        if cfg.successful_only and not meta.get("success"):
+            continue
+        f, a = recording_episode(episode, cfg.camera, cfg.image_size, cfg.touch)
+        if len(f) < 2:
+            skipped += 1
+            continue
+        frames.append(f)
+        actions.append(a)
+        seeds.append(int(meta.get("seed") if meta.get("seed") is not None else -1))
+    if not frames:
+        raise DatasetError(f"{root}: no episode with two or more {cfg.camera} frames"
+                           + (" that succeeded" if cfg.successful_only else ""))
+    lengths = [len(f) for f in frames]
+    return VideoSet(frames=np.concatenate(frames), actions=np.concatenate(actions),
+                    starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                    seeds=np.array(seeds, np.int64), pairs=np.zeros((0, 3), np.int64),
+                    meta={"kind": "recording", "source": str(root), "camera": cfg.camera, "touch": cfg.touch,
+                          "successful_only": cfg.successful_only, "skipped_short": skipped,
+                          "action_layout": "per arm tcp displacement (3), per arm gripper width (1)"
+                                           + (", per pad load (3)" if cfg.touch else ""),
+                          "command": f"python -m world_model.data recording data={cfg.data} out={cfg.out} "
+                                     f"camera={cfg.camera} image_size={cfg.image_size} "
+                                     f"touch={str(cfg.touch).lower()}"})
+
+
 @command("world_model.data")
 def main(argv: Sequence[str] | None = None) -> int:
-    verb, rest = split_verb(list(sys.argv[1:] if argv is None else argv), ["revisit"], "world_model.data",
-                            "revisit out=DIR episodes=200", __doc__)
+    verb, rest = split_verb(list(sys.argv[1:] if argv is None else argv), ["revisit", "recording"],
+                            "world_model.data", "revisit out=DIR episodes=200", __doc__)
+    if verb == "recording":
+        rcfg = compose(RecordingDataConfig, "world_model/recording", rest, "world-model data",
+                       "recording data=RECORDING out=DIR")
+        if not rcfg.data or not rcfg.out:
+            raise UsageError("data=RECORDING and out=DIR are required")
+        videos = recording_set(rcfg, progress=rcfg.progress)
+        videos.save(Path(rcfg.out))
+        print(json.dumps({"out": rcfg.out, "episodes": videos.episodes, "frames": len(videos.frames),
+                          "action_dim": videos.action_dim, "skipped_short": videos.meta["skipped_short"]}))
+        return 0
     cfg = compose(RevisitDataConfig, "world_model/data", rest, "world-model data", "out=DIR episodes=200")
     if not cfg.out:
         raise UsageError("out=DIR is required")

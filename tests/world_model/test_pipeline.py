@@ -121,7 +121,42 @@ def test_train_then_generate_with_and_without_memory(tmp_path):
 def test_bad_command_lines_are_one_line_errors(tmp_path):
     for args, expected in [(["world_model.train", "out=X"], "data=DIR"),
                            (["world_model.generate", f"run={tmp_path}", f"data={tmp_path}"], "no run.json"),
-                           (["world_model.data"], "expected a command")]:
+                           (["world_model.data"], "expected a command"),
+                           (["world_model.data", "recording", "out=X"], "data=RECORDING")]:
         proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
         assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_robot_recording_becomes_a_video_set_that_trains_the_world_model(tmp_path):
+    from dataset.format import list_episodes, load_stream
+    from teleop.record_expert import RecordConfig, record_expert_episodes
+    from world_model.data import main as data_main
+    from world_model.train import main as train_main
+
+    demos, videos, run = tmp_path / "demos", tmp_path / "videos", tmp_path / "run"
+    record_expert_episodes(RecordConfig(task="peel", episodes=2, seed=3, out=str(demos), max_steps=40, cameras=True,
+                                        image_size=32, looks="train", progress=False))
+    assert data_main(["recording", f"data={demos}", f"out={videos}", "image_size=16", "progress=false"]) == 0
+    vs = VideoSet.load(videos)
+    assert vs.episodes == 2 and vs.image_size == 16 and vs.action_dim == 3 + 1 + 3 * 3  # move, grip, 3 pads' load
+    first = list_episodes(demos)[0]
+    t_frame, _ = load_stream(first, "wrist_rgb")
+    t_pos, pos = load_stream(first, "tcp_pos")
+    frames, actions = vs.episode(0)
+    kept = t_frame[t_frame >= t_pos[0]]
+    assert len(frames) == len(kept) and np.all(actions[0, :3] == 0)
+    held = pos[np.searchsorted(t_pos, kept, side="right") - 1, 0]
+    np.testing.assert_allclose(actions[:, :3].sum(axis=0), held[-1] - held[0], atol=1e-6)  # displacements add up
+    assert data_main(["recording", f"data={demos}", f"out={tmp_path / 'v2'}", "touch=false", "progress=false"]) == 0
+    assert VideoSet.load(tmp_path / "v2").action_dim == 4
+    assert train_main([f"data={videos}", f"out={run}", *TINY]) == 0
+    assert (run / "diffusion" / "model.safetensors").exists()
+    # A recording without the camera says which camera streams it has, in one line.
+    record_expert_episodes(RecordConfig(task="peel", episodes=1, seed=4, out=str(tmp_path / "blind"), max_steps=10,
+                                        progress=False))
+    proc = subprocess.run([sys.executable, "-m", "world_model.data", "recording", f"data={tmp_path / 'blind'}",
+                           f"out={tmp_path / 'v3'}", "camera=scene_rgb", "progress=false"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no stream ['scene_rgb'] (camera streams here: []" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
