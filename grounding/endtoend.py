@@ -173,12 +173,17 @@ def load_policies(cfg: EndToEndConfig, tasks: Sequence[str]) -> dict[str, Any]:
 
 
 def make_task_env(task: str, goal: Goal, policy: Any, perturb: bool) -> Any:
-    """The env of ``task`` scoring ``goal`` and observing it, with the cameras ``policy`` reads."""
+    """The env of ``task`` scoring ``goal`` and observing it, with the cameras ``policy`` reads: its image inputs,
+    or its perception head's camera (the depth cloud, ``scene_points``, for a point-cloud head)."""
     from sim.registry import make_env
 
-    sizes = list((policy.run.get("camera_size") or {}).values()) if policy.image_keys else []
+    sizes = [int(s[0]) for s in (policy.run.get("camera_size") or {}).values()] if policy.image_keys else []
+    perception = policy.run.get("perception") or {}
+    if perception.get("image_size"):
+        sizes.append(int(perception["image_size"]))
     return make_env(task, goal=goal_option(goal), perturb=perturb, cameras=bool(sizes),
-                    **({"image_size": int(sizes[0][0])} if sizes else {}))
+                    point_cloud=perception.get("camera") == "scene_points",
+                    **({"image_size": sizes[0]} if sizes else {}))
 
 
 def episode_row(k: int, index: int, meta: Mapping[str, Any], path: Path, instruction: Instruction,

@@ -309,3 +309,23 @@ def test_the_grounding_node_carries_out_a_grounding_and_answers_its_state(runs, 
     node.cfg.execute = "none"
     with pytest.raises(UsageError, match="execute=none"):
         node._carry_out(wipe)
+
+
+def test_the_task_env_gives_a_depth_head_policy_its_point_cloud():
+    from types import SimpleNamespace
+
+    from sim.tasks.lift import LiftGoal
+
+    policy = SimpleNamespace(image_keys=(), run={"perception": {"camera": "scene_points", "image_size": 32}})
+    env = endtoend.make_task_env("lift", LiftGoal(grip="gentle"), policy, perturb=False)
+    try:
+        obs, _ = env.reset(seed=1)
+        assert obs["scene_points"].shape[1] == 3 and env.image_size == 32 and env.task.goal == LiftGoal(grip="gentle")
+    finally:
+        env.close()
+    blind = SimpleNamespace(image_keys=(), run={})
+    env = endtoend.make_task_env("lift", LiftGoal(), blind, perturb=False)
+    try:
+        assert "scene_points" not in env.reset(seed=1)[0] and not env.cameras
+    finally:
+        env.close()
