@@ -112,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": [cfg.seed, cfg.seed + cfg.episodes - 1], "success": {f"{t:g}": s for t, s in results.items()},
         "command": f"python -m rdp.temperature task={cfg.task} " + (f"checkpoint={cfg.checkpoint}" if cfg.checkpoint
                                                                      else f"policy={cfg.policy}")
-        + (f" sensors={cfg.sensors}" if cfg.sensors else "")}}
+        + (f" sensors={cfg.sensors}" if cfg.sensors else "")
+        + (f" episodes={cfg.episodes}" if cfg.episodes != TemperatureConfig.episodes else "")
+        + (f" seed={cfg.seed}" if cfg.seed != TemperatureConfig.seed else "")
+        + (f" candidates=[{','.join(f'{t:g}' for t in candidates)}]" if candidates != [0.0, 1.0] else "")}}
     write_inference(run_dir, inference)
     summary = {"task": cfg.task, "run": str(run_dir), "method": run["method"], **inference}
     out = Path(cfg.out)

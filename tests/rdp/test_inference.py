@@ -202,3 +202,30 @@ def test_temperature_validates_a_goal_conditioned_run_over_the_tasks_goals(tmp_p
         cfg = temperature.TemperatureConfig(task="wipe")
         assert temperature._eval("wipe", run, "rdp", 0.0, cfg, tmp_path / f"w{len(seen)}") == 0.5
         assert ("task.goal=random" in seen[-1]) is expect
+
+
+def test_the_recorded_temperature_command_repeats_the_choice(tmp_path, monkeypatch) -> None:
+    """run.json's ``chosen_on.command`` names every option that changed the validation (seeds, count, candidates)."""
+    import json
+    import shutil
+    import subprocess
+
+    from rdp import temperature
+
+    def fake_run(cmd, **_):
+        out = next(a.split("=", 1)[1] for a in cmd if a.startswith("out="))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "results.json").write_text(json.dumps({"success_rate": 0.5}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(temperature.subprocess, "run", fake_run)
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "checkpoints" / "wipe" / "dp", run)
+    out = f"out={tmp_path / 'o'}"
+    assert temperature.main(["task=wipe", f"checkpoint={run}", "episodes=60", "seed=2000", out]) == 0
+    chosen = json.loads((run / "run.json").read_text())["inference"]["chosen_on"]
+    assert chosen["seeds"] == [2000, 2059]
+    assert chosen["command"] == f"python -m rdp.temperature task=wipe checkpoint={run} episodes=60 seed=2000"
+    assert temperature.main(["task=wipe", f"checkpoint={run}", out]) == 0
+    assert json.loads((run / "run.json").read_text())["inference"]["chosen_on"]["command"] == \
+        f"python -m rdp.temperature task=wipe checkpoint={run}"
