@@ -249,7 +249,7 @@ def test_endtoend_writes_both_arms_per_episode(runs, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- grounding.node executes
 @pytest.mark.timeout(400)
-def test_the_grounding_node_carries_out_a_grounding_and_answers_its_state(runs, tmp_path):
+def test_the_grounding_node_carries_out_a_grounding_and_answers_its_state(runs, tmp_path, monkeypatch):
     """A grounding handed to the node's execution starts rdp.run (lockstep here) with the task's goal policy; the
     node answers its state while it runs and once it has ended, refuses a second one meanwhile, stops one on a stop
     request with its results written, and says why when the task has no goal policy."""
@@ -304,6 +304,7 @@ def test_the_grounding_node_carries_out_a_grounding_and_answers_its_state(runs, 
     gcfg = GroundingConfig()
     lift = read_answer(gcfg, one_hot_logits(gcfg, {"task": gcfg.tasks.index("lift")}), "lift the box", 1.0)
     assert lift.task == "lift"
+    monkeypatch.setattr("rdp.inference.checkpoint_dir", lambda: tmp_path / "no-checkpoints")  # none shipped
     with pytest.raises(FileNotFoundError, match="no goal-conditioned lift policy"):
         node._carry_out(lift)
     node.cfg.execute = "none"
