@@ -156,6 +156,11 @@ def cond_parts(cond_key: str) -> tuple[str, ...]:
     return parts
 
 
+def cond_inputs(cond_key: str) -> list[str]:
+    """The per-step features ``cond_features`` reads for ``cond_key`` (``tcp_rel`` comes from ``proprio``)."""
+    return list(dict.fromkeys("proprio" if p == "tcp_rel" else p for p in cond_parts(cond_key)))
+
+
 def cond_features(features: Mapping[str, np.ndarray], anchor_proprio: np.ndarray, cond_key: str) -> np.ndarray:
     """Per-step features {proprio, tactile, wrench} (..., Dk) and the chunk's anchor proprio (broadcastable to
     (..., 10 A)) -> the decoder's conditioning (..., Dc), float32 (parts concatenated in ``cond_key`` order)."""
@@ -433,8 +438,7 @@ def gather(
                        f"load_episodes(image_keys=...)")
     out["obs"].update({k: episodes.images[k][oi] for k in image_keys})
     if cond_key is not None:
-        needed = {"proprio" if p == "tcp_rel" else p for p in cond_parts(cond_key)}
-        steps = {k: episodes.features[k][ai] for k in needed}  # (B, T, Dk)
+        steps = {k: episodes.features[k][ai] for k in cond_inputs(cond_key)}  # (B, T, Dk)
         out["cond"] = cond_features(steps, episodes.features["proprio"][oi[..., -1]][:, None], cond_key)
     return out
 

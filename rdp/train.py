@@ -61,6 +61,7 @@ from rdp.data import (
     DataError,
     Episodes,
     Windows,
+    cond_inputs,
     cond_parts,
     gather,
     load_episodes,
@@ -335,7 +336,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                              embedding=TactileEmbedding.load(cfg.tactile_embedding), perception=perception)
     if episodes.task != cfg.task:
         raise DataError(f"{cfg.data}: episodes of task {episodes.task!r}, but training was asked for {cfg.task!r}")
-    cond = [p for p in cond_parts(cfg.method.cond_key) if p != "tcp_rel"] if cfg.method.cond_key else []
+    cond = cond_inputs(cfg.method.cond_key) if cfg.method.cond_key else []
     missing = [k for k in dict.fromkeys([*cfg.method.obs_keys, *cond]) if k not in episodes.features]
     if missing:
         raise DataError(f"{cfg.data}: the policy observes {list(cfg.method.obs_keys)} and its decoder reads "

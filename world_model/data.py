@@ -24,11 +24,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bus.cli import UsageError, command
 from bus.config import compose, split_verb
+
+if TYPE_CHECKING:
+    from sensors.embedding import TactileEmbedding
 
 FILE = "videos.npz"
 
@@ -74,6 +78,15 @@ class VideoSet:
         """(P, 2) first-visit / return frame pairs of episode ``e``."""
         return self.pairs[self.pairs[:, 0] == e, 1:]
 
+    @classmethod
+    def from_episodes(cls, frames: Sequence[np.ndarray], actions: Sequence[np.ndarray], seeds: Sequence[int],
+                      pairs: np.ndarray, meta: dict) -> VideoSet:
+        """Per-episode frames (T_e, S, S, 3) and actions (T_e, Da), back to back, with their boundaries."""
+        lengths = [len(f) for f in frames]
+        return cls(frames=np.concatenate(frames), actions=np.concatenate(actions),
+                   starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                   seeds=np.asarray(seeds, np.int64), pairs=np.asarray(pairs, np.int64).reshape(-1, 3), meta=meta)
+
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".{FILE}.tmp.npz"
@@ -113,16 +126,13 @@ def revisit_set(cfg: RevisitDataConfig, progress: bool = True) -> VideoSet:
     rcfg = RevisitConfig(image_size=cfg.image_size)
     episodes = [render_episode(rcfg, cfg.seed + i)
                 for i in tqdm(range(cfg.episodes), desc="revisit episodes", unit="ep", disable=not progress)]
-    lengths = [len(ep.frames) for ep in episodes]
     pairs = [np.column_stack([np.full(len(ep.pairs), e), ep.pairs]) for e, ep in enumerate(episodes)]
-    return VideoSet(frames=np.concatenate([ep.frames for ep in episodes]),
-                    actions=np.concatenate([ep.actions for ep in episodes]),
-                    starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                    seeds=np.array([ep.seed for ep in episodes], np.int64),
-                    pairs=np.concatenate(pairs).astype(np.int64),
-                    meta={"kind": "revisit", "revisit": asdict(rcfg), "seed": cfg.seed,
-                          "command": f"python -m world_model.data revisit out={cfg.out} episodes={cfg.episodes} "
-                                     f"seed={cfg.seed} image_size={cfg.image_size}"})
+    return VideoSet.from_episodes([ep.frames for ep in episodes], [ep.actions for ep in episodes],
+                                  [ep.seed for ep in episodes], np.concatenate(pairs),
+                                  meta={"kind": "revisit", "revisit": asdict(rcfg), "seed": cfg.seed,
+                                        "command": f"python -m world_model.data revisit out={cfg.out} "
+                                                   f"episodes={cfg.episodes} seed={cfg.seed} "
+                                                   f"image_size={cfg.image_size}"})
 
 
 @dataclass
@@ -156,14 +166,21 @@ class RecordingDataConfig:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
 
 
-def recording_episode(episode: Path, camera: str, image_size: int, touch: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One recorded episode -> frames (T, S, S, 3) uint8 and actions (T, 4 A [+ 3 P]) float32 (module docstring).
-    Frames stamped before the first robot state are dropped; raises ``DatasetError`` naming a missing stream."""
-    from dataset.format import DatasetError, load_stream, read_meta
+def _held(times: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Index of each stream's latest sample at or before every time in ``at`` (zero-order hold; never a later one;
+    the first sample for a time before it)."""
+    return np.clip(np.searchsorted(times, at, side="right") - 1, 0, None)
+
+
+def recording_episode(episode: Path, meta: dict, camera: str, image_size: int,
+                      embedding: TactileEmbedding | None) -> tuple[np.ndarray, np.ndarray]:
+    """One recorded episode (its ``meta.json`` read) -> frames (T, S, S, 3) uint8 and actions (T, 4 A [+ 3 P])
+    float32 (module docstring); each pad's load is added when an ``embedding`` is given. Frames stamped before the
+    first robot state are dropped; raises ``DatasetError`` naming a missing stream."""
+    from dataset.format import DatasetError, load_stream
     from rdp.data import resize_images
 
-    meta = read_meta(episode)
-    needed = [camera, "tcp_pos", "gripper_width"] + (["marker_offset"] if touch else [])
+    needed = [camera, "tcp_pos", "gripper_width"] + (["marker_offset"] if embedding is not None else [])
     missing = [n for n in needed if n not in meta["streams"]]
     if missing:
         cams = sorted(n for n in meta["streams"] if n.endswith("_rgb"))
@@ -174,20 +191,13 @@ def recording_episode(episode: Path, camera: str, image_size: int, touch: bool) 
     t_grip, grip = load_stream(episode, "gripper_width", meta)
     keep = t_frame >= max(t_pos[0], t_grip[0]) if len(t_pos) and len(t_grip) else np.zeros(len(t_frame), bool)
     t_frame, frames = t_frame[keep], frames[keep]
-    at = np.searchsorted(t_pos, t_frame, side="right") - 1  # the state held at each frame (never a later one)
-    here = pos[at].reshape(len(at), -1)
-    step = np.diff(here, axis=0, prepend=here[:1])
-    grip_at = grip[np.searchsorted(t_grip, t_frame, side="right") - 1].reshape(len(at), -1)
-    parts = [step, grip_at]
-    if touch:
-        from sensors.embedding import TactileEmbedding
-
+    n = len(t_frame)
+    here = pos[_held(t_pos, t_frame)].reshape(n, -1)
+    parts = [np.diff(here, axis=0, prepend=here[:1]), grip[_held(t_grip, t_frame)].reshape(n, -1)]
+    if embedding is not None:
         t_mark, marks = load_stream(episode, "marker_offset", meta)
-        held = marks[np.clip(np.searchsorted(t_mark, t_frame, side="right") - 1, 0, None)]
-        embedding = TactileEmbedding.load("default")
-        parts.append(embedding.pad_load(embedding.encode(held)).reshape(len(at), -1))
-    actions = np.concatenate(parts, axis=1).astype(np.float32)
-    return resize_images(frames, image_size), actions
+        parts.append(embedding.pad_load(embedding.encode(marks[_held(t_mark, t_frame)])).reshape(n, -1))
+    return resize_images(frames, image_size), np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def recording_set(cfg: RecordingDataConfig, progress: bool = True) -> VideoSet:
@@ -196,7 +206,9 @@ def recording_set(cfg: RecordingDataConfig, progress: bool = True) -> VideoSet:
     from tqdm import tqdm
 
     from dataset.format import DatasetError, list_episodes, read_meta
+    from sensors.embedding import TactileEmbedding
 
+    embedding = TactileEmbedding.load("default") if cfg.touch else None  # once, not per episode
     root = Path(cfg.data)
     episodes = list_episodes(root) if root.is_dir() else []
     if not episodes:
@@ -206,7 +218,7 @@ def recording_set(cfg: RecordingDataConfig, progress: bool = True) -> VideoSet:
         meta = read_meta(episode)
         if cfg.successful_only and not meta.get("success"):
             continue
-        f, a = recording_episode(episode, cfg.camera, cfg.image_size, cfg.touch)
+        f, a = recording_episode(episode, meta, cfg.camera, cfg.image_size, embedding)
         if len(f) < 2:
             skipped += 1
             continue
@@ -216,17 +228,15 @@ def recording_set(cfg: RecordingDataConfig, progress: bool = True) -> VideoSet:
     if not frames:
         raise DatasetError(f"{root}: no episode with two or more {cfg.camera} frames"
                            + (" that succeeded" if cfg.successful_only else ""))
-    lengths = [len(f) for f in frames]
-    return VideoSet(frames=np.concatenate(frames), actions=np.concatenate(actions),
-                    starts=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                    seeds=np.array(seeds, np.int64), pairs=np.zeros((0, 3), np.int64),
-                    meta={"kind": "recording", "source": str(root), "camera": cfg.camera, "touch": cfg.touch,
-                          "successful_only": cfg.successful_only, "skipped_short": skipped,
-                          "action_layout": "per arm tcp displacement (3), per arm gripper width (1)"
-                                           + (", per pad load (3)" if cfg.touch else ""),
-                          "command": f"python -m world_model.data recording data={cfg.data} out={cfg.out} "
-                                     f"camera={cfg.camera} image_size={cfg.image_size} "
-                                     f"touch={str(cfg.touch).lower()}"})
+    return VideoSet.from_episodes(frames, actions, seeds, np.zeros((0, 3), np.int64),
+                                  meta={"kind": "recording", "source": str(root), "camera": cfg.camera,
+                                        "touch": cfg.touch, "successful_only": cfg.successful_only,
+                                        "skipped_short": skipped,
+                                        "action_layout": "per arm tcp displacement (3), per arm gripper width (1)"
+                                                         + (", per pad load (3)" if cfg.touch else ""),
+                                        "command": f"python -m world_model.data recording data={cfg.data} "
+                                                   f"out={cfg.out} camera={cfg.camera} image_size={cfg.image_size} "
+                                                   f"touch={str(cfg.touch).lower()}"})
 
 
 @command("world_model.data")
