@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,9 @@ class SimPolicy:
         self.image_keys = planner.image_keys
         self.image_size = self.run.get("image_size")
         self.frames: dict[str, np.ndarray] = {}  # the held camera frames (resized), replaced at the camera rate
+        # What makes each plan instead of ``planner.plan(history, guide)``: chooser(self, guide) -> plan (a planner
+        # above the slow policy that picks among its samples, world_model.task_plan); None: the slow policy alone.
+        self.chooser: Callable[[SimPolicy, dict], torch.Tensor] | None = None
 
     @property
     def noise_scale(self) -> float:
@@ -163,7 +166,7 @@ class SimPolicy:
                     prev, prev_anchor, prev_start = self.active
                     guide = self.planner.rtc_prefix(prev, prev_anchor, k - prev_start, self.history[-1]["proprio"],
                                                     self.latency_steps, features)
-                plan = self.planner.plan(self.history, guide)
+                plan = self.planner.plan(self.history, guide) if self.chooser is None else self.chooser(self, guide)
                 self.pending = (plan, self.history[-1]["proprio"], k)
             if self.pending is not None and (k == 0 or k >= self.pending[2] + self.latency_steps):
                 self._take_over(*self.pending, k)

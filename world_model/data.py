@@ -158,6 +158,7 @@ class RecordingDataConfig:
     camera: str = "wrist_rgb"
     image_size: int = 32
     touch: bool = True
+    gripper: bool = True  # false: leave the gripper width out of the actions (a task that never grips)
     successful_only: bool = False
     progress: bool = True
 
@@ -173,9 +174,10 @@ def _held(times: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 
 def recording_episode(episode: Path, meta: dict, camera: str, image_size: int,
-                      embedding: TactileEmbedding | None) -> tuple[np.ndarray, np.ndarray]:
+                      embedding: TactileEmbedding | None, gripper: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One recorded episode (its ``meta.json`` read) -> frames (T, S, S, 3) uint8 and actions (T, 4 A [+ 3 P])
-    float32 (module docstring); each pad's load is added when an ``embedding`` is given. Frames stamped before the
+    float32 (module docstring; 3 A without the ``gripper``); each pad's load is added when an ``embedding`` is
+    given. Frames stamped before the
     first robot state are dropped; raises ``DatasetError`` naming a missing stream."""
     from dataset.format import DatasetError, load_stream
     from rdp.data import resize_images
@@ -193,7 +195,9 @@ def recording_episode(episode: Path, meta: dict, camera: str, image_size: int,
     t_frame, frames = t_frame[keep], frames[keep]
     n = len(t_frame)
     here = pos[_held(t_pos, t_frame)].reshape(n, -1)
-    parts = [np.diff(here, axis=0, prepend=here[:1]), grip[_held(t_grip, t_frame)].reshape(n, -1)]
+    parts = [np.diff(here, axis=0, prepend=here[:1])]
+    if gripper:
+        parts.append(grip[_held(t_grip, t_frame)].reshape(n, -1))
     if embedding is not None:
         t_mark, marks = load_stream(episode, "marker_offset", meta)
         parts.append(embedding.pad_load(embedding.encode(marks[_held(t_mark, t_frame)])).reshape(n, -1))
@@ -218,7 +222,7 @@ def recording_set(cfg: RecordingDataConfig, progress: bool = True) -> VideoSet:
         meta = read_meta(episode)
         if cfg.successful_only and not meta.get("success"):
             continue
-        f, a = recording_episode(episode, meta, cfg.camera, cfg.image_size, embedding)
+        f, a = recording_episode(episode, meta, cfg.camera, cfg.image_size, embedding, cfg.gripper)
         if len(f) < 2:
             skipped += 1
             continue
@@ -230,13 +234,16 @@ def recording_set(cfg: RecordingDataConfig, progress: bool = True) -> VideoSet:
                            + (" that succeeded" if cfg.successful_only else ""))
     return VideoSet.from_episodes(frames, actions, seeds, np.zeros((0, 3), np.int64),
                                   meta={"kind": "recording", "source": str(root), "camera": cfg.camera,
-                                        "touch": cfg.touch, "successful_only": cfg.successful_only,
+                                        "touch": cfg.touch, "gripper": cfg.gripper,
+                                        "successful_only": cfg.successful_only,
                                         "skipped_short": skipped,
-                                        "action_layout": "per arm tcp displacement (3), per arm gripper width (1)"
+                                        "action_layout": "per arm tcp displacement (3)"
+                                                         + (", per arm gripper width (1)" if cfg.gripper else "")
                                                          + (", per pad load (3)" if cfg.touch else ""),
                                         "command": f"python -m world_model.data recording data={cfg.data} "
                                                    f"out={cfg.out} camera={cfg.camera} image_size={cfg.image_size} "
-                                                   f"touch={str(cfg.touch).lower()}"})
+                                                   f"touch={str(cfg.touch).lower()} "
+                                                   f"gripper={str(cfg.gripper).lower()}"})
 
 
 @command("world_model.data")

@@ -31,7 +31,8 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,33 @@ def build_planner(run: str, scorer: str, memory: bool, context: int, score_frame
                          f"{ae.cfg.image_size}px")
     mem = TempLoRAMemory(model, TempLoRAConfig(rank=lora_rank, lr=lora_lr, steps=lora_steps)) if memory else None
     return WorldModelPlanner(ae, model, head, mem, context, score_frames, reverse=reverse, replay=replay)
+
+
+@contextmanager
+def open_planner(process: bool, log_path: Path, run: str, scorer: str, memory: bool, context: int = 0,
+                 score_frames: int = 2, lora_rank: int = 8, lora_lr: float = 1e-3, lora_steps: int = 1,
+                 reverse: bool = False, replay: int = 0, threads: int = 1) -> Iterator[Any]:
+    """A planner for the length of a ``with``: a planner node started as its own process (``process``; its stderr
+    in ``log_path``) and a ``RemotePlanner`` to it, both stopped on exit; else a ``WorldModelPlanner`` here."""
+    if not process:
+        yield build_planner(run, scorer, memory, context, score_frames, lora_rank, lora_lr, lora_steps, reverse,
+                            replay)
+        return
+    from bus.process import Child
+
+    args = [f"run={run}", f"scorer={scorer}", f"memory={str(memory).lower()}", f"context={context}",
+            f"score_frames={score_frames}", f"lora_rank={lora_rank}", f"lora_lr={lora_lr}",
+            f"lora_steps={lora_steps}", f"reverse={str(reverse).lower()}", f"replay={replay}", f"threads={threads}"]
+    child = Child("planner", "world_model.node", args, log_path)
+    remote = None
+    try:
+        ready = child.wait_event("ready", timeout=120.0)
+        remote = RemotePlanner(str(ready["address"]))
+        yield remote
+    finally:
+        if remote is not None:
+            remote.close()
+        child.stop()
 
 
 class PlannerNode:

@@ -294,30 +294,12 @@ def _planner(cfg: PlanConfig, condition: str, run: Path, out: Path) -> Iterator[
     if condition not in WORLD_MODEL_CONDITIONS:
         yield None
         return
-    memory = condition == "temp_lora"
-    if cfg.planner == "inprocess":
-        from world_model.node import build_planner
+    from world_model.node import open_planner
 
-        yield build_planner(str(run), cfg.scorer, memory, cfg.context, cfg.score_frames, cfg.lora_rank,
-                            cfg.lora_lr, cfg.lora_steps, cfg.reverse, cfg.replay)
-        return
-    from bus.process import Child
-    from world_model.node import RemotePlanner
-
-    args = [f"run={run}", f"scorer={cfg.scorer}", f"memory={str(memory).lower()}", f"context={cfg.context}",
-            f"score_frames={cfg.score_frames}", f"lora_rank={cfg.lora_rank}", f"lora_lr={cfg.lora_lr}",
-            f"lora_steps={cfg.lora_steps}", f"reverse={str(cfg.reverse).lower()}", f"replay={cfg.replay}",
-            f"threads={cfg.threads}"]
-    child = Child("planner", "world_model.node", args, out / f"planner-{condition}.log")
-    remote = None
-    try:
-        ready = child.wait_event("ready", timeout=120.0)
-        remote = RemotePlanner(str(ready["address"]))
-        yield remote
-    finally:
-        if remote is not None:
-            remote.close()
-        child.stop()
+    with open_planner(cfg.planner == "process", out / f"planner-{condition}.log", str(run), cfg.scorer,
+                      condition == "temp_lora", cfg.context, cfg.score_frames, cfg.lora_rank, cfg.lora_lr,
+                      cfg.lora_steps, cfg.reverse, cfg.replay, cfg.threads) as planner:
+        yield planner
 
 
 def evaluate(cfg: PlanConfig) -> dict:

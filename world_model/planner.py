@@ -201,7 +201,8 @@ def reversed_window(latents: torch.Tensor, actions: torch.Tensor) -> tuple[torch
 def train_scorer(scorer: MarkerScorer, frames: np.ndarray, labels: np.ndarray, ae: FrameAutoencoder | None,
                  steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
                  progress: bool = True) -> list[float]:
-    """Fit the scorer (binary cross-entropy, classes balanced per batch) on frames and, where ``ae`` is given, the
+    """Fit the scorer (binary cross-entropy; with 0/1 labels the classes balanced per batch, graded labels in
+    [0, 1] drawn uniformly) on frames and, where ``ae`` is given, the
     same frames through the autoencoder; light brightness jitter. Returns the loss every 100 steps."""
     from tqdm import tqdm
 
@@ -212,7 +213,8 @@ def train_scorer(scorer: MarkerScorer, frames: np.ndarray, labels: np.ndarray, a
         labels = np.concatenate([labels, labels])
     y = torch.from_numpy(labels)
     pos, neg = torch.nonzero(y > 0.5)[:, 0], torch.nonzero(y < 0.5)[:, 0]
-    if len(pos) == 0 or len(neg) == 0:
+    binary = bool(np.isin(labels, (0.0, 1.0)).all())  # else graded labels (progress in [0, 1]): drawn uniformly
+    if binary and (len(pos) == 0 or len(neg) == 0):
         raise ValueError(f"the scorer needs both classes, got {len(pos)} positive and {len(neg)} negative frames")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(scorer.parameters(), lr=lr, weight_decay=1e-4)
@@ -220,7 +222,8 @@ def train_scorer(scorer: MarkerScorer, frames: np.ndarray, labels: np.ndarray, a
     history, running = [], []
     for step in tqdm(range(steps), desc="scorer", unit="step", disable=not progress):
         idx = torch.cat([pos[torch.randint(len(pos), (batch // 2,), generator=g)],
-                         neg[torch.randint(len(neg), (batch - batch // 2,), generator=g)]])
+                         neg[torch.randint(len(neg), (batch - batch // 2,), generator=g)]]) if binary else \
+            torch.randint(len(y), (batch,), generator=g)
         xb = (x[idx] * (0.8 + 0.4 * torch.rand(len(idx), 1, 1, 1, generator=g))).clamp(0, 1)
         loss = F.binary_cross_entropy_with_logits(scorer(xb), y[idx])
         opt.zero_grad(set_to_none=True)

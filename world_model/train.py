@@ -83,6 +83,7 @@ class WorldModelTrainConfig:
     progress: bool = True
     threads: int = 1
     autoencoder: str = ""  # a trained run whose autoencoder to reuse (its sizes must match); empty: train one
+    init: str = ""  # a trained run (same sizes) both stages start from and fine-tune; the camera motion is re-estimated
     log_every: int = 50
     checkpoint_every: int = 500
     model: ModelSizes = field(default_factory=ModelSizes)
@@ -212,10 +213,14 @@ def train(cfg: WorldModelTrainConfig) -> dict:
                              f"({asdict(ae_cfg)}): match model.latent_channels / model.ae_width")
         shutil.copytree(source, out / "autoencoder", dirs_exist_ok=True)
         summary["autoencoder_from"] = cfg.autoencoder
+    init = _init_run(cfg, run) if cfg.init else None
     if (out / "autoencoder" / "model.safetensors").exists() and (cfg.resume or cfg.autoencoder):
         load_checkpoint(out / "autoencoder", ae)
     else:
         stage = Stage("autoencoder", cfg, cfg.ae, ae, ae_cfg, log)
+        if init is not None and stage.step == 0:
+            load_checkpoint(init / "autoencoder", ae)
+            summary["init"] = str(init)
         n = len(videos.frames)
 
         def ae_loss(g: torch.Generator) -> torch.Tensor:
@@ -234,6 +239,8 @@ def train(cfg: WorldModelTrainConfig) -> dict:
     actions = torch.from_numpy(videos.actions)
     model = VideoDiffusion(vd_cfg)
     stage = Stage("diffusion", cfg, cfg.diffusion, model, vd_cfg, log)
+    if init is not None and stage.step == 0:
+        load_checkpoint(init / "diffusion", model)
     # The camera's image motion per action, estimated from the videos; a resumed stage has learned it further.
     if model.denoiser.motion is not None and stage.step == 0:
         from world_model.motion import estimate_motion
@@ -256,6 +263,19 @@ def train(cfg: WorldModelTrainConfig) -> dict:
     stage.finish()
     log.close()
     return summary
+
+
+def _init_run(cfg: WorldModelTrainConfig, run: dict) -> Path:
+    """The run ``init=`` names, checked to have this run's sizes (frames, actions, both models)."""
+    init = Path(cfg.init)
+    if not (init / "run.json").exists() or not (init / "diffusion" / "model.safetensors").exists():
+        raise UsageError(f"init={cfg.init}: not a trained world model run (no run.json or diffusion/ in it)")
+    theirs = json.loads((init / "run.json").read_text())
+    for key in ("image_size", "action_dim", "autoencoder", "diffusion"):
+        if theirs.get(key) != json.loads(json.dumps(run[key])):
+            raise UsageError(f"init={cfg.init} has another {key} ({theirs.get(key)}) than this run "
+                             f"({run[key]}); match the data and model.* sizes")
+    return init
 
 
 SHIPPED_RUN = "world_model/revisit"

@@ -150,8 +150,20 @@ def test_a_robot_recording_becomes_a_video_set_that_trains_the_world_model(tmp_p
     np.testing.assert_allclose(actions[:, :3].sum(axis=0), held[-1] - held[0], atol=1e-6)  # displacements add up
     assert data_main(["recording", f"data={demos}", f"out={tmp_path / 'v2'}", "touch=false", "progress=false"]) == 0
     assert VideoSet.load(tmp_path / "v2").action_dim == 4
+    v3 = tmp_path / "v3-moves"
+    assert data_main(["recording", f"data={demos}", f"out={v3}", "touch=false", "gripper=false", "image_size=16",
+                      "progress=false"]) == 0
+    assert VideoSet.load(v3).action_dim == 3 and np.array_equal(VideoSet.load(v3).actions, vs.actions[:, :3])
     assert train_main([f"data={videos}", f"out={run}", *TINY]) == 0
     assert (run / "diffusion" / "model.safetensors").exists()
+    # A run fine-tuned from another starts from its weights; one of other sizes is refused in one line.
+    tuned = tmp_path / "tuned"
+    assert train_main([f"data={videos}", f"out={tuned}", f"init={run}", *TINY, "ae.steps=2",
+                       "diffusion.steps=2"]) == 0
+    assert (tuned / "diffusion" / "model.safetensors").exists()
+    proc = subprocess.run([sys.executable, "-m", "world_model.train", f"data={v3}", f"out={tmp_path / 'bad'}",
+                           f"init={run}", *TINY], capture_output=True, text=True)
+    assert proc.returncode == 2 and f"init={run} has another action_dim (13)" in proc.stderr, proc.stderr
     # A recording without the camera says which camera streams it has, in one line.
     record_expert_episodes(RecordConfig(task="peel", episodes=1, seed=4, out=str(tmp_path / "blind"), max_steps=10,
                                         progress=False))

@@ -1,0 +1,108 @@
+"""World-model planning on a task of the suite: the candidate plans become the world model's actions frame by frame,
+a progress head learns the env's score from expert frames, and the plan -> act -> observe loop runs in sim.eval's
+episodes through a planner node with a tiny world model (plumbing, not skill)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bus.cli import UsageError
+from world_model.task_plan import WorldModelPolicy
+
+PY = [sys.executable, "-m"]
+TINY = ["model.width=32", "model.depth=1", "model.ae_width=8", "model.context_frames=2", "model.chunk_frames=2",
+        "model.inference_steps=2", "model.train_timesteps=20", "ae.steps=10", "ae.batch=8", "diffusion.steps=10",
+        "diffusion.batch=4", "log_every=5", "progress=false"]
+
+
+def stub_policy(arms: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(planner=SimpleNamespace(codec=object()), run={"method": "rdp", "num_arms": arms},
+                           image_keys=(), chooser=None)
+
+
+def test_a_plan_becomes_the_tcp_displacement_into_each_coming_camera_frame():
+    wm = WorldModelPolicy(stub_policy(), planner=None, image_size=16, action_dim=3, frames_ahead=4)
+    wm.camera_every, wm.ticks_per_step, wm.tick = 5, 2, 10  # a 10 Hz camera, 25 Hz policy, 50 Hz control
+    wm.last_tcp = np.array([0.5, 0.0, 0.2], np.float32)
+    horizon = 32
+    targets = np.zeros((2, horizon, 10), np.float32)
+    targets[:, :, 0] = 0.5 + 0.01 * np.arange(horizon)  # entry j: x = 0.5 + 0.01 j
+    targets[1, :, 1] = 0.1  # the second plan also steps 0.1 m sideways at once
+    moves = wm.frame_moves(targets)
+    assert moves.shape == (2, 4, 3)
+    # frames at ticks 15, 20, 25, 30 fall in the plan's steps 2, 5, 7, 10 (entry 0 = this tick, 2 ticks a step)
+    np.testing.assert_allclose(moves[0, :, 0], [0.02, 0.03, 0.02, 0.03], atol=1e-6)
+    np.testing.assert_allclose(moves[1, :, 1], [0.1, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(moves.sum(1)[:, 0], 0.1, atol=1e-6)  # they add up to where the plan goes
+    wm.tick = 12  # between frames: the next one is at tick 15 (step 1 of a plan made now)
+    np.testing.assert_allclose(wm.frame_moves(targets)[0, 0, 0], 0.01, atol=1e-6)
+    wm.frames_ahead = 40  # beyond the plan: its last target is held
+    assert np.allclose(wm.frame_moves(targets)[0, -5:], 0)
+
+
+def test_the_planning_policy_refuses_what_it_cannot_plan_with():
+    with pytest.raises(UsageError, match="takes 4 action values a frame, this policy moves 1 arm"):
+        WorldModelPolicy(stub_policy(), planner=None, image_size=16, action_dim=4)
+    no_codec = stub_policy()
+    no_codec.planner.codec = None
+    with pytest.raises(UsageError, match="no plan codec"):
+        WorldModelPolicy(no_codec, planner=None, image_size=16, action_dim=3)
+    with pytest.raises(UsageError, match="candidates >= 1"):
+        WorldModelPolicy(stub_policy(), planner=None, image_size=16, action_dim=3, candidates=0)
+    wm = WorldModelPolicy(stub_policy(), planner=None, image_size=16, action_dim=3)
+    with pytest.raises(UsageError, match="renders none: evaluate with sensors=vision"):
+        wm.reset(SimpleNamespace(cameras=False, control_hz=50.0))
+    with pytest.raises(UsageError, match="camera_hz=7 must divide"):
+        WorldModelPolicy(stub_policy(), planner=None, image_size=16, action_dim=3, camera_hz=7.0).reset(
+            SimpleNamespace(cameras=True, control_hz=50.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_wipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny world model (16 px, camera moves as actions) and a progress head trained on a few short expert
+    episodes of wipe."""
+    root = tmp_path_factory.mktemp("task-plan")
+    data, run, scorer = root / "data", root / "run", root / "scorer"
+    subprocess.run([*PY, "world_model.data", "revisit", f"out={data}", "episodes=2", "seed=1", "image_size=16"],
+                   check=True, capture_output=True)
+    subprocess.run([*PY, "world_model.train", f"data={data}", f"out={run}", *TINY], check=True, capture_output=True)
+    done = subprocess.run([*PY, "world_model.task_plan", "scorer", "task=wipe", f"run={run}", f"out={scorer}",
+                           "episodes=4", "seconds=4", "every=4", "steps=5", "progress=false"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert set(report["validation"]) == {"real", "autoencoder"} and report["train_frames"] > 0
+    frames = np.load(scorer / "frames.npz")
+    assert frames["frames"].shape[1:] == (16, 16, 3) and set(np.unique(frames["episode"])) == set(range(6))
+    assert 0 <= frames["labels"].min() and frames["labels"].max() <= 1 and frames["labels"].max() > 0  # it wiped
+    return run, scorer
+
+
+def test_plan_act_observe_on_wipe_through_the_planner_node(tiny_wipe, tmp_path):
+    run, scorer = tiny_wipe
+    out = tmp_path / "eval"
+    done = subprocess.run([*PY, "world_model.task_plan", "eval", "task=wipe", "policy=rdp", f"run={run}",
+                           f"scorer={scorer}", "episodes=1", "seed=3", "conditions=[policy,temp_lora,no_memory]",
+                           "progress=false", f"out={out}"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())["conditions"]
+    assert set(metrics) == {"policy", "temp_lora", "no_memory"}
+    for name, m in metrics.items():
+        lo, hi = m["wilson95"]
+        assert m["episodes"] == 1 and 0 <= lo <= m["success"] <= hi <= 1
+        rows = json.loads((out / name / "results.json").read_text())["episodes_detail"]
+        assert [r["seed"] for r in rows] == [3]  # every condition on the same episode
+    for name in ("temp_lora", "no_memory"):
+        m = metrics[name]
+        assert m["decisions"] >= 5 and 0 <= m["replaced_fraction"] <= 1  # one decision per slow-policy plan
+        assert len(m["first_decisions"][0]["scores"]) == 4  # the policy's own plan and three samples
+        assert (out / f"{name}-imagined.mp4").stat().st_size > 0 and (out / f"planner-{name}.log").exists()
+    assert metrics["temp_lora"]["memory_update_ms"] > 0  # the seen frames went into TEMP-LoRA chunk by chunk
+    assert "memory_update_ms" not in metrics["no_memory"]
