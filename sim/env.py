@@ -76,6 +76,7 @@ class ContactRichEnv(gym.Env):
         point_cloud_voxel: float = 0.005,
         looks: str = "none",
         press_guard_n: float = 0.0,
+        camera_hz: float | None = None,
     ):
         if physics_hz is None:
             physics_hz = float(task.physics_hz)
@@ -101,6 +102,15 @@ class ContactRichEnv(gym.Env):
         self._cloud_settings = (point_cloud_points, point_cloud_voxel)
         if point_cloud:
             self.scene_points_sampler = self._points_sampler()
+        # camera_hz: render the cameras (and the depth cloud) at this rate only, from each episode's first
+        # observation; the observations between hold the last frames, as a real camera's would. None: every step.
+        self.camera_every = 1
+        if camera_hz is not None:
+            ratio = control_hz / camera_hz if camera_hz > 0 else 0.0
+            if ratio < 1 or abs(ratio - round(ratio)) > 1e-6:
+                raise ValueError(f"camera_hz={camera_hz} must divide the control rate {control_hz} Hz")
+            self.camera_every = int(round(ratio))
+        self._held: dict[str, np.ndarray] = {}
         self.render_mode = render_mode
         self.render_size = render_size
         self.control_hz = control_hz
@@ -303,6 +313,7 @@ class ContactRichEnv(gym.Env):
         self._commanded, self._guard_max_m, self._guard_periods = None, 0.0, 0
         self.step_count = 0
         self.physics_steps = 0
+        self._held = {}
         self.last_fields, self.last_wrench = self.sensing.read(self.data, rng)
         return self._observation(), self.info()
 
@@ -457,11 +468,14 @@ class ContactRichEnv(gym.Env):
         }
         if "goal" in s:
             obs["goal"] = s["goal"].copy()
-        if self.cameras:
-            for key, camera in self.camera_names.items():
-                obs[key] = self.render_camera(camera, self.image_size)
-        if self.scene_points_sampler is not None:
-            obs["scene_points"] = self.scene_points_now()
+        if self.step_count % self.camera_every == 0 or not self._held:
+            self._held = {}
+            if self.cameras:
+                for key, camera in self.camera_names.items():
+                    self._held[key] = self.render_camera(camera, self.image_size)
+            if self.scene_points_sampler is not None:
+                self._held["scene_points"] = self.scene_points_now()
+        obs.update(self._held)
         return obs
 
     def _points_sampler(self) -> WorkspaceSampler:

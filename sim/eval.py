@@ -103,12 +103,14 @@ def evaluate(
     looks: str = "none",
     goal: str | None = None,
     press_guard_n: float = 0.0,
+    camera_hz: float | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes (seeds ``seed`` ...) and write ``results.json`` (with ``policy_config``, the policy's
     resolved settings, so a result names what made it), a force plot and a video of the first episode. ``goal``: the
     task's goal option (``configs/task``); unless ``default``, every row names its episode's goal and the result
     has the success per goal. ``press_guard_n`` > 0: the env's press guard at that limit (N); every row then has
-    the guard's largest retraction and the time it held one."""
+    the guard's largest retraction and the time it held one. ``camera_hz``: the env renders its cameras at this rate
+    only, holding the last frames between (None: every control step)."""
     _check_episodes(episodes)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_env(
@@ -124,6 +126,7 @@ def evaluate(
         point_cloud_voxel=point_cloud_voxel,
         looks=looks,
         press_guard_n=press_guard_n,
+        camera_hz=camera_hz,
         render_mode="rgb_array",
     )
     policy = make_policy()
@@ -329,6 +332,7 @@ def _run(cfg: Any) -> None:
             point_cloud_points=int(cfg.sensors.point_cloud_points),
             point_cloud_voxel=float(cfg.sensors.point_cloud_voxel),
             looks=str(cfg.sensors.looks),
+            camera_hz=cfg.sensors.get("camera_hz"),
             perturbations=perturbations,
             policy_config=policy_config,
             goal=goal,

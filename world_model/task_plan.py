@@ -403,9 +403,10 @@ def evaluate(cfg: TaskPlanConfig) -> dict:
     from world_model.node import open_planner
 
     torch.set_num_threads(cfg.threads)
-    run = cfg.run or shipped(cfg.task, "model")
-    scorer = cfg.scorer or shipped(cfg.task, "scorer")
-    info = _run_info(run)
+    planning = any(c in WORLD_MODEL_CONDITIONS for c in cfg.conditions)
+    run = (cfg.run or shipped(cfg.task, "model")) if planning else None
+    scorer = (cfg.scorer or shipped(cfg.task, "scorer")) if planning else None
+    info = _run_info(run) if run else {}
     out = Path(cfg.out) if cfg.out else Path("outputs/world_model") / f"task-plan-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     perception = load_run_info(Path(cfg.checkpoint or shipped_run(cfg.task, cfg.policy))).get("perception") or {}
@@ -415,11 +416,13 @@ def evaluate(cfg: TaskPlanConfig) -> dict:
         noise = cfg.proposal_noise if condition == "proposal" else None
         kwargs = dict(task=cfg.task, policy_name=condition, episodes=cfg.episodes, seed=cfg.seed,
                       out_dir=out / condition, perturb=cfg.perturb, video=False, cameras=True, looks=cfg.looks,
+                      camera_hz=cfg.camera_hz,
                       point_cloud=perception.get("camera") == "scene_points",
                       policy_config={"condition": condition, **{k: v for k, v in asdict(cfg).items()
                                                                 if k not in ("conditions", "progress", "out")}})
         t0 = time.perf_counter()
         if condition in WORLD_MODEL_CONDITIONS:
+            assert run is not None and scorer is not None
             with open_planner(cfg.planner == "process", out / f"planner-{condition}.log", run, scorer,
                               condition == "temp_lora", 0, cfg.score_frames, cfg.lora_rank, cfg.lora_lr,
                               cfg.lora_steps, threads=cfg.threads) as planner:

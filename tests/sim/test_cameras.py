@@ -52,3 +52,31 @@ def test_every_task_box_holds_enough_scene_points(task):
     assert obs["scene_points"].shape == (512, 3)
     assert len(np.unique(obs["scene_points"], axis=0)) == 512  # the box holds more than 512 voxels: no padding
     env.close()
+
+
+def test_a_camera_rate_renders_on_its_ticks_and_holds_the_frames_between():
+    from sim.registry import make_env
+
+    every = make_env("wipe", cameras=True, point_cloud=True, image_size=32)
+    rated = make_env("wipe", cameras=True, point_cloud=True, image_size=32, camera_hz=10.0)
+    try:
+        a, _ = every.reset(seed=4)
+        b, _ = rated.reset(seed=4)
+        action = np.concatenate([a["tcp_pos"][0] + [0.0, 0.0, -0.02], [np.pi, 0.0, 0.0], [0.0]])
+        keys = ("wrist_rgb", "scene_rgb", "scene_points")
+        held = {k: b[k] for k in keys}
+        for tick in range(1, 11):
+            a, *_ = every.step(action)
+            b, *_ = rated.step(action)
+            assert np.array_equal(a["tcp_pos"], b["tcp_pos"])  # the physics is untouched
+            if tick % 5 == 0:  # 50 Hz control, a 10 Hz camera: a frame every fifth tick, the same as rendering all
+                assert all(np.array_equal(a[k], b[k]) for k in keys)
+                held = {k: b[k] for k in keys}
+            else:  # between, the last frame is held
+                assert all(np.array_equal(b[k], held[k]) for k in keys)
+        assert not np.array_equal(held["wrist_rgb"], rated.reset(seed=5)[0]["wrist_rgb"])  # a reset renders anew
+    finally:
+        every.close()
+        rated.close()
+    with pytest.raises(ValueError, match="camera_hz=7.0 must divide the control rate 50.0 Hz"):
+        make_env("wipe", cameras=True, camera_hz=7.0)
