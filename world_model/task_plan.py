@@ -164,7 +164,8 @@ class WorldModelPolicy:
         self.stats["decision_s"] += time.perf_counter() - t0
         if self.tracing:
             self.traces[-1].append({"tick": self.tick, "imagined": decision.imagined[best], "real": [],
-                                    "scores": np.round(decision.scores, 4).tolist(), "chosen": best})
+                                    "scores": np.round(decision.scores, 4).tolist(), "chosen": best,
+                                    "score": float(decision.scores[best])})
         return plans[best]
 
     def summary(self) -> dict[str, Any]:
@@ -356,6 +357,7 @@ class TaskPlanConfig:
     perturb: bool = True
     planner: str = "process"  # process: a planner node on the bus | inprocess
     videos: bool = True
+    traced: int = 5  # episodes whose chosen plans' imagined progress is compared with the real frames that followed
     threads: int = 1
     progress: bool = True
 
@@ -366,6 +368,23 @@ class TaskPlanConfig:
         choose("planner", self.planner, ("process", "inprocess"), "planner")
         if self.episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+
+
+def imagined_vs_real(traces: list[list[dict[str, Any]]], scorer_dir: str, score_frames: int) -> dict[str, Any]:
+    """How well the imagination predicts progress: for every traced decision whose real frames all came, the
+    progress head on the chosen plan's last ``score_frames`` imagined frames (what the planner went by) against the
+    head on the real frames at the same times."""
+    from world_model.plan import load_scorer
+
+    head = load_scorer(Path(scorer_dir))
+    pairs = [(d["score"], float(head.score(np.stack(d["real"][-score_frames:])).mean()))
+             for trace in traces for d in trace if len(d["real"]) == len(d["imagined"])]
+    if len(pairs) < 2:
+        return {"decisions": len(pairs)}
+    imagined, real = np.array(pairs).T
+    return {"decisions": len(pairs), "mean_abs_error": round(float(np.abs(imagined - real).mean()), 4),
+            "correlation": round(float(np.corrcoef(imagined, real)[0, 1]), 4) if real.std() > 0 else None,
+            "imagined_mean": round(float(imagined.mean()), 4), "real_mean": round(float(real.mean()), 4)}
 
 
 def write_trace_video(path: Path, trace: list[dict[str, Any]], scale: int = 4, fps: int = 5) -> None:
@@ -391,7 +410,7 @@ def _condition_policy(cfg: TaskPlanConfig, info: dict, planner: Any, noise: floa
     if planner is not None:
         policy = WorldModelPolicy(policy, planner, int(info["image_size"]), int(info["action_dim"]), cfg.camera,
                                   cfg.camera_hz, cfg.candidates, cfg.proposal_noise, cfg.frames_ahead, cfg.margin,
-                                  trace_episodes=1 if cfg.videos else 0)
+                                  trace_episodes=max(cfg.traced, int(cfg.videos)))
     made.append(policy)
     return policy
 
@@ -437,7 +456,8 @@ def evaluate(cfg: TaskPlanConfig) -> dict:
         policy = made[-1]
         if isinstance(policy, WorldModelPolicy):
             summary.update(policy.summary())
-            if policy.traces and policy.traces[0]:
+            summary["imagined_vs_real_progress"] = imagined_vs_real(policy.traces, scorer, cfg.score_frames)
+            if cfg.videos and policy.traces and policy.traces[0]:
                 write_trace_video(out / f"{condition}-imagined.mp4", policy.traces[0])
                 summary["first_decisions"] = [{k: d[k] for k in ("tick", "scores", "chosen")}
                                               for d in policy.traces[0][:5]]

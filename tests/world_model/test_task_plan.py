@@ -104,5 +104,7 @@ def test_plan_act_observe_on_wipe_through_the_planner_node(tiny_wipe, tmp_path):
         assert m["decisions"] >= 5 and 0 <= m["replaced_fraction"] <= 1  # one decision per slow-policy plan
         assert len(m["first_decisions"][0]["scores"]) == 4  # the policy's own plan and three samples
         assert (out / f"{name}-imagined.mp4").stat().st_size > 0 and (out / f"planner-{name}.log").exists()
+        compared = m["imagined_vs_real_progress"]
+        assert compared["decisions"] >= 2 and 0 <= compared["mean_abs_error"] <= 1
     assert metrics["temp_lora"]["memory_update_ms"] > 0  # the seen frames went into TEMP-LoRA chunk by chunk
     assert "memory_update_ms" not in metrics["no_memory"]
