@@ -145,6 +145,11 @@ class SceneEstimator(nn.Module):
             raise ValueError(f"SceneEstimator({self.cfg.encoder}) expects frames (B, {S}, {S}, 3), "
                              f"got {tuple(x.shape)}")
         images = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.permute(0, 3, 1, 2)
+        if torch.is_grad_enabled():
+            # Training: a channels-last (permuted) input through the convs' backward with one thread corrupts the
+            # heap in torch 2.13's oneDNN on some CPUs (AMD EPYC: "double free or corruption"); a contiguous copy
+            # avoids it. Inference keeps the permuted view (no backward; estimates unchanged bit for bit).
+            images = images.contiguous()
         fmap = self.encoder.feature_map(images)
         return self.head(torch.cat([self.keypoints(fmap), fmap.mean(dim=(2, 3))], dim=-1))
 

@@ -146,6 +146,8 @@ class ObservationEncoder(nn.Module):
         for key, encoder in self.cameras.items():
             images = obs[key]
             images = images.float() / 255.0 if images.dtype == torch.uint8 else images
+            if torch.is_grad_enabled():  # training: contiguous for the convs' backward (see rdp.perception)
+                images = images.contiguous()
             features = encoder(images.flatten(0, 1) * 2.0 - 1.0)  # (B * To, 3, H, W) in [-1, 1] -> (B * To, F)
             parts.append(features.reshape(B, To, -1))
         normalizer = self.normalizer[0]
