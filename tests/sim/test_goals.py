@@ -31,7 +31,18 @@ DIGESTS_BEFORE_GOALS = {
     ("lift", 0, True): "8cd92ab18ddfe94f",
     ("lift", 2, False): "8354aa6516cca6ff",
 }
-RECORDED_ON = ("4.0.0", "x86_64")  # mujoco version, machine
+RECORDED_ON = ("4.0.0", "x86_64", "GenuineIntel")  # mujoco version, machine, CPU vendor (AMD EPYC differs)
+
+
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 GOAL_DIMS = {"wipe": 9, "peel": 5, "lift": 7}
 
 
@@ -78,10 +89,10 @@ def _digest(task: str, seed: int, perturb: bool, **env_args) -> str:
 # ------------------------------------------------------------------------------------------------ default goal
 @pytest.mark.parametrize(("task", "seed", "perturb"), sorted(DIGESTS_BEFORE_GOALS))
 def test_the_default_goal_is_bit_identical_to_the_tasks_before_goals(task: str, seed: int, perturb: bool) -> None:
-    if (mujoco.__version__, platform.machine()) != RECORDED_ON:
-        pytest.skip(f"digests recorded with mujoco {RECORDED_ON[0]} on {RECORDED_ON[1]}")
-    assert _digest(task, seed, perturb) == DIGESTS_BEFORE_GOALS[task, seed, perturb]
-    assert _digest(task, seed, perturb, goal="default") == DIGESTS_BEFORE_GOALS[task, seed, perturb]
+    plain = _digest(task, seed, perturb)
+    assert _digest(task, seed, perturb, goal="default") == plain  # on every build: the default goal changes nothing
+    if (mujoco.__version__, platform.machine(), _cpu_vendor()) == RECORDED_ON:  # the history only where recorded
+        assert plain == DIGESTS_BEFORE_GOALS[task, seed, perturb]
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
