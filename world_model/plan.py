@@ -41,9 +41,9 @@ import torch
 from bus.cli import UsageError, command
 from bus.config import compose, split_verb
 from world_model.marker_task import MarkerTaskConfig, MarkerWorld, displacements, scorer_frames
-from world_model.planner import MarkerScorer, ScorerConfig, WorldModelPlanner, train_scorer
+from world_model.planner import MarkerScorer, ScorerConfig, WorldModelPlanner, autoencoder_roundtrip, train_scorer
 from world_model.revisit import RevisitConfig
-from world_model.train import frames_tensor, load_world_model
+from world_model.train import load_world_model
 
 CONDITIONS = ("temp_lora", "no_memory", "current_view", "true_frames", "frame_buffer")
 WORLD_MODEL_CONDITIONS = ("temp_lora", "no_memory")
@@ -170,10 +170,8 @@ def fit_scorer(cfg: ScorerTrainConfig) -> dict:
         frames, labels = scorer_frames(task, train_seeds, cfg.per_episode)
         val_frames, val_labels = scorer_frames(task, val_seeds, cfg.per_episode, np.random.default_rng(1))
         history = train_scorer(scorer, frames, labels, ae, cfg.steps, cfg.batch, cfg.lr, cfg.seed, cfg.progress)
-        with torch.no_grad():
-            roundtrip = (ae.decode(ae.encode(frames_tensor(val_frames))).movedim(1, -1) * 255).round().byte().numpy()
         acc = {name: float(((scorer.score(f) > 0.5) == (val_labels > 0.5)).mean())
-               for name, f in (("real", val_frames), ("autoencoder", roundtrip))}
+               for name, f in (("real", val_frames), ("autoencoder", autoencoder_roundtrip(ae, val_frames)))}
     args = " ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k not in ("progress", "threads") and v != "")
     meta = {"command": f"python -m world_model.plan scorer {args}",
             "world_model": str(run), "train_frames": len(frames), "positive": float(labels.mean()),

@@ -188,6 +188,12 @@ class WorldModelPlanner:
         return Decision(int(np.argmax(scores)), scores, imagined, time.perf_counter() - t0)
 
 
+@torch.no_grad()
+def autoencoder_roundtrip(ae: FrameAutoencoder, frames: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) uint8 frames through the autoencoder and back, as uint8: what imagined frames look like."""
+    return (ae.decode(ae.encode(frames_tensor(frames))).movedim(1, -1) * 255).round().byte().numpy()
+
+
 def reversed_window(latents: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(T, ...) latents and (T, Da) actions into each frame -> the same frames in reverse order with the actions
     into them: the camera's way back over a static scene (reversed frame j came from j - 1 by -actions[T - j]; the

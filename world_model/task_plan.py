@@ -192,14 +192,15 @@ def make_planning_policy(task: str, policy: str = "rdp_perception", checkpoint: 
     from world_model.node import build_planner
 
     del unused
+    run = run or shipped(task, "model")
+    info = _run_info(run)
     inner = make_policy(task, checkpoint=checkpoint, default_run=policy, replan_every=replan_every, seed=seed,
                         latency_s=latency_s)
     if planner is None:
-        planner = build_planner(run or shipped(task, "model"), scorer or shipped(task, "scorer"), memory, 0,
-                                score_frames, lora_rank, lora_lr, lora_steps)
-    return WorldModelPolicy(inner, planner, planner_image_size(planner, run or shipped(task, "model")),
-                            planner_action_dim(run or shipped(task, "model")), camera, camera_hz, candidates,
-                            proposal_noise, frames_ahead, margin)
+        planner = build_planner(run, scorer or shipped(task, "scorer"), memory, 0, score_frames, lora_rank, lora_lr,
+                                lora_steps)
+    return WorldModelPolicy(inner, planner, int(info["image_size"]), int(info["action_dim"]), camera, camera_hz,
+                            candidates, proposal_noise, frames_ahead, margin)
 
 
 def _run_info(run: str) -> dict:
@@ -208,14 +209,6 @@ def _run_info(run: str) -> dict:
         raise FileNotFoundError(f"{run}: no world model run (train one: python -m world_model.train data=DIR "
                                 f"out={run}; docs/usage.md has the task world model's commands)")
     return json.loads(path.read_text())
-
-
-def planner_image_size(planner: Any, run: str) -> int:
-    return int(planner.ae.cfg.image_size) if hasattr(planner, "ae") else int(_run_info(run)["image_size"])
-
-
-def planner_action_dim(run: str) -> int:
-    return int(_run_info(run)["action_dim"])
 
 
 # ------------------------------------------------------------------------------------------- the progress head
@@ -284,8 +277,8 @@ def progress_frames(task: str, seeds: Sequence[int], camera: str, image_size: in
 
 def fit_progress_scorer(cfg: ProgressScorerConfig) -> dict:
     from world_model.plan import save_scorer
-    from world_model.planner import MarkerScorer, ScorerConfig, train_scorer
-    from world_model.train import frames_tensor, load_world_model
+    from world_model.planner import MarkerScorer, ScorerConfig, autoencoder_roundtrip, train_scorer
+    from world_model.train import load_world_model
 
     if not cfg.out:
         raise UsageError("out=DIR is required")
@@ -310,10 +303,8 @@ def fit_progress_scorer(cfg: ProgressScorerConfig) -> dict:
     history = train_scorer(scorer, frames[train], labels[train], ae, cfg.steps, cfg.batch, cfg.lr, cfg.seed,
                            cfg.progress)
     val_frames, val_labels = frames[~train], labels[~train]
-    with torch.no_grad():
-        roundtrip = (ae.decode(ae.encode(frames_tensor(val_frames))).movedim(1, -1) * 255).round().byte().numpy()
     quality = {}
-    for name, f in (("real", val_frames), ("autoencoder", roundtrip)):
+    for name, f in (("real", val_frames), ("autoencoder", autoencoder_roundtrip(ae, val_frames))):
         pred = scorer.score(f)
         quality[name] = {"mae": round(float(np.abs(pred - val_labels).mean()), 4),
                          "correlation": round(float(np.corrcoef(pred, val_labels)[0, 1]), 4)}
