@@ -41,7 +41,7 @@ from bus.cli import UsageError, choose, command
 from bus.config import compose
 from rdp.checkpoint import CheckpointError, config_from_dict, load_checkpoint, load_config, save_checkpoint
 from rdp.encoders.pointnet import PointNetEncoder
-from rdp.encoders.resnet import ResNetEncoder
+from rdp.encoders.resnet import ResNetEncoder, training_layout
 from rdp.encoders.terminator import Terminator
 
 CAMERA = "scene_rgb"  # the frame the estimate is read from: the episode's first
@@ -145,12 +145,7 @@ class SceneEstimator(nn.Module):
             raise ValueError(f"SceneEstimator({self.cfg.encoder}) expects frames (B, {S}, {S}, 3), "
                              f"got {tuple(x.shape)}")
         images = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.permute(0, 3, 1, 2)
-        if torch.is_grad_enabled():
-            # Training: a channels-last (permuted) input through the convs' backward with one thread corrupts the
-            # heap in torch 2.13's oneDNN on some CPUs (AMD EPYC: "double free or corruption"); a contiguous copy
-            # avoids it. Inference keeps the permuted view (no backward; estimates unchanged bit for bit).
-            images = images.contiguous()
-        fmap = self.encoder.feature_map(images)
+        fmap = self.encoder.feature_map(training_layout(images))
         return self.head(torch.cat([self.keypoints(fmap), fmap.mean(dim=(2, 3))], dim=-1))
 
     def unstandardize(self, y: torch.Tensor) -> torch.Tensor:

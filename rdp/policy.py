@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rdp.checkpoint import CheckpointError, config_from_dict, load_checkpoint, load_config, save_checkpoint
-from rdp.encoders import ResNetEncoder, Terminator
+from rdp.encoders import ResNetEncoder, Terminator, training_layout
 from rdp.normalizer import Normalizer, NormMode
 from rdp.schedulers import NoiseScheduler, SchedulerConfig
 from rdp.unet1d import ConditionalUnet1D
@@ -145,9 +145,7 @@ class ObservationEncoder(nn.Module):
         parts = []
         for key, encoder in self.cameras.items():
             images = obs[key]
-            images = images.float() / 255.0 if images.dtype == torch.uint8 else images
-            if torch.is_grad_enabled():  # training: contiguous for the convs' backward (see rdp.perception)
-                images = images.contiguous()
+            images = training_layout(images.float() / 255.0 if images.dtype == torch.uint8 else images)
             features = encoder(images.flatten(0, 1) * 2.0 - 1.0)  # (B * To, 3, H, W) in [-1, 1] -> (B * To, F)
             parts.append(features.reshape(B, To, -1))
         normalizer = self.normalizer[0]

@@ -2,7 +2,7 @@
 or (B, K) logits."""
 
 from rdp.encoders.pointnet import PointNetEncoder
-from rdp.encoders.resnet import ResNetEncoder
+from rdp.encoders.resnet import ResNetEncoder, training_layout
 from rdp.encoders.terminator import Terminator
 
-__all__ = ["PointNetEncoder", "ResNetEncoder", "Terminator"]
+__all__ = ["PointNetEncoder", "ResNetEncoder", "Terminator", "training_layout"]

@@ -11,6 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def training_layout(images: torch.Tensor) -> torch.Tensor:
+    """Images about to go through the image encoders: a contiguous copy when gradients are on. A channels-last
+    (permuted) input through the convolutions' backward with one thread corrupts the heap in torch 2.13's oneDNN on
+    some CPUs (AMD EPYC: "double free or corruption"). Inference keeps the input as it is (no backward; outputs
+    unchanged bit for bit)."""
+    return images.contiguous() if torch.is_grad_enabled() else images
+
+
 def _group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
     groups = max(g for g in range(1, max_groups + 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
