@@ -65,6 +65,7 @@ STOP_GRACE_S = 30.0  # a finished fast node's own shutdown (interpreter, torch) 
 STOP_TIMEOUT_S = 30.0  # SIGTERM -> exit before SIGKILL
 READY_TIMEOUT_S = 180.0  # a starting child's ready line (torch import and checkpoint load on a loaded machine)
 LATCH_TIMEOUT_S = 2.0  # the robot node's acknowledgement of a latched hold (it answers within one tick)
+OPTIONAL = ("planner",)  # children whose death the run outlives: the planning slow node then plans alone
 
 
 class ChildDied(RuntimeError):
@@ -190,6 +191,13 @@ class Launcher:
         finished = name == "fast" and any(r.get("event") == "exit" for r in self.records["fast"])
         if finished:
             return (name, {"event": "ended"})
+        if name in OPTIONAL and key in self.children:  # the run goes on without it (the slow node plans alone)
+            self.children.pop(key).stop(timeout=5.0)
+            self.records[name].append({"event": "died", "exit_code": child.proc.returncode,
+                                       "died_s": round(time.monotonic() - self.t0, 3)})
+            print(f"[{name}] pid {child.pid} died (exit {child.proc.returncode}); the run goes on without it "
+                  f"(log {child.log_path})", flush=True)
+            return None
         sup = self.supervised.get(name)
         if sup is None:
             raise ChildDied(f"{name} (pid {child.pid}) exited with code {child.proc.returncode}; log "
@@ -311,9 +319,17 @@ class Launcher:
         if cfg.mode == "realtime":
             print(f"[fast] scheduling {fast.get('sched')} priority {fast.get('rt_priority')}"
                   + (f" ({fast['sched_note']})" if fast.get("sched_note") else ""), flush=True)
-        self._start_spec(ChildSpec("slow", "rdp.runtime.slow", [
-            *self.overrides, override("addresses.obs", obs), override("addresses.chunk", fast["chunk"])],
-            standby_module="rdp.runtime.standby"))
+        slow_args = [*self.overrides, override("addresses.obs", obs), override("addresses.chunk", fast["chunk"])]
+        modules = ("rdp.runtime.slow", "rdp.runtime.standby")
+        if cfg.planning.enabled:  # the planner node, then the planning slow node (world_model.runtime) beside it
+            p = cfg.planning
+            planner = self._start_spec(ChildSpec("planner", "world_model.node", _kv({
+                "task": cfg.task, "run": p.run, "scorer": p.scorer, "memory": str(p.memory).lower(),
+                "score_frames": str(p.score_frames), "lora_rank": str(p.lora_rank), "lora_lr": str(p.lora_lr),
+                "lora_steps": str(p.lora_steps), "threads": str(p.threads), "nice": str(cfg.slow.nice)})))
+            slow_args.append(override("addresses.planner", str(planner["address"])))
+            modules = ("world_model.runtime", "world_model.runtime_standby")
+        self._start_spec(ChildSpec("slow", modules[0], slow_args, standby_module=modules[1]))
         self._begin_supervision()
 
     def _start_spec(self, spec: ChildSpec) -> dict[str, Any]:
@@ -463,7 +479,7 @@ class Launcher:
     # ------------------------------------------------------------------------------------ outputs
     def results(self, codes: dict[str, int], error: str | None) -> dict[str, Any]:
         episodes = [r for r in self.records.get("fast", []) if r.get("event") == "episode"]
-        last = {name: next((r for r in reversed(recs) if r.get("event") == "exit"), None)
+        last = {name: next((r for r in reversed(recs) if r.get("event") in ("exit", "died")), None)
                 for name, recs in self.records.items()}
         n_ok = sum(e["success"] for e in episodes)
         trace = _load_trace(self.out / "fast_timing.npz")
@@ -473,7 +489,7 @@ class Launcher:
             "episodes": len(episodes), "episodes_requested": self.cfg.episodes, "seed": self.cfg.seed,
             "success_rate": n_ok / len(episodes) if episodes else None,
             "episodes_detail": episodes, "loop": {"fast": last.get("fast"), "slow": last.get("slow"),
-                                                  "robot": last.get("robot")},
+                                                  "robot": last.get("robot"), "planner": last.get("planner")},
             "fast_sched": self.fast_sched,
             "supervision": {name: self._supervision_result(sup, trace) for name, sup in self.supervised.items()},
             "fast_holds": _fast_holds(last.get("fast"), trace),
@@ -618,9 +634,25 @@ def plot_timing(trace: Path, path: Path, title: str, cmd_hz: float | None) -> No
 
 def robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]:
     """The robot node's settings for a run (``robot.*`` with its nulls resolved). Cameras are on when the policy
-    reads them, at the rate and frame size it was trained on (run.json ``image_hz``, ``camera_size``), or when the
-    run records a video; off otherwise (a lockstep robot renders in its tick). A setting that would give an image
-    policy other frames than training did is refused in one line."""
+    reads them, at the rate and frame size it was trained on (run.json ``image_hz``, ``camera_size``), when the
+    world-model planner watches them (at ``planning.camera_hz``), or when the run records a video; off otherwise (a
+    lockstep robot renders in its tick). A setting that would give an image policy, or the planner, other frames
+    than training did is refused in one line."""
+    out = _policy_robot_settings(cfg, run)
+    if not cfg.planning.enabled:
+        return out
+    hz, r = cfg.planning.camera_hz, cfg.robot
+    if r.cameras is False:
+        raise UsageError("planning.enabled: the planner watches the robot's cameras; robot.cameras=false would send "
+                         "it none (leave robot.cameras null)")
+    if (out["cameras"] or r.camera_hz is not None) and not math.isclose(out["camera_hz"], hz):
+        why = ("the policy reads its cameras at" if run.get("image_keys") else "robot.camera_hz is")
+        raise UsageError(f"planning.camera_hz={hz:g}: {why} {out['camera_hz']:g} Hz; the world model was trained "
+                         f"on frames at planning.camera_hz (set the two equal)")
+    return {**out, "cameras": True, "camera_hz": hz}
+
+
+def _policy_robot_settings(cfg: RuntimeConfig, run: Mapping[str, Any]) -> dict[str, Any]:
     from rdp.inference import camera_rate  # torch: imported only once a run is being launched
 
     r = cfg.robot
@@ -709,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "exhausted", "rejects", "cmd_digest")}
     slow = result["loop"]["slow"] or {}
     summary["slow"] = {k: slow.get(k) for k in ("plans", "infer_ms", "rejects")}
-    summary["slow"].update({k: slow[k] for k in ("image_age_ms", "images_dropped") if k in slow})  # image policies
+    summary["slow"].update({k: slow[k] for k in ("image_age_ms", "images_dropped", "planner") if k in slow})
     print(json.dumps(summary, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
     return 0 if error is None else 1
 

@@ -1,15 +1,19 @@
 """The planner process on the bus: the third, slowest loop, above the slow policy.
 
-    python -m world_model.node [run=RUN] [scorer=DIR] [memory=true] [address=tcp://127.0.0.1:*]
+    python -m world_model.node [run=RUN] [scorer=DIR] [task=wipe] [memory=true] [address=tcp://127.0.0.1:*]
 
 It holds a world model, a scoring head and (``memory=true``) a TEMP-LoRA episodic memory, and answers requests on a
 ROUTER socket (``bus.transport.Server``; loopback by default, the address in its ready line):
 
-- ``reset`` (meta ``seed``: int, optional): a new episode; the memory goes back to zero effect -> ``reset``;
-- ``observe`` (arrays ``frames`` (T, S, S, 3) uint8 and ``actions`` (T, Da) float32): real frames and the actions
-  into them; every completed chunk is written into the memory -> ``observed`` (meta ``frames``: seen so far,
-  ``memory_updates`` and ``update_s``: local updates and their seconds in this episode, ``observe_ms`` of this
-  request);
+- ``reset`` (meta ``seed``: int, optional; ``episode``: int, optional, the caller's name for the episode): a new
+  episode; the memory goes back to zero effect -> ``reset``;
+- ``observe`` (arrays ``frames`` (T, S, S, 3) uint8 and ``actions`` (T, Da) float32; meta ``until``: float,
+  optional, the caller's time of the last frame): real frames and the actions into them; every completed chunk is
+  written into the memory -> ``observed`` (meta ``frames``: seen so far, ``memory_updates`` and ``update_s``: local
+  updates and their seconds in this episode, ``observe_ms`` of this request);
+- ``status`` -> ``status`` (meta ``episode`` and ``until``: the last reset's and observe's, null when none;
+  ``frames``, ``memory_updates``): what this episode's memory holds, so that a process that takes over from another
+  (a restarted slow node) sends only the frames after ``until`` and keeps the memory;
 - ``plan`` (array ``plans`` (K, L, Da) float32: K candidate action sequences; meta ``imagined`` true to get the
   imagined frames back) -> ``plan`` (meta ``index``: the chosen candidate, ``seconds``; arrays ``scores`` (K,), and
   ``imagined`` (K, L, S, S, 3) uint8 when asked; meta ``memory_updates`` / ``update_s`` as above, since a decision
@@ -28,6 +32,7 @@ SIGINT/SIGTERM.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -53,8 +58,9 @@ log = logging.getLogger("world_model.node")
 class PlannerNodeConfig:
     """``configs/world_model/node.yaml``."""
 
-    run: str = ""  # world model run; empty: the shipped one
-    scorer: str = ""  # scoring head; empty: the shipped one
+    run: str = ""  # world model run; empty: the shipped one (of ``task``; without one, the revisit model)
+    scorer: str = ""  # scoring head; empty: the shipped one (``task``'s progress head; without one, the marker's)
+    task: str = ""
     address: str = "tcp://127.0.0.1:*"
     memory: bool = True
     context: int = 0
@@ -68,11 +74,14 @@ class PlannerNodeConfig:
     max_plan_frames: int = 128
     max_observe_frames: int = 256
     threads: int = 1
+    nice: int = 0  # lower this process's CPU priority by this much (0-19): the runtime passes its slow node's
     stats_s: float = 5.0
 
     def __post_init__(self) -> None:
         if min(self.max_candidates, self.max_plan_frames, self.max_observe_frames, self.score_frames) < 1:
             raise ValueError("max_candidates, max_plan_frames, max_observe_frames and score_frames must be >= 1")
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"nice={self.nice} must be in [0, 19]")
         if not self.stats_s > 0:
             raise ValueError(f"stats_s must be > 0, got {self.stats_s}")
 
@@ -131,12 +140,21 @@ class PlannerNode:
         import torch
 
         torch.set_num_threads(cfg.threads)
+        if cfg.nice:
+            os.nice(cfg.nice)  # planning may wait; the fast loop and the robot beside it must not
         self.cfg = cfg
-        self.planner = build_planner(cfg.run, cfg.scorer, cfg.memory, cfg.context, cfg.score_frames,
+        run, scorer = cfg.run, cfg.scorer
+        if cfg.task:
+            from world_model.task_plan import shipped
+
+            run, scorer = run or shipped(cfg.task, "model"), scorer or shipped(cfg.task, "scorer")
+        self.planner = build_planner(run, scorer, cfg.memory, cfg.context, cfg.score_frames,
                                      cfg.lora_rank, cfg.lora_lr, cfg.lora_steps, cfg.reverse, cfg.replay)
         self.size = self.planner.ae.cfg.image_size
         self.action_dim = self.planner.model.cfg.action_dim
         self.counts: Counter[str] = Counter()
+        self.episode: int | None = None  # the caller's names for the episode and its last frame (``status``)
+        self.until: float | None = None
         self._stop = False
         self.server = Server(cfg.address)
 
@@ -175,17 +193,23 @@ class PlannerNode:
     def answer(self, request: Message) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
         try:
             if request.topic == "reset":
-                seed = request.meta.get("seed", 0)
-                if type(seed) is not int:
-                    raise UsageError(f"reset: seed must be an int, got {type(seed).__name__}")
+                seed, episode = request.meta.get("seed", 0), request.meta.get("episode")
+                if type(seed) is not int or not (episode is None or type(episode) is int):
+                    raise UsageError(f"reset: seed (and episode, if given) must be ints, got {type(seed).__name__} "
+                                     f"and {type(episode).__name__}")
                 self.planner.reset(seed=seed)
+                self.episode, self.until = episode, None
                 self.counts["resets"] += 1
                 return "reset", {}, {"seed": seed}
             if request.topic == "observe":
                 return self._observe(request)
             if request.topic == "plan":
                 return self._plan(request)
-            raise UsageError(f"unknown request {request.topic!r:.40}; send reset, observe or plan")
+            if request.topic == "status":
+                return "status", {}, {"episode": self.episode, "until": self.until,
+                                      "frames": len(self.planner.latents), "memory_updates": self.planner.updates,
+                                      "update_s": round(self.planner.update_seconds, 6)}
+            raise UsageError(f"unknown request {request.topic!r:.40}; send reset, observe, plan or status")
         except UsageError as e:
             self.counts["rej_request"] += 1
             return "error", {}, {"error": str(e)}
@@ -203,8 +227,12 @@ class PlannerNode:
         if not 1 <= len(frames) <= self.cfg.max_observe_frames:
             raise UsageError(f"observe: 1 .. {self.cfg.max_observe_frames} frames a request, got {len(frames)}")
         self._check_actions(actions, (len(frames), da), "observe: actions")
+        until = request.meta.get("until")
+        if until is not None and not (type(until) is float and np.isfinite(until)):
+            raise UsageError(f"observe: until must be a finite float (the last frame's time), got {until!r:.40}")
         before, t0 = self.planner.updates, time.perf_counter()
         self.planner.observe(frames, actions.astype(np.float32))
+        self.until = until
         self.counts["frames_observed"] += len(frames)
         return "observed", {}, {"frames": len(self.planner.latents), "memory_updates": self.planner.updates,
                                 "new_updates": self.planner.updates - before,
@@ -256,29 +284,43 @@ class RemotePlanner:
             raise UsageError(f"the planner node answered: {reply.meta.get('error')}")
         return reply
 
-    def reset(self, seed: int | None = None) -> None:
-        self._request("reset", meta={"seed": int(seed or 0)})
+    def reset(self, seed: int | None = None, episode: int | None = None) -> None:
+        self._request("reset", meta={"seed": int(seed or 0),
+                                     **({} if episode is None else {"episode": int(episode)})})
         self.updates, self.update_seconds = 0, 0.0
 
-    def observe(self, frames: np.ndarray, actions: np.ndarray) -> None:
+    def observe(self, frames: np.ndarray, actions: np.ndarray, until: float | None = None) -> None:
         if len(frames) == 0:
             return
         reply = self._request("observe", {"frames": np.ascontiguousarray(frames),
-                                          "actions": np.ascontiguousarray(actions, np.float32)})
+                                          "actions": np.ascontiguousarray(actions, np.float32)},
+                              None if until is None else {"until": float(until)})
         self._memory(reply)
+
+    def status(self) -> dict[str, Any]:
+        """The node's ``status`` meta: episode, until, frames, memory_updates."""
+        reply = self._request("status")
+        self._memory(reply)
+        return dict(reply.meta)
 
     def _memory(self, reply: Message) -> None:
         self.updates = int(reply.meta["memory_updates"])
         self.update_seconds = float(reply.meta["update_s"])
 
-    def decide(self, plans: np.ndarray) -> Any:
+    def decide(self, plans: np.ndarray, imagined: bool = True) -> Any:
+        """The node's decision among ``plans``; ``imagined=False``: without the imagined frames (an empty array in
+        their place), when only the choice is needed."""
         from world_model.planner import Decision
 
         t0 = time.perf_counter()
-        reply = self._request("plan", {"plans": np.ascontiguousarray(plans, np.float32)}, {"imagined": True})
+        reply = self._request("plan", {"plans": np.ascontiguousarray(plans, np.float32)}, {"imagined": imagined})
         self._memory(reply)  # a decision may rehearse the memory first (replay)
-        return Decision(int(reply.meta["index"]), reply.arrays["scores"], reply.arrays["imagined"],
-                        time.perf_counter() - t0)
+        scores = reply.arrays.get("scores")
+        if scores is None or scores.shape != (len(plans),) or not np.isfinite(scores).all():
+            raise UsageError(f"the planner node's scores are {None if scores is None else scores.shape}, expected "
+                             f"({len(plans)},) finite values")
+        frames = reply.arrays["imagined"] if imagined else np.zeros((0,), np.uint8)
+        return Decision(int(np.argmax(scores)), scores, frames, time.perf_counter() - t0)
 
     def close(self) -> None:
         self.client.close()

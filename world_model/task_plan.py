@@ -59,6 +59,70 @@ def shipped(task: str, what: str) -> str:
 
 # ------------------------------------------------------------------------------------------- the planning policy
 
+def check_plannable(slow: Any, run: dict, action_dim: int) -> None:
+    """Refuse (``UsageError``, one line) a slow policy whose plans a world model with ``action_dim`` action values a
+    frame cannot imagine: no plan codec, or another number of arms."""
+    if slow.codec is None:
+        raise UsageError(f"method {run['method']!r} has no plan codec: its plans cannot be imagined")
+    arms = int(run["num_arms"])
+    if action_dim != 3 * arms:
+        raise UsageError(f"the world model takes {action_dim} action values a frame, this policy moves {arms} "
+                         f"arm(s) (3 each: TCP displacement); make its data with gripper=false touch=false")
+
+
+def frame_moves(targets: np.ndarray, last_tcp: np.ndarray, now_s: float, rate_hz: float, camera_hz: float,
+                frames_ahead: int) -> np.ndarray:
+    """(K, H, A * 10) TCP targets per policy step (``rate_hz``), entry 0 at ``now_s`` -> (K, L, 3 A): the TCP
+    displacement into each of the next ``frames_ahead`` camera frames (at multiples of ``1 / camera_hz`` after
+    ``now_s``; the first from ``last_tcp``, the TCP at the last frame seen), the target of the policy step a frame
+    falls in standing for where the TCP is then (held after the plan's end)."""
+    k, horizon = targets.shape[:2]
+    pos = targets.reshape(k, horizon, -1, 10)[..., :3].reshape(k, horizon, -1)
+    eps = 1e-6  # times are sums of float periods: 0.3 s * 10 Hz must count as frame 3, not 2.999...
+    frames = (np.floor(now_s * camera_hz + eps) + np.arange(1, frames_ahead + 1)) / camera_hz
+    steps = np.floor((frames - now_s) * rate_hz + eps).astype(int)
+    at = pos[:, np.minimum(steps, horizon - 1)]  # (K, L, 3A)
+    start = np.broadcast_to(np.asarray(last_tcp, np.float32), (k, 1, at.shape[-1]))
+    return np.diff(np.concatenate([start, at], axis=1), axis=1).astype(np.float32)
+
+
+class PlanChooser:
+    """What a world-model planner chooses among, and the rule it chooses by: the slow policy's own plan (at its
+    deployed temperature) and ``candidates - 1`` samples at ``proposal_noise``; the best-scored one, but a sample
+    only when it scores more than ``margin`` above the policy's own plan. Shared by ``WorldModelPolicy`` (sim.eval)
+    and the planning slow node of the runtime (``world_model.runtime``)."""
+
+    def __init__(self, candidates: int = 4, proposal_noise: float = 1.0, margin: float = 0.0) -> None:
+        if candidates < 1 or not margin >= 0:
+            raise UsageError(f"need candidates >= 1 and margin >= 0; got {candidates}, {margin}")
+        if not (np.isfinite(proposal_noise) and proposal_noise >= 0):
+            raise UsageError(f"proposal_noise must be a finite number >= 0, got {proposal_noise}")
+        self.candidates, self.proposal_noise, self.margin = candidates, proposal_noise, margin
+
+    def proposals(self, slow: Any, history: Any, guide: dict) -> list[torch.Tensor]:
+        """The policy's own plan, then the samples (``slow``: an ``rdp.api.Planner``)."""
+        plans = [slow.plan(history, guide)]
+        deployed = slow.noise_scale
+        slow.noise_scale = self.proposal_noise
+        try:
+            plans += [slow.plan(history, guide) for _ in range(self.candidates - 1)]
+        finally:
+            slow.noise_scale = deployed
+        return plans
+
+    @staticmethod
+    def targets(slow: Any, plans: list[torch.Tensor], history: Any) -> np.ndarray:
+        """(K, H, A * 10) TCP targets: each plan decoded as the fast decoder would decode it now."""
+        latest = history[-1]
+        anchor = np.asarray(latest["proprio"], np.float32)
+        with torch.inference_mode():  # the plans are inference tensors; decoding them must not track gradients
+            return np.stack([slow.codec.to_actions(p, anchor, latest) for p in plans])
+
+    def pick(self, scores: np.ndarray) -> int:
+        best = int(np.argmax(scores))
+        return best if scores[best] > scores[0] + self.margin else 0
+
+
 class WorldModelPolicy:
     """``sim.eval``'s policy interface (``reset(env, seed)`` / ``act(obs)``) around a ``SimPolicy`` whose plans a
     world-model planner chooses (module docstring). ``planner``: anything with ``reset`` / ``observe`` / ``decide``
@@ -68,22 +132,14 @@ class WorldModelPolicy:
     def __init__(self, policy: Any, planner: Any, image_size: int, action_dim: int, camera: str = "wrist_rgb",
                  camera_hz: float = 10.0, candidates: int = 4, proposal_noise: float = 1.0, frames_ahead: int = 8,
                  margin: float = 0.0, trace_episodes: int = 0) -> None:
-        if candidates < 1 or frames_ahead < 1 or not camera_hz > 0 or margin < 0:
-            raise UsageError(f"need candidates >= 1, frames_ahead >= 1, camera_hz > 0, margin >= 0; got "
-                             f"{candidates}, {frames_ahead}, {camera_hz}, {margin}")
-        if not (np.isfinite(proposal_noise) and proposal_noise >= 0):
-            raise UsageError(f"proposal_noise must be a finite number >= 0, got {proposal_noise}")
-        if policy.planner.codec is None:
-            raise UsageError(f"method {policy.run['method']!r} has no plan codec: its plans cannot be imagined")
-        arms = int(policy.run["num_arms"])
-        if action_dim != 3 * arms:
-            raise UsageError(f"the world model takes {action_dim} action values a frame, this policy moves {arms} "
-                             f"arm(s) (3 each: TCP displacement); make its data with gripper=false touch=false")
+        if frames_ahead < 1 or not camera_hz > 0:
+            raise UsageError(f"need frames_ahead >= 1 and camera_hz > 0; got {frames_ahead}, {camera_hz}")
+        check_plannable(policy.planner, policy.run, action_dim)
         self.policy, self.planner = policy, planner
         self.run, self.image_keys = policy.run, policy.image_keys  # what env builders read off a policy
         self.image_size, self.camera, self.camera_hz = image_size, camera, camera_hz
-        self.candidates, self.proposal_noise, self.frames_ahead, self.margin = (candidates, proposal_noise,
-                                                                                frames_ahead, margin)
+        self.chooser = PlanChooser(candidates, proposal_noise, margin)
+        self.frames_ahead = frames_ahead
         self.trace_episodes = trace_episodes
         self.traces: list[list[dict[str, Any]]] = []
         self.stats = {"decisions": 0, "decision_s": 0.0, "replaced": 0, "episodes": 0}
@@ -131,34 +187,20 @@ class WorldModelPolicy:
                     d["real"].append(frame)
 
     def frame_moves(self, targets: np.ndarray) -> np.ndarray:
-        """(K, H, A * 10) TCP targets per policy step, entry 0 at this tick -> (K, L, 3 A): the displacement into
-        each of the next ``frames_ahead`` camera frames (the first from the TCP at the last frame seen), the target
-        of the policy step a frame falls in standing for where the TCP is then (held after the plan's end)."""
+        """``frame_moves`` of this tick (the TCP at the last frame seen; ``ticks_per_step`` control ticks a policy
+        step, ``camera_every`` a camera frame)."""
         assert self.last_tcp is not None
-        k, horizon = targets.shape[:2]
-        pos = targets.reshape(k, horizon, -1, 10)[..., :3].reshape(k, horizon, -1)
-        now = self.tick
-        frames = (now // self.camera_every + np.arange(1, self.frames_ahead + 1)) * self.camera_every
-        at = pos[:, np.minimum((frames - now) // self.ticks_per_step, horizon - 1)]  # (K, L, 3A)
-        start = np.broadcast_to(self.last_tcp, (k, 1, at.shape[-1]))
-        return np.diff(np.concatenate([start, at], axis=1), axis=1).astype(np.float32)
+        control_hz = self.camera_every * self.camera_hz
+        return frame_moves(targets, self.last_tcp, self.tick / control_hz, control_hz / self.ticks_per_step,
+                           self.camera_hz, self.frames_ahead)
 
     def _choose(self, policy: Any, guide: dict) -> torch.Tensor:
         """SimPolicy's chooser: the policy's own plan and the proposals, imagined, scored; the best."""
         t0 = time.perf_counter()
         slow = policy.planner
-        plans = [slow.plan(policy.history, guide)]
-        deployed = slow.noise_scale
-        slow.noise_scale = self.proposal_noise
-        try:
-            plans += [slow.plan(policy.history, guide) for _ in range(self.candidates - 1)]
-        finally:
-            slow.noise_scale = deployed
-        latest = policy.history[-1]
-        anchor = np.asarray(latest["proprio"], np.float32)
-        targets = np.stack([slow.codec.to_actions(p, anchor, latest) for p in plans])
-        decision = self.planner.decide(self.frame_moves(targets))
-        best = decision.index if decision.scores[decision.index] > decision.scores[0] + self.margin else 0
+        plans = self.chooser.proposals(slow, policy.history, guide)
+        decision = self.planner.decide(self.frame_moves(self.chooser.targets(slow, plans, policy.history)))
+        best = self.chooser.pick(decision.scores)
         self.stats["decisions"] += 1
         self.stats["replaced"] += int(best != 0)
         self.stats["decision_s"] += time.perf_counter() - t0
@@ -193,7 +235,7 @@ def make_planning_policy(task: str, policy: str = "rdp_perception", checkpoint: 
 
     del unused
     run = run or shipped(task, "model")
-    info = _run_info(run)
+    info = run_info(run)
     inner = make_policy(task, checkpoint=checkpoint, default_run=policy, replan_every=replan_every, seed=seed,
                         latency_s=latency_s)
     if planner is None:
@@ -203,7 +245,7 @@ def make_planning_policy(task: str, policy: str = "rdp_perception", checkpoint: 
                             candidates, proposal_noise, frames_ahead, margin)
 
 
-def _run_info(run: str) -> dict:
+def run_info(run: str) -> dict:
     path = Path(run) / "run.json"
     if not path.exists():
         raise FileNotFoundError(f"{run}: no world model run (train one: python -m world_model.train data=DIR "
@@ -416,7 +458,7 @@ def evaluate(cfg: TaskPlanConfig) -> dict:
     planning = any(c in WORLD_MODEL_CONDITIONS for c in cfg.conditions)
     run = (cfg.run or shipped(cfg.task, "model")) if planning else None
     scorer = (cfg.scorer or shipped(cfg.task, "scorer")) if planning else None
-    info = _run_info(run) if run else {}
+    info = run_info(run) if run else {}
     out = Path(cfg.out) if cfg.out else Path("outputs/world_model") / f"task-plan-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     perception = load_run_info(Path(cfg.checkpoint or shipped_run(cfg.task, cfg.policy))).get("perception") or {}

@@ -90,12 +90,45 @@ class RobotOverrides:
 
 
 @dataclass
+class PlanningConfig:
+    """World-model planning above the slow policy (``world_model.runtime``): a planner node beside the slow node
+    chooses every plan among the policy's own and samples of it by imagining each with a world model. Off by
+    default; ``planning.*`` keys map onto ``world_model.task_plan.PlanChooser`` and ``world_model.node``."""
+
+    enabled: bool = False
+    run: str = ""  # world model; empty: the shipped checkpoints/world_model/<task>
+    scorer: str = ""  # progress head; empty: the shipped checkpoints/world_model/<task>_progress
+    memory: bool = True  # TEMP-LoRA episodic memory of the camera frames seen
+    candidates: int = 4
+    proposal_noise: float = 1.0
+    frames_ahead: int = 8
+    score_frames: int = 2
+    margin: float = 0.0
+    lora_rank: int = 8
+    lora_lr: float = 1e-3
+    lora_steps: int = 1
+    camera: str = "wrist_rgb"
+    camera_hz: float = 10.0
+    timeout_s: float = 10.0  # a planner request unanswered this long: the slow node plans alone ...
+    retry_s: float = 5.0  # ... and asks the planner again after this long
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1 or self.frames_ahead < 1 or self.score_frames < 1 or not self.margin >= 0:
+            raise ValueError("planning: need candidates, frames_ahead, score_frames >= 1 and margin >= 0")
+        for name in ("camera_hz", "timeout_s", "retry_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"planning.{name}={getattr(self, name)} must be > 0")
+
+
+@dataclass
 class Addresses:
     obs: str | None = None
     robot_pub: str | None = None
     robot_cmd: str | None = None
     robot_tick: str | None = None
     chunk: str = "tcp://127.0.0.1:*"
+    planner: str | None = None  # the planner node's (planning.enabled; the launcher starts it)
 
 
 @dataclass
@@ -127,6 +160,7 @@ class RuntimeConfig:
     robot: RobotOverrides = field(default_factory=RobotOverrides)
     addresses: Addresses = field(default_factory=Addresses)
     secure: SecureConfig = field(default_factory=SecureConfig)
+    planning: PlanningConfig = field(default_factory=PlanningConfig)
     restart: dict[str, RestartPolicy] = field(default_factory=lambda: {"slow": RestartPolicy()})
 
     def __post_init__(self) -> None:

@@ -93,6 +93,7 @@ class SlowNode:
         self.episode: int | None = None
         self.hist_step: int | None = None
         self.hist_stamp = 0.0
+        self.hist_sim_time = 0.0  # the robot's sim_time of the newest history step
         self.hist_image_age: float | None = None  # age (s) of the frame the newest history step holds
         self.waiting_since: float | None = None  # an image policy's first step without a usable frame (monotonic)
         self.next_plan = 0
@@ -108,12 +109,16 @@ class SlowNode:
         self.pub: Publisher | None = None
         try:
             # "image" ahead of "episode": the robot has the image subscription once it has the episode one
-            topics = (IMAGE_TOPIC, *OBS_TOPICS) if self.image_keys or self.first_frame else OBS_TOPICS
+            topics = (IMAGE_TOPIC, *OBS_TOPICS) if self.wants_images() else OBS_TOPICS
             self.sub = Subscriber(with_source(cfg.addresses.obs, source), topics=topics, hwm=20_000, ctx=self._ctx)
             self.pub = Publisher(with_source(cfg.addresses.chunk, source), bind=False, ctx=self._ctx)
         except Exception:
             self.close()
             raise
+
+    def wants_images(self) -> bool:
+        """Whether this node reads the robot's ``image`` topic (a subclass that watches the cameras says so)."""
+        return bool(self.image_keys or self.first_frame)
 
     def warm_up(self) -> float:
         """One plan before the node says it is ready (``Planner.warm_up``). Returns ms."""
@@ -176,13 +181,16 @@ class SlowNode:
             ep = msg.meta.get("episode")
             if type(ep) is int and ep != self.episode:
                 self._new_episode(ep, msg.meta.get("seed"))
-        elif topic == IMAGE_TOPIC and (self.cameras is not None or self.first_frame is not None):
-            if self.cameras is not None:
-                self.cameras.offer(msg)
-            if self.first_frame is not None:
-                self.first_frame.offer(msg)
+        elif topic == IMAGE_TOPIC and self.wants_images():
+            self._on_image(msg)
         else:  # a prefix match such as "statex"
             self.counts["rej_topic"] += 1
+
+    def _on_image(self, msg: Message) -> None:
+        if self.cameras is not None:
+            self.cameras.offer(msg)
+        if self.first_frame is not None:
+            self.first_frame.offer(msg)
 
     def _new_episode(self, episode: int, seed: object) -> None:
         """Clear the history and draw this episode's noise as sim.eval does (``episode_noise_seed`` of the sampler
@@ -239,7 +247,7 @@ class SlowNode:
             self.history.append(features)
         else:
             self.history.extend([features] * self.history.maxlen)
-        self.hist_step, self.hist_stamp = step, wrench.stamp
+        self.hist_step, self.hist_stamp, self.hist_sim_time = step, wrench.stamp, sim_time
 
     def _add_frames(self, features: dict[str, np.ndarray], sim_time: float) -> bool:
         """Put the held camera frames into an observation step's features; False (counted, the wait clock running)
@@ -277,7 +285,7 @@ class SlowNode:
         anchor = np.ascontiguousarray(self.history[-1]["proprio"], dtype=np.float32)
         t0 = time.perf_counter()
         guide = self._rtc_guide(step, anchor) if self.cfg.slow.handover == "rtc" and self.last is not None else {}
-        chunk = self.planner.plan(self.history, guide)
+        chunk = self._choose(guide)
         infer_s = time.perf_counter() - t0
         self.infer.add(infer_s)
         self.counts["inpainted"] += bool(guide)
@@ -291,6 +299,10 @@ class SlowNode:
         self.pub.publish("chunk", arrays, meta=meta)
         self.plans += 1
         self.next_plan = step + self.cfg.slow.replan_every
+
+    def _choose(self, guide: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The plan to send for the newest history step (a subclass may choose among several)."""
+        return self.planner.plan(self.history, guide)
 
     def _rtc_guide(self, step: int, anchor: np.ndarray) -> dict[str, torch.Tensor]:
         """Inpainting inputs continuing the last chunk sent (the fast node runs it, latency-matched, from its obs

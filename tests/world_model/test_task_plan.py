@@ -5,8 +5,11 @@ episodes through a planner node with a tiny world model (plumbing, not skill).""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +17,8 @@ import numpy as np
 import pytest
 
 from bus.cli import UsageError
+from bus.message import Message
+from world_model.runtime import CameraFeed
 from world_model.task_plan import WorldModelPolicy
 
 PY = [sys.executable, "-m"]
@@ -108,3 +113,101 @@ def test_plan_act_observe_on_wipe_through_the_planner_node(tiny_wipe, tmp_path):
         assert compared["decisions"] >= 2 and 0 <= compared["mean_abs_error"] <= 1
     assert metrics["temp_lora"]["memory_update_ms"] > 0  # the seen frames went into TEMP-LoRA chunk by chunk
     assert "memory_update_ms" not in metrics["no_memory"]
+
+
+# ------------------------------------------------------------------------------------------- in the runtime
+
+def _image(t: float, value: int = 0, shape: tuple[int, ...] = (32, 32, 3), dtype: type = np.uint8) -> Message:
+    return Message("image", t, arrays={"wrist_rgb": np.full(shape, value, dtype)}, meta={"sim_time": t})
+
+
+def _state(t: float, x: float) -> Message:
+    return Message("state", t, arrays={"tcp_pos": np.array([[x, 0.0, 0.2]])}, meta={"sim_time": t})
+
+
+def test_the_runtime_camera_feed_pairs_each_frame_with_the_tcp_of_its_tick_in_either_order():
+    counts: Counter[str] = Counter()
+    feed = CameraFeed("wrist_rgb", 16, 10.0, counts)
+    feed.offer_image(_image(0.0, 1))  # lockstep: a tick's frame comes before its state
+    assert feed.times == []
+    feed.offer_state(_state(0.0, 0.5))
+    for k in range(1, 25):
+        feed.offer_state(_state(k * 0.004, 0.5 + k * 0.001))
+    feed.offer_image(_image(0.06, 2))  # realtime: after it (the render thread finishes later)
+    feed.offer_image(_image(0.06, 3))  # not newer: ignored
+    feed.offer_image(_image(0.1, 4))  # its state has not come yet
+    assert feed.times == [0.0, 0.06] and feed.frames[1].shape == (16, 16, 3)
+    feed.offer_state(_state(0.1, 0.6))
+    assert feed.times == [0.0, 0.06, 0.1] and feed.upto(0.08) == 2 and feed.index_of(0.06) == 1
+    frames, moves = feed.batch(0, 3)
+    assert frames.shape == (3, 16, 16, 3) and frames[1].max() == 2
+    np.testing.assert_allclose(moves[:, 0], [0.0, 0.015, 0.085], atol=1e-6)  # zero into the first frame
+    np.testing.assert_allclose(feed.batch(1, 3)[1][:, 0], [0.015, 0.085], atol=1e-6)
+    feed.offer_image(_image(0.2, shape=(32, 32)))  # no colour channels
+    feed.offer_image(Message("image", 0.3, arrays={"scene_rgb": np.zeros((8, 8, 3), np.uint8)},
+                             meta={"sim_time": 0.3}))
+    feed.offer_image(_image(float("nan")))
+    bad_state = Message("state", 0.2, arrays={"tcp_pos": np.array([[np.inf, 0, 0]])}, meta={"sim_time": 0.2})
+    feed.offer_state(bad_state)
+    assert counts["rej_planner_image"] == 3 and counts["rej_planner_state"] == 1 and len(feed.times) == 3
+    feed.offer_image(_image(0.4))
+    feed.offer_state(_state(0.8, 0.7))  # the frame's own state never came: none within half a camera period
+    assert counts["planner_frames_unpaired"] == 1 and len(feed.times) == 3
+
+
+def test_the_runtime_refuses_planning_that_cannot_see_the_camera(tmp_path):
+    from rdp.run import robot_settings
+    from rdp.runtime.config import load_config
+
+    run = {"obs_keys": ["proprio", "tactile"]}
+    cfg = load_config(["planning.enabled=true", f"checkpoint={tmp_path}"])
+    assert robot_settings(cfg, run)["cameras"] and robot_settings(cfg, run)["camera_hz"] == 10.0
+    with pytest.raises(UsageError, match="robot.cameras=false would send it none"):
+        robot_settings(load_config(["planning.enabled=true", "robot.cameras=false", f"checkpoint={tmp_path}"]), run)
+    with pytest.raises(UsageError, match="planning.camera_hz=10: robot.camera_hz is 20"):
+        robot_settings(load_config(["planning.enabled=true", "robot.camera_hz=20", f"checkpoint={tmp_path}"]), run)
+
+
+def _run_planning(tiny_wipe, out: Path, *extra: str) -> subprocess.Popen:
+    run, scorer = tiny_wipe
+    return subprocess.Popen([*PY, "rdp.run", "task=wipe", "policy=rdp", "mode=lockstep", "episodes=3", "seed=3",
+                             "max_episode_s=2.0", "video=false", "planning.enabled=true", f"planning.run={run}",
+                             f"planning.scorer={scorer}", f"out={out}", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_runtime_plans_through_the_planner_node_and_outlives_it(tiny_wipe, tmp_path):
+    """Lockstep, three short episodes: the planning slow node sends the wrist frames and candidates to the planner
+    node. Mid-episode the slow node is killed: its warm standby takes over and keeps the episode's memory in the
+    planner. Then the planner is killed, and the run goes on with the policy's own plans."""
+    proc = _run_planning(tiny_wipe, tmp_path, "planning.timeout_s=2", "planning.retry_s=600")
+    lines, pids, killed, standby = [], {}, [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            words = line.split()
+            if len(words) > 3 and words[1] == "pid" and words[3] == "ready":
+                pids.setdefault(words[0], int(words[2]))
+            standby = standby or line.startswith("[supervisor] slow standby pid")
+            early = line.startswith("[fast] ep") and int(words[4]) <= 20  # of an episode's 50 policy steps
+            if standby and early and not killed:  # mid-episode, with the standby following the stream
+                os.kill(pids["[slow]"], signal.SIGKILL)
+                killed.append("slow")
+            elif line.startswith("[episode") and killed == ["slow"]:
+                os.kill(pids["[planner]"], signal.SIGKILL)
+                killed.append("planner")
+        assert proc.wait(timeout=300) == 0, "".join(lines[-30:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (tmp_path / "launcher.log").write_text("".join(lines))
+    assert killed == ["slow", "planner"], "".join(lines[-30:])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["episodes"] == 3 and results["error"] is None
+    assert results["supervision"]["slow"]["detail"][0]["via"] == "standby"
+    assert any(ln.startswith("[planner] pid") and "died" in ln for ln in lines)
+    slow = results["loop"]["slow"]["planner"]  # the standby's, from its take-over on
+    assert slow["memory_kept"] == 1 and slow["decisions"] >= 1 and slow["frames_sent"] >= 1
+    assert slow["errors_timeout"] == 1 and slow["alone"] >= 3  # the next episode: one timeout, then alone
+    assert results["loop"]["planner"]["event"] == "died"
