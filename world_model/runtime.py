@@ -14,6 +14,11 @@ reads) but how a plan is made, which is ``world_model.task_plan``'s rule in sim.
   each), then the policy's own plan and ``planning.candidates - 1`` samples as the TCP displacements into each of the
   next ``frames_ahead`` camera frames; the planner imagines and scores them; the best goes to the fast node (a sample
   only when it beats the policy's own plan by more than ``planning.margin``).
+* ``planning.early`` (default: in realtime): the policy's own plan goes to the fast node as soon as it is made, and
+  the planner's pick follows as a higher ``revision`` of the same observation's chunk only when it is a sample; the
+  fast node takes it in place of the first, latency-matched (the steps that passed meanwhile skipped). A decision
+  takes ~1 s on 2 cores, longer than what is left of a chunk that waited for it (the fast node would run out and
+  hold). In lockstep the fast node waits for the decision, and a run repeats ``sim.eval policy=wm_plan``.
 * Episodes: the planner's memory is reset with the robot's episode and seed. A slow node that takes over mid-episode
   (a warm standby: it followed the frames all along) asks the planner how far its memory goes (``status``) and sends
   only the frames after that, so the episode's memory is kept; one that cannot (a cold restart, which missed frames)
@@ -198,16 +203,20 @@ class Planning:
         out["planner"] = {**dict(self.planner_counts), "decide_ms": self.decide_s.summary(1e3, 3)}
         return out
 
-    def _choose(self, guide: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _choose(self, guide: dict[str, torch.Tensor]) -> torch.Tensor | None:
         if time.monotonic() < self.down_until:
             self.planner_counts["alone"] += 1
             return self.planner.plan(self.history, guide)
         t0 = time.perf_counter()
-        plans = self.chooser.proposals(self.planner, self.history, guide)
+        own = self.planner.plan(self.history, guide)
+        early = self.cfg.planning.early if self.cfg.planning.early is not None else self.cfg.mode == "realtime"
+        if early:  # the fast node gets the policy's own plan now; the planner's pick replaces it if it differs
+            self._send(own)
+        plans = [own, *self.chooser.samples(self.planner, self.history, guide)]
         try:
             if not self._send_frames():
                 self.planner_counts["no_frame_yet"] += 1
-                return plans[0]
+                return None if early else own
             from world_model.task_plan import frame_moves
 
             p = self.cfg.planning
@@ -224,12 +233,12 @@ class Planning:
                             "only counted)", kind, exc, self.cfg.planning.retry_s)
             self.down_until = time.monotonic() + self.cfg.planning.retry_s
             self.synced = False  # its memory may have missed frames: ask again before trusting it
-            return plans[0]
+            return None if early else own
         best = self.chooser.pick(decision.scores)
         self.planner_counts["decisions"] += 1
         self.planner_counts["replaced"] += int(best != 0)
         self.decide_s.add(time.perf_counter() - t0)
-        return plans[best]
+        return None if early and best == 0 else plans[best]
 
     def _send_frames(self) -> bool:
         """The planner's memory made this episode's (``status``, else ``reset``), then every frame up to the

@@ -101,14 +101,16 @@ class PlanChooser:
 
     def proposals(self, slow: Any, history: Any, guide: dict) -> list[torch.Tensor]:
         """The policy's own plan, then the samples (``slow``: an ``rdp.api.Planner``)."""
-        plans = [slow.plan(history, guide)]
+        return [slow.plan(history, guide), *self.samples(slow, history, guide)]
+
+    def samples(self, slow: Any, history: Any, guide: dict) -> list[torch.Tensor]:
+        """The ``candidates - 1`` samples at the proposal temperature."""
         deployed = slow.noise_scale
         slow.noise_scale = self.proposal_noise
         try:
-            plans += [slow.plan(history, guide) for _ in range(self.candidates - 1)]
+            return [slow.plan(history, guide) for _ in range(self.candidates - 1)]
         finally:
             slow.noise_scale = deployed
-        return plans
 
     @staticmethod
     def targets(slow: Any, plans: list[torch.Tensor], history: Any) -> np.ndarray:

@@ -18,6 +18,9 @@ Wire format of topic ``chunk`` (slow -> fast)::
             plan int              the slow node's plan counter (per process)
             infer_ms float        predict() wall time
             image_age_ms float    image policies only: sim-time age of the camera frame that observation held
+            revision int          optional (0 if absent): a later chunk for the same observation replaces an
+                                  earlier one when its revision is higher (a planner's late pick replacing the
+                                  policy's own plan, sent first so the fast node never waits for the planner)
 
 Topic ``alive`` (slow -> fast, ``heartbeat_hz`` and at every episode change): meta episode, plans, rejects, pid, robot
 (bool: the slow node has received the robot node's stream; the fast node's first reset waits for it in realtime).
@@ -61,6 +64,7 @@ class Chunk:
     plan: int
     infer_ms: float
     received: float  # receiver's monotonic time
+    revision: int = 0  # a higher one replaces a chunk of the same observation
 
     def meta(self) -> dict[str, MetaValue]:
         return {"episode": self.episode, "obs_step": self.obs_step, "start_step": self.start_step,
@@ -88,8 +92,11 @@ def parse_chunk(msg: Message, shape: tuple[int, int], anchor_dim: int, received:
     floats = {k: m.get(k) for k in ("obs_stamp", "infer_ms")}
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in floats.values()):
         raise ChunkRejected("meta", f"meta {floats} must be finite numbers")
+    revision = m.get("revision", 0)
+    if type(revision) is not int or revision < 0:
+        raise ChunkRejected("meta", f"meta revision {revision!r:.40} must be an int >= 0")
     return Chunk(data.copy(), anchor.copy(), ints["episode"], ints["obs_step"], ints["start_step"],
-                 float(floats["obs_stamp"]), ints["plan"], float(floats["infer_ms"]), received)
+                 float(floats["obs_stamp"]), ints["plan"], float(floats["infer_ms"]), received, revision)
 
 
 class StepRing:
@@ -129,9 +136,11 @@ class ChunkSlot:
         self.pending = self.current = None
 
     def offer(self, chunk: Chunk) -> bool:
-        """Keep ``chunk`` if it is newer than what is pending or running; False when it is outdated."""
+        """Keep ``chunk`` if it is newer than what is pending or running (a later observation, or a higher revision
+        of the same one); False when it is outdated."""
         newest = self.pending or self.current
-        if newest is not None and chunk.obs_step <= newest.obs_step and chunk.episode == newest.episode:
+        if newest is not None and chunk.episode == newest.episode and \
+                (chunk.obs_step, chunk.revision) <= (newest.obs_step, newest.revision):
             return False
         self.pending = chunk
         return True

@@ -109,6 +109,7 @@ class PlanningConfig:
     lora_steps: int = 1
     camera: str = "wrist_rgb"
     camera_hz: float = 10.0
+    early: bool | None = None  # send the policy's own plan before the planner decides; None: in realtime
     timeout_s: float = 10.0  # a planner request unanswered this long: the slow node plans alone ...
     retry_s: float = 5.0  # ... and asks the planner again after this long
     threads: int = 1

@@ -283,25 +283,38 @@ class SlowNode:
     def _plan(self) -> None:
         step = self.hist_step
         anchor = np.ascontiguousarray(self.history[-1]["proprio"], dtype=np.float32)
-        t0 = time.perf_counter()
+        self._planning = (step, anchor, time.perf_counter(), 0)  # what _send stamps a chunk of this plan with
         guide = self._rtc_guide(step, anchor) if self.cfg.slow.handover == "rtc" and self.last is not None else {}
         chunk = self._choose(guide)
-        infer_s = time.perf_counter() - t0
-        self.infer.add(infer_s)
+        if chunk is not None:
+            self._send(chunk)
         self.counts["inpainted"] += bool(guide)
+        self.plans += 1
+        self.next_plan = step + self.cfg.slow.replan_every
+
+    def _send(self, chunk: torch.Tensor) -> None:
+        """Publish a chunk for the observation being planned on; a second one for it (a subclass's better pick)
+        goes out as a higher ``revision``, which the fast node takes in place of the first."""
+        step, anchor, t0, revision = self._planning
+        infer_s = time.perf_counter() - t0
+        if revision == 0:
+            self.infer.add(infer_s)
         self.last = (chunk, anchor, step)
         arrays = {"chunk": np.ascontiguousarray(chunk.numpy(), dtype=np.float32), "anchor": anchor}
         meta = {"episode": self.episode, "obs_step": step, "start_step": step + self.cfg.slow.handover_steps,
                 "obs_stamp": self.hist_stamp, "plan": self.plans, "infer_ms": round(infer_s * 1e3, 3)}
+        if revision:
+            meta["revision"] = revision
         if self.hist_image_age is not None:
             meta["image_age_ms"] = round(self.hist_image_age * 1e3, 3)
-            self.image_age.add(self.hist_image_age)
+            if revision == 0:
+                self.image_age.add(self.hist_image_age)
         self.pub.publish("chunk", arrays, meta=meta)
-        self.plans += 1
-        self.next_plan = step + self.cfg.slow.replan_every
+        self._planning = (step, anchor, t0, revision + 1)
 
-    def _choose(self, guide: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The plan to send for the newest history step (a subclass may choose among several)."""
+    def _choose(self, guide: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The plan to send for the newest history step (a subclass may choose among several, and may send one
+        itself with ``_send`` first; None: nothing more to send)."""
         return self.planner.plan(self.history, guide)
 
     def _rtc_guide(self, step: int, anchor: np.ndarray) -> dict[str, torch.Tensor]:

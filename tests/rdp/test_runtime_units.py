@@ -81,6 +81,8 @@ def test_parse_chunk_accepts_good_and_names_every_bad_kind() -> None:
         (_chunk_msg(start_step=2), "meta"),
         (_chunk_msg(obs_stamp="x"), "meta"),
         (_chunk_msg(plan=True), "meta"),
+        (_chunk_msg(revision=-1), "meta"),
+        (_chunk_msg(revision=1.0), "meta"),
     ]
     for msg, kind in bad:
         with pytest.raises(ChunkRejected) as exc:
@@ -99,6 +101,19 @@ def test_chunk_slot_latest_wins_and_waits_for_its_start_step() -> None:
     assert not slot.offer(chunk(12, 12))  # older than what is pending: dropped
     assert slot.take(20).obs_step == 16 and slot.current.obs_step == 16 and slot.pending is None
     assert slot.offer(chunk(0, 0, episode=1))  # a new episode starts over
+
+
+def test_a_higher_revision_of_the_same_observation_replaces_the_running_chunk() -> None:
+    def chunk(obs_step: int, revision: int | None = None):
+        extra = {} if revision is None else {"revision": revision}
+        return parse_chunk(_chunk_msg(obs_step=obs_step, start_step=obs_step + 1, **extra), (4, 4), 10, 0.0)
+
+    slot = ChunkSlot()
+    assert slot.offer(chunk(8)) and slot.take(9).revision == 0  # no revision: 0
+    assert not slot.offer(chunk(8, 0))  # the same again: dropped
+    assert slot.offer(chunk(8, 1)) and slot.take(30).revision == 1  # the planner's pick, late: takes over
+    assert not slot.offer(chunk(8, 1)) and not slot.offer(chunk(4, 5))
+    assert slot.offer(chunk(16)) and not slot.offer(chunk(8, 2))  # a newer observation beats any revision
 
 
 def test_step_ring_returns_the_step_or_the_nearest_older_one() -> None:
