@@ -107,7 +107,7 @@ class WorldModelPlanner:
         self.update_seconds = 0.0
         self.generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         if self.memory is not None:
-            self.memory.reset()
+            self.memory.reset(seed)  # an episode's seed makes its memory repeatable
 
     @torch.no_grad()
     def observe(self, frames: np.ndarray, actions: np.ndarray) -> None:

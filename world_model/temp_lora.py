@@ -51,8 +51,8 @@ class LoRALinear(nn.Module):
         self.scale = alpha / rank
         self.reset()
 
-    def reset(self) -> None:
-        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5)
+    def reset(self, generator: torch.Generator | None = None) -> None:
+        nn.init.kaiming_uniform_(self.down.weight, a=5**0.5, generator=generator)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,10 +91,14 @@ class TempLoRAMemory:
             yield a.down.weight
             yield a.up.weight
 
-    def reset(self) -> None:
-        """A new episode: adapters back to zero effect, optimiser state cleared."""
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode: adapters back to zero effect, optimiser state cleared. With ``seed`` the episode's memory
+        is its own: the adapters' random start and the noise of its local updates are drawn from it (a rerun of
+        the episode writes the same memory); without, they continue the process's random streams."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
         for a in self.adapters:
-            a.reset()
+            a.reset(self.generator if seed is not None else None)
         self.optimizer = torch.optim.Adam(list(self.parameters()), lr=self.cfg.lr)
         self.updates = 0
 

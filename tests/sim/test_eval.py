@@ -85,12 +85,12 @@ def test_eval_cli_last_line_is_json_and_writes_artifacts(tmp_path):
 @pytest.mark.heavy
 @pytest.mark.parametrize("task", ["wipe", "peel", "lift"])
 def test_touch_matters_on_the_same_seeds(task, tmp_path):
-    """The force-aware expert beats the position-only one under perturbations (small sample)."""
-    common = dict(task=task, episodes=4, seed=100, out_dir=tmp_path, video=False)
+    """The force-aware expert beats the position-only one under perturbations (two seeds; docs/results.md has 50)."""
+    common = dict(task=task, episodes=2, seed=100, out_dir=tmp_path, video=False)
     ff = evaluate(make_policy=lambda: make_expert(task, True), policy_name="expert", **common)
     pos = evaluate(make_policy=lambda: make_expert(task, False), policy_name="expert_noforce", **common)
-    assert ff["success_rate"] >= 0.75
-    assert pos["success_rate"] <= ff["success_rate"] - 0.5
+    assert ff["success_rate"] == 1.0
+    assert pos["success_rate"] <= 0.5
 
 
 def _eval_in_process(out: Path, *argv: str) -> dict[str, Any]:

@@ -140,6 +140,28 @@ def test_fresh_temp_lora_changes_nothing_and_update_touches_only_adapters():
         attach(model, TempLoRAConfig())
 
 
+def test_an_episode_seed_makes_the_memory_repeatable():
+    """reset(seed): the adapters' start and the local updates' noise come from the episode's seed, so the same
+    episode writes the same memory whatever the process did before; another seed writes another."""
+    torch.manual_seed(0)
+    model = VideoDiffusion(TINY)
+    for p in model.denoiser.conv_out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    latents, actions = tiny_batch(B=1)
+    memory = TempLoRAMemory(model, TempLoRAConfig(rank=4, alpha=8.0, lr=5e-3, steps=1))
+
+    def episode(seed: int) -> dict[str, torch.Tensor]:
+        memory.reset(seed)
+        for _ in range(3):
+            memory.update(latents, actions, n_context=2)
+        torch.rand(7)  # the process's own random stream moves on between episodes
+        return memory.state()
+
+    first, other, again = episode(5), episode(6), episode(5)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["0.down"], other["0.down"])
+
+
 def test_local_updates_store_the_chunk_they_saw():
     """Repeated local updates on one [context ⊕ chunk] lower the masked loss on it (the memory holds it), while the
     base model's loss on it stays where it was after a reset."""
