@@ -399,9 +399,10 @@ class Launcher:
         return codes
 
     def _stop_order(self) -> list[str]:
-        """Fast node first (it commands the robot), then the planners (a spare after the one it backs up), the
-        relay, the robot node last (it holds until then)."""
-        rank = {"fast": 0, "relay": 2, "robot": 3}
+        """Fast node first (it commands the robot), then the slow nodes (a spare after the one it backs up), the
+        world-model planner (a slow node stopped after it would wait out a request to it), the relay, the robot
+        node last (it holds until then)."""
+        rank = {"fast": 0, "planner": 1.5, "relay": 2, "robot": 3}
         return sorted(self.children, key=lambda k: (rank.get(self.roles[k], 1), self._is_spare(k)))
 
     def _is_spare(self, key: str) -> bool:

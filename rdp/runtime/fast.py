@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import sys
 import time
@@ -61,6 +62,7 @@ log = logging.getLogger("rdp.runtime.fast")
 # leaving the cores 0.8 ms per tick more for the slow node and the robot.
 FIFO_SPIN_MS = 0.2
 ROBOT_TOPICS = ("state", "tactile", "wrench")
+STAGE_STEPS_PER_TICK = 4  # realtime: decoder steps a tick may spend staging a late pending chunk (~0.3 ms each)
 START_CONFIRM_S = 1.0  # first wait for the slow node's confirmation of an episode (see FastNode._start_episode)
 
 
@@ -443,6 +445,8 @@ class FastNode:
         if pending is None or self.step < pending.obs_step:
             return False
         target_t = min(self.step - pending.obs_step + 1, pending.start_step - pending.obs_step, self.horizon)
+        if not self.lockstep and self.step + 1 >= pending.start_step:  # due: up to the next step, a bit a tick
+            target_t = min(self.step - pending.obs_step + 1, self.horizon)
         fresh = self.staged is None or self.staged[0] is not pending
         if not fresh and self.staged[1]["t"] >= target_t:
             return False
@@ -452,7 +456,8 @@ class FastNode:
         else:
             self.decoder.load(self.staged[1])
         stepped = 0
-        while self.decoder.t < target_t:
+        budget = math.inf if self.lockstep else STAGE_STEPS_PER_TICK
+        while self.decoder.t < target_t and stepped < budget:
             past = self.ring.get(pending.obs_step + self.decoder.t)
             if past is None:  # a step before the episode's first reading: left to the hand-over's own catch-up
                 break
@@ -461,6 +466,18 @@ class FastNode:
         self.staged = (pending, self.decoder.save())
         self.decoder.load(running)
         return fresh or stepped > 0
+
+    def _staging_behind(self, step: int) -> bool:
+        """Realtime: the due pending chunk still needs more catch-up than a tick's staging budget while the running
+        chunk can go on; it then takes over a few ticks later, once staged (a planner's late replacement is ~25
+        steps behind, ~7 ms of decoding in one tick), instead of in a burst that makes the command late."""
+        pending, current = self.slot.pending, self.slot.current
+        if self.lockstep or pending is None or current is None or step < pending.start_step:
+            return False
+        if step - current.obs_step >= self.horizon:
+            return False  # the running chunk is over: take the new one now, whatever it costs
+        staged_t = self.staged[1]["t"] if self.staged is not None and self.staged[0] is pending else 0
+        return step - pending.obs_step - staged_t > STAGE_STEPS_PER_TICK
 
     def _features(self, tactile: Message, obs: dict[str, Message]) -> dict[str, np.ndarray]:
         """The policy features of one reading (state, tactile, wrench); raises one of ``UNUSABLE_OBSERVATION``."""
@@ -479,7 +496,7 @@ class FastNode:
         self.ring.put(step, features)
         if self.lockstep:
             self._await_due_chunk(step)
-        chunk = self.slot.take(step)
+        chunk = None if self._staging_behind(step) else self.slot.take(step)
         if chunk is not None:
             self._adopt(chunk, step)
         current = self.slot.current

@@ -294,6 +294,77 @@ def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_
         np.testing.assert_array_equal(x, y)
 
 
+def test_realtime_stages_a_late_replacement_a_few_steps_a_tick_then_decodes_as_a_burst_would(tiny_run: Path):
+    """Realtime: a chunk that arrives many steps late (a planner's pick replacing the chunk of the same observation)
+    is staged a few decoder steps per tick while the running chunk goes on, and takes over once staged; from then
+    on every action equals a take-over that did the whole catch-up at once at that step."""
+    from collections import Counter
+
+    from rdp.api import load_decoder
+    from rdp.runtime.chunks import Chunk
+    from rdp.runtime.fast import STAGE_STEPS_PER_TICK, FastNode
+    from rdp.runtime.timing import Trace
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(2)
+
+    def node(lockstep: bool) -> FastNode:
+        n = FastNode.__new__(FastNode)
+        n.decoder = load_decoder(tiny_run)
+        n.horizon, n.lockstep, n.step, n.staged = n.decoder.horizon, lockstep, -1, None
+        n.slot, n.ring, n.counts = ChunkSlot(), StepRing(2 * n.horizon), Counter()
+        n.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
+        n._sim_time = lambda: 0.0
+        return n
+
+    a, b = node(lockstep=False), node(lockstep=True)
+    horizon = a.horizon
+    late = STAGE_STEPS_PER_TICK * 2 + 1  # more than one tick's staging
+    assert late + 6 <= horizon
+    data = [rng.normal(size=a.decoder.plan_shape).astype(np.float32) for _ in range(2)]
+    anchor = rng.normal(size=a.decoder.anchor_dim).astype(np.float32)
+    own = Chunk(data[0], anchor, 1, 0, 0, 0.0, 0, 0.0, 0.0)
+    pick = Chunk(data[1], anchor, 1, 0, 1, 0.0, 0, 0.0, 0.0, revision=1)
+    readings = [{"proprio": rng.normal(size=10).astype(np.float32), "tactile": rng.normal(size=45).astype(np.float32),
+                 "wrench": np.zeros(6, np.float32)} for _ in range(late + 6)]
+
+    def on_step(n: FastNode, step: int) -> np.ndarray:  # FastNode._on_step's decoding, one step a tick
+        f = readings[step]
+        n.step = step
+        n.ring.put(step, f)
+        taken = None if n._staging_behind(step) else n.slot.take(step)
+        if taken is not None:
+            n._adopt(taken, step)
+        n._catch_up(step - n.slot.current.obs_step, f)
+        out = n.decoder.step(f)
+        n._stage_pending()
+        return out
+
+    a.slot.offer(own)
+    out_a, staged_t, take_step = [], [], None
+    for step in range(len(readings)):
+        if step == late:
+            assert a.slot.offer(pick)  # the same observation, a higher revision
+        out_a.append(on_step(a, step))
+        if a.staged is not None:
+            staged_t.append(a.staged[1]["t"])
+        if take_step is None and a.slot.current is pick:
+            take_step = step
+    assert take_step is not None and a.counts["staged"] == 1
+    assert np.all(np.diff([0, *staged_t]) <= STAGE_STEPS_PER_TICK)  # never more than the budget in a tick
+    b.slot.offer(own)  # the reference: the pick taken at a's take-over step with the whole catch-up at once
+    out_b = []
+    for step in range(len(readings)):
+        if step == take_step:
+            assert b.slot.offer(pick)
+        out_b.append(on_step(b, step))
+    assert take_step > late + 1  # a waited while it staged
+    for x, y in zip(out_a[take_step:], out_b[take_step:], strict=True):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(out_a[:late], out_b[:late], strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 _GC_CHILD = """
 import gc, json
 from rdp.runtime.timing import LoopGc
