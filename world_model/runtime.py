@@ -18,7 +18,7 @@ reads) but how a plan is made, which is ``world_model.task_plan``'s rule in sim.
   the planner's pick follows as a higher ``revision`` of the same observation's chunk only when it is a sample; the
   fast node takes it in place of the first, latency-matched (the steps that passed meanwhile skipped). A decision
   takes ~1 s on 2 cores, longer than what is left of a chunk that waited for it (the fast node would run out and
-  hold). In lockstep the fast node waits for the decision, and a run repeats ``sim.eval policy=wm_plan``.
+  hold). In lockstep the fast node waits for the decision, as ``sim.eval policy=wm_plan`` does.
 * Episodes: the planner's memory is reset with the robot's episode and seed. A slow node that takes over mid-episode
   (a warm standby: it followed the frames all along) asks the planner how far its memory goes (``status``) and sends
   only the frames after that, so the episode's memory is kept; one that cannot (a cold restart, which missed frames)
