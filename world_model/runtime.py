@@ -22,13 +22,14 @@ reads) but how a plan is made, which is ``world_model.task_plan``'s rule in sim.
 * Episodes: the planner's memory is reset with the robot's episode and seed. A slow node that takes over mid-episode
   (a warm standby: it followed the frames all along) asks the planner how far its memory goes (``status``) and sends
   only the frames after that, so the episode's memory is kept; one that cannot (a cold restart, which missed frames)
-  resets it (counted as ``planner_memory_lost``).
+  resets it (counted as the stats' ``planner.memory_lost``).
 * Faults: a planner that answers an error, gives no answer within ``planning.timeout_s`` or is gone: the policy's
   own plan goes to the fast node at once, the node plans alone for ``planning.retry_s`` and then asks again (counted
-  as ``planner_errors``, the first of each kind logged). A frame or state it cannot read is refused (counted).
+  as ``planner.errors_timeout`` / ``errors_error``, the first of each kind logged). A frame or state it cannot read
+  is refused (counted).
 
 Its stats records carry a ``planner`` field: decisions, how often a sample replaced the policy's own plan, decision
-time (p50 / p99 / max ms), frames sent, errors.
+time (p50 / p99 / max ms), frames sent, errors, take-overs that kept or lost the memory.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from rdp.runtime.config import RuntimeConfig
 from rdp.runtime.slow import MAX_SIM_TIME_S, SlowNode, serve
 from rdp.runtime.standby import StandbySlowNode
 from rdp.runtime.timing import Window
+from world_model.node import RemotePlanner
+from world_model.task_plan import PlanChooser, check_plannable, frame_moves, run_info, shipped
 
 log = logging.getLogger("world_model.runtime")
 OBSERVE_BATCH = 128  # frames per observe request (the planner node takes up to its max_observe_frames, 256)
@@ -153,9 +156,6 @@ class Planning:
     rate_hz: float
 
     def __init__(self, cfg: RuntimeConfig) -> None:
-        from world_model.node import RemotePlanner
-        from world_model.task_plan import PlanChooser, check_plannable, run_info, shipped
-
         super().__init__(cfg)  # type: ignore[call-arg]
         p = cfg.planning
         if not cfg.addresses.planner:
@@ -166,6 +166,7 @@ class Planning:
         self.chooser = PlanChooser(p.candidates, p.proposal_noise, p.margin)
         self.feed = CameraFeed(p.camera, int(info["image_size"]), p.camera_hz, self.counts)
         self.remote = RemotePlanner(cfg.addresses.planner, timeout_s=p.timeout_s)
+        self.early = p.early if p.early is not None else cfg.mode == "realtime"
         self.episode_seed = 0
         self.sent = 0  # feed frames the planner holds of this episode
         self.synced = False  # the planner's memory is known to be this episode's
@@ -209,16 +210,13 @@ class Planning:
             return self.planner.plan(self.history, guide)
         t0 = time.perf_counter()
         own = self.planner.plan(self.history, guide)
-        early = self.cfg.planning.early if self.cfg.planning.early is not None else self.cfg.mode == "realtime"
-        if early:  # the fast node gets the policy's own plan now; the planner's pick replaces it if it differs
+        if self.early:  # the fast node gets the policy's own plan now; the planner's pick replaces it if it differs
             self._send(own)
         plans = [own, *self.chooser.samples(self.planner, self.history, guide)]
         try:
             if not self._send_frames():
                 self.planner_counts["no_frame_yet"] += 1
-                return None if early else own
-            from world_model.task_plan import frame_moves
-
+                return None if self.early else own
             p = self.cfg.planning
             targets = self.chooser.targets(self.planner, plans, self.history)
             moves = frame_moves(targets, self.feed.tcps[self.sent - 1], self.hist_step / self.rate_hz,
@@ -227,18 +225,17 @@ class Planning:
         except (TimeoutError, UsageError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else "error"
             self.planner_counts[f"errors_{kind}"] += 1
-            self.counts["planner_errors"] += 1
             if self.planner_counts[f"errors_{kind}"] == 1:
                 log.warning("planner %s (%s); the policy's own plan goes out, planning alone for %g s (further ones "
                             "only counted)", kind, exc, self.cfg.planning.retry_s)
             self.down_until = time.monotonic() + self.cfg.planning.retry_s
             self.synced = False  # its memory may have missed frames: ask again before trusting it
-            return None if early else own
+            return None if self.early else own
         best = self.chooser.pick(decision.scores)
         self.planner_counts["decisions"] += 1
         self.planner_counts["replaced"] += int(best != 0)
         self.decide_s.add(time.perf_counter() - t0)
-        return None if early and best == 0 else plans[best]
+        return None if self.early and best == 0 else plans[best]
 
     def _send_frames(self) -> bool:
         """The planner's memory made this episode's (``status``, else ``reset``), then every frame up to the
@@ -251,7 +248,7 @@ class Planning:
                 self.planner_counts["memory_kept"] += 1
             else:
                 if status.get("episode") == self.episode and status.get("frames"):
-                    self.counts["planner_memory_lost"] += 1
+                    self.planner_counts["memory_lost"] += 1
                     span = f"{self.feed.times[0]:.3f}-{self.feed.times[-1]:.3f} s" if self.feed.times else "none"
                     log.warning("the planner's memory of episode %s reaches sim time %s, a frame this node does not "
                                 "hold (it holds %s; %d unpaired, %d states); it starts again from this node's frames",

@@ -44,6 +44,7 @@ import torch
 
 from bus.cli import UsageError, choose, command
 from bus.config import compose, split_verb
+from rdp.runtime.config import PlanChoiceConfig
 
 CONDITIONS = ("policy", "proposal", "temp_lora", "no_memory")
 WORLD_MODEL_CONDITIONS = ("temp_lora", "no_memory")
@@ -364,8 +365,8 @@ def fit_progress_scorer(cfg: ProgressScorerConfig) -> dict:
 # ------------------------------------------------------------------------------------------- evaluation
 
 @dataclass
-class TaskPlanConfig:
-    """``configs/world_model/task_plan.yaml``."""
+class TaskPlanConfig(PlanChoiceConfig):
+    """``configs/world_model/task_plan.yaml`` (how plans are chosen: ``rdp.runtime.config.PlanChoiceConfig``)."""
 
     task: str = "wipe"
     policy: str = "rdp_perception"  # a shipped policy of the task (checkpoints/<task>/<policy>)
@@ -376,16 +377,6 @@ class TaskPlanConfig:
     episodes: int = 50
     seed: int = 0
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
-    candidates: int = 4
-    proposal_noise: float = 1.0
-    frames_ahead: int = 8
-    score_frames: int = 2
-    margin: float = 0.0
-    lora_rank: int = 8
-    lora_lr: float = 1e-3
-    lora_steps: int = 1
-    camera: str = "wrist_rgb"
-    camera_hz: float = 10.0
     replan_every: int = 8
     latency_s: float = 0.08  # simulated slow-policy latency, as sim.eval's policy configs
     looks: str = "train"
@@ -397,6 +388,7 @@ class TaskPlanConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         bad = sorted(set(self.conditions) - set(CONDITIONS))
         if bad or not self.conditions:
             raise ValueError(f"conditions must be a non-empty subset of {list(CONDITIONS)}, got {bad or '[]'}")

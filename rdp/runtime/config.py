@@ -90,34 +90,46 @@ class RobotOverrides:
 
 
 @dataclass
-class PlanningConfig:
-    """World-model planning above the slow policy (``world_model.runtime``): a planner node beside the slow node
-    chooses every plan among the policy's own and samples of it by imagining each with a world model. Off by
-    default; ``planning.*`` keys map onto ``world_model.task_plan.PlanChooser`` and ``world_model.node``."""
+class PlanChoiceConfig:
+    """How a world-model planner chooses among a slow policy's plans (``world_model.task_plan.PlanChooser`` and its
+    planner node): shared by the runtime's ``planning.*`` and ``world_model.task_plan eval``."""
 
-    enabled: bool = False
-    run: str = ""  # world model; empty: the shipped checkpoints/world_model/<task>
-    scorer: str = ""  # progress head; empty: the shipped checkpoints/world_model/<task>_progress
-    memory: bool = True  # TEMP-LoRA episodic memory of the camera frames seen
-    candidates: int = 4
+    candidates: int = 4  # the policy's own plan and candidates - 1 samples at proposal_noise
     proposal_noise: float = 1.0
-    frames_ahead: int = 8
-    score_frames: int = 2
-    margin: float = 0.0
+    frames_ahead: int = 8  # camera frames imagined per candidate
+    score_frames: int = 2  # imagined end frames the progress head averages
+    margin: float = 0.0  # a sample replaces the policy's own plan only if it scores more than this higher
     lora_rank: int = 8
     lora_lr: float = 1e-3
     lora_steps: int = 1
     camera: str = "wrist_rgb"
     camera_hz: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1 or self.frames_ahead < 1 or self.score_frames < 1 or not self.margin >= 0:
+            raise ValueError("need candidates, frames_ahead, score_frames >= 1 and margin >= 0")
+        if not self.camera_hz > 0:
+            raise ValueError(f"camera_hz={self.camera_hz} must be > 0")
+
+
+@dataclass
+class PlanningConfig(PlanChoiceConfig):
+    """World-model planning above the slow policy (``world_model.runtime``): a planner node beside the slow node
+    chooses every plan among the policy's own and samples of it by imagining each with a world model. Off by
+    default."""
+
+    enabled: bool = False
+    run: str = ""  # world model; empty: the shipped checkpoints/world_model/<task>
+    scorer: str = ""  # progress head; empty: the shipped checkpoints/world_model/<task>_progress
+    memory: bool = True  # TEMP-LoRA episodic memory of the camera frames seen
     early: bool | None = None  # send the policy's own plan before the planner decides; None: in realtime
     timeout_s: float = 10.0  # a planner request unanswered this long: the slow node plans alone ...
     retry_s: float = 5.0  # ... and asks the planner again after this long
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.candidates < 1 or self.frames_ahead < 1 or self.score_frames < 1 or not self.margin >= 0:
-            raise ValueError("planning: need candidates, frames_ahead, score_frames >= 1 and margin >= 0")
-        for name in ("camera_hz", "timeout_s", "retry_s"):
+        super().__post_init__()
+        for name in ("timeout_s", "retry_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"planning.{name}={getattr(self, name)} must be > 0")
 

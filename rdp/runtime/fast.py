@@ -444,9 +444,9 @@ class FastNode:
         pending = self.slot.pending
         if pending is None or self.step < pending.obs_step:
             return False
-        target_t = min(self.step - pending.obs_step + 1, pending.start_step - pending.obs_step, self.horizon)
-        if not self.lockstep and self.step + 1 >= pending.start_step:  # due: up to the next step, a bit a tick
-            target_t = min(self.step - pending.obs_step + 1, self.horizon)
+        due = not self.lockstep and self.step + 1 >= pending.start_step  # realtime: a due chunk up to the next step
+        limit = self.horizon if due else min(pending.start_step - pending.obs_step, self.horizon)
+        target_t = min(self.step - pending.obs_step + 1, limit)
         fresh = self.staged is None or self.staged[0] is not pending
         if not fresh and self.staged[1]["t"] >= target_t:
             return False

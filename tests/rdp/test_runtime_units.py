@@ -233,28 +233,33 @@ def test_rehearsal_leaves_the_decoded_actions_unchanged(tiny_run: Path) -> None:
     assert warm.t == plain.horizon
 
 
+def _hand_over_node(run: Path, lockstep: bool = True):
+    """The hand-over state of a FastNode (decoder, chunk slot, step ring), without its sockets."""
+    from collections import Counter
+
+    from rdp.api import load_decoder
+    from rdp.runtime.fast import FastNode
+    from rdp.runtime.timing import Trace
+
+    n = FastNode.__new__(FastNode)
+    n.decoder = load_decoder(run)
+    n.horizon, n.lockstep, n.step, n.staged = n.decoder.horizon, lockstep, -1, None
+    n.slot, n.ring, n.counts = ChunkSlot(), StepRing(2 * n.horizon), Counter()
+    n.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
+    n._sim_time = lambda: 0.0
+    return n
+
+
 def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_run: Path) -> None:
     """The fast node stages a pending chunk after sending its command (start + catch-up on the readings of steps
     that passed, in a context of its own) while the running chunk keeps decoding; at the take-over every action,
     before and after, equals the hand-over that does all of it at once."""
-    from collections import Counter
 
-    from rdp.api import load_decoder
     from rdp.runtime.chunks import Chunk
     from rdp.runtime.fast import FastNode
-    from rdp.runtime.timing import Trace
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(1)
-
-    def node() -> FastNode:  # the hand-over state of a FastNode, without its sockets
-        n = FastNode.__new__(FastNode)
-        n.decoder = load_decoder(tiny_run)
-        n.horizon, n.lockstep, n.step, n.staged = n.decoder.horizon, True, -1, None
-        n.slot, n.ring, n.counts = ChunkSlot(), StepRing(2 * n.horizon), Counter()
-        n.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
-        n._sim_time = lambda: 0.0
-        return n
 
     def chunk(obs_step: int, start_step: int) -> Chunk:
         return Chunk(data=rng.normal(size=a.decoder.plan_shape).astype(np.float32),
@@ -274,7 +279,7 @@ def test_staged_hand_over_decodes_exactly_like_a_catch_up_at_the_take_over(tiny_
         n._catch_up(step - n.slot.current.obs_step, f)
         return n.decoder.step(f)
 
-    a, b = node(), node()
+    a, b = _hand_over_node(tiny_run), _hand_over_node(tiny_run)
     first, second = chunk(0, 0), chunk(3, 5)
     readings = [reading() for _ in range(10)]
     staged = 0
@@ -298,26 +303,14 @@ def test_realtime_stages_a_late_replacement_a_few_steps_a_tick_then_decodes_as_a
     """Realtime: a chunk that arrives many steps late (a planner's pick replacing the chunk of the same observation)
     is staged a few decoder steps per tick while the running chunk goes on, and takes over once staged; from then
     on every action equals a take-over that did the whole catch-up at once at that step."""
-    from collections import Counter
 
-    from rdp.api import load_decoder
     from rdp.runtime.chunks import Chunk
     from rdp.runtime.fast import STAGE_STEPS_PER_TICK, FastNode
-    from rdp.runtime.timing import Trace
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(2)
 
-    def node(lockstep: bool) -> FastNode:
-        n = FastNode.__new__(FastNode)
-        n.decoder = load_decoder(tiny_run)
-        n.horizon, n.lockstep, n.step, n.staged = n.decoder.horizon, lockstep, -1, None
-        n.slot, n.ring, n.counts = ChunkSlot(), StepRing(2 * n.horizon), Counter()
-        n.adoptions = Trace(("wall", "sim_time", "obs_step", "step", "skipped", "infer_ms", "age_ms"))
-        n._sim_time = lambda: 0.0
-        return n
-
-    a, b = node(lockstep=False), node(lockstep=True)
+    a, b = _hand_over_node(tiny_run, lockstep=False), _hand_over_node(tiny_run)
     horizon = a.horizon
     late = STAGE_STEPS_PER_TICK * 2 + 1  # more than one tick's staging
     assert late + 6 <= horizon
