@@ -21,7 +21,8 @@ reads) but how a plan is made, which is ``world_model.task_plan``'s rule in sim.
   hold). In lockstep the fast node waits for the decision, as ``sim.eval policy=wm_plan`` does.
 * Episodes: the planner's memory is reset with the robot's episode and seed. A slow node that takes over mid-episode
   (a warm standby: it followed the frames all along) asks the planner how far its memory goes (``status``) and sends
-  only the frames after that, so the episode's memory is kept; one that cannot (a cold restart, which missed frames)
+  only the frames after that, so the episode's memory is kept (also when it joined the episode just after the
+  planner's last frame, with the TCP there); one that cannot (a cold restart, which missed frames)
   resets it (counted as the stats' ``planner.memory_lost``).
 * Faults: a planner that answers an error, gives no answer within ``planning.timeout_s`` or is gone: the policy's
   own plan goes to the fast node at once, the node plans alone for ``planning.retry_s`` and then asks again (counted
@@ -74,6 +75,7 @@ class CameraFeed:
         self.times: list[float] = []
         self.frames: list[np.ndarray] = []
         self.tcps: list[np.ndarray] = []
+        self.origin: np.ndarray | None = None  # the TCP the first frame's move is from (None: a zero move)
 
     def offer_state(self, msg: Message) -> None:
         t, tcp = msg.meta.get("sim_time"), msg.arrays.get("tcp_pos")
@@ -106,20 +108,33 @@ class CameraFeed:
 
     def _pair(self) -> None:
         """Frames whose state has come (the newest state is at or after them) join the feed with its TCP."""
-        if not self.states:
-            return
-        newest = self.states[-1][0]
-        tolerance = 0.5 / self.camera_hz
-        while self.pending and self.pending[0][0] <= newest:
+        while self.states and self.pending and self.pending[0][0] <= self.states[-1][0]:
             t, frame = self.pending.popleft()
-            ts, tcp = min(self.states, key=lambda s: abs(s[0] - t))
-            if abs(ts - t) > tolerance:
+            tcp = self.tcp_at(t)
+            if tcp is None:
                 self.counts["planner_frames_unpaired"] += 1
                 continue
             self.times.append(t)
             self.frames.append(frame)
             self.tcps.append(tcp)
 
+    def tcp_at(self, t: float) -> np.ndarray | None:
+        """The TCP of the robot state nearest to sim time ``t``, if one within half a camera period was kept."""
+        if not self.states:
+            return None
+        ts, tcp = min(self.states, key=lambda s: abs(s[0] - t))
+        return tcp if abs(ts - t) <= 0.5 / self.camera_hz else None
+
+    def resume_after(self, until: float) -> int | None:
+        """Where this feed goes on from a memory whose last frame was at ``until``: the index of the next frame to
+        send; None when it cannot (it lacks the frames right after ``until``, or the TCP there for the first move)."""
+        held = self.index_of(until)
+        if held is not None:
+            return held + 1
+        if self.times and until < self.times[0] <= until + 1.5 / self.camera_hz:  # joined just after that frame
+            self.origin = self.tcp_at(until)
+            return 0 if self.origin is not None else None
+        return None
     def upto(self, sim_time: float) -> int:
         """How many frames are at or before ``sim_time``."""
         n = len(self.times)
@@ -134,11 +149,10 @@ class CameraFeed:
         return None
 
     def batch(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frames [start, end) and the TCP displacement into each (zero into the feed's first frame)."""
-        tcps = np.stack(self.tcps[max(start - 1, 0):end])
-        moves = np.diff(tcps, axis=0)
-        if start == 0:
-            moves = np.concatenate([np.zeros_like(tcps[:1]), moves])
+        """Frames [start, end) and the TCP displacement into each (into the feed's first frame: from ``origin``,
+        zero without one)."""
+        before = self.tcps[start - 1] if start else (self.origin if self.origin is not None else self.tcps[0])
+        moves = np.diff(np.stack([before, *self.tcps[start:end]]), axis=0)
         return np.stack(self.frames[start:end]), moves.astype(np.float32)
 
 
@@ -242,17 +256,18 @@ class Planning:
         observation being planned on sent. False when there is still no frame to plan from."""
         if not self.synced:
             status = self.remote.status()
-            held = self.feed.index_of(status["until"]) if isinstance(status.get("until"), float) else None
-            if status.get("episode") == self.episode and held is not None:
-                self.sent = held + 1  # a take-over: the memory goes on
+            until = status.get("until")
+            resume = self.feed.resume_after(until) if isinstance(until, float) else None
+            if status.get("episode") == self.episode and resume is not None:
+                self.sent = resume  # a take-over: the memory goes on
                 self.planner_counts["memory_kept"] += 1
             else:
                 if status.get("episode") == self.episode and status.get("frames"):
                     self.planner_counts["memory_lost"] += 1
                     span = f"{self.feed.times[0]:.3f}-{self.feed.times[-1]:.3f} s" if self.feed.times else "none"
-                    log.warning("the planner's memory of episode %s reaches sim time %s, a frame this node does not "
-                                "hold (it holds %s; %d unpaired, %d states); it starts again from this node's frames",
-                                self.episode, status.get("until"), span, len(self.feed.pending), len(self.feed.states))
+                    log.warning("the planner's memory of episode %s reaches sim time %s; this node cannot go on from "
+                                "there (it holds frames %s); it starts again from this node's frames", self.episode,
+                                until, span)
                 self.remote.reset(seed=self.episode_seed, episode=self.episode)
                 self.sent = 0
             self.synced = True

@@ -155,6 +155,20 @@ def test_the_runtime_camera_feed_pairs_each_frame_with_the_tcp_of_its_tick_in_ei
     assert counts["planner_frames_unpaired"] == 1 and len(feed.times) == 3
 
 
+def test_a_feed_that_joined_mid_episode_goes_on_from_the_planners_last_frame_when_it_can():
+    feed = CameraFeed("wrist_rgb", 16, 10.0, Counter())
+    for k in range(75, 101):  # joined at 0.3 s: states from then, frames from 0.4 s
+        feed.offer_state(_state(k * 0.004, 0.5 + k * 0.001))
+    feed.offer_image(_image(0.4))
+    feed.offer_state(_state(0.404, 0.7))
+    assert feed.times == [0.4]
+    assert feed.resume_after(0.4) == 1  # holds the planner's last frame: the next one goes
+    assert feed.resume_after(0.3) == 0  # the frame just before its first: from the TCP there
+    np.testing.assert_allclose(feed.batch(0, 1)[1][0, 0], 0.6 - 0.575, atol=1e-6)
+    assert feed.resume_after(0.2) is None  # a frame (0.3 s) would be missing from the memory
+    assert CameraFeed("wrist_rgb", 16, 10.0, Counter()).resume_after(0.3) is None  # nothing held
+
+
 def test_the_runtime_refuses_planning_that_cannot_see_the_camera(tmp_path):
     from rdp.run import robot_settings
     from rdp.runtime.config import load_config
@@ -181,7 +195,7 @@ def test_the_runtime_plans_through_the_planner_node_and_outlives_it(tiny_wipe, t
     node. Mid-episode the slow node is killed: its warm standby takes over and keeps the episode's memory in the
     planner. Then the planner is killed, and the run goes on with the policy's own plans."""
     proc = _run_planning(tiny_wipe, tmp_path, "planning.timeout_s=2", "planning.retry_s=600")
-    lines, pids, killed, standby = [], {}, [], False
+    lines, pids, killed, standby, following = [], {}, [], False, {}
     try:
         for line in proc.stdout:
             lines.append(line)
@@ -189,10 +203,13 @@ def test_the_runtime_plans_through_the_planner_node_and_outlives_it(tiny_wipe, t
             if len(words) > 3 and words[1] == "pid" and words[3] == "ready":
                 pids.setdefault(words[0], int(words[2]))
             standby = standby or line.startswith("[supervisor] slow standby pid")
-            early = line.startswith("[fast] ep") and int(words[4]) <= 20  # of an episode's 50 policy steps
-            if standby and early and not killed:  # mid-episode, with the standby following the stream
-                os.kill(pids["[slow]"], signal.SIGKILL)
-                killed.append("slow")
+            if standby and line.startswith("[fast] ep") and not killed:
+                episode, step = int(words[2]), int(words[4])
+                following.setdefault(episode, step)  # the standby follows this episode from about here on
+                # mid-episode (of 50 policy steps), a plan (every 8 steps) after the standby was following
+                if step <= 35 and step >= following[episode] + 8:
+                    os.kill(pids["[slow]"], signal.SIGKILL)
+                    killed.append("slow")
             elif line.startswith("[episode") and killed == ["slow"]:
                 os.kill(pids["[planner]"], signal.SIGKILL)
                 killed.append("planner")
